@@ -1,0 +1,689 @@
+//! The trial configuration: what `textrec-worker train --config FILE` reads.
+//!
+//! Every section has defaults, so a config file only states what differs. Unknown fields are
+//! rejected (a typo must not silently train the wrong model). `--set a.b.c=value` overrides one
+//! field by its dotted path; the operator passes a trial's hyperparameters that way.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ConfigError;
+
+/// Everything one training trial needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct TrainConfig {
+    /// Seed of every random stream (weights init, data order, augmentation, dropout).
+    pub seed: u64,
+    /// Where to train.
+    pub device: Device,
+    /// Intra-op CPU threads for libtorch; 0 means libtorch's default (all cores).
+    pub threads: usize,
+    /// Numeric precision on CUDA (CPU always trains in fp32).
+    pub precision: Precision,
+    /// Network architecture.
+    pub model: ModelSpec,
+    /// Image preprocessing, shared by training and serving through the manifest.
+    pub preprocess: PreprocessConfig,
+    /// Training and validation data.
+    pub data: DataConfig,
+    /// Optimizer and learning-rate schedule.
+    pub optimizer: OptimizerConfig,
+    /// Lines per optimizer step.
+    pub batch_size: usize,
+    /// Total optimizer steps.
+    pub max_steps: u64,
+    /// Evaluate on the validation set every this many steps (and at the end).
+    pub eval_interval: u64,
+    /// Append a training record to `metrics.jsonl` every this many steps.
+    pub log_interval: u64,
+    /// When and how many checkpoints to keep.
+    pub checkpoint: CheckpointConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            device: Device::Auto,
+            threads: 0,
+            precision: Precision::Auto,
+            model: ModelSpec::default(),
+            preprocess: PreprocessConfig::default(),
+            data: DataConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            batch_size: 16,
+            max_steps: 2000,
+            eval_interval: 250,
+            log_interval: 10,
+            checkpoint: CheckpointConfig::default(),
+        }
+    }
+}
+
+/// The device to train or serve on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when available, else CPU.
+    Auto,
+    /// Always the CPU.
+    Cpu,
+    /// The first CUDA device; an error when there is none.
+    Cuda,
+}
+
+/// Numeric precision for the forward pass on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 autocast on GPUs that support it, fp32 otherwise.
+    Auto,
+    /// Full fp32.
+    Fp32,
+    /// bf16 autocast.
+    Bf16,
+    /// fp16 autocast.
+    Fp16,
+}
+
+/// A named model size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// For tests: trains in seconds, recognises little.
+    Tiny,
+    /// The quickstart's: trains on a laptop CPU in minutes.
+    Small,
+    /// For real training on a GPU.
+    Base,
+}
+
+/// The architecture as written in a config: a preset plus optional per-field overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct ModelSpec {
+    /// Base sizes; the fields below override single values.
+    pub preset: PresetOrDefault,
+    /// Channels of each ResNet stage.
+    pub encoder_channels: Option<Vec<i64>>,
+    /// Residual basic blocks per ResNet stage.
+    pub encoder_blocks: Option<Vec<i64>>,
+    /// Transformer width.
+    pub d_model: Option<i64>,
+    /// Attention heads (must divide `d_model`).
+    pub heads: Option<i64>,
+    /// Transformer decoder layers.
+    pub decoder_layers: Option<i64>,
+    /// Feed-forward width of each decoder layer.
+    pub ff_dim: Option<i64>,
+    /// Dropout probability during training.
+    pub dropout: Option<f64>,
+    /// Longest text (in characters) the decoder produces.
+    pub max_text_len: Option<i64>,
+    /// Weight of the auxiliary CTC loss on the encoder (0 disables it). Joint CTC/attention
+    /// training makes the decoder's cross-attention find the alignment much sooner.
+    pub ctc_weight: Option<f64>,
+}
+
+/// [`Preset`] with `small` as its default (serde's `default` needs a `Default` type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct PresetOrDefault(pub Preset);
+
+impl Default for PresetOrDefault {
+    fn default() -> Self {
+        Self(Preset::Small)
+    }
+}
+
+/// A fully resolved architecture, as recorded in checkpoints and model manifests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Architecture {
+    /// Channels of each ResNet stage.
+    pub encoder_channels: Vec<i64>,
+    /// Residual basic blocks per ResNet stage.
+    pub encoder_blocks: Vec<i64>,
+    /// Transformer width.
+    pub d_model: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// Transformer decoder layers.
+    pub decoder_layers: i64,
+    /// Feed-forward width.
+    pub ff_dim: i64,
+    /// Dropout probability during training.
+    pub dropout: f64,
+    /// Longest text the decoder produces.
+    pub max_text_len: i64,
+    /// Weight of the auxiliary CTC loss (0 = no CTC head).
+    pub ctc_weight: f64,
+}
+
+impl Preset {
+    /// The sizes of this preset.
+    pub fn architecture(self) -> Architecture {
+        match self {
+            Preset::Tiny => Architecture {
+                encoder_channels: vec![8, 16, 32],
+                encoder_blocks: vec![1, 1, 1],
+                d_model: 32,
+                heads: 2,
+                decoder_layers: 1,
+                ff_dim: 64,
+                dropout: 0.0,
+                max_text_len: 48,
+                ctc_weight: 0.3,
+            },
+            Preset::Small => Architecture {
+                encoder_channels: vec![32, 64, 128],
+                encoder_blocks: vec![1, 2, 2],
+                d_model: 128,
+                heads: 4,
+                decoder_layers: 2,
+                ff_dim: 256,
+                dropout: 0.1,
+                max_text_len: 64,
+                ctc_weight: 0.3,
+            },
+            Preset::Base => Architecture {
+                encoder_channels: vec![64, 128, 256, 256],
+                encoder_blocks: vec![2, 2, 2, 2],
+                d_model: 256,
+                heads: 8,
+                decoder_layers: 4,
+                ff_dim: 1024,
+                dropout: 0.1,
+                max_text_len: 128,
+                ctc_weight: 0.2,
+            },
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The preset's sizes with this spec's overrides applied, checked for consistency.
+    pub fn resolve(&self) -> Result<Architecture, ConfigError> {
+        let mut a = self.preset.0.architecture();
+        if let Some(v) = &self.encoder_channels {
+            a.encoder_channels = v.clone();
+        }
+        if let Some(v) = &self.encoder_blocks {
+            a.encoder_blocks = v.clone();
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { a.$f = v; } )* };
+        }
+        set!(d_model, heads, decoder_layers, ff_dim, dropout, max_text_len, ctc_weight);
+        a.validate()?;
+        Ok(a)
+    }
+}
+
+impl Architecture {
+    /// Reject sizes the network cannot be built with, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: &str| Err(ConfigError::new(format!("model.{field}: {why}")));
+        if self.encoder_channels.is_empty() || self.encoder_channels.iter().any(|&c| c <= 0) {
+            return bad("encoder_channels", "must be a non-empty list of positive integers");
+        }
+        if self.encoder_blocks.len() != self.encoder_channels.len() {
+            return bad(
+                "encoder_blocks",
+                &format!(
+                    "must have one entry per stage ({} stages in encoder_channels, got {})",
+                    self.encoder_channels.len(),
+                    self.encoder_blocks.len()
+                ),
+            );
+        }
+        if self.encoder_blocks.iter().any(|&b| b <= 0) {
+            return bad("encoder_blocks", "every stage needs at least one block");
+        }
+        if self.d_model <= 0 || self.heads <= 0 || self.d_model % self.heads != 0 {
+            return bad(
+                "heads",
+                &format!("must be positive and divide d_model ({} / {})", self.d_model, self.heads),
+            );
+        }
+        if self.decoder_layers <= 0 {
+            return bad("decoder_layers", "must be at least 1");
+        }
+        if self.ff_dim <= 0 {
+            return bad("ff_dim", "must be positive");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", "must be in [0, 1)");
+        }
+        if self.max_text_len < 1 {
+            return bad("max_text_len", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.ctc_weight) {
+            return bad("ctc_weight", "must be in [0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// How an image becomes the network's input. Stored in the manifest so that serving uses
+/// exactly what training used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct PreprocessConfig {
+    /// Height every line is resized to, keeping its aspect ratio.
+    pub height: u32,
+    /// Widest input after resizing; wider lines are squeezed to this width.
+    pub max_width: u32,
+    /// Widths are padded up to a multiple of this (the encoder's horizontal stride).
+    pub width_multiple: u32,
+    /// Largest accepted source image, in pixels; larger ones are rejected before decoding
+    /// (decompression bombs, whole pages sent to a line recognizer).
+    pub max_source_pixels: u64,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self { height: 32, max_width: 1024, width_multiple: 4, max_source_pixels: 16_000_000 }
+    }
+}
+
+/// Training and validation data, and how it is loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct DataConfig {
+    /// The training set.
+    pub train: DatasetSpec,
+    /// The validation set (the objective is measured on it).
+    pub validation: DatasetSpec,
+    /// Background threads that load and augment samples.
+    pub loader_threads: usize,
+    /// Batches prepared ahead of the training loop.
+    pub prefetch_batches: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: DatasetSpec::default(),
+            validation: DatasetSpec {
+                samples: Some(256),
+                synthetic: SyntheticConfig {
+                    split: TextSplit::Validation,
+                    augment: 0.3,
+                    ..SyntheticConfig::default()
+                },
+                ..DatasetSpec::default()
+            },
+            loader_threads: 1,
+            prefetch_batches: 4,
+        }
+    }
+}
+
+/// Which kind of data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// Lines rendered on the fly from the corpus with the training fonts.
+    Synthetic,
+    /// A folder of `NAME.png|tif|jpg` + `NAME.gt.txt` pairs.
+    Tesstrain,
+    /// The IAM handwriting database in its original layout.
+    Iam,
+}
+
+/// One data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct DatasetSpec {
+    /// Which kind of data set.
+    pub kind: DatasetKind,
+    /// Folder of a `tesstrain` set, or root of the IAM database.
+    pub path: Option<String>,
+    /// IAM only: a file listing the line ids of this split (e.g. `trainset.txt`).
+    pub split_file: Option<String>,
+    /// Number of samples: the size of a synthetic validation set; for training sets, a cap.
+    pub samples: Option<u64>,
+    /// Settings of the synthetic renderer (used when `kind` is `synthetic`).
+    pub synthetic: SyntheticConfig,
+}
+
+impl Default for DatasetSpec {
+    fn default() -> Self {
+        Self {
+            kind: DatasetKind::Synthetic,
+            path: None,
+            split_file: None,
+            samples: None,
+            synthetic: SyntheticConfig::default(),
+        }
+    }
+}
+
+/// Which part of the corpus text a synthetic set draws from. The split is by a hash of each
+/// corpus line, so validation text never appears in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TextSplit {
+    /// Training text.
+    Train,
+    /// Held-out text.
+    Validation,
+}
+
+/// Settings of the synthetic line renderer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct SyntheticConfig {
+    /// Font files or family names to render with; empty means the training font set
+    /// (the Debian packages listed in DESIGN.md).
+    pub fonts: Vec<String>,
+    /// Folders searched for fonts.
+    pub font_dirs: Vec<String>,
+    /// Folder of `fortune` files (Debian package `fortunes`).
+    pub fortunes_dir: String,
+    /// Word list (Debian package `wamerican`).
+    pub words_file: String,
+    /// Share of lines that are generated numbers, dates, amounts and names.
+    pub generated_fraction: f64,
+    /// Shortest line, in characters.
+    pub min_chars: usize,
+    /// Longest line, in characters.
+    pub max_chars: usize,
+    /// Augmentation strength from 0 (clean renders) to 1 (heavy distortion).
+    pub augment: f64,
+    /// Which text split to draw from.
+    pub split: TextSplit,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        Self {
+            fonts: Vec::new(),
+            font_dirs: vec!["/usr/share/fonts".into()],
+            fortunes_dir: "/usr/share/games/fortunes".into(),
+            words_file: "/usr/share/dict/american-english".into(),
+            generated_fraction: 0.25,
+            min_chars: 1,
+            max_chars: 32,
+            augment: 0.5,
+            split: TextSplit::Train,
+        }
+    }
+}
+
+/// AdamW with linear warm-up and cosine decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Adam beta1.
+    pub beta1: f64,
+    /// Adam beta2.
+    pub beta2: f64,
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `lr` at the end of the cosine decay.
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this (0 disables clipping).
+    pub grad_clip: f64,
+    /// Label smoothing of the decoder's cross-entropy.
+    pub label_smoothing: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            warmup_steps: 200,
+            min_lr_ratio: 0.05,
+            grad_clip: 1.0,
+            label_smoothing: 0.0,
+        }
+    }
+}
+
+/// When checkpoints are written and how many are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct CheckpointConfig {
+    /// Write a checkpoint every this many steps (0: only by time and at exit).
+    pub every_steps: u64,
+    /// Write a checkpoint when this many seconds passed since the last (0: only by steps).
+    pub every_seconds: u64,
+    /// Keep the newest this many complete checkpoints.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every_steps: 500, every_seconds: 300, keep: 3 }
+    }
+}
+
+impl TrainConfig {
+    /// Parse a config from YAML or JSON text (JSON is YAML) and apply `key=value` overrides.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut tree: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::new(format!("invalid YAML: {e}")))?
+        };
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        let cfg: TrainConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(format!("config field `{path}`: {}", e.into_inner()))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read a config file (YAML or JSON) and apply overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(&text, overrides).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Check values that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.model.resolve()?;
+        let bad = |f: &str, why: &str| Err(ConfigError::new(format!("{f}: {why}")));
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.max_steps == 0 {
+            return bad("max_steps", "must be at least 1");
+        }
+        if self.eval_interval == 0 {
+            return bad("eval_interval", "must be at least 1");
+        }
+        if self.log_interval == 0 {
+            return bad("log_interval", "must be at least 1");
+        }
+        if self.checkpoint.keep == 0 {
+            return bad("checkpoint.keep", "must be at least 1");
+        }
+        if !(self.optimizer.lr > 0.0) {
+            return bad("optimizer.lr", "must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.optimizer.min_lr_ratio) {
+            return bad("optimizer.min_lr_ratio", "must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.optimizer.label_smoothing) {
+            return bad("optimizer.label_smoothing", "must be in [0, 1)");
+        }
+        if self.preprocess.height < 8 || self.preprocess.height % 8 != 0 {
+            return bad("preprocess.height", "must be a positive multiple of 8");
+        }
+        if self.preprocess.width_multiple == 0 || self.preprocess.max_width < self.preprocess.height
+        {
+            return bad("preprocess.max_width", "must be at least the height");
+        }
+        for (name, d) in [("data.train", &self.data.train), ("data.validation", &self.data.validation)] {
+            if d.kind != DatasetKind::Synthetic && d.path.is_none() {
+                return bad(&format!("{name}.path"), "is required for tesstrain and iam data sets");
+            }
+            let s = &d.synthetic;
+            if s.min_chars == 0 || s.min_chars > s.max_chars {
+                return bad(&format!("{name}.synthetic.min_chars"), "must be in 1..=max_chars");
+            }
+            if !(0.0..=1.0).contains(&s.augment) {
+                return bad(&format!("{name}.synthetic.augment"), "must be in [0, 1]");
+            }
+            if !(0.0..=1.0).contains(&s.generated_fraction) {
+                return bad(&format!("{name}.synthetic.generated_fraction"), "must be in [0, 1]");
+            }
+        }
+        if self.data.validation.kind == DatasetKind::Synthetic && self.data.validation.samples.is_none()
+        {
+            return bad("data.validation.samples", "a synthetic validation set needs a size");
+        }
+        Ok(())
+    }
+
+    /// The config as pretty JSON (recorded in checkpoints and manifests).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("config serializes")
+    }
+}
+
+/// Apply one `a.b.c=value` override to a config tree. The value is parsed as YAML, so numbers,
+/// booleans, lists (`[32,64]`) and strings all work; intermediate objects are created.
+pub fn apply_override(tree: &mut serde_json::Value, spec: &str) -> Result<(), ConfigError> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| ConfigError::new(format!("override `{spec}` is not of the form key=value")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(ConfigError::new(format!("override `{spec}`: empty field name")));
+    }
+    let value: serde_json::Value = serde_yaml::from_str(raw)
+        .map_err(|e| ConfigError::new(format!("override `{spec}`: bad value: {e}")))?;
+    let mut node = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_object() {
+            if node.is_null() {
+                *node = serde_json::Value::Object(Default::default());
+            } else {
+                return Err(ConfigError::new(format!(
+                    "override `{spec}`: `{}` is not a section",
+                    parts[..i].join(".")
+                )));
+            }
+        }
+        let map = node.as_object_mut().expect("checked object");
+        if i + 1 == parts.len() {
+            map.insert((*part).to_string(), value);
+            return Ok(());
+        }
+        node = map.entry((*part).to_string()).or_insert(serde_json::Value::Null);
+    }
+    unreachable!("loop returns on the last part")
+}
+
+/// Flatten nested hyperparameters (`{optimizer: {lr: 0.001}}`) into `--set` overrides
+/// (`optimizer.lr=0.001`). Lists stay values (`[32, 64]`): only objects nest.
+pub fn flatten_overrides(params: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&p, v, out);
+                }
+            }
+            other => out.push(format!("{prefix}={other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", params, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_default() {
+        assert_eq!(TrainConfig::parse("", &[]).unwrap(), TrainConfig::default());
+        assert_eq!(TrainConfig::parse("{}", &[]).unwrap(), TrainConfig::default());
+    }
+
+    #[test]
+    fn overrides_set_nested_fields_with_typed_values() {
+        let c = TrainConfig::parse(
+            "model: {preset: tiny}\n",
+            &["optimizer.lr=0.0005".into(), "model.encoder_channels=[4, 8, 16]".into()],
+        )
+        .unwrap();
+        assert_eq!(c.optimizer.lr, 0.0005);
+        assert_eq!(c.model.preset.0, Preset::Tiny);
+        assert_eq!(c.model.resolve().unwrap().encoder_channels, vec![4, 8, 16]);
+    }
+
+    #[test]
+    fn unknown_field_error_names_the_path_and_allowed_fields() {
+        let err = TrainConfig::parse("optimizer: {learning_rate: 1}\n", &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("optimizer"), "{msg}");
+        assert!(msg.contains("learning_rate"), "{msg}");
+        assert!(msg.contains("`lr`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_allowed_values() {
+        let err = TrainConfig::parse("device: tpu\n", &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("device") && msg.contains("cuda"), "{msg}");
+        assert!(err.downcast_ref::<ConfigError>().is_some());
+    }
+
+    #[test]
+    fn ill_typed_override_is_a_config_error() {
+        let err = TrainConfig::parse("", &["batch_size=lots".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("batch_size"));
+        assert!(TrainConfig::parse("", &["nonsense".into()]).is_err());
+    }
+
+    #[test]
+    fn inconsistent_architecture_names_the_field() {
+        let err = TrainConfig::parse("model: {d_model: 30, heads: 4}\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("model.heads"));
+    }
+
+    #[test]
+    fn flatten_round_trips_through_overrides() {
+        let hp = serde_json::json!({"optimizer": {"lr": 0.002}, "batch_size": 8,
+                                    "model": {"encoder_channels": [8, 16, 32]}});
+        let sets = flatten_overrides(&hp);
+        let c = TrainConfig::parse("", &sets).unwrap();
+        assert_eq!(c.optimizer.lr, 0.002);
+        assert_eq!(c.batch_size, 8);
+        assert_eq!(c.model.encoder_channels, Some(vec![8, 16, 32]));
+    }
+
+    #[test]
+    fn every_preset_is_valid() {
+        for p in [Preset::Tiny, Preset::Small, Preset::Base] {
+            p.architecture().validate().unwrap();
+        }
+    }
+}

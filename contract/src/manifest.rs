@@ -1,0 +1,133 @@
+//! Manifests of checkpoint and model folders.
+//!
+//! A folder is complete only when its manifest exists: writers put every file first and the
+//! manifest (with each file's sha256) last; readers ignore a folder without one, and verify the
+//! digests before trusting the files.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Architecture, PreprocessConfig};
+
+/// Format tag of [`ModelManifest`].
+pub const MODEL_FORMAT: &str = "textrec.model/v1";
+/// Format tag of [`CheckpointManifest`].
+pub const CHECKPOINT_FORMAT: &str = "textrec.checkpoint/v1";
+
+/// One file of a folder and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FileDigest {
+    /// Path relative to the folder.
+    pub path: String,
+    /// Lower-case hex sha256 of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl FileDigest {
+    /// Digest `content` under the name `path`.
+    pub fn of(path: impl Into<String>, content: &[u8]) -> Self {
+        Self { path: path.into(), sha256: sha256_hex(content), bytes: content.len() as u64 }
+    }
+
+    /// Check `content` against this digest.
+    pub fn verify(&self, content: &[u8]) -> Result<(), String> {
+        if content.len() as u64 != self.bytes {
+            return Err(format!(
+                "{}: size {} bytes, manifest says {}",
+                self.path,
+                content.len(),
+                self.bytes
+            ));
+        }
+        let got = sha256_hex(content);
+        if got != self.sha256 {
+            return Err(format!("{}: sha256 {got}, manifest says {}", self.path, self.sha256));
+        }
+        Ok(())
+    }
+}
+
+/// Lower-case hex sha256.
+pub fn sha256_hex(content: &[u8]) -> String {
+    hex::encode(Sha256::digest(content))
+}
+
+/// Where a model came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Provenance {
+    /// TrainingRun name, when trained by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Trial name, when trained by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<String>,
+    /// Optimizer step the weights are from.
+    pub step: u64,
+    /// textrec version that trained it.
+    pub textrec_version: String,
+    /// The full training config.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// `manifest.json` of a model folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelManifest {
+    /// Always [`MODEL_FORMAT`].
+    pub format: String,
+    /// When the folder was written.
+    pub created: DateTime<Utc>,
+    /// The network's sizes.
+    pub architecture: Architecture,
+    /// Characters the model emits, in token order.
+    pub charset: String,
+    /// How input images are prepared.
+    pub preprocessing: PreprocessConfig,
+    /// Validation metrics of these weights (`cer`, `wer`, …).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Where the model came from.
+    pub provenance: Provenance,
+    /// Every file of the folder, with its digest.
+    pub files: Vec<FileDigest>,
+}
+
+impl ModelManifest {
+    /// The model's version: sha256 of the manifest as stored. Changes with any file.
+    pub fn version_of(manifest_bytes: &[u8]) -> String {
+        sha256_hex(manifest_bytes)
+    }
+}
+
+/// `manifest.json` of a checkpoint folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckpointManifest {
+    /// Always [`CHECKPOINT_FORMAT`].
+    pub format: String,
+    /// Optimizer steps completed when it was written.
+    pub step: u64,
+    /// When it was written.
+    pub created: DateTime<Utc>,
+    /// Every file of the folder, with its digest.
+    pub files: Vec<FileDigest>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_detects_changes() {
+        let d = FileDigest::of("w", b"abc");
+        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        d.verify(b"abc").unwrap();
+        assert!(d.verify(b"abd").unwrap_err().contains("sha256"));
+        assert!(d.verify(b"ab").unwrap_err().contains("size"));
+    }
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything textrec needs on a fresh Debian machine with Rust and Python 3:
+# Debian packages (fonts, corpus, protoc, Chromium, Tesseract), libtorch 2.11 from PyPI into a
+# venv outside the clone, test tools, and builds the release binaries. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+
+APT_PACKAGES=(
+  # training fonts (DESIGN.md: exactly these)
+  fonts-dkg-handwriting fonts-breip fonts-dancingscript fonts-humor-sans fonts-comic-neue
+  fonts-ecolier-court fonts-dejavu-core fonts-liberation2
+  # training corpus
+  fortunes fortunes-min wamerican
+  # build and test tools
+  protobuf-compiler chromium chromium-driver tesseract-ocr tesseract-ocr-eng
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! "$TEXTREC_VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.11.0")' 2>/dev/null; then
+  step "installing libtorch 2.11.0 (PyPI torch==2.11.0) into $TEXTREC_VENV (~4.7 GB, a few minutes)"
+  python3 -m venv "$TEXTREC_VENV"
+  "$TEXTREC_VENV/bin/pip" install -q --upgrade pip
+  "$TEXTREC_VENV/bin/pip" install -q torch==2.11.0
+fi
+. scripts/env.sh  # re-read: the torch lib folder exists now
+
+if [ ! -e "$TEXTREC_VENV/.dev-installed" ] || [ requirements-dev.txt -nt "$TEXTREC_VENV/.dev-installed" ]; then
+  step "installing test tools into the venv (requirements-dev.txt)"
+  "$TEXTREC_VENV/bin/pip" install -q -r requirements-dev.txt
+  touch "$TEXTREC_VENV/.dev-installed"
+fi
+
+step "building textrec (release)"
+cargo build --release --workspace --bins
+echo
+echo "textrec is built: $CARGO_TARGET_DIR/release/textrec-worker, textrec-operator"
