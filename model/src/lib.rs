@@ -1,1 +1,16 @@
-//! placeholder
+//! The textrec OCR line recognizer: a ResNet encoder and a Transformer decoder in tch, plus
+//! everything around it that training and serving must agree on (charset, preprocessing,
+//! decoding, metrics, data sets, weight files).
+//!
+//! No Kubernetes and no networking here.
+
+pub mod data;
+pub mod inference;
+pub mod metrics;
+pub mod net;
+pub mod preprocess;
+pub mod tensorio;
+pub mod tokenizer;
+
+pub use inference::{LoadedModel, Prediction};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,13 @@
+//! `textrec-worker`: one binary for every job that touches the network.
+//!
+//! - `train`: one resumable training trial;
+//! - `eval`: CER/WER of a model over a tesstrain folder;
+//! - `recognize`: text of images, in-process or from a running server;
+//! - `serve`: the gRPC + HTTP inference server with its demo page.
+
+pub mod device;
+pub mod eval;
+pub mod logging;
+pub mod recognize;
+pub mod serve;
+pub mod train;
