@@ -344,10 +344,14 @@ pub struct DatasetSpec {
     pub kind: DatasetKind,
     /// Folder of a `tesstrain` set, or root of the IAM database.
     pub path: Option<String>,
-    /// IAM only: a file listing the line ids of this split (e.g. `trainset.txt`).
+    /// IAM only: a file listing the line ids (`a01-000u-00`) or form ids (`a01-000u`) of this
+    /// split, one per line (e.g. `trainset.txt`); without it every line is used.
     pub split_file: Option<String>,
     /// Number of samples: the size of a synthetic validation set; for training sets, a cap.
     pub samples: Option<u64>,
+    /// IAM only: also use lines marked `err` in `ascii/lines.txt` (a word segmentation error
+    /// inside the line; the line image and its transcription are still usable).
+    pub include_err: bool,
     /// Settings of the synthetic renderer (used when `kind` is `synthetic`).
     pub synthetic: SyntheticConfig,
 }
@@ -359,6 +363,7 @@ impl Default for DatasetSpec {
             path: None,
             split_file: None,
             samples: None,
+            include_err: true,
             synthetic: SyntheticConfig::default(),
         }
     }
@@ -485,7 +490,12 @@ impl TrainConfig {
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
-        let cfg: TrainConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+        // Merge over the serialized defaults rather than relying on serde's per-struct defaults:
+        // a partial section (say `data.validation: {samples: 64}`) must keep the defaults of the
+        // section it sits in, which for nested sections differ from the struct's own defaults.
+        let mut merged = Self::default().to_json();
+        merge_tree(&mut merged, tree);
+        let cfg: TrainConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::new(format!("config field `{path}`: {}", e.into_inner()))
         })?;
@@ -560,6 +570,23 @@ impl TrainConfig {
     /// The config as pretty JSON (recorded in checkpoints and manifests).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("config serializes")
+    }
+}
+
+/// Deep-merge `over` into `base`: objects merge key by key, anything else replaces.
+fn merge_tree(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_tree(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
     }
 }
 
@@ -678,6 +705,15 @@ mod tests {
         assert_eq!(c.optimizer.lr, 0.002);
         assert_eq!(c.batch_size, 8);
         assert_eq!(c.model.encoder_channels, Some(vec![8, 16, 32]));
+    }
+
+    #[test]
+    fn partial_sections_keep_their_parent_defaults() {
+        let c = TrainConfig::parse("data: {validation: {samples: 64}}\n", &[]).unwrap();
+        let d = TrainConfig::default();
+        assert_eq!(c.data.validation.samples, Some(64));
+        assert_eq!(c.data.validation.synthetic, d.data.validation.synthetic);
+        assert_eq!(c.data.train, d.data.train);
     }
 
     #[test]

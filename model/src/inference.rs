@@ -1,1 +1,436 @@
-//! (stub; being written)
+//! A trained model folder (`manifest.json` + `model.safetensors`) loaded for recognition.
+//!
+//! Loading verifies the weights against the manifest's sha256 before anything else reads them,
+//! builds the network from the manifest's architecture and charset, and refuses weights that do
+//! not fit it exactly. The loaded model is `Send + Sync`: a server shares one in an `Arc`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use image::GrayImage;
+use tch::{nn, Device};
+use textrec_contract::layout;
+use textrec_contract::manifest::{FileDigest, ModelManifest, Provenance, MODEL_FORMAT};
+use textrec_contract::{Architecture, PreprocessConfig};
+
+use crate::net::{Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
+use crate::preprocess::{self, PreparedImage};
+use crate::tensorio;
+use crate::tokenizer::Tokenizer;
+
+/// Most lines run through the network at once; longer inputs are split, bounding memory.
+const MAX_BATCH: usize = 64;
+
+/// The reading of one line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The recognized text.
+    pub text: String,
+    /// Geometric mean of the probabilities of every emitted token, the final EOS included
+    /// (0 when nothing at all was emitted).
+    pub confidence: f32,
+    /// Probability of each character of `text`.
+    pub char_confidences: Vec<f32>,
+}
+
+/// `Recognizer` holds `tch::Tensor`s, which are `Send` but not `Sync`, so this wrapper asserts
+/// `Sync` for the one use that needs it: sharing a loaded network between inference threads.
+struct SharedNet(Recognizer);
+
+// SAFETY: through `&Recognizer`, tensors are only ever inputs of libtorch operators that
+// allocate new outputs; libtorch supports concurrent read-only use of the same tensors from
+// many threads (refcounts are atomic, and PyTorch itself serves one module from many threads).
+// The two ways a shared forward could write to a parameter are excluded here: the network is
+// marked inference-only, so a training-mode forward (which updates BatchNorm's running
+// statistics in place) panics instead of racing, and the variables are frozen
+// (`requires_grad = false`) so no autograd metadata is attached to them.
+unsafe impl Sync for SharedNet {}
+
+/// A model folder loaded for inference.
+pub struct LoadedModel {
+    /// The parsed manifest.
+    pub manifest: ModelManifest,
+    /// The model version: sha256 (hex) of the manifest bytes as stored.
+    pub version: String,
+    tokenizer: Tokenizer,
+    net: SharedNet,
+    // Owns the parameters the network's layers point at; kept for the model's lifetime.
+    _vs: nn::VarStore,
+    device: Device,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("version", &self.version)
+            .field("architecture", &self.manifest.architecture)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Check that `pre` produces inputs the encoder's strides can mask exactly.
+fn check_preprocess(pre: &PreprocessConfig) -> Result<()> {
+    if pre.height == 0 || i64::from(pre.height) % HEIGHT_STRIDE != 0 {
+        bail!(
+            "preprocessing.height {} must be a positive multiple of {HEIGHT_STRIDE}",
+            pre.height
+        );
+    }
+    if pre.width_multiple == 0 || i64::from(pre.width_multiple) % WIDTH_STRIDE != 0 {
+        bail!(
+            "preprocessing.width_multiple {} must be a multiple of the encoder's horizontal stride {WIDTH_STRIDE}",
+            pre.width_multiple
+        );
+    }
+    Ok(())
+}
+
+impl LoadedModel {
+    /// Parse the manifest (format `textrec.model/v1`), verify `weights` against its sha256 of
+    /// `model.safetensors`, build the network and load the weights onto `device`.
+    pub fn from_bytes(manifest_bytes: &[u8], weights: &[u8], device: Device) -> Result<Self> {
+        let raw: serde_json::Value =
+            serde_json::from_slice(manifest_bytes).context("manifest.json is not valid JSON")?;
+        match raw.get("format").and_then(|f| f.as_str()) {
+            Some(MODEL_FORMAT) => {}
+            Some(other) => bail!("manifest format is `{other}`, expected `{MODEL_FORMAT}`"),
+            None => bail!("manifest.json has no `format` field; not a textrec model manifest"),
+        }
+        let manifest: ModelManifest = serde_json::from_value(raw)
+            .with_context(|| format!("manifest.json does not match the `{MODEL_FORMAT}` schema"))?;
+
+        let digest = manifest
+            .files
+            .iter()
+            .find(|f| f.path == layout::MODEL_WEIGHTS)
+            .ok_or_else(|| anyhow!("manifest lists no `{}`", layout::MODEL_WEIGHTS))?;
+        digest
+            .verify(weights)
+            .map_err(|e| anyhow!("weights do not match the manifest's sha256 digest: {e}"))?;
+
+        let arch = &manifest.architecture;
+        arch.validate().context("manifest architecture")?;
+        check_preprocess(&manifest.preprocessing)?;
+        let tokenizer = Tokenizer::new(&manifest.charset);
+        if tokenizer.vocab_size() <= Tokenizer::EOS + 1 {
+            bail!("manifest charset is empty");
+        }
+
+        let mut vs = nn::VarStore::new(device);
+        let mut net = Recognizer::new(&vs.root(), arch, tokenizer.vocab_size());
+        tensorio::load_varstore(&mut vs, weights)
+            .with_context(|| format!("loading {}", layout::MODEL_WEIGHTS))?;
+        vs.freeze();
+        net.set_inference_only();
+        let version = ModelManifest::version_of(manifest_bytes);
+        Ok(Self {
+            manifest,
+            version,
+            tokenizer,
+            net: SharedNet(net),
+            _vs: vs,
+            device,
+        })
+    }
+
+    /// Load `dir/manifest.json` and `dir/model.safetensors`.
+    pub fn load_dir(dir: &Path, device: Device) -> Result<Self> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let manifest = read(layout::MANIFEST)?;
+        let weights = read(layout::MODEL_WEIGHTS)?;
+        Self::from_bytes(&manifest, &weights, device)
+            .with_context(|| format!("model folder {}", dir.display()))
+    }
+
+    /// The tokenizer of the model's charset.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The preprocessing the model was trained with.
+    pub fn preprocess(&self) -> &PreprocessConfig {
+        &self.manifest.preprocessing
+    }
+
+    /// The network (inference only: a training-mode forward panics).
+    pub fn net(&self) -> &Recognizer {
+        &self.net.0
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Preprocess, batch and recognize lines; one prediction per image, in order.
+    pub fn recognize(&self, images: &[GrayImage]) -> Result<Vec<Prediction>> {
+        let prepared = images
+            .iter()
+            .enumerate()
+            .map(|(i, im)| {
+                preprocess::prepare(im, self.preprocess()).with_context(|| format!("image {i}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.recognize_prepared(&prepared)
+    }
+
+    /// Recognize already prepared lines (the server's batcher prepares them off the model
+    /// thread); one prediction per image, in order.
+    pub fn recognize_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Prediction>> {
+        let pre = self.preprocess();
+        for (i, im) in images.iter().enumerate() {
+            if im.height != pre.height
+                || im.width == 0
+                || im.data.len() != (im.height * im.width) as usize
+            {
+                bail!(
+                    "image {i}: prepared as {}x{} with {} values; the model takes height {}",
+                    im.width,
+                    im.height,
+                    im.data.len(),
+                    pre.height
+                );
+            }
+        }
+        let max_len = self.manifest.architecture.max_text_len;
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(MAX_BATCH) {
+            let (batch, widths) = preprocess::collate(chunk, pre, self.device);
+            let decoded = tch::no_grad(|| self.net().greedy_decode(&batch, &widths, max_len));
+            for ((tokens, probs), eos) in decoded
+                .tokens
+                .iter()
+                .zip(&decoded.probs)
+                .zip(&decoded.eos_probs)
+            {
+                out.push(Prediction {
+                    text: self.tokenizer.decode(tokens),
+                    confidence: geometric_mean(probs.iter().chain(eos)),
+                    char_confidences: probs.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn geometric_mean<'a>(probs: impl Iterator<Item = &'a f32>) -> f32 {
+    let (mut log_sum, mut n) = (0f64, 0usize);
+    for &p in probs {
+        log_sum += f64::from(p.max(f32::MIN_POSITIVE)).ln();
+        n += 1;
+    }
+    if n == 0 {
+        0.0
+    } else {
+        (log_sum / n as f64).exp() as f32
+    }
+}
+
+/// The two files of a model folder, as the trainer writes them.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// `model.safetensors`.
+    pub weights: Vec<u8>,
+    /// `manifest.json` (pretty JSON), listing the weights' sha256. Write it last.
+    pub manifest: Vec<u8>,
+}
+
+/// Serialize the variables of `vs` and a `textrec.model/v1` manifest describing them.
+pub fn model_files(
+    vs: &nn::VarStore,
+    architecture: &Architecture,
+    preprocessing: &PreprocessConfig,
+    charset: &str,
+    metrics: BTreeMap<String, f64>,
+    provenance: Provenance,
+) -> Result<ModelFiles> {
+    let weights = tensorio::save_varstore(vs)?;
+    let manifest = ModelManifest {
+        format: MODEL_FORMAT.to_string(),
+        created: chrono::Utc::now(),
+        architecture: architecture.clone(),
+        charset: charset.to_string(),
+        preprocessing: preprocessing.clone(),
+        metrics,
+        provenance,
+        files: vec![FileDigest::of(layout::MODEL_WEIGHTS, &weights)],
+    };
+    Ok(ModelFiles {
+        manifest: serde_json::to_vec_pretty(&manifest)?,
+        weights,
+    })
+}
+
+/// For tests and demos: write a model folder with random weights (seeded by `seed`) to `dir`,
+/// in exactly the format the trainer writes, so that loading and serving can be exercised
+/// without training. It recognizes nothing useful. The weights are the same for the same seed
+/// as long as no other thread draws from torch's global generator without holding
+/// [`crate::net::global_rng_lock`].
+pub fn write_random_model_dir(
+    dir: &Path,
+    arch: &Architecture,
+    preprocess: &PreprocessConfig,
+    charset: &str,
+    seed: i64,
+) -> Result<()> {
+    arch.validate()?;
+    check_preprocess(preprocess)?;
+    let tokenizer = Tokenizer::new(charset);
+    if tokenizer.vocab_size() <= Tokenizer::EOS + 1 {
+        bail!("charset is empty");
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    {
+        let _rng = crate::net::global_rng_lock();
+        tch::manual_seed(seed);
+        let _net = Recognizer::new(&vs.root(), arch, tokenizer.vocab_size());
+    }
+    let provenance = Provenance {
+        run: None,
+        trial: None,
+        step: 0,
+        textrec_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: serde_json::Value::Null,
+    };
+    let files = model_files(&vs, arch, preprocess, charset, BTreeMap::new(), provenance)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(layout::MODEL_WEIGHTS, &files.weights)?;
+    write(layout::MANIFEST, &files.manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use textrec_contract::Preset;
+
+    const CHARSET: &str = "abcdefghij";
+
+    fn write_tiny(dir: &Path) {
+        write_random_model_dir(
+            dir,
+            &Preset::Tiny.architecture(),
+            &PreprocessConfig::default(),
+            CHARSET,
+            11,
+        )
+        .unwrap();
+    }
+
+    fn line(w: u32) -> GrayImage {
+        GrayImage::from_fn(w, 20, |x, y| {
+            image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
+        })
+    }
+
+    #[test]
+    fn loaded_model_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<LoadedModel>();
+        shareable::<std::sync::Arc<LoadedModel>>();
+    }
+
+    #[test]
+    fn random_model_folder_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let model = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        let manifest = std::fs::read(dir.path().join(layout::MANIFEST)).unwrap();
+        assert_eq!(model.version, ModelManifest::version_of(&manifest));
+        assert_eq!(model.manifest.charset, CHARSET);
+        assert_eq!(model.tokenizer().vocab_size(), 13);
+
+        let preds = model.recognize(&[line(90), line(40)]).unwrap();
+        assert_eq!(preds.len(), 2);
+        for p in &preds {
+            assert_eq!(p.text.chars().count(), p.char_confidences.len());
+            assert!(p.text.chars().all(|c| CHARSET.contains(c)));
+            assert!(
+                p.confidence > 0.0 && p.confidence <= 1.0,
+                "{}",
+                p.confidence
+            );
+        }
+        // Batching does not change a line's reading.
+        let alone = model.recognize(&[line(40)]).unwrap();
+        assert_eq!(alone[0].text, preds[1].text);
+        assert!((alone[0].confidence - preds[1].confidence).abs() < 1e-4);
+        assert!(model.recognize(&[]).unwrap().is_empty());
+
+        // The same seed gives the same weights, bit for bit.
+        let again = tempfile::tempdir().unwrap();
+        write_tiny(again.path());
+        let w = |d: &Path| std::fs::read(d.join(layout::MODEL_WEIGHTS)).unwrap();
+        assert_eq!(w(dir.path()), w(again.path()));
+    }
+
+    #[test]
+    fn tampered_or_mismatched_folders_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let manifest = std::fs::read(dir.path().join(layout::MANIFEST)).unwrap();
+        let weights = std::fs::read(dir.path().join(layout::MODEL_WEIGHTS)).unwrap();
+        let err = |m: &[u8], w: &[u8]| {
+            format!(
+                "{:#}",
+                LoadedModel::from_bytes(m, w, Device::Cpu).unwrap_err()
+            )
+        };
+
+        let mut tampered = weights.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(err(&manifest, &tampered).contains("sha256"));
+        assert!(err(&manifest, &weights[..weights.len() - 4]).contains("sha256"));
+        assert!(err(b"{not json", &weights).contains("not valid JSON"));
+
+        let mut m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        m["format"] = "textrec.model/v0".into();
+        assert!(
+            err(&serde_json::to_vec(&m).unwrap(), &weights).contains("expected `textrec.model/v1`")
+        );
+
+        // A manifest whose architecture disagrees with the (authentic) weights.
+        let mut m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        m["architecture"]["d_model"] = 64.into();
+        m["architecture"]["ff_dim"] = 64.into();
+        let msg = err(&serde_json::to_vec(&m).unwrap(), &weights);
+        assert!(
+            msg.contains("shape") && msg.contains("decoder.embed"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_prepared_input_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let model = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        let wrong = PreparedImage {
+            data: vec![0.0; 16 * 8],
+            height: 16,
+            width: 8,
+        };
+        assert!(model.recognize_prepared(&[wrong]).is_err());
+        let short = PreparedImage {
+            data: vec![0.0; 10],
+            height: 32,
+            width: 8,
+        };
+        assert!(model.recognize_prepared(&[short]).is_err());
+    }
+
+    #[test]
+    fn geometric_mean_of_probabilities() {
+        assert_eq!(geometric_mean([].iter()), 0.0);
+        assert!((geometric_mean([0.5f32, 0.125].iter()) - 0.25).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,341 @@
+//! [`Recognizer`]: encoder + decoder, the joint CE/CTC loss, and greedy decoding.
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Reduction, Tensor};
+use textrec_contract::Architecture;
+
+use super::attention::linear;
+use super::decoder::Decoder;
+use super::posenc;
+use super::resnet::Encoder;
+use crate::tokenizer::Tokenizer;
+
+/// What [`Recognizer::forward_t`] computes.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Decoder logits `[B, T, V]`, one row per input token.
+    pub logits: Tensor,
+    /// CTC log-probabilities `[S, B, V]` (time-major, f32), when the model has a CTC head.
+    pub ctc_log_probs: Option<Tensor>,
+    /// Valid CTC frames `[B]` i64 of each image, when the model has a CTC head.
+    pub ctc_lengths: Option<Tensor>,
+}
+
+/// Result of [`Recognizer::greedy_decode`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Emitted character ids of each item, without BOS/EOS.
+    pub tokens: Vec<Vec<i64>>,
+    /// Softmax probability of each token in `tokens` (same lengths).
+    pub probs: Vec<Vec<f32>>,
+    /// Probability of the EOS that ended each item; `None` when the item ran into the length
+    /// limit instead. Part of the sequence's confidence: a line the model is unsure has ended
+    /// is not a confident reading.
+    pub eos_probs: Vec<Option<f32>>,
+}
+
+/// Encoder output as the decoder and the CTC head consume it.
+struct Encoded {
+    /// `[B, S, d]`, S = H'·W' (row-major).
+    memory: Tensor,
+    /// `[B, 1, 1, S]` bool: true on valid memory positions.
+    key_mask: Tensor,
+    /// CTC log-probs `[W', B, V]` and frame counts `[B]`.
+    ctc: Option<(Tensor, Tensor)>,
+}
+
+/// The whole text-line recognizer.
+///
+/// Built into a [`nn::VarStore`] path; its parameters are that store's variables, so weights
+/// are saved and loaded through the store (see [`crate::tensorio`]).
+#[derive(Debug)]
+pub struct Recognizer {
+    arch: Architecture,
+    vocab_size: i64,
+    encoder: Encoder,
+    memory_norm: nn::LayerNorm,
+    ctc_head: Option<nn::Linear>,
+    decoder: Decoder,
+    inference_only: bool,
+}
+
+impl Recognizer {
+    /// Build the network with fresh weights (drawn from torch's global generator: seed it with
+    /// `tch::manual_seed` for reproducible init).
+    ///
+    /// Panics when `arch` fails [`Architecture::validate`] or the vocabulary has no character.
+    pub fn new(vs: &nn::Path, arch: &Architecture, vocab_size: i64) -> Self {
+        if let Err(e) = arch.validate() {
+            panic!("Recognizer::new: {e}");
+        }
+        assert!(
+            vocab_size > Tokenizer::EOS + 1,
+            "Recognizer::new: vocabulary has no characters"
+        );
+        let d = arch.d_model;
+        let encoder = Encoder::new(
+            &(vs / "encoder"),
+            &arch.encoder_channels,
+            &arch.encoder_blocks,
+            d,
+        );
+        let memory_norm = nn::layer_norm(vs / "memory_norm", vec![d], Default::default());
+        let ctc_head = (arch.ctc_weight > 0.0)
+            .then(|| linear(vs / "ctc_head", d, vocab_size, (d, vocab_size)));
+        let decoder = Decoder::new(
+            &(vs / "decoder"),
+            vocab_size,
+            d,
+            arch.heads,
+            arch.decoder_layers,
+            arch.ff_dim,
+            arch.dropout,
+        );
+        Self {
+            arch: arch.clone(),
+            vocab_size,
+            encoder,
+            memory_norm,
+            ctc_head,
+            decoder,
+            inference_only: false,
+        }
+    }
+
+    /// The sizes this network was built with.
+    pub fn architecture(&self) -> &Architecture {
+        &self.arch
+    }
+
+    /// Number of token ids (specials included).
+    pub fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+
+    /// Forbid training-mode forwards: they update BatchNorm statistics in place, which a
+    /// network shared between threads for inference must never do (see
+    /// [`crate::inference::LoadedModel`]).
+    pub(crate) fn set_inference_only(&mut self) {
+        self.inference_only = true;
+    }
+
+    fn check_images(images: &Tensor, widths: &Tensor) -> (i64, i64, i64) {
+        let (b, c, h, w) = images.size4().expect("images must be [B, 1, H, W]");
+        assert_eq!(c, 1, "images must have one channel");
+        assert!(
+            h % super::HEIGHT_STRIDE == 0,
+            "image height {h} is not a multiple of {}",
+            super::HEIGHT_STRIDE
+        );
+        assert_eq!(widths.size(), [b], "widths must be [B]");
+        (b, h, w)
+    }
+
+    fn encode(&self, images: &Tensor, widths: &Tensor, train: bool, want_ctc: bool) -> Encoded {
+        assert!(
+            !(train && self.inference_only),
+            "this Recognizer is loaded for inference only"
+        );
+        let (b, _, _) = Self::check_images(images, widths);
+        let out = self.encoder.forward_t(images, widths, train);
+        let (_, d, h, w) = out.features.size4().expect("[B, d, H', W']");
+
+        let ctc = match (&self.ctc_head, want_ctc) {
+            (Some(head), true) => {
+                // Rows are averaged: a frame is a whole column of the line.
+                let frames = out
+                    .features
+                    .mean_dim(2, false, None)
+                    .transpose(1, 2)
+                    .apply(head);
+                let log_probs = frames.transpose(0, 1).log_softmax(-1, Kind::Float);
+                Some((log_probs, out.widths.shallow_clone()))
+            }
+            _ => None,
+        };
+
+        let pe = posenc::grid(h, w, d, images.device()).to_kind(out.features.kind());
+        let memory = (out.features + pe.unsqueeze(0))
+            .flatten(2, 3)
+            .transpose(1, 2);
+        let memory = self.memory_norm.forward(&memory);
+        let cols = Tensor::arange(w, (Kind::Int64, images.device()));
+        let key_mask = cols
+            .view([1, 1, w])
+            .lt_tensor(&out.widths.view([b, 1, 1]))
+            .expand([b, h, w], false)
+            .reshape([b, 1, 1, h * w]);
+        Encoded {
+            memory,
+            key_mask,
+            ctc,
+        }
+    }
+
+    /// Teacher-forced forward pass.
+    ///
+    /// `images` `[B,1,H,W]` f32 (ink 1, background 0, zero padding), `widths` `[B]` i64 valid
+    /// pixel widths, `tgt_in` `[B,T]` i64 starting with BOS, padded with PAD. With
+    /// `train = false` BatchNorm uses its running statistics and dropout is off. In training
+    /// mode BatchNorm's batch statistics include the zero padding of narrower images: a small
+    /// bias that running statistics carry into eval, accepted for the speed of plain BN.
+    pub fn forward_t(
+        &self,
+        images: &Tensor,
+        widths: &Tensor,
+        tgt_in: &Tensor,
+        train: bool,
+    ) -> ForwardOutput {
+        let enc = self.encode(images, widths, train, true);
+        assert_eq!(tgt_in.dim(), 2, "tgt_in must be [B, T]");
+        let logits = self
+            .decoder
+            .forward_t(tgt_in, &enc.memory, &enc.key_mask, train);
+        let (ctc_log_probs, ctc_lengths) = match enc.ctc {
+            Some((lp, len)) => (Some(lp), Some(len)),
+            None => (None, None),
+        };
+        ForwardOutput {
+            logits,
+            ctc_log_probs,
+            ctc_lengths,
+        }
+    }
+
+    /// The training loss `(1 - w)·CE + w·CTC`, `w = ctc_weight`.
+    ///
+    /// `tgt_out` `[B,T]` i64 is `tgt_in` shifted left: the characters, EOS, then PAD (ignored
+    /// by CE). The CTC targets are its first `target_lengths[b]` entries (the characters), with
+    /// PAD (id 0) as the CTC blank. CE is averaged over non-PAD tokens; CTC per PyTorch's
+    /// `mean` (each sequence's loss over its length, then over the batch), with impossible
+    /// alignments (text longer than the frames) zeroed instead of infinite.
+    pub fn loss(
+        &self,
+        out: &ForwardOutput,
+        tgt_out: &Tensor,
+        target_lengths: &Tensor,
+        label_smoothing: f64,
+    ) -> Tensor {
+        let v = self.vocab_size;
+        let ce = out
+            .logits
+            .to_kind(Kind::Float)
+            .view([-1, v])
+            .cross_entropy_loss::<Tensor>(
+                &tgt_out.view([-1]),
+                None,
+                Reduction::Mean,
+                Tokenizer::PAD,
+                label_smoothing,
+            );
+        let w = self.arch.ctc_weight;
+        match (&out.ctc_log_probs, &out.ctc_lengths) {
+            (Some(lp), Some(len)) if w > 0.0 => {
+                let ctc = Tensor::ctc_loss_tensor(
+                    lp,
+                    tgt_out,
+                    len,
+                    &target_lengths.to_kind(Kind::Int64),
+                    Tokenizer::PAD,
+                    Reduction::Mean,
+                    true,
+                );
+                ce * (1.0 - w) + ctc * w
+            }
+            _ => ce,
+        }
+    }
+
+    /// Batched greedy decoding with a key/value cache: the image is encoded once, each
+    /// layer's cross-attention keys/values are computed once, and each step feeds only the
+    /// last token. At most `max_len` characters per item (plus the EOS); an item stops at its
+    /// EOS, the batch when every item has stopped. PAD and BOS are never emitted.
+    ///
+    /// Call inside `tch::no_grad`; BatchNorm and dropout run in eval mode.
+    pub fn greedy_decode(&self, images: &Tensor, widths: &Tensor, max_len: i64) -> Decoded {
+        self.decode_greedy(images, widths, max_len, false).0
+    }
+
+    /// For tests and benchmarks: [`Recognizer::greedy_decode`] run for all `max_len + 1`
+    /// steps whatever EOS says (so that random weights still give long sequences), returning
+    /// also the tokens fed at each step `[B, steps]` and the raw logits of each step
+    /// `[B, steps, V]`. A teacher-forced [`Recognizer::forward_t`] on those tokens must give
+    /// the same logits.
+    pub fn greedy_decode_traced(
+        &self,
+        images: &Tensor,
+        widths: &Tensor,
+        max_len: i64,
+    ) -> (Decoded, Tensor, Tensor) {
+        let (decoded, trace) = self.decode_greedy(images, widths, max_len, true);
+        let (fed, logits) = trace.expect("tracing was requested");
+        (decoded, fed, logits)
+    }
+
+    fn decode_greedy(
+        &self,
+        images: &Tensor,
+        widths: &Tensor,
+        max_len: i64,
+        trace: bool,
+    ) -> (Decoded, Option<(Tensor, Tensor)>) {
+        let device = images.device();
+        let enc = self.encode(images, widths, false, false);
+        let b = images.size()[0] as usize;
+        let max_len = max_len.max(0);
+        let steps = max_len + 1;
+        let mut state = self.decoder.start(&enc.memory, &enc.key_mask, steps);
+        let never = Tensor::from_slice(&[Tokenizer::PAD, Tokenizer::BOS]).to_device(device);
+
+        let mut out = Decoded {
+            tokens: vec![Vec::new(); b],
+            probs: vec![Vec::new(); b],
+            eos_probs: vec![None; b],
+        };
+        let mut done = vec![false; b];
+        let mut next = vec![Tokenizer::BOS; b];
+        let (mut fed, mut logged) = (Vec::new(), Vec::new());
+        for step in 0..steps {
+            let input = Tensor::from_slice(&next)
+                .view([b as i64, 1])
+                .to_device(device);
+            let logits = self.decoder.step(&input, &mut state).squeeze_dim(1);
+            let probs = logits
+                .to_kind(Kind::Float)
+                .index_fill(1, &never, f64::NEG_INFINITY)
+                .softmax(-1, Kind::Float);
+            let (best_p, best) = probs.max_dim(-1, false);
+            let best = Vec::<i64>::try_from(best.to_device(Device::Cpu)).expect("i64 ids");
+            let best_p = Vec::<f32>::try_from(best_p.to_device(Device::Cpu)).expect("f32 probs");
+            if trace {
+                fed.push(input);
+                logged.push(logits);
+            }
+            for i in 0..b {
+                if done[i] {
+                    continue;
+                }
+                if best[i] == Tokenizer::EOS {
+                    out.eos_probs[i] = Some(best_p[i]);
+                    done[i] = true;
+                } else if step < max_len {
+                    out.tokens[i].push(best[i]);
+                    out.probs[i].push(best_p[i]);
+                    next[i] = best[i];
+                } else {
+                    done[i] = true;
+                }
+                if done[i] {
+                    // Anything works as the input of a finished item: its outputs are unused
+                    // and causal attention keeps it from touching the others.
+                    next[i] = Tokenizer::EOS;
+                }
+            }
+            if !trace && done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        let trace = trace.then(|| (Tensor::cat(&fed, 1), Tensor::stack(&logged, 1)));
+        (out, trace)
+    }
+}

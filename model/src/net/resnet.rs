@@ -1,0 +1,198 @@
+//! The ResNet image encoder: a stem conv, stages of basic residual blocks, a 1×1 projection.
+//!
+//! Every feature map is multiplied by a column mask right after each normalisation, so columns
+//! past an image's valid width are exactly zero whenever a 3×3 conv reads them. Zero is also
+//! what the conv's own zero padding supplies at a tensor's edge, hence an image gives the same
+//! features whether it is run alone or padded inside a wider batch.
+
+use tch::nn;
+use tch::Tensor;
+
+use super::{column_mask, valid_columns, HEIGHT_STRIDE, WIDTH_STRIDE};
+
+/// Conv (no bias: BN follows) then BatchNorm.
+#[derive(Debug)]
+struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl ConvBn {
+    fn new(vs: &nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: [i64; 2]) -> Self {
+        let cfg = nn::ConvConfigND::<[i64; 2]> {
+            stride,
+            padding: [kernel / 2, kernel / 2],
+            bias: false,
+            // He init for the ReLU that follows; fan-out as torchvision's ResNet does.
+            ws_init: nn::Init::Kaiming {
+                dist: nn::init::NormalOrUniform::Normal,
+                fan: nn::init::FanInOut::FanOut,
+                non_linearity: nn::init::NonLinearity::ReLU,
+            },
+            ..Default::default()
+        };
+        let conv = nn::conv(vs / "conv", c_in, c_out, [kernel, kernel], cfg);
+        let bn = nn::batch_norm2d(vs / "bn", c_out, Default::default());
+        Self { conv, bn }
+    }
+
+    /// Like [`ConvBn::new`] with the BN scale starting at zero, so that a residual branch
+    /// starts as the identity (faster, steadier early training).
+    fn new_zero_gamma(vs: &nn::Path, c_in: i64, c_out: i64, kernel: i64) -> Self {
+        let mut layer = Self::new(vs, c_in, c_out, kernel, [1, 1]);
+        if let Some(ws) = layer.bn.ws.as_mut() {
+            tch::no_grad(|| {
+                let _ = ws.fill_(0.0);
+            });
+        }
+        layer
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+/// conv3×3-BN-ReLU-conv3×3-BN plus a shortcut (a strided 1×1 conv-BN when the shape changes).
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    shortcut: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    fn new(vs: &nn::Path, c_in: i64, c_out: i64, stride: [i64; 2]) -> Self {
+        let shortcut = (c_in != c_out || stride != [1, 1])
+            .then(|| ConvBn::new(&(vs / "shortcut"), c_in, c_out, 1, stride));
+        Self {
+            conv1: ConvBn::new(&(vs / "conv1"), c_in, c_out, 3, stride),
+            conv2: ConvBn::new_zero_gamma(&(vs / "conv2"), c_out, c_out, 3),
+            shortcut,
+        }
+    }
+
+    /// `mask` is the column mask of this block's output resolution.
+    fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        let ys = self.conv1.forward_t(xs, train).relu() * mask;
+        let ys = self.conv2.forward_t(&ys, train);
+        let short = match &self.shortcut {
+            Some(s) => s.forward_t(xs, train),
+            None => xs.shallow_clone(),
+        };
+        (ys + short).relu() * mask
+    }
+}
+
+/// One resolution level: blocks of which the first may downsample.
+#[derive(Debug)]
+struct Stage {
+    blocks: Vec<BasicBlock>,
+    stride: [i64; 2],
+}
+
+/// Downsampling of the whole encoder, by dimension: 2^3 in height, 2^2 in width. Applied one
+/// factor per stage from the first stage on; with fewer than three stages the stem takes the
+/// leading factors. Early downsampling keeps the expensive wide stages on small maps, which is
+/// what makes CPU training affordable.
+const SCHEDULE: [[i64; 2]; 3] = [[2, 2], [2, 2], [2, 1]];
+
+/// Image encoder output.
+#[derive(Debug)]
+pub struct EncoderOutput {
+    /// `[B, d_model, H/8, W/4]`, zero past each image's valid columns.
+    pub features: Tensor,
+    /// `[B]` i64: valid columns of each image in `features` (≥ 1).
+    pub widths: Tensor,
+}
+
+/// The ResNet encoder followed by a 1×1 projection to the Transformer width.
+#[derive(Debug)]
+pub struct Encoder {
+    stem: ConvBn,
+    stem_stride: [i64; 2],
+    stages: Vec<Stage>,
+    proj: nn::Conv2D,
+}
+
+impl Encoder {
+    /// Builds the stages `channels[i]` wide with `blocks[i]` blocks each.
+    pub fn new(vs: &nn::Path, channels: &[i64], blocks: &[i64], d_model: i64) -> Self {
+        assert!(
+            !channels.is_empty() && channels.len() == blocks.len(),
+            "bad encoder sizes"
+        );
+        let n = channels.len();
+        let stem_factors = SCHEDULE.len().saturating_sub(n);
+        let mut stem_stride = [1, 1];
+        for f in &SCHEDULE[..stem_factors] {
+            stem_stride = [stem_stride[0] * f[0], stem_stride[1] * f[1]];
+        }
+        let stem = ConvBn::new(&(vs / "stem"), 1, channels[0], 3, stem_stride);
+        let mut c_in = channels[0];
+        let mut stages = Vec::with_capacity(n);
+        for (i, (&c, &b)) in channels.iter().zip(blocks).enumerate() {
+            let stride = SCHEDULE.get(stem_factors + i).copied().unwrap_or([1, 1]);
+            let sp = vs / "stages" / i;
+            let blocks = (0..b)
+                .map(|j| {
+                    let s = if j == 0 { stride } else { [1, 1] };
+                    let blk = BasicBlock::new(&(&sp / j), c_in, c, s);
+                    c_in = c;
+                    blk
+                })
+                .collect();
+            stages.push(Stage { blocks, stride });
+        }
+        let proj = nn::conv(
+            vs / "proj",
+            c_in,
+            d_model,
+            [1, 1],
+            nn::ConvConfigND::<[i64; 2]> {
+                ws_init: nn::init::DEFAULT_KAIMING_UNIFORM,
+                ..Default::default()
+            },
+        );
+        let enc = Self {
+            stem,
+            stem_stride,
+            stages,
+            proj,
+        };
+        debug_assert_eq!(enc.total_stride(), [HEIGHT_STRIDE, WIDTH_STRIDE]);
+        enc
+    }
+
+    fn total_stride(&self) -> [i64; 2] {
+        self.stages.iter().fold(self.stem_stride, |acc, s| {
+            [acc[0] * s.stride[0], acc[1] * s.stride[1]]
+        })
+    }
+
+    /// `images` `[B,1,H,W]` (ink 1, background 0, zero padding), `widths` `[B]` valid pixels.
+    pub fn forward_t(&self, images: &Tensor, widths: &Tensor, train: bool) -> EncoderOutput {
+        let kind = images.kind();
+        let mut stride_w = self.stem_stride[1];
+        // Output width of a k=3/p=1 or k=1/p=0 conv with stride s: ceil(W / s).
+        let w_stem = (images.size()[3] + stride_w - 1) / stride_w;
+        let mut mask = column_mask(widths, stride_w, w_stem, kind);
+        let mut xs = self.stem.forward_t(images, train).relu() * &mask;
+        for stage in &self.stages {
+            if stage.stride[1] != 1 {
+                stride_w *= stage.stride[1];
+                let w_out = (xs.size()[3] + stage.stride[1] - 1) / stage.stride[1];
+                mask = column_mask(widths, stride_w, w_out, kind);
+            }
+            for block in &stage.blocks {
+                xs = block.forward_t(&xs, &mask, train);
+            }
+        }
+        let features = xs.apply(&self.proj) * &mask;
+        let valid = valid_columns(widths, stride_w, features.size()[3]);
+        EncoderOutput {
+            features,
+            widths: valid,
+        }
+    }
+}
