@@ -1,11 +1,198 @@
-//! `textrec-worker eval` (owned by the evaling work; stub until it lands).
+//! `textrec-worker eval`: CER/WER of a model over a tesstrain folder.
+//!
+//! ```text
+//! textrec-worker eval --model s3://bucket/run/trial-0/model --data lines/ [--predictions out/] [--json]
+//! ```
+//!
+//! With `--json` the last stdout line is `{"cer":…,"wer":…,"lines":…}` (plus `"skipped"` when
+//! some images could not be read), for scripts and CI.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use image::GrayImage;
+use textrec_contract::config::{DatasetKind, DatasetSpec};
+use textrec_contract::exit::{self, ConfigError};
+use textrec_contract::manifest::ModelManifest;
+use textrec_contract::{layout, Store};
+use textrec_model::data::open_dataset;
+use textrec_model::metrics::ErrorCounts;
+use textrec_model::LoadedModel;
 
 /// Arguments of `eval`.
 #[derive(Args, Debug)]
-pub struct EvalArgs {}
+pub struct EvalArgs {
+    /// The model folder (holding manifest.json and model.safetensors): a URL or a path.
+    #[arg(long)]
+    pub model: String,
+    /// A tesstrain folder: NAME.png|tif|jpg next to NAME.gt.txt.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Write each prediction to this folder as NAME.txt.
+    #[arg(long, value_name = "DIR")]
+    pub predictions: Option<PathBuf>,
+    /// Print the result as one JSON object on the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+    /// Lines recognized per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch CPU threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Parse a `--device` value.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    let d = match s {
+        "auto" => textrec_contract::config::Device::Auto,
+        "cpu" => textrec_contract::config::Device::Cpu,
+        "cuda" => textrec_contract::config::Device::Cuda,
+        other => bail!(ConfigError::new(format!(
+            "--device `{other}`: expected auto, cpu or cuda"
+        ))),
+    };
+    crate::device::select(d)
+}
+
+/// Load a model folder from a URL or path: read its manifest, verify the weights' sha256.
+pub fn load_model(location: &str, device: tch::Device) -> Result<LoadedModel> {
+    let store = Store::open(location).with_context(|| format!("model {location}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (manifest_bytes, weights) = rt.block_on(async {
+        let manifest_bytes = store.get(layout::MANIFEST).await?;
+        let manifest: ModelManifest =
+            serde_json::from_slice(&manifest_bytes).with_context(|| {
+                format!("{} is not a model manifest", store.url_of(layout::MANIFEST))
+            })?;
+        let weights = manifest
+            .files
+            .iter()
+            .find(|f| f.path == layout::MODEL_WEIGHTS)
+            .with_context(|| {
+                format!(
+                    "{}: the manifest lists no {}",
+                    store.url(),
+                    layout::MODEL_WEIGHTS
+                )
+            })?;
+        let mut files = store
+            .read_verified("", std::slice::from_ref(weights))
+            .await?;
+        anyhow::Ok((manifest_bytes, files.remove(0).1))
+    })?;
+    LoadedModel::from_bytes(&manifest_bytes, &weights, device)
+        .with_context(|| format!("cannot load the model at {}", store.url()))
+}
 
 /// Run `eval`; returns the process exit code.
-pub fn run(_args: EvalArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("eval is not built yet")
+pub fn run(args: EvalArgs) -> Result<i32> {
+    crate::device::set_threads(args.threads);
+    let device = parse_device(&args.device)?;
+    let model = load_model(&args.model, device)?;
+    let spec = DatasetSpec {
+        kind: DatasetKind::Tesstrain,
+        path: Some(args.data.to_string_lossy().into_owned()),
+        ..DatasetSpec::default()
+    };
+    let charset = model.tokenizer().charset().to_string();
+    let data = open_dataset(&spec, 0, &charset)
+        .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data.display())))?;
+    let n = data.len().context("a tesstrain folder has a known size")?;
+    if let Some(dir) = &args.predictions {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+
+    let mut counts = ErrorCounts::default();
+    let mut skipped: Vec<String> = Vec::new();
+    let mut pending: Vec<(String, String, GrayImage)> = Vec::new();
+    let mut flush =
+        |pending: &mut Vec<(String, String, GrayImage)>, skipped: &mut Vec<String>| -> Result<()> {
+            for (id, reference, hyp) in recognize_batch(&model, std::mem::take(pending), skipped) {
+                counts.add(&reference, &hyp);
+                if let Some(dir) = &args.predictions {
+                    let path = dir.join(format!("{id}.txt"));
+                    std::fs::write(&path, format!("{hyp}\n"))
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+            }
+            Ok(())
+        };
+    for i in 0..n {
+        match data.get(i) {
+            Ok(s) => pending.push((s.id, s.text, s.image)),
+            Err(e) => skipped.push(format!("{e:#}")),
+        }
+        if pending.len() >= args.batch_size.max(1) {
+            flush(&mut pending, &mut skipped)?;
+        }
+    }
+    flush(&mut pending, &mut skipped)?;
+    drop(flush);
+
+    if !skipped.is_empty() {
+        tracing::warn!(
+            "skipped {} unreadable lines: {}",
+            skipped.len(),
+            skipped.join("; ")
+        );
+    }
+    if counts.lines == 0 {
+        bail!(ConfigError::new(format!(
+            "--data {}: no readable lines",
+            args.data.display()
+        )));
+    }
+    if args.json {
+        let mut j =
+            serde_json::json!({"cer": counts.cer(), "wer": counts.wer(), "lines": counts.lines});
+        if !skipped.is_empty() {
+            j["skipped"] = serde_json::json!(skipped.len());
+        }
+        println!("{j}");
+    } else {
+        println!(
+            "CER {:.4}  WER {:.4}  over {} lines{}",
+            counts.cer(),
+            counts.wer(),
+            counts.lines,
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} skipped)", skipped.len())
+            }
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Recognize a batch; when the batch fails (one image too large, say), retry line by line so
+/// one bad image costs only itself. Returns (id, reference, hypothesis) of the lines that worked.
+fn recognize_batch(
+    model: &LoadedModel,
+    batch: Vec<(String, String, GrayImage)>,
+    skipped: &mut Vec<String>,
+) -> Vec<(String, String, String)> {
+    let images: Vec<GrayImage> = batch.iter().map(|(_, _, img)| img.clone()).collect();
+    match model.recognize(&images) {
+        Ok(preds) => batch
+            .into_iter()
+            .zip(preds)
+            .map(|((id, r, _), p)| (id, r, p.text))
+            .collect(),
+        Err(_) if batch.len() > 1 => batch
+            .into_iter()
+            .flat_map(|item| recognize_batch(model, vec![item], skipped))
+            .collect(),
+        Err(e) => {
+            skipped.push(format!("{}: {e:#}", batch[0].0));
+            Vec::new()
+        }
+    }
 }

@@ -3,11 +3,13 @@
 //! - `train`: one resumable training trial;
 //! - `eval`: CER/WER of a model over a tesstrain folder;
 //! - `recognize`: text of images, in-process or from a running server;
-//! - `serve`: the gRPC + HTTP inference server with its demo page.
+//! - `serve`: the gRPC + HTTP inference server with its demo page;
+//! - `synth`: rendered lines written as a tesstrain folder.
 
 pub mod device;
 pub mod eval;
 pub mod logging;
 pub mod recognize;
 pub mod serve;
+pub mod synth;
 pub mod train;

@@ -22,6 +22,8 @@ enum Command {
     Recognize(textrec_worker::recognize::RecognizeArgs),
     /// Serve a model over gRPC and HTTP, with a demo page.
     Serve(textrec_worker::serve::ServeArgs),
+    /// Render synthetic lines into a tesstrain folder (NAME.png + NAME.gt.txt).
+    Synth(textrec_worker::synth::SynthArgs),
 }
 
 fn main() {
@@ -32,6 +34,7 @@ fn main() {
         Command::Eval(a) => textrec_worker::eval::run(a),
         Command::Recognize(a) => textrec_worker::recognize::run(a),
         Command::Serve(a) => textrec_worker::serve::run(a),
+        Command::Synth(a) => textrec_worker::synth::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

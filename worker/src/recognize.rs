@@ -1,11 +1,129 @@
-//! `textrec-worker recognize` (owned by the recognizeing work; stub until it lands).
+//! `textrec-worker recognize`: print the text of images, as `PATH<TAB>TEXT` lines.
+//!
+//! ```text
+//! textrec-worker recognize --model ./out/model line1.png line2.png
+//! textrec-worker recognize --endpoint grpc://localhost:50051 line1.png
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use textrec_contract::exit::{self, ConfigError};
 
 /// Arguments of `recognize`.
 #[derive(Args, Debug)]
-pub struct RecognizeArgs {}
+pub struct RecognizeArgs {
+    /// A model folder (URL or path) to run in this process.
+    #[arg(
+        long,
+        conflicts_with = "endpoint",
+        required_unless_present = "endpoint"
+    )]
+    pub model: Option<String>,
+    /// A running `textrec-worker serve` to ask instead (`grpc://host:port`).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Also print each line's confidence (a third column).
+    #[arg(long)]
+    pub confidence: bool,
+    /// Lines recognized per batch (local model only).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// `auto`, `cpu` or `cuda` (local model only).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch CPU threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Image files of single text lines.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
 
 /// Run `recognize`; returns the process exit code.
-pub fn run(_args: RecognizeArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("recognize is not built yet")
+pub fn run(args: RecognizeArgs) -> Result<i32> {
+    let results: Vec<(PathBuf, Result<(String, f32)>)> = match (&args.model, &args.endpoint) {
+        (Some(model), None) => local(model, &args)?,
+        (None, Some(endpoint)) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let remote = rt.block_on(crate::serve::client::recognize_files(
+                endpoint,
+                &args.images,
+            ))?;
+            remote
+                .into_iter()
+                .map(|r| (r.path, Ok((r.text, r.confidence))))
+                .collect()
+        }
+        _ => bail!(ConfigError::new(
+            "give exactly one of --model and --endpoint"
+        )),
+    };
+    let mut failed = 0;
+    for (path, r) in results {
+        match r {
+            Ok((text, conf)) if args.confidence => {
+                println!("{}\t{text}\t{conf:.3}", path.display())
+            }
+            Ok((text, _)) => println!("{}\t{text}", path.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e:#}", path.display());
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
+}
+
+/// Recognize with a model loaded into this process; per-image errors are kept per image.
+fn local(model: &str, args: &RecognizeArgs) -> Result<Vec<(PathBuf, Result<(String, f32)>)>> {
+    crate::device::set_threads(args.threads);
+    let device = crate::eval::parse_device(&args.device)?;
+    let model = crate::eval::load_model(model, device)?;
+    let mut out = Vec::with_capacity(args.images.len());
+    for chunk in args.images.chunks(args.batch_size.max(1)) {
+        let mut ok_paths = Vec::new();
+        let mut images = Vec::new();
+        for path in chunk {
+            match image::open(path).with_context(|| format!("cannot read {}", path.display())) {
+                Ok(img) => {
+                    ok_paths.push(path.clone());
+                    images.push(img.to_luma8());
+                }
+                Err(e) => out.push((path.clone(), Err(e))),
+            }
+        }
+        match model.recognize(&images) {
+            Ok(preds) => {
+                for (p, pred) in ok_paths.into_iter().zip(preds) {
+                    out.push((p, Ok((pred.text, pred.confidence))));
+                }
+            }
+            // One bad image (too large, say) fails its batch: retry alone to isolate it.
+            Err(_) => {
+                for (p, img) in ok_paths.into_iter().zip(images) {
+                    let r = model
+                        .recognize(std::slice::from_ref(&img))
+                        .map(|mut v| v.remove(0))
+                        .map(|pred| (pred.text, pred.confidence));
+                    out.push((p, r));
+                }
+            }
+        }
+    }
+    // Keep the order the user gave.
+    out.sort_by_key(|(p, _)| {
+        args.images
+            .iter()
+            .position(|q| q == p)
+            .unwrap_or(usize::MAX)
+    });
+    Ok(out)
 }

@@ -1,0 +1,294 @@
+//! Checkpoints: everything a restarted process needs to continue as if it had never stopped.
+//!
+//! A checkpoint folder `checkpoints/step-<n>/` holds
+//! - `weights.safetensors`: every variable of the network (batch-norm statistics included);
+//! - `optimizer.safetensors`: AdamW's first and second moments (`m.<name>`, `v.<name>`);
+//! - `best.safetensors`: the weights with the best validation CER so far (absent before the
+//!   first evaluation), because the final model is the best one, not the last;
+//! - `state.json`: [`TrainState`] (step, data position, schedule position, best/latest
+//!   evaluation, elapsed time, RNG description, loss scale, the config);
+//! - `manifest.json` ([`CheckpointManifest`] with each file's sha256), written last.
+//!
+//! Nothing else evolves during training: the learning rate, the data order and augmentation,
+//! and the dropout RNG are pure functions of (seed, step) or (seed, data position).
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use textrec_contract::config::Architecture;
+use textrec_contract::manifest::{CheckpointManifest, CHECKPOINT_FORMAT};
+use textrec_contract::metrics::{CheckpointRef, EvalPoint};
+use textrec_contract::{layout, Store};
+
+/// File names inside a checkpoint folder.
+pub const WEIGHTS: &str = "weights.safetensors";
+/// AdamW moments.
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// Best-validation weights.
+pub const BEST: &str = "best.safetensors";
+/// [`TrainState`] as JSON.
+pub const STATE: &str = "state.json";
+
+/// The scalar training state of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Index of the next training sample in the sampler's order (`step · batch_size`).
+    pub data_position: u64,
+    /// Learning rate of the last update (informational: the schedule is a function of `step`).
+    pub lr: f64,
+    /// Seconds of training so far, summed over restarts.
+    pub elapsed_s: f64,
+    /// The trial seed.
+    pub seed: u64,
+    /// How the torch RNG evolves, so a reader knows there is no generator state to restore.
+    pub rng: String,
+    /// Best validation result so far (the weights are in `best.safetensors`).
+    pub best: Option<EvalPoint>,
+    /// Most recent validation result.
+    pub latest: Option<EvalPoint>,
+    /// Step of the most recent evaluation (an evaluation due at `step` but not yet done runs
+    /// first after resume).
+    pub last_eval_step: Option<u64>,
+    /// Times the trial resumed before this checkpoint was written.
+    pub resumes: u32,
+    /// Dynamic loss scale of fp16 training (absent in fp32).
+    pub loss_scale: Option<f64>,
+    /// Steps skipped because the loss or gradients were not finite.
+    pub skipped_steps: u64,
+    /// The network's sizes; a checkpoint of another architecture is refused.
+    pub architecture: Architecture,
+    /// The charset the output layer was built for.
+    pub charset: String,
+    /// The full config of the run that wrote it.
+    pub config: serde_json::Value,
+}
+
+/// How the torch generator is driven; recorded in [`TrainState::rng`].
+pub const RNG_SCHEME: &str = "torch manual_seed(splitmix64(seed ^ step)) before every step";
+
+/// A checkpoint read back and verified.
+pub struct Loaded {
+    /// Its scalar state.
+    pub state: TrainState,
+    /// `weights.safetensors`.
+    pub weights: Bytes,
+    /// `optimizer.safetensors`.
+    pub optimizer: Bytes,
+    /// `best.safetensors`, when an evaluation happened.
+    pub best: Option<Bytes>,
+    /// Where it was read from.
+    pub reference: CheckpointRef,
+}
+
+/// The bytes of a checkpoint to write.
+pub struct ToWrite {
+    /// Scalar state.
+    pub state: TrainState,
+    /// Current weights.
+    pub weights: Vec<u8>,
+    /// Optimizer moments.
+    pub optimizer: Vec<u8>,
+    /// Best weights, if any.
+    pub best: Option<Vec<u8>>,
+}
+
+/// Write a checkpoint folder, manifest last. Returns its reference.
+pub async fn save(store: &Store, ckpt: ToWrite) -> Result<CheckpointRef> {
+    let step = ckpt.state.step;
+    let dir = layout::checkpoint_dir(step);
+    let state_json = serde_json::to_vec_pretty(&ckpt.state)?;
+    let mut files = vec![
+        (WEIGHTS.to_string(), Bytes::from(ckpt.weights)),
+        (OPTIMIZER.to_string(), Bytes::from(ckpt.optimizer)),
+    ];
+    if let Some(best) = ckpt.best {
+        files.push((BEST.to_string(), Bytes::from(best)));
+    }
+    files.push((STATE.to_string(), Bytes::from(state_json)));
+    store
+        .write_folder(&dir, files, |digests| {
+            let m = CheckpointManifest {
+                format: CHECKPOINT_FORMAT.to_string(),
+                step,
+                created: chrono::Utc::now(),
+                files: digests,
+            };
+            Ok(serde_json::to_vec_pretty(&m)?)
+        })
+        .await
+        .with_context(|| format!("cannot write checkpoint {}", store.url_of(&dir)))?;
+    Ok(CheckpointRef {
+        step,
+        url: store.url_of(&dir),
+    })
+}
+
+/// Steps of the checkpoint folders present (complete or not), newest first.
+async fn folders(store: &Store) -> Result<Vec<(u64, String)>> {
+    let mut out: Vec<(u64, String)> = store
+        .list_dirs(layout::CHECKPOINTS)
+        .await?
+        .into_iter()
+        .filter_map(|name| layout::parse_checkpoint_dir(&name).map(|s| (s, name)))
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// Read and verify one checkpoint folder.
+async fn read_one(store: &Store, step: u64) -> Result<Option<Loaded>> {
+    let dir = layout::checkpoint_dir(step);
+    let Some(manifest) = store
+        .get_opt(&format!("{dir}/{}", layout::MANIFEST))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let manifest: CheckpointManifest =
+        serde_json::from_slice(&manifest).context("manifest.json does not parse")?;
+    if manifest.format != CHECKPOINT_FORMAT {
+        bail!(
+            "manifest format is `{}`, expected `{CHECKPOINT_FORMAT}`",
+            manifest.format
+        );
+    }
+    if manifest.step != step {
+        bail!("manifest says step {}, folder says {step}", manifest.step);
+    }
+    let mut files = store.read_verified(&dir, &manifest.files).await?;
+    let mut take = |name: &str| -> Option<Bytes> {
+        files
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| files.swap_remove(i).1)
+    };
+    let state_bytes = take(STATE).ok_or_else(|| anyhow!("no {STATE}"))?;
+    let state: TrainState =
+        serde_json::from_slice(&state_bytes).context("state.json does not parse")?;
+    if state.step != step {
+        bail!("state.json says step {}, folder says {step}", state.step);
+    }
+    Ok(Some(Loaded {
+        weights: take(WEIGHTS).ok_or_else(|| anyhow!("no {WEIGHTS}"))?,
+        optimizer: take(OPTIMIZER).ok_or_else(|| anyhow!("no {OPTIMIZER}"))?,
+        best: take(BEST),
+        state,
+        reference: CheckpointRef {
+            step,
+            url: store.url_of(&dir),
+        },
+    }))
+}
+
+/// The newest complete checkpoint whose files match their digests. Folders without a manifest
+/// (a write that was cut off) are passed over quietly; corrupt ones with a warning.
+pub async fn load_newest(store: &Store) -> Result<Option<Loaded>> {
+    for (step, name) in folders(store).await? {
+        match read_one(store, step).await {
+            Ok(Some(l)) => return Ok(Some(l)),
+            Ok(None) => {
+                tracing::info!("checkpoint {name} is incomplete (no manifest); ignoring it")
+            }
+            Err(e) => tracing::warn!(
+                "checkpoint {} is corrupt, skipping it in favour of an older one: {e:#}",
+                store.url_of(&format!("{}/{name}", layout::CHECKPOINTS))
+            ),
+        }
+    }
+    Ok(None)
+}
+
+/// Delete all but the newest `keep` complete checkpoints at or before `current` (the one just
+/// written), incomplete folders older than it, and every folder newer than it: those are
+/// leftovers that the resume skipped as corrupt or incomplete, and would otherwise outrank the
+/// fresh checkpoint. Called only after the new checkpoint is complete, so a crash in here never
+/// leaves fewer usable checkpoints than before.
+pub async fn prune(store: &Store, keep: usize, current: u64) -> Result<()> {
+    let mut complete = 0usize;
+    for (step, name) in folders(store).await? {
+        let rel = format!("{}/{name}", layout::CHECKPOINTS);
+        let delete = if step > current {
+            true
+        } else if store
+            .get_opt(&format!("{rel}/{}", layout::MANIFEST))
+            .await?
+            .is_some()
+        {
+            complete += 1;
+            complete > keep
+        } else {
+            step < current
+        };
+        if delete {
+            tracing::debug!("deleting checkpoint folder {rel}");
+            store.delete_prefix(&rel).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64) -> TrainState {
+        TrainState {
+            step,
+            data_position: step * 4,
+            lr: 0.1,
+            elapsed_s: 1.0,
+            seed: 1,
+            rng: RNG_SCHEME.into(),
+            best: None,
+            latest: None,
+            last_eval_step: None,
+            resumes: 0,
+            loss_scale: None,
+            skipped_steps: 0,
+            architecture: textrec_contract::Preset::Tiny.architecture(),
+            charset: "ab".into(),
+            config: serde_json::json!({}),
+        }
+    }
+
+    fn write(step: u64) -> ToWrite {
+        ToWrite {
+            state: state(step),
+            weights: vec![1, 2, 3],
+            optimizer: vec![4],
+            best: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn newest_complete_wins_and_corrupt_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        assert!(load_newest(&store).await.unwrap().is_none());
+        for s in [5, 10, 15] {
+            save(&store, write(s)).await.unwrap();
+        }
+        // A partial folder (no manifest) newer than all.
+        store
+            .put(
+                "checkpoints/step-0000000020/weights.safetensors",
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(load_newest(&store).await.unwrap().unwrap().state.step, 15);
+        std::fs::write(
+            tmp.path()
+                .join("checkpoints/step-0000000015/weights.safetensors"),
+            b"bad",
+        )
+        .unwrap();
+        assert_eq!(load_newest(&store).await.unwrap().unwrap().state.step, 10);
+        // Resumed from 10: the corrupt 15 and partial 20 must not outrank what comes next.
+        prune(&store, 1, 10).await.unwrap();
+        let left = store.list_dirs("checkpoints").await.unwrap();
+        assert_eq!(left, vec!["step-0000000010"]);
+    }
+}

@@ -1,0 +1,601 @@
+//! The training loop of one trial.
+//!
+//! Order within a step, chosen so that a restart at any point replays the same computation:
+//! reseed torch from (seed, step) → forward/backward on the batch at data position
+//! `step · batch_size` → clip → AdamW with `lr(step)` → log → evaluate (if due) → checkpoint (if
+//! due, or if a stop was requested). An evaluation cut short by a signal is recorded as not done
+//! (`last_eval_step`), so the resumed process runs it before its first step.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use tch::nn::VarStore;
+use tch::Device;
+use textrec_contract::charset::IAM_CHARSET;
+use textrec_contract::exit::ConfigError;
+use textrec_contract::manifest::{ModelManifest, Provenance, MODEL_FORMAT};
+use textrec_contract::metrics::{
+    CheckpointRef, MetricsRecord, ModelRef, RecordKind, TrialProgress, WorkerPhase,
+};
+use textrec_contract::{layout, Store, TrainConfig};
+use textrec_model::data::{open_dataset, Loader, Sampler};
+use textrec_model::net::Recognizer;
+use textrec_model::tensorio;
+use textrec_model::Tokenizer;
+use tokio::runtime::Runtime;
+
+use super::checkpoint::{self, TrainState, RNG_SCHEME};
+use super::metrics_log::MetricsLog;
+use super::optimizer::AdamW;
+use super::progress::{self, Display};
+use super::schedule::lr_at;
+use super::signals::StopFlag;
+use super::validation::ValidationSet;
+
+/// How a trial ended (errors are returned as `Err`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `max_steps` reached and the model folder written.
+    Finished,
+    /// Stopped by a signal (or `--stop-at-step`) after checkpointing.
+    Interrupted,
+}
+
+/// What the loop needs besides the config.
+pub struct TrialContext {
+    /// The trial's storage folder.
+    pub store: Store,
+    /// The async runtime storage calls run on.
+    pub rt: Runtime,
+    /// Where tensors live.
+    pub device: Device,
+    /// Set by SIGTERM/SIGINT.
+    pub stop: StopFlag,
+    /// Stop (as if signalled) once this many steps are done.
+    pub stop_at_step: Option<u64>,
+    /// TrainingRun name for the provenance.
+    pub run: Option<String>,
+    /// Trial name for the provenance.
+    pub trial: Option<String>,
+}
+
+/// The torch seed of step `step` (1-based), a pure function so dropout masks replay on resume.
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    // splitmix64: consecutive steps get unrelated seeds.
+    let mut z =
+        (seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+/// Dynamic loss scaling for fp16 autocast: fp16 gradients underflow without it.
+struct LossScaler {
+    scale: f64,
+    good_steps: u32,
+}
+
+impl LossScaler {
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    /// After a step: grow the scale after a long run of finite gradients, halve it on overflow.
+    fn update(&mut self, finite: bool) {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps >= Self::GROWTH_INTERVAL {
+                self.scale = (self.scale * 2.0).min(2f64.powi(24));
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+        }
+    }
+}
+
+/// Running sums between two training records.
+#[derive(Default)]
+struct Window {
+    loss_sum: f64,
+    steps: u64,
+    samples: u64,
+    started: Option<Instant>,
+}
+
+/// Everything mutable during a trial.
+struct Trial<'a> {
+    cfg: &'a TrainConfig,
+    ctx: &'a TrialContext,
+    vs: VarStore,
+    net: Recognizer,
+    opt: AdamW,
+    tokenizer: Tokenizer,
+    state: TrainState,
+    best_weights: Option<Vec<u8>>,
+    metrics: MetricsLog,
+    checkpoint: Option<CheckpointRef>,
+    samples_per_sec: Option<f64>,
+    /// When this process started training (elapsed = state's + this).
+    session_start: Instant,
+    elapsed_at_start: f64,
+    last_checkpoint: Instant,
+    autocast: bool,
+    scaler: Option<LossScaler>,
+    display: Display,
+}
+
+impl Trial<'_> {
+    fn elapsed(&self) -> f64 {
+        self.elapsed_at_start + self.session_start.elapsed().as_secs_f64()
+    }
+
+    fn progress(
+        &self,
+        phase: WorkerPhase,
+        model: Option<ModelRef>,
+        message: Option<String>,
+    ) -> TrialProgress {
+        TrialProgress {
+            phase,
+            step: self.state.step,
+            max_steps: self.cfg.max_steps,
+            samples_per_sec: self.samples_per_sec,
+            latest: self.state.latest,
+            best: self.state.best,
+            checkpoint: self.checkpoint.clone(),
+            model,
+            resumes: self.state.resumes,
+            updated: chrono::Utc::now(),
+            message,
+        }
+    }
+
+    fn publish(&mut self, phase: WorkerPhase) -> Result<()> {
+        let p = self.progress(phase, None, None);
+        self.ctx.rt.block_on(async {
+            self.metrics.flush(&self.ctx.store).await?;
+            progress::write(&self.ctx.store, &p).await
+        })
+    }
+
+    fn record(&self, kind: RecordKind) -> MetricsRecord {
+        MetricsRecord {
+            kind,
+            step: self.state.step,
+            time: chrono::Utc::now(),
+            elapsed_s: self.elapsed(),
+            loss: None,
+            lr: None,
+            samples_per_sec: None,
+            cer: None,
+            wer: None,
+        }
+    }
+
+    /// One optimizer step on `batch`; returns the loss.
+    fn train_step(&mut self, batch: textrec_model::data::Batch) -> Result<f64> {
+        let completed = self.state.step;
+        let lr = lr_at(completed, self.cfg.max_steps, &self.cfg.optimizer);
+        tch::manual_seed(step_seed(self.cfg.seed, completed + 1));
+        let d = self.ctx.device;
+        let images = batch.images.to_device(d);
+        let widths = batch.widths.to_device(d);
+        let tgt_in = batch.tgt_in.to_device(d);
+        let tgt_out = batch.tgt_out.to_device(d);
+        let lengths = batch.target_lengths.to_device(d);
+        let loss = tch::autocast(self.autocast, || {
+            let out = self.net.forward_t(&images, &widths, &tgt_in, true);
+            self.net
+                .loss(&out, &tgt_out, &lengths, self.cfg.optimizer.label_smoothing)
+        });
+        let loss_value = loss.double_value(&[]);
+        self.opt.zero_grad();
+        let mut finite = loss_value.is_finite();
+        if finite {
+            let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
+            if scale != 1.0 {
+                (&loss * scale).backward();
+                self.opt.scale_grads(1.0 / scale);
+            } else {
+                loss.backward();
+            }
+            let norm = self.opt.clip_grad_norm(self.cfg.optimizer.grad_clip);
+            finite = norm.is_finite();
+            if finite {
+                self.opt.step(lr);
+            }
+        }
+        if let Some(s) = &mut self.scaler {
+            s.update(finite);
+        }
+        if !finite {
+            // Skipping keeps the weights sane; on CPU fp32 this points at a bad config (lr).
+            self.state.skipped_steps += 1;
+            self.display.note(format!(
+                "step {}: loss or gradient not finite (loss {loss_value}); update skipped",
+                completed + 1
+            ));
+        }
+        self.state.step = completed + 1;
+        self.state.data_position += self.cfg.batch_size as u64;
+        self.state.lr = lr;
+        Ok(loss_value)
+    }
+
+    /// Evaluate now; `false` when cut short by a stop request.
+    fn evaluate(&mut self, val: &ValidationSet) -> Result<bool> {
+        let started = Instant::now();
+        let arch_max = self.state.architecture.max_text_len;
+        let point = val.evaluate(
+            &self.net,
+            &self.tokenizer,
+            &self.cfg.preprocess,
+            self.ctx.device,
+            self.cfg.batch_size,
+            arch_max,
+            self.autocast,
+            self.state.step,
+            &self.ctx.stop,
+        )?;
+        let Some(point) = point else {
+            self.display
+                .note(format!("step {}: evaluation interrupted", self.state.step));
+            return Ok(false);
+        };
+        self.state.latest = Some(point);
+        self.state.last_eval_step = Some(point.step);
+        // Strictly better only: on a tie the earlier (less trained) weights stay.
+        if self.state.best.is_none_or(|b| point.cer < b.cer) {
+            self.state.best = Some(point);
+            self.best_weights = Some(tensorio::save_varstore(&self.vs)?);
+        }
+        let mut rec = self.record(RecordKind::Eval);
+        rec.cer = Some(point.cer);
+        rec.wer = Some(point.wer);
+        self.metrics.push(&rec);
+        let best = self.state.best.expect("set above");
+        self.display.note(format!(
+            "step {}: validation CER {:.4} WER {:.4} ({} lines, {:.1}s); best CER {:.4} at step {}",
+            point.step,
+            point.cer,
+            point.wer,
+            val.len(),
+            started.elapsed().as_secs_f64(),
+            best.cer,
+            best.step
+        ));
+        self.publish(WorkerPhase::Running)?;
+        Ok(true)
+    }
+
+    fn save_checkpoint(&mut self) -> Result<()> {
+        if self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.step == self.state.step)
+        {
+            return Ok(()); // nothing new since the last one (e.g. stop right after resume)
+        }
+        let started = Instant::now();
+        self.state.elapsed_s = self.elapsed();
+        self.state.loss_scale = self.scaler.as_ref().map(|s| s.scale);
+        let ckpt = checkpoint::ToWrite {
+            state: self.state.clone(),
+            weights: tensorio::save_varstore(&self.vs)?,
+            optimizer: tensorio::to_safetensors(&self.opt.state_tensors(), None)?,
+            best: self.best_weights.clone(),
+        };
+        let keep = self.cfg.checkpoint.keep;
+        let step = self.state.step;
+        let reference = self.ctx.rt.block_on(async {
+            let r = checkpoint::save(&self.ctx.store, ckpt).await?;
+            checkpoint::prune(&self.ctx.store, keep, step).await?;
+            anyhow::Ok(r)
+        })?;
+        self.display.note(format!(
+            "step {step}: checkpoint written to {} ({:.2}s)",
+            reference.url,
+            started.elapsed().as_secs_f64()
+        ));
+        self.checkpoint = Some(reference);
+        self.last_checkpoint = Instant::now();
+        self.publish(WorkerPhase::Running)
+    }
+
+    fn eval_due(&self) -> bool {
+        let s = self.state.step;
+        s > 0
+            && (s % self.cfg.eval_interval == 0 || s == self.cfg.max_steps)
+            && self.state.last_eval_step != Some(s)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let c = &self.cfg.checkpoint;
+        let s = self.state.step;
+        s == self.cfg.max_steps
+            || (c.every_steps > 0 && s % c.every_steps == 0)
+            || (c.every_seconds > 0 && self.last_checkpoint.elapsed().as_secs() >= c.every_seconds)
+    }
+
+    /// Write the final model folder (best weights + manifest, manifest last).
+    fn write_model(&self) -> Result<ModelRef> {
+        let best = self
+            .state
+            .best
+            .context("no evaluation happened, so there is no best model")?;
+        let weights = self.best_weights.clone().context("best weights missing")?;
+        let manifest = |files| {
+            let m = ModelManifest {
+                format: MODEL_FORMAT.to_string(),
+                created: chrono::Utc::now(),
+                architecture: self.state.architecture.clone(),
+                charset: self.tokenizer.charset().to_string(),
+                preprocessing: self.cfg.preprocess.clone(),
+                metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)].into(),
+                provenance: Provenance {
+                    run: self.ctx.run.clone(),
+                    trial: self.ctx.trial.clone(),
+                    step: best.step,
+                    textrec_version: env!("CARGO_PKG_VERSION").to_string(),
+                    config: self.cfg.to_json(),
+                },
+                files,
+            };
+            Ok(serde_json::to_vec_pretty(&m)?)
+        };
+        let bytes = self.ctx.rt.block_on(self.ctx.store.write_folder(
+            layout::MODEL,
+            vec![(layout::MODEL_WEIGHTS.to_string(), Bytes::from(weights))],
+            manifest,
+        ))?;
+        Ok(ModelRef {
+            url: self.ctx.store.url_of(layout::MODEL),
+            sha256: ModelManifest::version_of(&bytes),
+            cer: best.cer,
+        })
+    }
+}
+
+/// Run one trial to completion or interruption. Errors after start-up are reported in
+/// `progress.json` by the caller.
+pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialProgress)> {
+    let arch = cfg.model.resolve()?;
+    let tokenizer = Tokenizer::new(IAM_CHARSET);
+    let device = ctx.device;
+    let autocast = device.is_cuda() && cfg.precision != textrec_contract::config::Precision::Fp32;
+
+    // Data first: a missing font or corpus is a config error and should cost no model build.
+    let train_ds = open_dataset(&cfg.data.train, cfg.seed, IAM_CHARSET)
+        .map_err(|e| ConfigError::new(format!("data.train: {e:#}")))?;
+    if train_ds.len() == Some(0) {
+        bail!(ConfigError::new(format!(
+            "data.train: the data set is empty ({})",
+            train_ds.describe()
+        )));
+    }
+    // A synthetic validation set ignores the trial seed (the data module fixes it), so every
+    // trial of a search is scored on the same lines.
+    let val_ds = open_dataset(&cfg.data.validation, cfg.seed, IAM_CHARSET)
+        .map_err(|e| ConfigError::new(format!("data.validation: {e:#}")))?;
+    let val = ValidationSet::load(&val_ds, &cfg.preprocess, cfg.data.validation.samples)?;
+    if val.is_empty() {
+        bail!(ConfigError::new(format!(
+            "data.validation: no usable samples ({})",
+            val_ds.describe()
+        )));
+    }
+    tracing::info!(
+        "data: train {} | validation {} lines",
+        train_ds.describe(),
+        val.len()
+    );
+
+    // Fresh weights come from the trial seed; a resumed run overwrites them.
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = VarStore::new(device);
+    let net = Recognizer::new(&vs.root(), &arch, tokenizer.vocab_size());
+    let mut opt = AdamW::new(vs.variables(), &cfg.optimizer);
+
+    let prior_progress = ctx.rt.block_on(progress::read(&ctx.store));
+    let loaded = ctx.rt.block_on(checkpoint::load_newest(&ctx.store))?;
+    let mut best_weights = None;
+    let mut checkpoint_ref = None;
+    let state = match loaded {
+        Some(l) => {
+            if l.state.architecture != arch {
+                bail!(ConfigError::new(format!(
+                    "model: the checkpoint at {} was trained with a different architecture ({:?}); \
+                     use a new output location or the original config",
+                    l.reference.url, l.state.architecture
+                )));
+            }
+            if l.state.charset != tokenizer.charset() {
+                bail!(ConfigError::new(format!(
+                    "the checkpoint at {} has another charset",
+                    l.reference.url
+                )));
+            }
+            if l.state.seed != cfg.seed {
+                tracing::warn!(
+                    "checkpoint seed {} differs from the config's {}; continuing with the checkpoint's data order would be wrong, using the config's",
+                    l.state.seed,
+                    cfg.seed
+                );
+            }
+            tensorio::load_varstore(&mut vs, &l.weights).context("checkpoint weights")?;
+            let moments =
+                tensorio::from_safetensors(&l.optimizer, device).context("checkpoint optimizer")?;
+            opt.load_state(moments, l.state.step)
+                .context("checkpoint optimizer")?;
+            best_weights = l.best.map(|b| b.to_vec());
+            let mut state = l.state;
+            state.resumes = state
+                .resumes
+                .max(prior_progress.as_ref().map_or(0, |p| p.resumes))
+                + 1;
+            tracing::info!(
+                "resuming from checkpoint {} at step {} (resume #{})",
+                l.reference.url,
+                state.step,
+                state.resumes
+            );
+            checkpoint_ref = Some(l.reference);
+            state
+        }
+        None => TrainState {
+            step: 0,
+            data_position: 0,
+            lr: 0.0,
+            elapsed_s: 0.0,
+            seed: cfg.seed,
+            rng: RNG_SCHEME.to_string(),
+            best: None,
+            latest: None,
+            last_eval_step: None,
+            resumes: 0,
+            loss_scale: None,
+            skipped_steps: 0,
+            architecture: arch.clone(),
+            charset: tokenizer.charset().to_string(),
+            config: cfg.to_json(),
+        },
+    };
+    // Gradients exist (as zeros) from the start in fresh and resumed runs alike, so every
+    // backward pass accumulates into a zeroed buffer: identical arithmetic either way.
+    opt.init_grads();
+    tracing::info!(
+        "model: {} parameter tensors ({} with weight decay), {:.2}M weights; device {device:?}, autocast {}",
+        opt.len(),
+        opt.decayed_names().len(),
+        vs.trainable_variables().iter().map(|t| t.numel()).sum::<usize>() as f64 / 1e6,
+        if autocast { "fp16" } else { "off" }
+    );
+    if autocast && cfg.precision == textrec_contract::config::Precision::Bf16 {
+        tracing::warn!("precision bf16: tch exposes only libtorch's default CUDA autocast (fp16); using fp16 with loss scaling");
+    }
+
+    let metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
+    let sampler = Sampler::new(train_ds.len(), cfg.seed);
+    let mut loader = Loader::start(
+        train_ds,
+        sampler,
+        tokenizer.clone(),
+        cfg.preprocess.clone(),
+        cfg.batch_size,
+        state.data_position,
+        cfg.data.loader_threads.max(1),
+        cfg.data.prefetch_batches.max(1),
+    );
+
+    let scaler = autocast.then(|| LossScaler {
+        scale: state.loss_scale.unwrap_or(65536.0),
+        good_steps: 0,
+    });
+    let elapsed_at_start = state.elapsed_s;
+    let mut t = Trial {
+        cfg,
+        ctx,
+        vs,
+        net,
+        opt,
+        tokenizer,
+        display: Display::new(state.step, cfg.max_steps),
+        state,
+        best_weights,
+        metrics,
+        checkpoint: checkpoint_ref,
+        samples_per_sec: None,
+        session_start: Instant::now(),
+        elapsed_at_start,
+        last_checkpoint: Instant::now(),
+        autocast,
+        scaler,
+    };
+    t.publish(WorkerPhase::Running)?;
+
+    let mut window = Window::default();
+    let outcome = loop {
+        // An evaluation due at this step that has not happened (resumed right after a cut-short
+        // one, or the first iteration after a checkpoint at an eval step).
+        if t.eval_due() && !t.evaluate(&val)? {
+            break Outcome::Interrupted;
+        }
+        if t.ctx.stop.is_set() {
+            break Outcome::Interrupted;
+        }
+        if t.state.step >= cfg.max_steps {
+            break Outcome::Finished;
+        }
+        let batch = loader.next_batch().context("loading a training batch")?;
+        let started = *window.started.get_or_insert_with(Instant::now);
+        let n = batch.ids.len() as u64;
+        let loss = t.train_step(batch)?;
+        window.loss_sum += loss;
+        window.steps += 1;
+        window.samples += n;
+        t.display.step(t.state.step);
+
+        if t.state.step % cfg.log_interval == 0 || t.state.step == cfg.max_steps {
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            let sps = window.samples as f64 / secs;
+            t.samples_per_sec = Some(sps);
+            let mut rec = t.record(RecordKind::Train);
+            rec.loss = Some(window.loss_sum / window.steps as f64);
+            rec.lr = Some(t.state.lr);
+            rec.samples_per_sec = Some(sps);
+            t.display.report(format!(
+                "step {}/{}: loss {:.4} lr {:.2e} {:.1} samples/s",
+                t.state.step,
+                cfg.max_steps,
+                rec.loss.unwrap_or_default(),
+                t.state.lr,
+                sps
+            ));
+            t.metrics.push(&rec);
+            window = Window::default();
+            t.publish(WorkerPhase::Running)?;
+        }
+        if t.eval_due() && !t.evaluate(&val)? {
+            break Outcome::Interrupted;
+        }
+        // After the evaluation, so a planned stop never cuts one short.
+        if t.ctx.stop_at_step == Some(t.state.step) {
+            t.ctx.stop.set();
+        }
+        if t.checkpoint_due() || t.ctx.stop.is_set() {
+            t.save_checkpoint()?;
+        }
+    };
+
+    t.display.finish();
+    match outcome {
+        Outcome::Interrupted => {
+            t.save_checkpoint()?;
+            let p = t.progress(WorkerPhase::Interrupted, None, None);
+            ctx.rt.block_on(progress::write(&ctx.store, &p))?;
+            tracing::info!(
+                "interrupted at step {}; resume by running the same command again",
+                t.state.step
+            );
+            Ok((Outcome::Interrupted, p))
+        }
+        Outcome::Finished => {
+            t.save_checkpoint()?;
+            let model = t.write_model()?;
+            let p = t.progress(WorkerPhase::Succeeded, Some(model.clone()), None);
+            ctx.rt.block_on(async {
+                t.metrics.flush(&ctx.store).await?;
+                progress::write(&ctx.store, &p).await
+            })?;
+            tracing::info!(
+                "finished {} steps in {:.1}s; model (best CER {:.4}) written to {}",
+                t.state.step,
+                t.elapsed(),
+                model.cer,
+                model.url
+            );
+            Ok((Outcome::Finished, p))
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The validation set, prepared once, and greedy-decode evaluation over it.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tch::Device;
+use textrec_contract::config::PreprocessConfig;
+use textrec_contract::metrics::EvalPoint;
+use textrec_model::data::Dataset;
+use textrec_model::metrics::ErrorCounts;
+use textrec_model::net::Recognizer;
+use textrec_model::preprocess::{self, PreparedImage};
+use textrec_model::Tokenizer;
+
+use super::signals::StopFlag;
+
+/// Validation lines, preprocessed once (they are evaluated many times).
+pub struct ValidationSet {
+    images: Vec<PreparedImage>,
+    texts: Vec<String>,
+    /// Samples that could not be read or prepared.
+    pub skipped: usize,
+}
+
+impl ValidationSet {
+    /// Load up to `limit` samples of `dataset` (all of a finite one when `limit` is `None`).
+    pub fn load(
+        dataset: &Arc<dyn Dataset>,
+        pre: &PreprocessConfig,
+        limit: Option<u64>,
+    ) -> Result<Self> {
+        let n = match (dataset.len(), limit) {
+            (Some(len), Some(l)) => len.min(l),
+            (Some(len), None) => len,
+            (None, Some(l)) => l,
+            (None, None) => 256,
+        };
+        let mut images = Vec::with_capacity(n as usize);
+        let mut texts = Vec::with_capacity(n as usize);
+        let mut skipped = Vec::new();
+        for i in 0..n {
+            let prepared = dataset
+                .get(i)
+                .and_then(|s| preprocess::prepare(&s.image, pre).map(|p| (p, s.text)))
+                .with_context(|| format!("validation sample {i}"));
+            match prepared {
+                Ok((img, text)) => {
+                    images.push(img);
+                    texts.push(text);
+                }
+                Err(e) => skipped.push(format!("{e:#}")),
+            }
+        }
+        if !skipped.is_empty() {
+            tracing::warn!(
+                "validation: skipped {} unreadable samples: {}",
+                skipped.len(),
+                skipped.join("; ")
+            );
+        }
+        Ok(Self {
+            images,
+            texts,
+            skipped: skipped.len(),
+        })
+    }
+
+    /// Number of usable lines.
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Whether there is nothing to evaluate on.
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    /// CER/WER of greedy decoding at `step`; `None` when `stop` was set part-way (the caller
+    /// checkpoints, and the evaluation is redone after resume).
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate(
+        &self,
+        net: &Recognizer,
+        tokenizer: &Tokenizer,
+        pre: &PreprocessConfig,
+        device: Device,
+        batch_size: usize,
+        max_len: i64,
+        autocast: bool,
+        step: u64,
+        stop: &StopFlag,
+    ) -> Result<Option<EvalPoint>> {
+        let mut counts = ErrorCounts::default();
+        for (chunk, texts) in self
+            .images
+            .chunks(batch_size)
+            .zip(self.texts.chunks(batch_size))
+        {
+            if stop.is_set() {
+                return Ok(None);
+            }
+            let (images, widths) = preprocess::collate(chunk, pre, device);
+            let decoded = tch::no_grad(|| {
+                tch::autocast(autocast, || net.greedy_decode(&images, &widths, max_len))
+            });
+            for (tokens, reference) in decoded.tokens.iter().zip(texts) {
+                counts.add(reference, &tokenizer.decode(tokens));
+            }
+        }
+        Ok(Some(EvalPoint {
+            step,
+            cer: counts.cer(),
+            wer: counts.wer(),
+        }))
+    }
+}

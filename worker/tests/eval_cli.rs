@@ -1,0 +1,170 @@
+//! `textrec-worker eval` and `recognize` through the built binary, on a tesstrain folder
+//! rendered by the synthetic data module and a model from a short `tiny` training run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use textrec_contract::charset::IAM_CHARSET;
+use textrec_contract::config::{DatasetKind, DatasetSpec, SyntheticConfig, TextSplit};
+use textrec_model::data::open_dataset;
+
+const LINES: u64 = 6;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_textrec-worker"));
+    c.env("RUST_LOG", "info").env_remove("TEXTREC_LOG_JSON");
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().expect("spawn textrec-worker");
+    eprintln!("--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A tesstrain folder of `LINES` rendered lines plus one unreadable image, and a trained model.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    model: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("lines");
+        std::fs::create_dir_all(&data).unwrap();
+        let spec = DatasetSpec {
+            kind: DatasetKind::Synthetic,
+            samples: Some(LINES),
+            synthetic: SyntheticConfig {
+                split: TextSplit::Validation,
+                max_chars: 16,
+                ..SyntheticConfig::default()
+            },
+            ..DatasetSpec::default()
+        };
+        let set = open_dataset(&spec, 1, IAM_CHARSET).unwrap();
+        for i in 0..LINES {
+            let s = set.get(i).unwrap();
+            s.image.save(data.join(format!("line-{i}.png"))).unwrap();
+            std::fs::write(
+                data.join(format!("line-{i}.gt.txt")),
+                format!("{}\n", s.text),
+            )
+            .unwrap();
+        }
+        std::fs::write(data.join("broken.png"), b"not a png at all").unwrap();
+        std::fs::write(data.join("broken.gt.txt"), "broken\n").unwrap();
+
+        let out = dir.path().join("trial");
+        let mut train = bin();
+        train
+            .arg("train")
+            .arg("--config")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/trial-tiny.yaml"))
+            .arg("--output")
+            .arg(&out)
+            .args([
+                "--set",
+                "max_steps=10",
+                "--set",
+                "eval_interval=10",
+                "--set",
+                "data.validation.samples=8",
+            ]);
+        assert_eq!(
+            run(train).status.code(),
+            Some(0),
+            "training the fixture model failed"
+        );
+        Fixture {
+            data,
+            model: out.join("model"),
+            _dir: dir,
+        }
+    })
+}
+
+#[test]
+fn eval_json_reports_cer_wer_lines_and_skipped() {
+    let f = fixture();
+    let preds = tempfile::tempdir().unwrap();
+    let mut c = bin();
+    c.arg("eval")
+        .arg("--model")
+        .arg(&f.model)
+        .arg("--data")
+        .arg(&f.data);
+    c.arg("--predictions")
+        .arg(preds.path())
+        .arg("--json")
+        .args(["--device", "cpu"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("a JSON line");
+    let j: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{last}: {e}"));
+    assert_eq!(j["lines"], LINES);
+    assert_eq!(
+        j["skipped"], 1,
+        "the unreadable image is skipped and counted: {j}"
+    );
+    let (cer, wer) = (j["cer"].as_f64().unwrap(), j["wer"].as_f64().unwrap());
+    assert!(cer >= 0.0 && wer >= 0.0, "{j}");
+    for i in 0..LINES {
+        let p = preds.path().join(format!("line-{i}.txt"));
+        assert!(p.exists(), "missing prediction {}", p.display());
+    }
+}
+
+#[test]
+fn eval_of_a_missing_model_fails_naming_it() {
+    let f = fixture();
+    let mut c = bin();
+    c.args(["eval", "--model", "/nonexistent/model", "--data"])
+        .arg(&f.data);
+    let out = run(c);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
+}
+
+#[test]
+fn recognize_prints_path_tab_text_per_image() {
+    let f = fixture();
+    let images: Vec<PathBuf> = (0..3)
+        .map(|i| f.data.join(format!("line-{i}.png")))
+        .collect();
+    let mut c = bin();
+    c.arg("recognize")
+        .arg("--model")
+        .arg(&f.model)
+        .arg("--confidence")
+        .args(&images);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (line, img) in lines.iter().zip(&images) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{line}");
+        assert_eq!(cols[0], img.display().to_string());
+        let conf: f32 = cols[2].parse().unwrap();
+        assert!((0.0..=1.0).contains(&conf));
+    }
+
+    let mut both = bin();
+    both.arg("recognize")
+        .arg("--model")
+        .arg(&f.model)
+        .args(["--endpoint", "grpc://127.0.0.1:1"]);
+    both.arg(&images[0]);
+    assert_eq!(
+        run(both).status.code(),
+        Some(2),
+        "--model and --endpoint are exclusive"
+    );
+}

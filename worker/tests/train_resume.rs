@@ -1,0 +1,381 @@
+//! Exact resume and the failure modes of `textrec-worker train`, through the built binary.
+//!
+//! Every run uses the `tiny` example config on one CPU thread, so runs are reproducible to the
+//! bit: a trial interrupted in any way and restarted must end with the same `model.safetensors`
+//! as one that never stopped. Each resume test also checks that a checkpoint was really used,
+//! so a run that silently restarted from scratch cannot pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use textrec_contract::metrics::{MetricsRecord, RecordKind, TrialProgress, WorkerPhase};
+use textrec_contract::ModelManifest;
+
+const MAX_STEPS: u64 = 40;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/trial-tiny.yaml")
+}
+
+/// `train` with the test settings: small enough for seconds, with a checkpoint every 5 steps
+/// and evaluations at 20 and 40 (so the best weights and a pending evaluation are exercised).
+fn train_cmd(out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_textrec-worker"));
+    c.arg("train")
+        .arg("--config")
+        .arg(example())
+        .arg("--output")
+        .arg(out)
+        .args(["--threads", "1"])
+        .args(["--set", &format!("max_steps={MAX_STEPS}")])
+        .args([
+            "--set",
+            "batch_size=8",
+            "--set",
+            "eval_interval=20",
+            "--set",
+            "log_interval=5",
+        ])
+        .args([
+            "--set",
+            "checkpoint.every_steps=5",
+            "--set",
+            "checkpoint.every_seconds=0",
+        ])
+        .args([
+            "--set",
+            "checkpoint.keep=3",
+            "--set",
+            "data.validation.samples=16",
+        ])
+        // Dropout on (the tiny preset has none) so the per-step RNG reseeding is exercised;
+        // two loader threads so batch order across threads is too.
+        .args([
+            "--set",
+            "model.dropout=0.1",
+            "--set",
+            "data.loader_threads=2",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("TEXTREC_LOG_JSON");
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().expect("spawn textrec-worker");
+    eprintln!("--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn model_sha(out: &Path) -> String {
+    let manifest: ModelManifest =
+        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let weights = std::fs::read(out.join("model/model.safetensors")).unwrap();
+    let sha = textrec_contract::manifest::sha256_hex(&weights);
+    let listed = manifest
+        .files
+        .iter()
+        .find(|f| f.path == "model.safetensors")
+        .unwrap();
+    assert_eq!(listed.sha256, sha, "manifest digest matches the file");
+    sha
+}
+
+fn progress(out: &Path) -> TrialProgress {
+    serde_json::from_slice(&std::fs::read(out.join("progress.json")).unwrap()).unwrap()
+}
+
+fn metrics(out: &Path) -> Vec<MetricsRecord> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad metrics line {l}: {e}")))
+        .collect()
+}
+
+/// The uninterrupted reference run, shared by the tests of this file.
+fn reference() -> &'static (tempfile::TempDir, String) {
+    static REF: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(train_cmd(dir.path(), &[]));
+        assert_eq!(out.status.code(), Some(0), "reference run failed");
+        let sha = model_sha(dir.path());
+        (dir, sha)
+    })
+}
+
+/// Steps of the complete checkpoints under `out`.
+fn complete_checkpoints(out: &Path) -> Vec<u64> {
+    let Ok(rd) = std::fs::read_dir(out.join("checkpoints")) else {
+        return vec![];
+    };
+    let mut v: Vec<u64> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("manifest.json").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Wait until a checkpoint at `min_step` or later is complete; the child must still be running.
+fn wait_for_checkpoint(child: &mut Child, out: &Path, min_step: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if complete_checkpoints(out)
+            .last()
+            .is_some_and(|&s| s >= min_step)
+        {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("training ended ({status}) before checkpoint {min_step} appeared");
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A delay that differs from run to run, so kills land at different points of a step
+/// (mid-forward, mid-checkpoint-write, mid-evaluation).
+fn jitter(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    Duration::from_millis(u64::from(nanos) % max_ms)
+}
+
+fn spawn_quiet(mut c: Command) -> Child {
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn textrec-worker")
+}
+
+fn assert_train_records_unique(out: &Path) {
+    let steps: Vec<u64> = metrics(out)
+        .iter()
+        .filter(|r| r.kind == RecordKind::Train)
+        .map(|r| r.step)
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "replayed steps duplicated: {steps:?}"
+    );
+    assert_eq!(steps.last(), Some(&MAX_STEPS));
+}
+
+#[test]
+fn uninterrupted_run_writes_model_metrics_and_progress() {
+    let (dir, _) = reference();
+    let out = dir.path();
+    let p = progress(out);
+    assert_eq!(p.phase, WorkerPhase::Succeeded);
+    assert_eq!((p.step, p.max_steps, p.resumes), (MAX_STEPS, MAX_STEPS, 0));
+    let model = p.model.expect("model reference");
+    assert!(model.url.ends_with("/model"), "{}", model.url);
+    let records = metrics(out);
+    let evals: Vec<&MetricsRecord> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Eval)
+        .collect();
+    assert_eq!(
+        evals.iter().map(|r| r.step).collect::<Vec<_>>(),
+        vec![20, 40]
+    );
+    for e in &evals {
+        let (cer, wer) = (e.cer.unwrap(), e.wer.unwrap());
+        assert!(cer >= 0.0 && wer >= 0.0 && cer.is_finite(), "{e:?}");
+    }
+    let train: Vec<&MetricsRecord> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Train)
+        .collect();
+    assert_eq!(train.len(), (MAX_STEPS / 5) as usize);
+    assert!(train
+        .iter()
+        .all(|r| r.loss.unwrap().is_finite() && r.lr.unwrap() > 0.0));
+    // The model is the best evaluation's, with its metrics.
+    let manifest: ModelManifest =
+        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let best = p.best.unwrap();
+    assert_eq!(manifest.provenance.step, best.step);
+    assert_eq!(manifest.metrics["cer"], best.cer);
+    assert_eq!(model.cer, best.cer);
+    // Only the newest `keep` checkpoints survive.
+    assert_eq!(complete_checkpoints(out), vec![30, 35, 40]);
+}
+
+#[test]
+fn sigkill_at_a_random_moment_then_restart_is_bit_identical() {
+    let (_, expected) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let mut child = spawn_quiet(train_cmd(out, &[]));
+    wait_for_checkpoint(&mut child, out, 10);
+    std::thread::sleep(jitter(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run finished before it could be killed"
+    );
+    child.kill().unwrap(); // SIGKILL: no chance to checkpoint
+    child.wait().unwrap();
+    let killed_at = complete_checkpoints(out);
+    assert!(!killed_at.is_empty());
+
+    let done = run(train_cmd(out, &[]));
+    assert_eq!(done.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains("resuming from checkpoint"),
+        "did not resume"
+    );
+    assert!(progress(out).resumes >= 1);
+    assert_eq!(
+        &model_sha(out),
+        expected,
+        "resumed weights differ (checkpoints at kill: {killed_at:?})"
+    );
+    assert_train_records_unique(out);
+}
+
+#[test]
+fn sigterm_checkpoints_exits_75_and_resumes_bit_identical() {
+    let (_, expected) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let termlog = out.join("termination-log");
+    let mut child = spawn_quiet(train_cmd(
+        out,
+        &["--termination-log", termlog.to_str().unwrap()],
+    ));
+    wait_for_checkpoint(&mut child, out, 5);
+    std::thread::sleep(jitter(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run finished before SIGTERM"
+    );
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "SIGTERM must exit with EX_TEMPFAIL"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        sent.elapsed()
+    );
+    let p = progress(out);
+    assert_eq!(p.phase, WorkerPhase::Interrupted);
+    let ckpt = p.checkpoint.expect("interrupted run names its checkpoint");
+    assert_eq!(
+        ckpt.step, p.step,
+        "the checkpoint is at the step it stopped at"
+    );
+    let term: TrialProgress = serde_json::from_slice(&std::fs::read(&termlog).unwrap()).unwrap();
+    assert_eq!(term.phase, WorkerPhase::Interrupted);
+    assert!(std::fs::metadata(&termlog).unwrap().len() < 4096);
+
+    let done = run(train_cmd(out, &[]));
+    assert_eq!(done.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains(&format!("at step {}", ckpt.step)),
+        "did not resume from {}",
+        ckpt.step
+    );
+    assert!(progress(out).resumes >= 1);
+    assert_eq!(&model_sha(out), expected);
+    assert_train_records_unique(out);
+}
+
+#[test]
+fn corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
+    let (_, expected) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    // Stop deterministically right after the step-20 evaluation and checkpoint.
+    let first = run(train_cmd(out, &["--stop-at-step", "20"]));
+    assert_eq!(first.status.code(), Some(75));
+    assert_eq!(complete_checkpoints(out), vec![10, 15, 20]);
+    let weights = out.join("checkpoints/step-0000000020/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff; // one flipped byte: same size, wrong sha256
+    std::fs::write(&weights, bytes).unwrap();
+
+    let done = run(train_cmd(out, &[]));
+    assert_eq!(done.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains("step-0000000020 is corrupt"),
+        "no warning about the corrupt checkpoint"
+    );
+    assert!(
+        stderr.contains("at step 15"),
+        "did not fall back to step 15"
+    );
+    assert_eq!(&model_sha(out), expected);
+}
+
+#[test]
+fn config_error_exits_78_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let termlog = dir.path().join("termination-log");
+    let out = run(train_cmd(
+        &dir.path().join("out"),
+        &[
+            "--set",
+            "optimizer.learning_rate=0.1",
+            "--termination-log",
+            termlog.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("learning_rate") && stderr.contains("`lr`"),
+        "{stderr}"
+    );
+    let term: TrialProgress = serde_json::from_slice(&std::fs::read(&termlog).unwrap()).unwrap();
+    assert_eq!(term.phase, WorkerPhase::Failed);
+    assert!(term.message.unwrap().contains("learning_rate"));
+
+    let bad_enum = run(train_cmd(&dir.path().join("out"), &["--set", "device=tpu"]));
+    assert_eq!(bad_enum.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&bad_enum.stderr).contains("device"));
+}
+
+#[test]
+fn unwritable_output_fails_fast_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where a folder must go: not writable even for root.
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"x").unwrap();
+    let started = Instant::now();
+    let out = run(train_cmd(&blocker.join("trial"), &[]));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not-a-folder"), "{stderr}");
+    assert!(!stderr.contains("step 5"), "it trained before failing");
+
+    let out = run(train_cmd(Path::new("ftp://example.invalid/x"), &[]));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("s3://"),
+        "alternatives named"
+    );
+}
