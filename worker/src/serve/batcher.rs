@@ -1,0 +1,442 @@
+//! The dynamic batcher: a bounded queue in front of dedicated inference threads.
+//!
+//! Requests are decoded on the async side, then queued here; an inference thread takes the
+//! first waiting request and gathers more, up to `max_batch` or `max_wait`, into one forward
+//! pass. It waits only while more requests are on their way (admitted and being decoded, or
+//! expected back from the previous batch), so a lone request is never delayed by the window.
+//! Forward passes never run on the async runtime's threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use textrec_model::inference::Prediction;
+use textrec_model::preprocess::PreparedImage;
+use tokio::sync::oneshot;
+
+use super::engine::Engine;
+use super::limits::ServeError;
+use super::metrics::Metrics;
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most images per forward pass (1: no batching).
+    pub max_batch: usize,
+    /// Longest the first request of a batch waits for company.
+    pub max_wait: Duration,
+    /// Queue capacity; a full queue sheds load.
+    pub queue_capacity: usize,
+    /// Inference threads.
+    pub threads: usize,
+}
+
+/// What the batcher answers for one image.
+#[derive(Debug, Clone)]
+pub struct BatchOutput {
+    /// The model's prediction.
+    pub prediction: Prediction,
+    /// Version of the model that produced it.
+    pub model_version: String,
+    /// Time spent queued.
+    pub queue: Duration,
+    /// Duration of the forward pass.
+    pub inference: Duration,
+    /// Images in that forward pass.
+    pub batch_size: usize,
+}
+
+/// Counts requests admitted but not yet taken into a forward pass: the batcher waits for
+/// company only while this exceeds what it already holds.
+#[derive(Debug, Default)]
+pub struct Pending(AtomicUsize);
+
+/// One admitted request's share of [`Pending`]; released on drop.
+#[derive(Debug)]
+pub struct PendingGuard(Arc<Pending>);
+
+impl Pending {
+    /// Count one more request until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> PendingGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        PendingGuard(self.clone())
+    }
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One queued image.
+pub struct Job {
+    /// The model the request was admitted under: in-flight requests finish on it even when a
+    /// newer model is swapped in meanwhile.
+    pub engine: Arc<dyn Engine>,
+    /// The prepared image.
+    pub image: PreparedImage,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<BatchOutput, ServeError>>,
+    /// This request's place in [`Pending`].
+    pub pending: Option<PendingGuard>,
+    enqueued: Instant,
+}
+
+impl Job {
+    /// A job; `pending` is released when its forward pass starts.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        image: PreparedImage,
+        deadline: Instant,
+        pending: PendingGuard,
+    ) -> (Self, oneshot::Receiver<Result<BatchOutput, ServeError>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Self {
+            engine,
+            image,
+            deadline,
+            reply,
+            pending: Some(pending),
+            enqueued: Instant::now(),
+        };
+        (job, rx)
+    }
+}
+
+/// The queue and its inference threads.
+pub struct Batcher {
+    tx: Mutex<Option<Sender<Job>>>,
+    rx: Receiver<Job>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pending: Arc<Pending>,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// Start `cfg.threads` inference threads.
+    pub fn start(cfg: BatchConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity.max(1));
+        let pending = Arc::new(Pending::default());
+        let mut threads = Vec::new();
+        for i in 0..cfg.threads.max(1) {
+            let rx = rx.clone();
+            let pending = pending.clone();
+            let metrics = metrics.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("textrec-infer-{i}"))
+                .spawn(move || inference_loop(cfg, rx, pending, metrics))
+                .expect("cannot start an inference thread");
+            threads.push(handle);
+        }
+        Arc::new(Self {
+            tx: Mutex::new(Some(tx)),
+            rx,
+            threads: Mutex::new(threads),
+            pending,
+            metrics,
+        })
+    }
+
+    /// The pending-request counter requests register with on admission.
+    pub fn pending(&self) -> &Arc<Pending> {
+        &self.pending
+    }
+
+    /// Images waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Queue a job without blocking: a full queue or a closed batcher is an error at once.
+    pub fn submit(&self, job: Job) -> Result<(), ServeError> {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Err(ServeError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        };
+        match tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.set(self.rx.len() as i64);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(ServeError::Overloaded(
+                "the inference queue is full; retry with backoff".into(),
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(ServeError::Unavailable(
+                "the server is shutting down".into(),
+            )),
+        }
+    }
+
+    /// Stop taking jobs, let the threads finish what is queued, and wait for them.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn inference_loop(
+    cfg: BatchConfig,
+    rx: Receiver<Job>,
+    pending: Arc<Pending>,
+    metrics: Arc<Metrics>,
+) {
+    // Requests seen when the previous batch started. Closed-loop callers answered by that batch
+    // come back within moments, before they are admitted and counted in `pending`; expecting
+    // them keeps batches full under steady load instead of alternating small and large ones.
+    // At concurrency 1 it stays 1, so a lone caller never waits.
+    let mut expected = 1usize;
+    // recv fails only once every sender is gone and the queue is empty: the drain on shutdown.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let until = Instant::now() + cfg.max_wait;
+        while batch.len() < cfg.max_batch {
+            if let Ok(job) = rx.try_recv() {
+                batch.push(job);
+                continue;
+            }
+            // Nobody else admitted or expected: waiting would only add latency.
+            if batch.len() >= pending.get().max(expected) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            // Short slices, so a request that fails decoding (and leaves `pending`) stops the wait.
+            match rx.recv_timeout((until - now).min(Duration::from_micros(500))) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        expected = pending.get().max(batch.len()).min(cfg.max_batch);
+        metrics.queue_depth.set(rx.len() as i64);
+        run_batch(batch, &metrics);
+    }
+}
+
+fn run_batch(jobs: Vec<Job>, metrics: &Metrics) {
+    let start = Instant::now();
+    let mut live = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        job.pending.take();
+        if job.reply.is_closed() {
+            // The caller is gone (deadline or disconnect): do not spend a forward pass on it.
+            continue;
+        }
+        if start >= job.deadline {
+            let waited = start.duration_since(job.enqueued).as_millis();
+            let _ = job.reply.send(Err(ServeError::DeadlineExceeded(format!(
+                "deadline passed after {waited} ms in the queue"
+            ))));
+            continue;
+        }
+        live.push(job);
+    }
+    // A hot reload can leave jobs for two models in one gathering; each model gets its own pass.
+    while !live.is_empty() {
+        let engine = live[0].engine.clone();
+        let (group, rest): (Vec<Job>, Vec<Job>) = live
+            .into_iter()
+            .partition(|j| Arc::ptr_eq(&j.engine, &engine));
+        live = rest;
+        run_group(&engine, group, metrics);
+    }
+}
+
+fn run_group(engine: &Arc<dyn Engine>, group: Vec<Job>, metrics: &Metrics) {
+    let n = group.len();
+    let mut images = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(n);
+    for job in group {
+        images.push(job.image);
+        replies.push((job.reply, job.enqueued));
+    }
+    let t0 = Instant::now();
+    // A panic inside libtorch must fail these requests, not kill the inference thread.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.recognize(&images)));
+    let inference = t0.elapsed();
+    metrics.observe_batch(n, inference);
+    let outcome: Result<Vec<Prediction>, String> = match result {
+        Ok(Ok(p)) if p.len() == n => Ok(p),
+        Ok(Ok(p)) => Err(format!(
+            "model returned {} predictions for {n} images",
+            p.len()
+        )),
+        Ok(Err(e)) => Err(format!("inference failed: {e:#}")),
+        Err(_) => Err("inference panicked".to_string()),
+    };
+    match outcome {
+        Ok(predictions) => {
+            for ((reply, enqueued), prediction) in replies.into_iter().zip(predictions) {
+                let _ = reply.send(Ok(BatchOutput {
+                    prediction,
+                    model_version: engine.version().to_string(),
+                    queue: t0.saturating_duration_since(enqueued),
+                    inference,
+                    batch_size: n,
+                }));
+            }
+        }
+        Err(msg) => {
+            tracing::error!(batch = n, "{msg}");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(ServeError::Internal(msg.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::fake::FakeEngine;
+    use super::*;
+
+    fn image() -> PreparedImage {
+        PreparedImage {
+            data: vec![0.0; 8],
+            height: 1,
+            width: 8,
+        }
+    }
+
+    fn batcher(max_batch: usize, max_wait_ms: u64, cap: usize) -> Arc<Batcher> {
+        let cfg = BatchConfig {
+            max_batch,
+            max_wait: Duration::from_millis(max_wait_ms),
+            queue_capacity: cap,
+            threads: 1,
+        };
+        Batcher::start(cfg, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_a_forward_pass() {
+        let engine = Arc::new(FakeEngine::new("v1", "hi", Duration::from_millis(30)));
+        let b = batcher(8, 50, 64);
+        // All eight are admitted before any is queued, as concurrent requests would be.
+        let guards: Vec<_> = (0..8).map(|_| b.pending().enter()).collect();
+        let mut rxs = Vec::new();
+        for g in guards {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let (job, rx) = Job::new(engine.clone(), image(), deadline, g);
+            b.submit(job).unwrap();
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            let out = rx.await.unwrap().unwrap();
+            assert_eq!(out.prediction.text, "hi");
+            assert_eq!(out.model_version, "v1");
+        }
+        let sizes = engine.batches.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 8);
+        assert!(sizes.len() <= 2, "expected batching, got batches {sizes:?}");
+        b.close();
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_does_not_wait_for_the_window() {
+        let engine = Arc::new(FakeEngine::new("v1", "x", Duration::ZERO));
+        let b = batcher(8, 2_000, 4);
+        let t = Instant::now();
+        let (job, rx) = Job::new(
+            engine.clone(),
+            image(),
+            Instant::now() + Duration::from_secs(5),
+            b.pending().enter(),
+        );
+        b.submit(job).unwrap();
+        rx.await.unwrap().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "waited {:?}",
+            t.elapsed()
+        );
+        b.close();
+    }
+
+    #[tokio::test]
+    async fn max_batch_one_runs_images_alone_and_full_queue_sheds() {
+        let engine = Arc::new(FakeEngine::new("v1", "x", Duration::from_millis(100)));
+        let b = batcher(1, 10, 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut rxs = Vec::new();
+        let mut shed = 0;
+        for _ in 0..6 {
+            let (job, rx) = Job::new(engine.clone(), image(), deadline, b.pending().enter());
+            match b.submit(job) {
+                Ok(()) => rxs.push(rx),
+                Err(ServeError::Overloaded(_)) => shed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            shed >= 3,
+            "a queue of 2 behind a busy thread must shed, shed {shed}"
+        );
+        for rx in rxs {
+            rx.await.unwrap().unwrap();
+        }
+        assert!(engine.batches.lock().unwrap().iter().all(|&n| n == 1));
+        b.close();
+    }
+
+    #[tokio::test]
+    async fn expired_jobs_are_answered_deadline_exceeded_without_a_forward_pass() {
+        let engine = Arc::new(FakeEngine::new("v1", "x", Duration::from_millis(150)));
+        let b = batcher(1, 0, 8);
+        let long = Instant::now() + Duration::from_secs(5);
+        let (j1, r1) = Job::new(engine.clone(), image(), long, b.pending().enter());
+        b.submit(j1).unwrap();
+        let (j2, r2) = Job::new(
+            engine.clone(),
+            image(),
+            Instant::now() + Duration::from_millis(20),
+            b.pending().enter(),
+        );
+        b.submit(j2).unwrap();
+        r1.await.unwrap().unwrap();
+        assert!(matches!(
+            r2.await.unwrap(),
+            Err(ServeError::DeadlineExceeded(_))
+        ));
+        assert_eq!(engine.calls.load(Ordering::SeqCst), 1);
+        b.close();
+    }
+
+    #[tokio::test]
+    async fn close_drains_queued_work_then_refuses() {
+        let engine = Arc::new(FakeEngine::new("v1", "x", Duration::from_millis(20)));
+        let b = batcher(1, 0, 8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut rxs = Vec::new();
+        for _ in 0..3 {
+            let (job, rx) = Job::new(engine.clone(), image(), deadline, b.pending().enter());
+            b.submit(job).unwrap();
+            rxs.push(rx);
+        }
+        let b2 = b.clone();
+        tokio::task::spawn_blocking(move || b2.close())
+            .await
+            .unwrap();
+        for rx in rxs {
+            rx.await.unwrap().unwrap();
+        }
+        let (job, _rx) = Job::new(engine, image(), deadline, b.pending().enter());
+        assert!(matches!(b.submit(job), Err(ServeError::Unavailable(_))));
+    }
+}

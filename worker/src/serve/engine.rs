@@ -1,0 +1,151 @@
+//! The model behind the server, as a small trait: the real [`LoadedModel`] in production, and a
+//! scripted fake in unit tests (which then run without libtorch's latency).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use textrec_contract::{layout, ModelManifest, PreprocessConfig, Store};
+use textrec_model::inference::{LoadedModel, Prediction};
+use textrec_model::preprocess::{prepare_bytes, PreparedImage};
+
+/// What the server can ask of a model.
+pub trait Engine: Send + Sync + 'static {
+    /// Version: sha256 of the model's manifest.json.
+    fn version(&self) -> &str;
+    /// The manifest, for `/v1/model` and metadata RPCs.
+    fn manifest(&self) -> &ModelManifest;
+    /// The preprocessing the model was trained with.
+    fn preprocess(&self) -> &PreprocessConfig;
+    /// Decode and prepare one image (CPU work; called off the async runtime).
+    fn prepare(&self, encoded: &[u8]) -> anyhow::Result<PreparedImage> {
+        prepare_bytes(encoded, self.preprocess())
+    }
+    /// One batched forward pass; one prediction per image, in order.
+    fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>>;
+}
+
+impl Engine for LoadedModel {
+    fn version(&self) -> &str {
+        &self.version
+    }
+    fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+    fn preprocess(&self) -> &PreprocessConfig {
+        LoadedModel::preprocess(self)
+    }
+    fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>> {
+        self.recognize_prepared(batch)
+    }
+}
+
+/// A model in service, with where and when it came from.
+pub struct ServedModel {
+    /// The engine.
+    pub engine: Arc<dyn Engine>,
+    /// URL of the model folder.
+    pub source: String,
+    /// When it was loaded.
+    pub loaded_at: DateTime<Utc>,
+}
+
+/// Read a model folder from storage, verify it (manifest format, every file's sha256) and load it
+/// onto `device`. The heavy part runs on a blocking thread.
+pub async fn load_model(url: &str, device: tch::Device) -> anyhow::Result<Arc<dyn Engine>> {
+    use anyhow::Context;
+    let store = Store::open(url)?;
+    let manifest = store
+        .get(layout::MANIFEST)
+        .await
+        .context("model folder has no readable manifest.json")?;
+    // Weights are fetched only after the manifest parses, so a folder that is still being written
+    // (manifest missing) or is not a model at all fails fast and cheaply.
+    let parsed: ModelManifest = serde_json::from_slice(&manifest)
+        .with_context(|| format!("{}: manifest.json is not a model manifest", store.url()))?;
+    anyhow::ensure!(
+        parsed.format == textrec_contract::manifest::MODEL_FORMAT,
+        "{}: manifest format is `{}`, expected `{}`",
+        store.url(),
+        parsed.format,
+        textrec_contract::manifest::MODEL_FORMAT
+    );
+    let weights = store.get(layout::MODEL_WEIGHTS).await?;
+    let model =
+        tokio::task::spawn_blocking(move || LoadedModel::from_bytes(&manifest, &weights, device))
+            .await
+            .context("model loading thread failed")??;
+    Ok(Arc::new(model))
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A scripted engine for unit tests.
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Answers `text` for every image after sleeping `delay` per batch; records batch sizes.
+    pub struct FakeEngine {
+        pub version: String,
+        pub manifest: ModelManifest,
+        pub text: String,
+        pub delay: Duration,
+        pub batches: std::sync::Mutex<Vec<usize>>,
+        pub calls: AtomicUsize,
+    }
+
+    impl FakeEngine {
+        pub fn new(version: &str, text: &str, delay: Duration) -> Self {
+            let manifest = ModelManifest {
+                format: textrec_contract::manifest::MODEL_FORMAT.into(),
+                created: Utc::now(),
+                architecture: textrec_contract::Preset::Tiny.architecture(),
+                charset: textrec_contract::charset::IAM_CHARSET.into(),
+                preprocessing: PreprocessConfig::default(),
+                metrics: Default::default(),
+                provenance: Default::default(),
+                files: vec![],
+            };
+            Self {
+                version: version.into(),
+                manifest,
+                text: text.into(),
+                delay,
+                batches: Default::default(),
+                calls: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl Engine for FakeEngine {
+        fn version(&self) -> &str {
+            &self.version
+        }
+        fn manifest(&self) -> &ModelManifest {
+            &self.manifest
+        }
+        fn preprocess(&self) -> &PreprocessConfig {
+            &self.manifest.preprocessing
+        }
+        fn prepare(&self, encoded: &[u8]) -> anyhow::Result<PreparedImage> {
+            Ok(PreparedImage {
+                data: vec![0.0; encoded.len().min(8)],
+                height: 1,
+                width: 8,
+            })
+        }
+        fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.batches.lock().unwrap().push(batch.len());
+            std::thread::sleep(self.delay);
+            Ok(batch
+                .iter()
+                .map(|_| Prediction {
+                    text: self.text.clone(),
+                    confidence: 0.5,
+                    char_confidences: vec![0.5; self.text.chars().count()],
+                })
+                .collect())
+        }
+    }
+}

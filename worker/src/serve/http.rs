@@ -1,0 +1,278 @@
+//! The HTTP API (axum): recognition as raw bytes or JSON, the classic text-recognizer lambda
+//! shape, flags, model info, probes, metrics, and the demo page.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::demo;
+use super::limits::{deadline, ServeError};
+use super::state::ServeState;
+
+/// Header a caller sets to bound how long it waits, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+/// The router over shared state.
+pub fn router(state: Arc<ServeState>) -> Router {
+    Router::new()
+        .route("/", get(demo::index))
+        .route("/demo.js", get(demo::script))
+        .route("/demo.css", get(demo::style))
+        .route("/v1/recognize", post(recognize))
+        .route("/v1/predict", post(predict))
+        .route("/predict", post(predict))
+        .route("/v1/flag", post(flag))
+        .route("/v1/model", get(model))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.label(), "message": self.to_string()}});
+        (self.http_status(), Json(body)).into_response()
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ServeError::NotFound(format!("no route for {}", uri.path())).into_response()
+}
+
+/// JSON bodies carry the image as base64 or a `data:` URL.
+#[derive(Deserialize)]
+struct ImageJson {
+    image: String,
+}
+
+#[derive(Deserialize)]
+struct FlagJson {
+    image: String,
+    #[serde(default)]
+    prediction: String,
+    #[serde(default)]
+    corrected_text: Option<String>,
+    #[serde(default)]
+    model_version: Option<String>,
+}
+
+fn caller_deadline(state: &ServeState, headers: &HeaderMap) -> Instant {
+    let caller = headers
+        .get(TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    deadline(Instant::now(), caller, state.default_timeout)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// Read a body, refusing more than the image limit allows (with room for base64 and JSON).
+async fn read_body(state: &ServeState, body: Body) -> Result<Bytes, ServeError> {
+    let limit = state.limits.max_request_bytes / 3 * 4 + 64 * 1024;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ServeError::TooLarge(format!(
+            "request body is larger than {limit} bytes (images up to {} bytes, --max-request-bytes)",
+            state.limits.max_request_bytes
+        ))
+    })
+}
+
+/// Decode base64, with or without a `data:image/...;base64,` prefix.
+pub fn decode_image_field(s: &str) -> Result<Bytes, ServeError> {
+    let payload = match s.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(',')
+            .filter(|(meta, _)| meta.ends_with(";base64"))
+            .map(|(_, data)| data)
+            .ok_or_else(|| {
+                ServeError::InvalidArgument(
+                    "`image` data URL must be base64 (data:image/png;base64,…)".into(),
+                )
+            })?,
+        None => s,
+    };
+    let cleaned: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| ServeError::InvalidArgument(format!("`image` is not valid base64: {e}")))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServeError::InvalidArgument(format!("bad JSON body: {e}")))
+}
+
+/// The image of a request: the raw body, or the `image` field of a JSON body.
+async fn image_of(
+    state: &ServeState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ServeError> {
+    let body = read_body(state, body).await?;
+    if is_json(headers) {
+        decode_image_field(&parse_json::<ImageJson>(&body)?.image)
+    } else {
+        Ok(body)
+    }
+}
+
+/// `POST /v1/recognize`: the recognition with confidences, model version and timing.
+async fn recognize(
+    State(state): State<Arc<ServeState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServeError> {
+    let deadline = caller_deadline(&state, &headers);
+    let image = image_of(&state, &headers, body).await.inspect_err(|e| {
+        state
+            .metrics
+            .observe_request("http_recognize", e.label(), Duration::ZERO);
+    })?;
+    let r = state.recognize(image, deadline, "http_recognize").await?;
+    Ok(Json(r).into_response())
+}
+
+/// `POST /v1/predict` (and `/predict`): the classic text-recognizer lambda API,
+/// `{"image": "<base64 or data URL>"}` → `{"pred": "<text>"}`.
+async fn predict(
+    State(state): State<Arc<ServeState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServeError> {
+    let deadline = caller_deadline(&state, &headers);
+    let body = read_body(&state, body).await?;
+    let image = decode_image_field(&parse_json::<ImageJson>(&body)?.image)?;
+    let r = state.recognize(image, deadline, "http_predict").await?;
+    Ok(Json(json!({"pred": r.text})).into_response())
+}
+
+/// `POST /v1/flag`: store a sample and its corrected text as a tesstrain pair.
+async fn flag(State(state): State<Arc<ServeState>>, body: Body) -> Result<Response, ServeError> {
+    let Some(flags) = state.flags.as_ref() else {
+        state.metrics.observe_flag("disabled");
+        let body = json!({"error": {"code": "not_implemented", "message": "flagging is off: start serve with --flags URL"}});
+        return Ok((StatusCode::NOT_IMPLEMENTED, Json(body)).into_response());
+    };
+    let result = async {
+        let body = read_body(&state, body).await?;
+        let f: FlagJson = parse_json(&body)?;
+        let image = decode_image_field(&f.image)?;
+        let version = f
+            .model_version
+            .or_else(|| state.slot.current().map(|m| m.engine.version().to_string()))
+            .unwrap_or_default();
+        flags
+            .flag(
+                image,
+                &f.prediction,
+                f.corrected_text.as_deref(),
+                &version,
+                &state.limits,
+            )
+            .await
+    }
+    .await;
+    match result {
+        Ok(rec) => {
+            state.metrics.observe_flag("ok");
+            Ok((StatusCode::CREATED, Json(rec)).into_response())
+        }
+        Err(e) => {
+            state.metrics.observe_flag(e.label());
+            Err(e)
+        }
+    }
+}
+
+/// `GET /v1/model`: the model in service and the latest reload outcome.
+async fn model(State(state): State<Arc<ServeState>>) -> Response {
+    let current = state.slot.current();
+    let body = json!({
+        "ready": state.ready(),
+        "version": current.as_ref().map(|m| m.engine.version().to_string()),
+        "source": current.as_ref().map(|m| m.source.clone()),
+        "loaded_at": current.as_ref().map(|m| m.loaded_at),
+        "manifest": current.as_ref().map(|m| m.engine.manifest().clone()),
+        "last_reload": state.slot.last_reload(),
+        "batching": {"max_batch": state.max_batch, "max_wait_ms": state.max_wait.as_millis() as u64},
+        "limits": {
+            "max_request_bytes": state.limits.max_request_bytes,
+            "max_pixels": state.limits.max_pixels,
+            "max_queue": state.max_in_flight,
+        },
+        "flags": state.flags.as_ref().map(|f| f.url().to_string()),
+    });
+    Json(body).into_response()
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: a model is loaded and the server is not shutting down.
+async fn readyz(State(state): State<Arc<ServeState>>) -> Response {
+    if state.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else if state.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no model loaded\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<ServeState>>) -> Response {
+    state.metrics.queue_depth.set(state.batcher.depth() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_fields_accept_base64_and_data_urls() {
+        assert_eq!(&decode_image_field("aGk=").unwrap()[..], b"hi");
+        assert_eq!(
+            &decode_image_field("data:image/png;base64,aG\nk=").unwrap()[..],
+            b"hi"
+        );
+        assert!(matches!(
+            decode_image_field("data:image/png,hi"),
+            Err(ServeError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            decode_image_field("***"),
+            Err(ServeError::InvalidArgument(_))
+        ));
+    }
+}
