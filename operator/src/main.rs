@@ -1,1 +1,50 @@
-fn main() {}
+//! `textrec-operator`: `run` (the controller manager) and `crd` (prints the CRDs).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "textrec-operator",
+    version,
+    about = "Kubernetes operator for textrec training runs and model deployments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller manager (leader election, metrics, both controllers).
+    Run(textrec_operator::manager::RunOptions),
+    /// Print both CRDs as YAML (what `crds/` holds).
+    Crd {
+        /// Write one file per CRD into this folder instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { out_dir: None } => {
+            print!("{}", textrec_operator::crd::crds_yaml());
+            Ok(())
+        }
+        Command::Crd { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, yaml) in textrec_operator::crd::crd_files() {
+                std::fs::write(dir.join(file), yaml)?;
+            }
+            Ok(())
+        }
+        Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(textrec_operator::manager::run(opts)),
+    }
+}

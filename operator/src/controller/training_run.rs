@@ -1,0 +1,185 @@
+//! The TrainingRun controller: gathers the run's Jobs and pods (from label-selected caches) and
+//! its trials' progress, asks [`crate::run_plan::plan`] what to do, and does it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{backoff_action, Error, Shared};
+use crate::crd::TrainingRun;
+use crate::job::trial_output;
+use crate::naming::{label_value, FIELD_MANAGER, RUN_LABEL, TRIAL_LABEL};
+use crate::progress::ProgressSource;
+use crate::run_plan::{plan, Observed};
+
+/// Controller name (metrics label, event reporter).
+pub const NAME: &str = "trainingrun";
+
+/// What the TrainingRun reconciler needs.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Cache of the operator's Jobs.
+    pub jobs: Store<Job>,
+    /// Cache of the operator's trial pods.
+    pub pods: Store<Pod>,
+    /// Trial progress.
+    pub progress: Arc<dyn ProgressSource>,
+    /// Metrics, events, backoff.
+    pub shared: Arc<Shared>,
+    /// How often runs with active trials are re-read for progress.
+    pub progress_interval: Duration,
+    /// The clock (fixed in tests).
+    pub clock: fn() -> Time,
+}
+
+/// The current time as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn owned_by(obj: &impl Resource, uid: Option<&str>) -> bool {
+    match uid {
+        None => true,
+        Some(uid) => obj
+            .meta()
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|r| r.uid == uid)),
+    }
+}
+
+fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+/// Reconcile one TrainingRun.
+pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = run.namespace().ok_or(Error::Malformed("namespace"))?;
+    let name = run.name_any();
+    let key = format!("{ns}/{name}");
+    if run.meta().deletion_timestamp.is_some() {
+        // Owner references delete the Jobs; nothing to do.
+        ctx.shared.metrics.set_trials(&key, None);
+        return Ok(Action::await_change());
+    }
+    let label = label_value(&name);
+    let uid = run.uid();
+
+    let jobs: Vec<Arc<Job>> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| {
+            j.namespace().as_deref() == Some(ns.as_str())
+                && j.labels().get(RUN_LABEL) == Some(&label)
+        })
+        .filter(|j| owned_by(j.as_ref(), uid.as_deref()))
+        .collect();
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str())
+                && p.labels().get(RUN_LABEL) == Some(&label)
+        })
+        .collect();
+
+    // Progress of unfinished trials, read concurrently.
+    let reads = jobs.iter().filter(|j| !finished(j)).map(|j| {
+        let trial = j.name_any();
+        let url = trial_output(&run.spec.storage.url, &name, &trial);
+        let src = ctx.progress.clone();
+        async move { (trial, src.read(&url).await) }
+    });
+    let progress: BTreeMap<String, _> = join_all(reads)
+        .await
+        .into_iter()
+        .filter_map(|(t, p)| p.map(|p| (t, p)))
+        .collect();
+
+    let mut observed = Observed {
+        progress,
+        ..Default::default()
+    };
+    for j in &jobs {
+        observed.jobs.insert(j.name_any(), j.as_ref());
+    }
+    for p in &pods {
+        if let Some(t) = p.labels().get(TRIAL_LABEL) {
+            observed.pods.entry(t.clone()).or_default().push(p.as_ref());
+        }
+    }
+
+    let now = (ctx.clock)();
+    let plan = plan(&run, &observed, &now);
+
+    let job_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    for job in &plan.create {
+        job_api
+            .patch(
+                job.metadata.name.as_deref().unwrap_or_default(),
+                &apply,
+                &Patch::Apply(job),
+            )
+            .await?;
+    }
+    for (job, suspend) in &plan.set_suspend {
+        job_api
+            .patch(
+                job,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"suspend": suspend}})),
+            )
+            .await?;
+    }
+    if run.status.as_ref() != Some(&plan.status) {
+        let api: Api<TrainingRun> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": TrainingRun::api_version(&()),
+            "kind": TrainingRun::kind(&()),
+            "status": plan.status,
+        });
+        api.patch_status(&name, &apply, &Patch::Apply(body)).await?;
+    }
+    let reference = run.object_ref(&());
+    for ev in &plan.events {
+        ctx.shared.events.publish(&reference, ev).await;
+    }
+
+    ctx.shared
+        .metrics
+        .set_trials(&key, Some(plan.status.counts));
+    ctx.shared.metrics.reconciled(NAME, started.elapsed());
+    ctx.shared.backoff.succeed(&key);
+    Ok(if plan.active {
+        Action::requeue(ctx.progress_interval)
+    } else {
+        Action::requeue(Duration::from_secs(600))
+    })
+}
+
+/// Error policy: exponential backoff per run.
+pub fn error_policy(run: Arc<TrainingRun>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any());
+    backoff_action(&ctx.shared, NAME, &key, err)
+}

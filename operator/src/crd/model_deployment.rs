@@ -1,0 +1,336 @@
+//! `ModelDeployment`: a trained model served by `textrec-worker serve` as a Deployment + Service.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::training_run::{PullPolicy, PvcMount};
+
+/// Desired state of a ModelDeployment.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "textrec.dev",
+    version = "v1alpha1",
+    kind = "ModelDeployment",
+    namespaced,
+    status = "ModelDeploymentStatus",
+    shortname = "mdep",
+    category = "textrec",
+    doc = "A textrec model served over gRPC and HTTP, with promotion of better models and rollback.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        json_path = ".status.currentRevision"
+    ),
+    printcolumn(name = "Metric", type_ = "number", json_path = ".status.model.metric"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.endpoint"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("spec.autoscaling.minReplicas must not exceed maxReplicas").field_path(".autoscaling.minReplicas"))]
+#[x_kube(validation = Rule::new("self.ports.grpc != self.ports.http").message("spec.ports.grpc and spec.ports.http must differ").field_path(".ports.http"))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentSpec {
+    /// The model to serve.
+    pub model: ModelSource,
+    /// Worker image (runs `textrec-worker serve`).
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Image pull policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Fixed replica count (ignored when `autoscaling` is set).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Scale with a HorizontalPodAutoscaler instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Resources of each serving pod.
+    #[serde(default)]
+    pub resources: ServingResources,
+    /// Container and Service ports.
+    #[serde(default)]
+    pub ports: ServingPorts,
+    /// How a new model reaches the pods.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// Promotion of better models from TrainingRuns.
+    #[serde(default)]
+    pub promotion: Promotion,
+    /// Revisions kept in `status.history`.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 100))]
+    pub revision_history_limit: i32,
+    /// Roll back to this revision of `status.history` (it is deployed as a new revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rollback_to: Option<i64>,
+    /// How pods read the model from storage.
+    #[serde(default)]
+    pub credentials: ServingCredentials,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_history() -> i32 {
+    10
+}
+
+/// Where the model comes from: exactly one of `fromTrainingRun` and `url`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.fromTrainingRun) != has(self.url)").message("set exactly one of spec.model.fromTrainingRun and spec.model.url"))]
+#[x_kube(validation = Rule::new("!has(self.url) || has(self.sha256)").message("spec.model.sha256 is required with spec.model.url").field_path(".sha256"))]
+pub struct ModelSource {
+    /// A TrainingRun in this namespace: its best model once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_training_run: Option<String>,
+    /// URL of a model folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Its version (sha256 of its `manifest.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lower-case hex digits"))]
+    pub sha256: Option<String>,
+    /// Its validation metric, if known (used by automatic promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<f64>,
+}
+
+/// HorizontalPodAutoscaler settings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilization to keep, in percent of the request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// Resources of a serving pod.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingResources {
+    /// CPU request (a quantity, default `"500m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory request and limit (default `"512Mi"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// GPUs per pod (`nvidia.com/gpu`).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 8))]
+    pub gpus: i32,
+}
+
+/// Ports of the server.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingPorts {
+    /// gRPC port (recognition API and `grpc.health.v1`).
+    #[serde(default = "default_grpc")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub grpc: i32,
+    /// HTTP port (REST, demo page, metrics).
+    #[serde(default = "default_http")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http: i32,
+}
+
+fn default_grpc() -> i32 {
+    50051
+}
+fn default_http() -> i32 {
+    8080
+}
+
+impl Default for ServingPorts {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+/// How a new model reaches running pods.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum RolloutStrategy {
+    /// New pods with the new model (`--model URL` in the pod template), old ones drained.
+    #[default]
+    RollingUpdate,
+    /// Running pods switch in place: the operator rewrites the model pointer ConfigMap the pods
+    /// mount (see operator/README.md, "HotReload contract").
+    HotReload,
+}
+
+/// Promotion of models from TrainingRuns.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    /// `Manual` (only `spec.model` changes deploy) or `Automatic`.
+    #[serde(default)]
+    pub policy: PromotionPolicy,
+    /// TrainingRuns (by label) whose best models are candidates under `Automatic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// How much lower (better) the candidate's metric must be than the deployed model's.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_improvement: f64,
+}
+
+/// Promotion policy.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum PromotionPolicy {
+    /// Only `spec.model` and `spec.rollbackTo` change what is deployed.
+    #[default]
+    Manual,
+    /// Better models of matching TrainingRuns are rolled out when they finish.
+    Automatic,
+}
+
+/// Credentials of serving pods for model storage.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingCredentials {
+    /// Secret whose keys become environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+    /// ServiceAccount (IRSA / Workload Identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// PVC holding `file://` models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcMount>,
+}
+
+/// Observed state of a ModelDeployment.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    /// `Pending`, `Progressing`, `Available`, `Degraded` or `Invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DeploymentPhase>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Available`, `Progressing`, `ModelResolved`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Revision now deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<i64>,
+    /// Model now deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<DeployedModel>,
+    /// Deployed revisions, newest last (at most `revisionHistoryLimit`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub history: Vec<Revision>,
+    /// Recent candidates not promoted, newest last (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub declined: Vec<Declined>,
+    /// Completion time of the newest TrainingRun automatic promotion has considered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_watermark: Option<Time>,
+    /// `spec.model` as last applied (so a change of it is a new revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_spec_model: Option<String>,
+    /// `spec.rollbackTo` as last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_rollback_to: Option<i64>,
+    /// Ready serving pods.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `host:port` of the gRPC Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Phase of a ModelDeployment.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum DeploymentPhase {
+    /// No model to deploy yet (e.g. the TrainingRun has not finished).
+    Pending,
+    /// Rolling out.
+    Progressing,
+    /// All replicas ready with the current model.
+    Available,
+    /// Fewer ready replicas than wanted.
+    Degraded,
+    /// The spec cannot be served (see conditions).
+    Invalid,
+}
+
+/// A deployed model.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployedModel {
+    /// Model folder URL.
+    pub url: String,
+    /// Model version.
+    pub sha256: String,
+    /// Validation metric, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<f64>,
+    /// Metric name (`cer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_name: Option<String>,
+    /// TrainingRun it came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_run: Option<String>,
+}
+
+/// One entry of the revision history.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// Revision number (1, 2, …).
+    pub revision: i64,
+    /// The model.
+    pub model: DeployedModel,
+    /// When it was deployed.
+    pub deployed_at: Time,
+    /// Why (`spec.model`, automatic promotion, rollback).
+    pub reason: String,
+}
+
+/// A candidate automatic promotion declined.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Declined {
+    /// The TrainingRun.
+    pub training_run: String,
+    /// Its best metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<f64>,
+    /// Why it was not promoted.
+    pub reason: String,
+    /// When it was decided.
+    pub at: Time,
+}

@@ -1,0 +1,667 @@
+//! `TrainingRun`: one hyperparameter search (or a single training) run as `batch/v1` Jobs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::preserve_unknown_object;
+
+/// Largest `maxTrials` the schema accepts. Status holds one small entry per trial, so this caps
+/// the object size far below etcd's 1.5 MiB limit (see DESIGN.md, "Status stays bounded").
+pub const MAX_TRIALS_CAP: i32 = 256;
+
+/// Desired state of a TrainingRun.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "textrec.dev",
+    version = "v1alpha1",
+    kind = "TrainingRun",
+    namespaced,
+    status = "TrainingRunStatus",
+    shortname = "trun",
+    category = "textrec",
+    doc = "A training run of the textrec recognizer: one Job per trial of a hyperparameter search.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Trials",
+        type_ = "string",
+        description = "trials done/total",
+        json_path = ".status.trialsDone"
+    ),
+    printcolumn(
+        name = "Best",
+        type_ = "number",
+        description = "best objective value",
+        json_path = ".status.bestModel.metric"
+    ),
+    printcolumn(
+        name = "Best-Trial",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.bestTrial"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.search.parallelism <= self.search.maxTrials").message("spec.search.parallelism must not exceed spec.search.maxTrials").field_path(".search.parallelism"))]
+#[x_kube(validation = Rule::new("!self.storage.url.startsWith('file://') || has(self.storage.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".storage.pvc"))]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingRunSpec {
+    /// Worker image (runs `textrec-worker train`).
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Image pull policy of the worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Where trials write checkpoints, metrics and models, and how pods get credentials.
+    pub storage: StorageSpec,
+    /// Training and validation data.
+    #[serde(default)]
+    pub data: DataSpec,
+    /// Model architecture.
+    #[serde(default)]
+    pub model: ModelSizeSpec,
+    /// Trial config as plain JSON/YAML, keyed like the worker's config (`optimizer: {lr: ...}`).
+    /// A list is a set of values to search; a scalar or object is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub hyperparameters: Option<serde_json::Value>,
+    /// How the search space is explored.
+    #[serde(default)]
+    pub search: SearchSpec,
+    /// What "best" means.
+    #[serde(default)]
+    pub objective: ObjectiveSpec,
+    /// Training budget, evaluation and checkpoint intervals.
+    #[serde(default)]
+    pub training: TrainingBudget,
+    /// Compute resources of each trial pod.
+    #[serde(default)]
+    pub resources: TrialResources,
+    /// Where trial pods may run.
+    #[serde(default)]
+    pub scheduling: Scheduling,
+    /// Seconds a pod gets between SIGTERM and SIGKILL: long enough to write a checkpoint.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub termination_grace_period_seconds: i64,
+    /// Failed trials tolerated before the run fails (a trial fails when it exhausts its restarts
+    /// or hits a configuration error).
+    #[serde(default = "default_max_failed")]
+    #[schemars(range(min = 0, max = 256))]
+    pub max_failed_trials: i32,
+    /// Restarts of one trial after failures (the Job's `backoffLimit`). Preemptions do not count.
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_restarts_per_trial: i32,
+    /// Stop starting trials and delete running ones (they resume from checkpoints on unsuspend).
+    #[serde(default)]
+    pub suspend: bool,
+    /// Extra environment variables of the worker container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+fn default_grace() -> i64 {
+    120
+}
+fn default_max_failed() -> i32 {
+    3
+}
+fn default_max_restarts() -> i32 {
+    3
+}
+
+/// Container image pull policy.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when missing.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Storage of a run and the credentials pods use for it.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Prefix URL: `s3://bucket/prefix`, `gs://…`, `az://…` or `file:///path` (with `pvc`).
+    /// Trials write to `<url>/<run>/<trial>/`.
+    #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|file)://.+')").message("must be an s3://, gs://, az:// or file:// URL"))]
+    pub url: String,
+    /// A Secret whose keys become environment variables of the pods (`AWS_ACCESS_KEY_ID`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+    /// ServiceAccount of the pods, for IRSA (EKS) or Workload Identity (GKE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// A PersistentVolumeClaim mounted at the `file://` URL's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcMount>,
+}
+
+/// A PersistentVolumeClaim to mount.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcMount {
+    /// Name of the claim.
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+    /// Where it is mounted; defaults to the path of the `file://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+}
+
+/// Training and validation data sets.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSpec {
+    /// The training set (default: synthetic lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<DatasetRef>,
+    /// The validation set the objective is measured on (default: synthetic held-out text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<DatasetRef>,
+}
+
+/// One data set, as the worker's `data.train` / `data.validation` config.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'synthetic' || has(self.path)").message("path is required for tesstrain and iam data sets").field_path(".path"))]
+pub struct DatasetRef {
+    /// `synthetic`, `tesstrain` or `iam`.
+    pub kind: DatasetKind,
+    /// Folder inside the pod (a mounted volume) of a tesstrain or IAM set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// IAM only: file listing the line ids of this split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_file: Option<String>,
+    /// Size of a synthetic set, or a cap on a training set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub samples: Option<u64>,
+}
+
+/// Kind of data set.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// Rendered on the fly.
+    Synthetic,
+    /// `NAME.png` + `NAME.gt.txt` folder.
+    Tesstrain,
+    /// The IAM database.
+    Iam,
+}
+
+impl DatasetKind {
+    /// The worker's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetKind::Synthetic => "synthetic",
+            DatasetKind::Tesstrain => "tesstrain",
+            DatasetKind::Iam => "iam",
+        }
+    }
+}
+
+/// Model sizes: a preset plus optional overrides (which may also be searched through
+/// `hyperparameters.model`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSizeSpec {
+    /// `tiny`, `small` (default) or `base`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<ModelPreset>,
+    /// Transformer width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 4096))]
+    pub d_model: Option<i64>,
+    /// Attention heads (must divide dModel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub heads: Option<i64>,
+    /// Decoder layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 48))]
+    pub decoder_layers: Option<i64>,
+    /// Channels of each ResNet stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub encoder_channels: Option<Vec<i64>>,
+    /// Residual blocks per ResNet stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub encoder_blocks: Option<Vec<i64>>,
+}
+
+/// Named model size.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPreset {
+    /// Tests only.
+    Tiny,
+    /// Laptop CPU.
+    Small,
+    /// GPU training.
+    Base,
+}
+
+impl ModelPreset {
+    /// The worker's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelPreset::Tiny => "tiny",
+            ModelPreset::Small => "small",
+            ModelPreset::Base => "base",
+        }
+    }
+}
+
+/// Search over `hyperparameters`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSpec {
+    /// `Grid` (every combination, in order) or `Random` (seeded sample without replacement).
+    #[serde(default)]
+    pub algorithm: SearchAlgorithm,
+    /// Seed of `Random`.
+    #[serde(default)]
+    pub seed: u64,
+    /// Most trials to run; a grid larger than this is truncated.
+    #[serde(default = "default_max_trials")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_trials: i32,
+    /// Most trials running at once.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 256))]
+    pub parallelism: i32,
+}
+
+fn default_max_trials() -> i32 {
+    16
+}
+fn default_parallelism() -> i32 {
+    1
+}
+
+impl Default for SearchSpec {
+    fn default() -> Self {
+        Self {
+            algorithm: SearchAlgorithm::Grid,
+            seed: 0,
+            max_trials: default_max_trials(),
+            parallelism: default_parallelism(),
+        }
+    }
+}
+
+/// Search algorithm.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum SearchAlgorithm {
+    /// Cartesian product of all lists.
+    #[default]
+    Grid,
+    /// Seeded random sample of the grid, without duplicates.
+    Random,
+}
+
+/// What the search optimizes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectiveSpec {
+    /// Validation metric: `cer` (default) or `wer`.
+    #[serde(default)]
+    pub metric: ObjectiveMetric,
+    /// `Minimize` (default) or `Maximize`.
+    #[serde(default)]
+    pub direction: Direction,
+}
+
+/// A validation metric the worker reports.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveMetric {
+    /// Character error rate.
+    #[default]
+    Cer,
+    /// Word error rate.
+    Wer,
+}
+
+impl ObjectiveMetric {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectiveMetric::Cer => "cer",
+            ObjectiveMetric::Wer => "wer",
+        }
+    }
+}
+
+/// Optimization direction.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum Direction {
+    /// Smaller is better (error rates).
+    #[default]
+    Minimize,
+    /// Larger is better.
+    Maximize,
+}
+
+impl Direction {
+    /// Whether `a` is strictly better than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Direction::Minimize => a < b,
+            Direction::Maximize => a > b,
+        }
+    }
+}
+
+/// Training budget and intervals; unset fields keep the worker's defaults.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingBudget {
+    /// Total optimizer steps of each trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_steps: Option<u64>,
+    /// Lines per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub batch_size: Option<u64>,
+    /// Evaluate every this many steps (progress reaches the status at each evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub eval_interval: Option<u64>,
+    /// Checkpoint every this many steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_every_steps: Option<u64>,
+    /// Checkpoint when this many seconds passed since the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_every_seconds: Option<u64>,
+    /// `auto`, `cpu` or `cuda`; defaults to `cuda` when GPUs are requested, else `cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<TrainDevice>,
+    /// Give up on a trial after this many seconds (the Job's `activeDeadlineSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60))]
+    pub active_deadline_seconds: Option<i64>,
+}
+
+/// Training device.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDevice {
+    /// CUDA when available.
+    Auto,
+    /// CPU.
+    Cpu,
+    /// CUDA.
+    Cuda,
+}
+
+impl TrainDevice {
+    /// The worker's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainDevice::Auto => "auto",
+            TrainDevice::Cpu => "cpu",
+            TrainDevice::Cuda => "cuda",
+        }
+    }
+}
+
+/// Resources of one trial pod.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialResources {
+    /// GPUs per trial (requested and limited as `gpuResourceName`).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
+    pub gpus: i32,
+    /// Extended resource name of the GPUs (default `nvidia.com/gpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_resource_name: Option<String>,
+    /// CPU request, a Kubernetes quantity (`"4"`, `"500m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory request and limit, a Kubernetes quantity (`"8Gi"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// Placement of trial pods.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scheduling {
+    /// Run on spot/preemptible nodes: adds GKE's `cloud.google.com/gke-spot=true` selector and
+    /// toleration and EKS's `eks.amazonaws.com/capacityType=SPOT` selector. Preempted trials
+    /// resume from their last checkpoint.
+    #[serde(default)]
+    pub spot: bool,
+    /// Which cloud's spot settings `spot` adds: `GKE`, `EKS`, or `Any` (the default): a required
+    /// node affinity matching GKE's, EKS's or AKS's spot label (a pod cannot carry both clouds'
+    /// labels as a plain nodeSelector), plus the GKE and AKS spot tolerations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_provider: Option<SpotProvider>,
+    /// Node labels the pods require.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Which cloud's spot node labels to select.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum SpotProvider {
+    /// Google Kubernetes Engine.
+    GKE,
+    /// Amazon EKS (managed node groups).
+    EKS,
+    /// Any cloud's spot nodes (node affinity over the GKE, EKS and AKS labels).
+    Any,
+}
+
+/// Observed state of a TrainingRun.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingRunStatus {
+    /// `Pending`, `Running`, `Suspended`, `Succeeded`, `Failed` or `Invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RunPhase>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`-style conditions: `Valid`, `Running`, `Succeeded`, `Failed`, `Suspended`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `done/total`, for printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trials_done: Option<String>,
+    /// Counts of trials by phase.
+    #[serde(default)]
+    pub counts: TrialCounts,
+    /// One small entry per trial (at most `maxTrials` ≤ 256).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub trials: Vec<TrialStatus>,
+    /// Name of the best trial so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_trial: Option<String>,
+    /// The best finished model, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_model: Option<BestModel>,
+    /// When the first trial started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// Phase of a run.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum RunPhase {
+    /// No trial started yet.
+    Pending,
+    /// Trials are running or queued.
+    Running,
+    /// `spec.suspend` is set.
+    Suspended,
+    /// Every trial finished and at least one produced a model.
+    Succeeded,
+    /// Too many trials failed, or none succeeded.
+    Failed,
+    /// The spec cannot run (see the `Valid` condition).
+    Invalid,
+}
+
+impl RunPhase {
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Invalid
+        )
+    }
+}
+
+/// Trial counts.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialCounts {
+    /// Trials in the search.
+    pub total: i32,
+    /// Not started yet.
+    pub pending: i32,
+    /// Job created and running (or restarting).
+    pub running: i32,
+    /// Finished with a model.
+    pub succeeded: i32,
+    /// Failed for good.
+    pub failed: i32,
+}
+
+/// Phase of one trial.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum TrialPhase {
+    /// Not started (waiting for a parallelism slot).
+    Pending,
+    /// Job created; no pod running yet.
+    Starting,
+    /// A pod is training.
+    Running,
+    /// The pod was disrupted (spot reclaim, eviction) or failed; a new pod resumes from the
+    /// checkpoint.
+    Restarting,
+    /// Finished; model written.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+}
+
+impl TrialPhase {
+    /// Whether the trial is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TrialPhase::Succeeded | TrialPhase::Failed)
+    }
+    /// Whether it occupies a parallelism slot.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            TrialPhase::Starting | TrialPhase::Running | TrialPhase::Restarting
+        )
+    }
+}
+
+/// One trial's status; kept small because a run holds up to 256 of them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialStatus {
+    /// Trial (and Job) name.
+    pub name: String,
+    /// Phase.
+    pub phase: TrialPhase,
+    /// Its searched values, `key=value` comma-separated (fixed values are in the spec).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub params: String,
+    /// Optimizer steps done.
+    #[serde(default)]
+    pub step: u64,
+    /// Latest evaluation of the objective metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_metric: Option<f64>,
+    /// Best evaluation of the objective metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_metric: Option<f64>,
+    /// Pods that failed and were replaced (not counting preemptions).
+    #[serde(default)]
+    pub restarts: i32,
+    /// Pods lost to disruptions (spot reclaim, eviction, preemption).
+    #[serde(default)]
+    pub preemptions: i32,
+    /// Checkpoint a restarted pod resumes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointStatus>,
+    /// Why it failed, or other short detail (≤ 256 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A trial's resume point.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStatus {
+    /// Step of the checkpoint.
+    pub step: u64,
+    /// URL of its folder.
+    pub url: String,
+}
+
+/// The best model of a run.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BestModel {
+    /// Trial that trained it.
+    pub trial: String,
+    /// URL of the model folder.
+    pub url: String,
+    /// Model version (sha256 of its manifest).
+    pub sha256: String,
+    /// Objective value.
+    pub metric: f64,
+    /// Name of the metric (`cer`, `wer`).
+    pub metric_name: String,
+}

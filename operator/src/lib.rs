@@ -1,0 +1,26 @@
+//! textrec's Kubernetes operator: the `TrainingRun` and `ModelDeployment` custom resources,
+//! their controllers and the manager that runs them.
+//!
+//! Everything that decides (search-space expansion, trial naming, spec validation, Job and
+//! Deployment construction, status aggregation, promotion) is a pure function in a module that
+//! needs no Kubernetes client, so the local runner reuses it: [`search`], [`naming`],
+//! [`validate`], [`job`], [`trial_state`], [`run_plan`], [`promotion`], [`serving`],
+//! [`conditions`]. The [`controller`] modules only gather inputs and apply the results.
+
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod http;
+pub mod job;
+pub mod leader;
+pub mod manager;
+pub mod metrics;
+pub mod naming;
+pub mod progress;
+pub mod promotion;
+pub mod run_plan;
+pub mod search;
+pub mod serving;
+pub mod trial_state;
+pub mod util;
+pub mod validate;

@@ -1,0 +1,383 @@
+//! The children of a ModelDeployment: Deployment, Service, optional HorizontalPodAutoscaler and,
+//! for `HotReload`, the model pointer ConfigMap.
+//!
+//! HotReload contract (shared with `textrec-worker serve`): the ConfigMap `<name>-model` holds
+//! `model-url` (the model folder URL, one line, no newline) and `model-sha256` (its version); it
+//! is mounted at [`POINTER_DIR`] and the server runs with
+//! `--model-pointer /etc/textrec/model/model-url`. The server reads the pointer at start and
+//! re-reads it when the file changes (kubelet swaps the mounted files atomically within about a
+//! minute) or on SIGHUP, loads and verifies the new model, and only then switches; a model that
+//! fails to load leaves the old one serving. The pod template does not change, so no pod restarts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, GRPCAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::crd::{DeployedModel, ModelDeployment, RolloutStrategy};
+use crate::naming::{
+    label_value, pointer_configmap_name, serving_name, DEPLOYMENT_LABEL, MANAGED_BY, MANAGER,
+    OWNER_ANNOTATION,
+};
+
+/// Where the pointer ConfigMap is mounted.
+pub const POINTER_DIR: &str = "/etc/textrec/model";
+/// Pointer file name (URL of the model folder).
+pub const POINTER_URL_KEY: &str = "model-url";
+/// Version file name (sha256 of the model's manifest).
+pub const POINTER_SHA_KEY: &str = "model-sha256";
+/// Pod template annotation with the deployed revision (RollingUpdate only: changing it rolls).
+pub const REVISION_ANNOTATION: &str = "textrec.dev/revision";
+/// Annotation with the deployed model version.
+pub const MODEL_SHA_ANNOTATION: &str = "textrec.dev/model-sha256";
+/// Non-root user of the serving container.
+pub const RUN_AS_USER: i64 = 65532;
+
+/// Selector labels of the serving pods.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "textrec".into()),
+        ("app.kubernetes.io/component".into(), "serving".into()),
+        (DEPLOYMENT_LABEL.into(), label_value(name)),
+    ])
+}
+
+fn labels(name: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(name);
+    l.insert(MANAGED_BY.into(), MANAGER.into());
+    l
+}
+
+fn meta(md: &ModelDeployment, name: String) -> ObjectMeta {
+    let owner = md
+        .controller_owner_ref(&())
+        .expect("ModelDeployment has a name and uid");
+    ObjectMeta {
+        name: Some(name),
+        namespace: md.metadata.namespace.clone(),
+        labels: Some(labels(md.metadata.name.as_deref().unwrap_or_default())),
+        annotations: Some(BTreeMap::from([(
+            OWNER_ANNOTATION.into(),
+            md.metadata.name.clone().unwrap_or_default(),
+        )])),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    }
+}
+
+/// The serving Deployment for `model` at `revision`.
+pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) -> Deployment {
+    let spec = &md.spec;
+    let name = md.metadata.name.clone().unwrap_or_default();
+    let hot = spec.strategy == RolloutStrategy::HotReload;
+    let mut args = vec!["serve".to_string()];
+    if hot {
+        args.extend([
+            "--model-pointer".into(),
+            format!("{POINTER_DIR}/{POINTER_URL_KEY}"),
+        ]);
+    } else {
+        args.extend(["--model".into(), model.url.clone()]);
+    }
+    args.extend([
+        "--grpc-addr".into(),
+        format!("0.0.0.0:{}", spec.ports.grpc),
+        "--http-addr".into(),
+        format!("0.0.0.0:{}", spec.ports.http),
+    ]);
+
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    if hot {
+        volumes.push(Volume {
+            name: "model-pointer".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: pointer_configmap_name(&name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "model-pointer".into(),
+            mount_path: POINTER_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if let Some(pvc) = &spec.credentials.pvc {
+        volumes.push(Volume {
+            name: "storage".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+        let path = pvc
+            .mount_path
+            .clone()
+            .unwrap_or_else(|| crate::job::file_url_path(&model.url));
+        mounts.push(VolumeMount {
+            name: "storage".into(),
+            mount_path: path,
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    let q = |s: &str| Quantity(s.into());
+    let cpu = spec.resources.cpu.clone().unwrap_or_else(|| "500m".into());
+    let mem = spec
+        .resources
+        .memory
+        .clone()
+        .unwrap_or_else(|| "512Mi".into());
+    let mut requests = BTreeMap::from([
+        ("cpu".to_string(), q(&cpu)),
+        ("memory".to_string(), q(&mem)),
+    ]);
+    let mut limits = BTreeMap::from([("memory".to_string(), q(&mem))]);
+    if spec.resources.gpus > 0 {
+        requests.insert("nvidia.com/gpu".into(), q(&spec.resources.gpus.to_string()));
+        limits.insert("nvidia.com/gpu".into(), q(&spec.resources.gpus.to_string()));
+    }
+    let grpc_probe = |initial: i32, period: i32, failures: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: spec.ports.grpc,
+            service: Some(String::new()),
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "server".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec!["textrec-worker".into()]),
+        args: Some(args),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: spec.ports.grpc,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: spec.ports.http,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        env_from: spec.credentials.secret_ref.as_ref().map(|n| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: n.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        }),
+        env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "TMPDIR".into(),
+            value: Some("/tmp".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        // Ready only once the model is loaded: the server reports SERVING through grpc.health.v1.
+        readiness_probe: Some(grpc_probe(2, 5, 3)),
+        // Loading a large model can take a while; a startup probe keeps liveness from killing it.
+        startup_probe: Some(grpc_probe(2, 5, 60)),
+        liveness_probe: Some(grpc_probe(0, 10, 6)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut template_annotations = BTreeMap::new();
+    if !hot {
+        // Changing these rolls the pods; HotReload keeps the template stable on purpose.
+        template_annotations.insert(REVISION_ANNOTATION.to_string(), revision.to_string());
+        template_annotations.insert(MODEL_SHA_ANNOTATION.to_string(), model.sha256.clone());
+    }
+    let mut m = meta(md, serving_name(&name));
+    m.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(REVISION_ANNOTATION.into(), revision.to_string());
+    Deployment {
+        metadata: m,
+        spec: Some(DeploymentSpec {
+            // With an HPA the replica count is the HPA's: leaving it out of the applied
+            // configuration keeps server-side apply from fighting it.
+            replicas: if spec.autoscaling.is_some() {
+                None
+            } else {
+                Some(spec.replicas)
+            },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name)),
+                    annotations: (!template_annotations.is_empty()).then_some(template_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    service_account_name: spec.credentials.service_account_name.clone(),
+                    automount_service_account_token: Some(
+                        spec.credentials.service_account_name.is_some(),
+                    ),
+                    volumes: Some(volumes),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service exposing gRPC and HTTP.
+pub fn service(md: &ModelDeployment) -> Service {
+    let name = md.metadata.name.clone().unwrap_or_default();
+    let p = md.spec.ports;
+    Service {
+        metadata: meta(md, serving_name(&name)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: p.grpc,
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("http".into()),
+                    port: p.http,
+                    target_port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The HPA, when `spec.autoscaling` is set.
+pub fn hpa(md: &ModelDeployment) -> Option<HorizontalPodAutoscaler> {
+    let a = md.spec.autoscaling.as_ref()?;
+    let name = md.metadata.name.clone().unwrap_or_default();
+    Some(HorizontalPodAutoscaler {
+        metadata: meta(md, serving_name(&name)),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: serving_name(&name),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The HotReload pointer ConfigMap for `model`.
+pub fn pointer_configmap(md: &ModelDeployment, model: &DeployedModel) -> ConfigMap {
+    let name = md.metadata.name.clone().unwrap_or_default();
+    ConfigMap {
+        metadata: meta(md, pointer_configmap_name(&name)),
+        data: Some(BTreeMap::from([
+            (POINTER_URL_KEY.to_string(), model.url.clone()),
+            (POINTER_SHA_KEY.to_string(), model.sha256.clone()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// `host:port` of the gRPC Service.
+pub fn endpoint(md: &ModelDeployment) -> String {
+    let name = md.metadata.name.clone().unwrap_or_default();
+    let ns = md
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    format!("{}.{ns}.svc:{}", serving_name(&name), md.spec.ports.grpc)
+}

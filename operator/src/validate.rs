@@ -1,0 +1,238 @@
+//! What a TrainingRun's spec turns into before anything runs: its trials (names, parameters,
+//! worker overrides), checked with the worker's own config parser so that a bad field is
+//! reported in the run's status (naming the field) instead of failing pod after pod.
+//!
+//! No Kubernetes client here: the local runner reuses this as is.
+
+use textrec_contract::config::{flatten_overrides, TrainConfig};
+
+use crate::crd::{DatasetRef, TrainingRunSpec};
+use crate::naming::trial_name;
+use crate::search::{expand, summarize, SearchError};
+
+/// A trial as planned from the spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTrial {
+    /// Position (0-based) in the search.
+    pub index: usize,
+    /// Deterministic name (also the Job's name).
+    pub name: String,
+    /// Searched values, `key=value,…` (bounded).
+    pub params: String,
+    /// `--set` overrides for the worker: spec-derived fields first, then the hyperparameters.
+    pub overrides: Vec<String>,
+}
+
+/// A spec the operator cannot run; `field` is the path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// JSON path of the field, e.g. `spec.search.parallelism`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn dataset_overrides(prefix: &str, d: &DatasetRef, out: &mut Vec<String>) {
+    out.push(format!("{prefix}.kind={}", d.kind.as_str()));
+    if let Some(p) = &d.path {
+        out.push(format!(
+            "{prefix}.path={}",
+            serde_json::Value::String(p.clone())
+        ));
+    }
+    if let Some(p) = &d.split_file {
+        out.push(format!(
+            "{prefix}.split_file={}",
+            serde_json::Value::String(p.clone())
+        ));
+    }
+    if let Some(n) = d.samples {
+        out.push(format!("{prefix}.samples={n}"));
+    }
+}
+
+/// Overrides every trial of the run shares (data, model, budget, device).
+pub fn base_overrides(spec: &TrainingRunSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(d) = &spec.data.train {
+        dataset_overrides("data.train", d, &mut out);
+    }
+    if let Some(d) = &spec.data.validation {
+        dataset_overrides("data.validation", d, &mut out);
+    }
+    let m = &spec.model;
+    if let Some(p) = m.preset {
+        out.push(format!("model.preset={}", p.as_str()));
+    }
+    let num = |out: &mut Vec<String>, k: &str, v: Option<i64>| {
+        if let Some(v) = v {
+            out.push(format!("{k}={v}"));
+        }
+    };
+    num(&mut out, "model.d_model", m.d_model);
+    num(&mut out, "model.heads", m.heads);
+    num(&mut out, "model.decoder_layers", m.decoder_layers);
+    if let Some(v) = &m.encoder_channels {
+        out.push(format!("model.encoder_channels={}", serde_json::json!(v)));
+    }
+    if let Some(v) = &m.encoder_blocks {
+        out.push(format!("model.encoder_blocks={}", serde_json::json!(v)));
+    }
+    let t = &spec.training;
+    for (k, v) in [
+        ("max_steps", t.max_steps),
+        ("batch_size", t.batch_size),
+        ("eval_interval", t.eval_interval),
+        ("checkpoint.every_steps", t.checkpoint_every_steps),
+        ("checkpoint.every_seconds", t.checkpoint_every_seconds),
+    ] {
+        if let Some(v) = v {
+            out.push(format!("{k}={v}"));
+        }
+    }
+    let device = match t.device {
+        Some(d) => d.as_str(),
+        None if spec.resources.gpus > 0 => "cuda",
+        None => "cpu",
+    };
+    out.push(format!("device={device}"));
+    out
+}
+
+/// Check the spec and plan its trials.
+pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<PlannedTrial>, Invalid> {
+    let s = &spec.search;
+    if !(1..=crate::crd::MAX_TRIALS_CAP).contains(&s.max_trials) {
+        return Err(invalid(
+            "spec.search.maxTrials",
+            format!("must be in 1..={}", crate::crd::MAX_TRIALS_CAP),
+        ));
+    }
+    if s.parallelism < 1 || s.parallelism > s.max_trials {
+        return Err(invalid(
+            "spec.search.parallelism",
+            "must be in 1..=spec.search.maxTrials",
+        ));
+    }
+    let url = spec.storage.url.as_str();
+    if !["s3://", "gs://", "az://", "file://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len())
+    {
+        return Err(invalid(
+            "spec.storage.url",
+            "must be an s3://, gs://, az:// or file:// URL",
+        ));
+    }
+    if url.starts_with("file://") && spec.storage.pvc.is_none() {
+        return Err(invalid(
+            "spec.storage.pvc",
+            "is required for file:// storage",
+        ));
+    }
+    let hp = spec
+        .hyperparameters
+        .clone()
+        .unwrap_or(serde_json::Value::Null);
+    let sets = expand(&hp, s.algorithm, s.seed, s.max_trials as usize).map_err(|e| match e {
+        SearchError::EmptyList(path) => invalid(
+            format!("spec.hyperparameters.{path}"),
+            "empty list: the search space would be empty (remove the field or give it a value)",
+        ),
+        SearchError::NotAnObject(kind) => invalid(
+            "spec.hyperparameters",
+            format!("must be an object of config fields, got {kind}"),
+        ),
+    })?;
+    let base = base_overrides(spec);
+    let mut out = Vec::with_capacity(sets.len());
+    for (index, set) in sets.into_iter().enumerate() {
+        let mut overrides = base.clone();
+        if set.params.as_object().is_some_and(|m| !m.is_empty()) {
+            overrides.extend(flatten_overrides(&set.params));
+        }
+        let name = trial_name(run_name, index);
+        if let Err(e) = TrainConfig::parse("", &overrides) {
+            // The worker would exit with CONFIG_ERROR; say so now, naming the field.
+            return Err(invalid(
+                "spec.hyperparameters",
+                format!("trial {name} ({}): {e:#}", summarize(&set.searched, 200)),
+            ));
+        }
+        out.push(PlannedTrial {
+            index,
+            name,
+            params: summarize(&set.searched, 256),
+            overrides,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::*;
+    use serde_json::json;
+
+    pub(crate) fn spec() -> TrainingRunSpec {
+        serde_json::from_value(json!({
+            "image": "textrec/worker:1",
+            "storage": {"url": "s3://bucket/runs"},
+            "hyperparameters": {"optimizer": {"lr": [0.001, 0.002]}, "batch_size": [8, 16]},
+            "search": {"maxTrials": 8, "parallelism": 2},
+            "training": {"maxSteps": 100}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_a_2x2_grid_with_overrides() {
+        let t = plan_trials("r", &spec()).unwrap();
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].name, "r-t0");
+        assert_eq!(t[3].params, "batch_size=16,optimizer.lr=0.002");
+        assert!(t[0].overrides.contains(&"max_steps=100".to_string()));
+        assert!(t[0].overrides.contains(&"device=cpu".to_string()));
+        assert!(t[0].overrides.contains(&"optimizer.lr=0.001".to_string()));
+    }
+
+    #[test]
+    fn worker_validation_names_the_field() {
+        let mut s = spec();
+        s.hyperparameters = Some(json!({"optimizer": {"learning_rate": [1, 2]}}));
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.hyperparameters");
+        assert!(e.message.contains("learning_rate"), "{e}");
+        s.hyperparameters = Some(json!({"optimizer": {"lr": [-1.0]}}));
+        assert!(plan_trials("r", &s)
+            .unwrap_err()
+            .message
+            .contains("optimizer.lr"));
+    }
+
+    #[test]
+    fn schema_rules_are_rechecked() {
+        let mut s = spec();
+        s.search.parallelism = 9;
+        assert_eq!(
+            plan_trials("r", &s).unwrap_err().field,
+            "spec.search.parallelism"
+        );
+        let mut s = spec();
+        s.storage.url = "file:///data".into();
+        assert_eq!(plan_trials("r", &s).unwrap_err().field, "spec.storage.pvc");
+        let mut s = spec();
+        s.hyperparameters = Some(json!({"batch_size": []}));
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.hyperparameters.batch_size");
+    }
+}

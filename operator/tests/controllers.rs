@@ -1,0 +1,730 @@
+//! The controllers against a fake API: the exact objects they write.
+
+mod support {
+    pub mod fake_api;
+}
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{json, Value};
+use support::fake_api::{fake_client, FakeState};
+use textrec_operator::controller::{self, MemoryEvents, Shared};
+use textrec_operator::crd::{ModelDeployment, TrainingRun};
+use textrec_operator::metrics::Metrics;
+use textrec_operator::progress::StaticProgress;
+
+fn clock() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap())
+}
+
+fn run_json(name: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "image": "ghcr.io/textrec/worker:1",
+        "storage": {"url": "s3://bucket/runs", "secretRef": "s3-creds"},
+        "hyperparameters": {"optimizer": {"lr": [0.001, 0.002]}, "batch_size": [8, 16]},
+        "search": {"maxTrials": 4, "parallelism": 2},
+        "training": {"maxSteps": 1000, "evalInterval": 100},
+        "resources": {"gpus": 1, "memory": "8Gi"},
+        "scheduling": {"spot": true, "spotProvider": "GKE"},
+        "terminationGracePeriodSeconds": 180,
+        "maxRestartsPerTrial": 2
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": "ml", "uid": "uid-1", "generation": 1},
+        "spec": spec
+    })
+}
+
+struct Harness {
+    state: Arc<Mutex<FakeState>>,
+    events: Arc<MemoryEvents>,
+    ctx: Arc<controller::training_run::Context>,
+    jobs: Writer<Job>,
+    pods: Writer<Pod>,
+    progress: Arc<StaticProgress>,
+}
+
+fn harness(run: &Value) -> Harness {
+    let (client, state) = fake_client();
+    let path = format!(
+        "/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/{}",
+        run["metadata"]["name"].as_str().unwrap()
+    );
+    state.lock().unwrap().objects.insert(path, run.clone());
+    let (jobs_r, jobs) = reflector::store();
+    let (pods_r, pods) = reflector::store();
+    let events = Arc::new(MemoryEvents::default());
+    let progress = Arc::new(StaticProgress::default());
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::new()),
+        events: events.clone(),
+        backoff: Default::default(),
+    });
+    let ctx = Arc::new(controller::training_run::Context {
+        client,
+        jobs: jobs_r,
+        pods: pods_r,
+        progress: progress.clone(),
+        shared,
+        progress_interval: Duration::from_secs(30),
+        clock,
+    });
+    Harness {
+        state,
+        events,
+        ctx,
+        jobs,
+        pods,
+        progress,
+    }
+}
+
+fn writes(state: &Mutex<FakeState>) -> Vec<(String, String, Value)> {
+    state
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone(), r.body.clone()))
+        .collect()
+}
+
+fn reasons(events: &MemoryEvents) -> Vec<&'static str> {
+    events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, e)| e.reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn new_run_creates_parallelism_jobs_with_failure_policy_and_status() {
+    let run = run_json("ocr", json!({}));
+    let h = harness(&run);
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    let action = controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(30))
+    );
+
+    let w = writes(&h.state);
+    let paths: Vec<(&str, &str)> = w.iter().map(|(m, p, _)| (m.as_str(), p.as_str())).collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("PATCH", "/apis/batch/v1/namespaces/ml/jobs/ocr-t0"),
+            ("PATCH", "/apis/batch/v1/namespaces/ml/jobs/ocr-t1"),
+            (
+                "PATCH",
+                "/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/ocr/status"
+            ),
+        ]
+    );
+    let q = &h.state.lock().unwrap().log[0].query;
+    assert!(
+        q.contains("fieldManager=textrec-operator") && q.contains("force=true"),
+        "{q}"
+    );
+
+    let job = &w[0].2;
+    let expected_policy = json!({"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "Ignore", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [75]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [78]}}
+    ]});
+    assert_eq!(job["spec"]["podFailurePolicy"], expected_policy);
+    assert_eq!(job["spec"]["backoffLimit"], 2);
+    assert_eq!(job["spec"]["podReplacementPolicy"], "Failed");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "TrainingRun");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        job["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "textrec-operator"
+    );
+    assert_eq!(job["metadata"]["labels"]["textrec.dev/trial"], "ocr-t0");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 180);
+    assert_eq!(pod["nodeSelector"]["cloud.google.com/gke-spot"], "true");
+    assert!(pod["tolerations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "cloud.google.com/gke-spot"));
+    let c = &pod["containers"][0];
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "s3-creds");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &args[..3],
+        &["train", "--output", "s3://bucket/runs/ocr/ocr-t0"]
+    );
+    for want in [
+        "max_steps=1000",
+        "device=cuda",
+        "optimizer.lr=0.001",
+        "batch_size=8",
+    ] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
+
+    let status = &w[2].2["status"];
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["trialsDone"], "0/4");
+    assert_eq!(
+        status["counts"],
+        json!({"total": 4, "pending": 2, "running": 2, "succeeded": 0, "failed": 0})
+    );
+    assert_eq!(status["trials"][0]["phase"], "Starting");
+    assert_eq!(status["trials"][3]["phase"], "Pending");
+    assert_eq!(
+        status["trials"][3]["params"],
+        "batch_size=16,optimizer.lr=0.002"
+    );
+    assert_eq!(status["observedGeneration"], 1);
+    let valid = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .unwrap();
+    assert_eq!(valid["status"], "True");
+    assert_eq!(reasons(&h.events), vec!["TrialStarted", "TrialStarted"]);
+}
+
+fn job_obj(name: &str, conds: Value, active: i32) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "ml",
+            "labels": {"textrec.dev/run": "ocr", "textrec.dev/trial": name, "app.kubernetes.io/managed-by": "textrec-operator"},
+            "ownerReferences": [{"apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun", "name": "ocr", "uid": "uid-1", "controller": true}]},
+        "spec": {"suspend": false, "template": {}},
+        "status": {"conditions": conds, "active": active}
+    }))
+    .unwrap()
+}
+
+fn pod_obj(name: &str, trial: &str, phase: &str, extra_status: Value) -> Pod {
+    let mut status = json!({"phase": phase});
+    merge(&mut status, &extra_status);
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "ml", "labels": {"textrec.dev/run": "ocr", "textrec.dev/trial": trial}},
+        "status": status
+    }))
+    .unwrap()
+}
+
+fn merge(a: &mut Value, b: &Value) {
+    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn apply<K: kube::Resource + Clone>(w: &mut Writer<K>, obj: K)
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    w.apply_watcher_event(&watcher::Event::Apply(obj));
+}
+
+#[tokio::test]
+async fn finished_preempted_and_failed_trials_reach_status_and_events() {
+    let run = run_json("ocr", json!({}));
+    let mut h = harness(&run);
+    let done = r#"{"phase":"Succeeded","step":1000,"max_steps":1000,"best":{"step":1000,"cer":0.05,"wer":0.2},"latest":{"step":1000,"cer":0.05,"wer":0.2},"model":{"url":"s3://bucket/runs/ocr/ocr-t0/model/","sha256":"aa","cer":0.05},"updated":"2027-01-15T08:00:00Z"}"#;
+    apply(
+        &mut h.jobs,
+        job_obj("ocr-t0", json!([{"type": "Complete", "status": "True"}]), 0),
+    );
+    apply(
+        &mut h.pods,
+        pod_obj(
+            "ocr-t0-a",
+            "ocr-t0",
+            "Succeeded",
+            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "message": done}}}]}),
+        ),
+    );
+    // t1: first pod reclaimed (DisruptionTarget), second one running; progress from storage.
+    apply(&mut h.jobs, job_obj("ocr-t1", json!([]), 1));
+    apply(
+        &mut h.pods,
+        pod_obj(
+            "ocr-t1-a",
+            "ocr-t1",
+            "Failed",
+            json!({"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]}),
+        ),
+    );
+    apply(
+        &mut h.pods,
+        pod_obj(
+            "ocr-t1-b",
+            "ocr-t1",
+            "Running",
+            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+        ),
+    );
+    h.progress.0.lock().unwrap().insert(
+        "s3://bucket/runs/ocr/ocr-t1".into(),
+        serde_json::from_str(r#"{"phase":"Running","step":300,"max_steps":1000,"latest":{"step":300,"cer":0.2,"wer":0.5},"best":{"step":200,"cer":0.18,"wer":0.5},"checkpoint":{"step":250,"url":"s3://bucket/runs/ocr/ocr-t1/checkpoints/step-0000000250/"},"updated":"2027-01-15T08:00:00Z"}"#).unwrap(),
+    );
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+
+    let w = writes(&h.state);
+    assert_eq!(
+        w.iter()
+            .filter(|(m, p, _)| m == "PATCH" && p.contains("/jobs/"))
+            .map(|(_, p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        vec!["/apis/batch/v1/namespaces/ml/jobs/ocr-t2"]
+    );
+    let status = &w.last().unwrap().2["status"];
+    assert_eq!(status["trials"][0]["phase"], "Succeeded");
+    assert_eq!(status["trials"][1]["phase"], "Running");
+    assert_eq!(status["trials"][1]["preemptions"], 1);
+    assert_eq!(status["trials"][1]["restarts"], 0);
+    assert_eq!(status["trials"][1]["step"], 300);
+    assert_eq!(status["trials"][1]["latestMetric"], 0.2);
+    assert_eq!(status["trials"][1]["checkpoint"]["step"], 250);
+    assert_eq!(status["bestTrial"], "ocr-t0");
+    assert_eq!(
+        status["bestModel"],
+        json!({"trial": "ocr-t0", "url": "s3://bucket/runs/ocr/ocr-t0/model/", "sha256": "aa", "metric": 0.05, "metricName": "cer"})
+    );
+    assert_eq!(status["trialsDone"], "1/4");
+    let r = reasons(&h.events);
+    for want in [
+        "TrialSucceeded",
+        "NewBestModel",
+        "TrialPreempted",
+        "TrialStarted",
+    ] {
+        assert!(r.contains(&want), "{want} not in {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn config_error_fails_the_trial_and_too_many_failures_fail_the_run() {
+    let run = run_json(
+        "ocr",
+        json!({"maxFailedTrials": 0, "search": {"maxTrials": 4, "parallelism": 1}}),
+    );
+    let mut h = harness(&run);
+    apply(
+        &mut h.jobs,
+        job_obj(
+            "ocr-t0",
+            json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "Container worker for pod ml/ocr-t0-a failed with exit code 78 matching FailJob rule at index 2"}]),
+            0,
+        ),
+    );
+    apply(
+        &mut h.pods,
+        pod_obj(
+            "ocr-t0-a",
+            "ocr-t0",
+            "Failed",
+            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 78, "message": "config field `optimizer.lr`: must be positive"}}}]}),
+        ),
+    );
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert!(
+        !w.iter().any(|(_, p, _)| p.contains("/jobs/")),
+        "no new trials after the failure limit: {w:?}"
+    );
+    let status = &w.last().unwrap().2["status"];
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["trials"][0]["phase"], "Failed");
+    let msg = status["trials"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("configuration error") && msg.contains("optimizer.lr"),
+        "{msg}"
+    );
+    let r = reasons(&h.events);
+    assert!(
+        r.contains(&"TrialFailed") && r.contains(&"RunFailed"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_spec_writes_only_a_status_naming_the_field() {
+    let run = run_json("ocr", json!({"hyperparameters": {"optimizer": {"lr": []}}}));
+    let h = harness(&run);
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert_eq!(w.len(), 1, "{w:?}");
+    let status = &w[0].2["status"];
+    assert_eq!(status["phase"], "Invalid");
+    let valid = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .unwrap();
+    assert_eq!(valid["status"], "False");
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.hyperparameters.optimizer.lr"),
+        "{valid}"
+    );
+    assert_eq!(reasons(&h.events), vec!["InvalidSpec"]);
+}
+
+#[tokio::test]
+async fn suspend_suspends_unfinished_jobs_and_a_second_reconcile_is_a_no_op() {
+    let run = run_json("ocr", json!({"suspend": true}));
+    let mut h = harness(&run);
+    apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 1));
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert_eq!(w[0].0, "PATCH");
+    assert_eq!(w[0].1, "/apis/batch/v1/namespaces/ml/jobs/ocr-t0");
+    assert_eq!(w[0].2, json!({"spec": {"suspend": true}}));
+    assert_eq!(w.last().unwrap().2["status"]["phase"], "Suspended");
+
+    // Feed the written status back: with nothing changed, nothing is written.
+    let stored = h.state.lock().unwrap().objects
+        ["/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/ocr"]
+        .clone();
+    let tr: TrainingRun = serde_json::from_value(stored).unwrap();
+    let mut j = job_obj("ocr-t0", json!([]), 0);
+    j.spec.as_mut().unwrap().suspend = Some(true);
+    apply(&mut h.jobs, j);
+    h.state.lock().unwrap().log.clear();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    // The Job is now suspended: the trial shows it, and no Job is patched again.
+    let w = writes(&h.state);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].2["status"]["trials"][0]["phase"], "Restarting");
+
+    // Once the status reflects the world, a reconcile writes nothing at all.
+    let stored = h.state.lock().unwrap().objects
+        ["/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/ocr"]
+        .clone();
+    let tr: TrainingRun = serde_json::from_value(stored).unwrap();
+    h.state.lock().unwrap().log.clear();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    assert!(writes(&h.state).is_empty(), "{:?}", writes(&h.state));
+}
+
+#[tokio::test]
+async fn tower_test_mock_sees_server_side_apply_of_a_job() {
+    // The same call through kube's tower-test mock, asserting the request as sent.
+    let (svc, mut handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(svc, "default");
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(req.uri().path(), "/apis/batch/v1/namespaces/ml/jobs/ocr-t0");
+        assert_eq!(
+            req.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let job: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(job["kind"], "Job");
+        assert_eq!(
+            job["spec"]["podFailurePolicy"]["rules"][2]["action"],
+            "FailJob"
+        );
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(body.to_vec()))
+                .unwrap(),
+        );
+    });
+    let tr: TrainingRun = serde_json::from_value(run_json("ocr", json!({}))).unwrap();
+    let trials = textrec_operator::run_plan::planned(&tr).unwrap();
+    let job = textrec_operator::job::build_job(&tr, &trials[0], false);
+    let api: kube::Api<Job> = kube::Api::namespaced(client, "ml");
+    api.patch(
+        "ocr-t0",
+        &kube::api::PatchParams::apply("textrec-operator").force(),
+        &kube::api::Patch::Apply(&job),
+    )
+    .await
+    .unwrap();
+    server.await.unwrap();
+}
+
+// ---- ModelDeployment ----
+
+fn md_json(extra: Value) -> Value {
+    let mut spec = json!({"model": {"fromTrainingRun": "ocr"}, "image": "ghcr.io/textrec/worker:1", "replicas": 2});
+    merge(&mut spec, &extra);
+    json!({"apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "reader", "namespace": "ml", "uid": "uid-md", "generation": 1}, "spec": spec})
+}
+
+fn finished_run(name: &str, cer: f64, sha: &str, done_at: &str, labels: Value) -> TrainingRun {
+    let mut v = run_json(name, json!({}));
+    v["metadata"]["labels"] = labels;
+    v["status"] = json!({"phase": "Succeeded", "completionTime": done_at,
+        "bestModel": {"trial": format!("{name}-t0"), "url": format!("s3://bucket/runs/{name}/{name}-t0/model/"), "sha256": sha, "metric": cer, "metricName": "cer"}});
+    serde_json::from_value(v).unwrap()
+}
+
+struct MdHarness {
+    state: Arc<Mutex<FakeState>>,
+    events: Arc<MemoryEvents>,
+    ctx: Arc<controller::model_deployment::Context>,
+    runs: Writer<TrainingRun>,
+}
+
+fn md_harness(md: &Value) -> MdHarness {
+    let (client, state) = fake_client();
+    state.lock().unwrap().objects.insert(
+        "/apis/textrec.dev/v1alpha1/namespaces/ml/modeldeployments/reader".into(),
+        md.clone(),
+    );
+    let (runs_r, runs) = reflector::store();
+    let (deps_r, _deps): (_, Writer<Deployment>) = reflector::store();
+    let events = Arc::new(MemoryEvents::default());
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::new()),
+        events: events.clone(),
+        backoff: Default::default(),
+    });
+    let ctx = Arc::new(controller::model_deployment::Context {
+        client,
+        runs: runs_r,
+        deployments: deps_r,
+        shared,
+        clock,
+    });
+    MdHarness {
+        state,
+        events,
+        ctx,
+        runs,
+    }
+}
+
+async fn reconcile_md(h: &MdHarness, md: Value) -> Value {
+    h.state.lock().unwrap().log.clear();
+    let md: ModelDeployment = serde_json::from_value(md).unwrap();
+    controller::model_deployment::reconcile(Arc::new(md), h.ctx.clone())
+        .await
+        .unwrap();
+    h.state.lock().unwrap().objects
+        ["/apis/textrec.dev/v1alpha1/namespaces/ml/modeldeployments/reader"]
+        .clone()
+}
+
+#[tokio::test]
+async fn model_deployment_rolls_out_promotes_declines_and_rolls_back() {
+    let md = md_json(
+        json!({"promotion": {"policy": "Automatic", "minImprovement": 0.01, "selector": {"matchLabels": {"team": "ocr"}}}}),
+    );
+    let mut h = md_harness(&md);
+    let team = json!({"team": "ocr"});
+    apply(
+        &mut h.runs,
+        finished_run("ocr", 0.10, "s1", "2027-01-01T00:00:00Z", team.clone()),
+    );
+
+    // 1. First deploy from spec.model.fromTrainingRun.
+    let obj = reconcile_md(&h, md.clone()).await;
+    let w = writes(&h.state);
+    let paths: Vec<&str> = w.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "/apis/apps/v1/namespaces/ml/deployments/reader",
+            "/api/v1/namespaces/ml/services/reader",
+            "/apis/textrec.dev/v1alpha1/namespaces/ml/modeldeployments/reader/status",
+        ]
+    );
+    let dep = &w[0].2;
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(
+        c["args"],
+        json!([
+            "serve",
+            "--model",
+            "s3://bucket/runs/ocr/ocr-t0/model/",
+            "--grpc-addr",
+            "0.0.0.0:50051",
+            "--http-addr",
+            "0.0.0.0:8080"
+        ])
+    );
+    assert_eq!(c["readinessProbe"]["grpc"]["port"], 50051);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(w[1].2["spec"]["ports"][0]["name"], "grpc");
+    let st = &obj["status"];
+    assert_eq!(st["currentRevision"], 1);
+    assert_eq!(st["model"]["sha256"], "s1");
+    assert_eq!(st["endpoint"], "reader.ml.svc:50051");
+    assert_eq!(st["phase"], "Progressing");
+
+    // 2. A better run (by 0.04 ≥ 0.01) is promoted; a worse one is declined.
+    apply(
+        &mut h.runs,
+        finished_run("ocr2", 0.06, "s2", "2027-01-02T00:00:00Z", team.clone()),
+    );
+    apply(
+        &mut h.runs,
+        finished_run(
+            "other",
+            0.01,
+            "s9",
+            "2027-01-02T00:00:00Z",
+            json!({"team": "x"}),
+        ),
+    );
+    let obj = reconcile_md(&h, obj).await;
+    assert_eq!(obj["status"]["currentRevision"], 2);
+    assert_eq!(obj["status"]["model"]["sha256"], "s2");
+    assert!(obj["status"]["history"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("automatic promotion of TrainingRun ocr2"));
+    apply(
+        &mut h.runs,
+        finished_run("ocr3", 0.055, "s3", "2027-01-03T00:00:00Z", team.clone()),
+    );
+    let obj = reconcile_md(&h, obj).await;
+    assert_eq!(obj["status"]["currentRevision"], 2);
+    assert_eq!(obj["status"]["declined"][0]["trainingRun"], "ocr3");
+
+    // 3. Rollback to revision 1 deploys it as revision 3.
+    let mut obj = obj;
+    obj["spec"]["rollbackTo"] = json!(1);
+    let obj = reconcile_md(&h, obj).await;
+    assert_eq!(obj["status"]["currentRevision"], 3);
+    assert_eq!(obj["status"]["model"]["sha256"], "s1");
+    assert_eq!(obj["status"]["appliedRollbackTo"], 1);
+    let w = writes(&h.state);
+    assert_eq!(
+        w[0].2["spec"]["template"]["metadata"]["annotations"]["textrec.dev/revision"],
+        "3"
+    );
+    // 4. Idempotent: nothing new to decide, same objects applied, status unchanged.
+    let again = reconcile_md(&h, obj.clone()).await;
+    assert_eq!(again["status"], obj["status"]);
+    assert!(!writes(&h.state)
+        .iter()
+        .any(|(_, p, _)| p.ends_with("/status")));
+    let r: Vec<&str> = h
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, e)| e.reason)
+        .collect();
+    assert_eq!(
+        r,
+        vec![
+            "ModelDeployed",
+            "Promoted",
+            "PromotionDeclined",
+            "RolledBack"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn hot_reload_writes_the_pointer_and_keeps_the_template_stable() {
+    let md = md_json(
+        json!({"strategy": "HotReload", "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
+    );
+    let mut h = md_harness(&md);
+    apply(
+        &mut h.runs,
+        finished_run("ocr", 0.10, "s1", "2027-01-01T00:00:00Z", json!({})),
+    );
+    reconcile_md(&h, md).await;
+    let w = writes(&h.state);
+    let paths: Vec<&str> = w.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(paths[0], "/api/v1/namespaces/ml/configmaps/reader-model");
+    assert_eq!(
+        w[0].2["data"],
+        json!({"model-url": "s3://bucket/runs/ocr/ocr-t0/model/", "model-sha256": "s1"})
+    );
+    let dep = &w[1].2;
+    assert!(
+        dep["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+    assert!(dep["spec"]["template"]["metadata"]
+        .get("annotations")
+        .is_none());
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][1], "--model-pointer");
+    assert_eq!(c["args"][2], "/etc/textrec/model/model-url");
+    assert!(paths.contains(&"/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/reader"));
+}
+
+#[tokio::test]
+async fn waiting_for_an_unfinished_run_deploys_nothing() {
+    let md = md_json(json!({}));
+    let h = md_harness(&md);
+    let obj = reconcile_md(&h, md).await;
+    let w = writes(&h.state);
+    assert_eq!(w.len(), 1);
+    assert_eq!(obj["status"]["phase"], "Pending");
+    let c = obj["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ModelResolved")
+        .unwrap()
+        .clone();
+    assert_eq!(c["reason"], "WaitingForModel");
+    assert!(c["message"]
+        .as_str()
+        .unwrap()
+        .contains("TrainingRun ocr not found"));
+}
