@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
+BUILD=release
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) BUILD=none ;;
+    -h|--help) echo "usage: scripts/setup.sh [--no-build]"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
 step() { printf '\n==> %s\n' "$*"; }
 
 APT_PACKAGES=(
@@ -42,7 +51,9 @@ if [ ! -e "$TEXTREC_VENV/.dev-installed" ] || [ requirements-dev.txt -nt "$TEXTR
   touch "$TEXTREC_VENV/.dev-installed"
 fi
 
-step "building textrec (release)"
-cargo build --release --workspace --bins
-echo
-echo "textrec is built: $CARGO_TARGET_DIR/release/textrec-worker, textrec-operator"
+if [ "$BUILD" = release ]; then
+  step "building textrec (release)"
+  cargo build --release --workspace --bins
+  echo
+  echo "textrec is built: $CARGO_TARGET_DIR/release/textrec-worker, textrec-operator"
+fi

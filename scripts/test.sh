@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what is missing, then formatting, lints, the whole
+# Rust test suite (unit, integration, exact-resume, serving, operator against a mocked API) and
+# the chart/Dockerfile/manifest checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --no-build
+. scripts/env.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --workspace -- --test-threads=2
+if [ -x scripts/check-manifests.sh ]; then
+  echo "==> chart, Dockerfile and manifest checks"
+  scripts/check-manifests.sh
+fi
