@@ -218,7 +218,15 @@ impl ModelSpec {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { a.$f = v; } )* };
         }
-        set!(d_model, heads, decoder_layers, ff_dim, dropout, max_text_len, ctc_weight);
+        set!(
+            d_model,
+            heads,
+            decoder_layers,
+            ff_dim,
+            dropout,
+            max_text_len,
+            ctc_weight
+        );
         a.validate()?;
         Ok(a)
     }
@@ -229,7 +237,10 @@ impl Architecture {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, why: &str| Err(ConfigError::new(format!("model.{field}: {why}")));
         if self.encoder_channels.is_empty() || self.encoder_channels.iter().any(|&c| c <= 0) {
-            return bad("encoder_channels", "must be a non-empty list of positive integers");
+            return bad(
+                "encoder_channels",
+                "must be a non-empty list of positive integers",
+            );
         }
         if self.encoder_blocks.len() != self.encoder_channels.len() {
             return bad(
@@ -247,7 +258,10 @@ impl Architecture {
         if self.d_model <= 0 || self.heads <= 0 || self.d_model % self.heads != 0 {
             return bad(
                 "heads",
-                &format!("must be positive and divide d_model ({} / {})", self.d_model, self.heads),
+                &format!(
+                    "must be positive and divide d_model ({} / {})",
+                    self.d_model, self.heads
+                ),
             );
         }
         if self.decoder_layers <= 0 {
@@ -287,7 +301,12 @@ pub struct PreprocessConfig {
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self { height: 32, max_width: 1024, width_multiple: 4, max_source_pixels: 16_000_000 }
+        Self {
+            height: 32,
+            max_width: 1024,
+            width_multiple: 4,
+            max_source_pixels: 16_000_000,
+        }
     }
 }
 
@@ -475,7 +494,11 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every_steps: 500, every_seconds: 300, keep: 3 }
+        Self {
+            every_steps: 500,
+            every_seconds: 300,
+            keep: 3,
+        }
     }
 }
 
@@ -485,7 +508,8 @@ impl TrainConfig {
         let mut tree: serde_json::Value = if text.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::new(format!("invalid YAML: {e}")))?
+            serde_yaml::from_str(text)
+                .map_err(|e| ConfigError::new(format!("invalid YAML: {e}")))?
         };
         for o in overrides {
             apply_override(&mut tree, o)?;
@@ -529,7 +553,7 @@ impl TrainConfig {
         if self.checkpoint.keep == 0 {
             return bad("checkpoint.keep", "must be at least 1");
         }
-        if !(self.optimizer.lr > 0.0) {
+        if !self.optimizer.lr.is_finite() || self.optimizer.lr <= 0.0 {
             return bad("optimizer.lr", "must be positive");
         }
         if !(0.0..=1.0).contains(&self.optimizer.min_lr_ratio) {
@@ -538,31 +562,47 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.optimizer.label_smoothing) {
             return bad("optimizer.label_smoothing", "must be in [0, 1)");
         }
-        if self.preprocess.height < 8 || self.preprocess.height % 8 != 0 {
+        if self.preprocess.height < 8 || !self.preprocess.height.is_multiple_of(8) {
             return bad("preprocess.height", "must be a positive multiple of 8");
         }
         if self.preprocess.width_multiple == 0 || self.preprocess.max_width < self.preprocess.height
         {
             return bad("preprocess.max_width", "must be at least the height");
         }
-        for (name, d) in [("data.train", &self.data.train), ("data.validation", &self.data.validation)] {
+        for (name, d) in [
+            ("data.train", &self.data.train),
+            ("data.validation", &self.data.validation),
+        ] {
             if d.kind != DatasetKind::Synthetic && d.path.is_none() {
-                return bad(&format!("{name}.path"), "is required for tesstrain and iam data sets");
+                return bad(
+                    &format!("{name}.path"),
+                    "is required for tesstrain and iam data sets",
+                );
             }
             let s = &d.synthetic;
             if s.min_chars == 0 || s.min_chars > s.max_chars {
-                return bad(&format!("{name}.synthetic.min_chars"), "must be in 1..=max_chars");
+                return bad(
+                    &format!("{name}.synthetic.min_chars"),
+                    "must be in 1..=max_chars",
+                );
             }
             if !(0.0..=1.0).contains(&s.augment) {
                 return bad(&format!("{name}.synthetic.augment"), "must be in [0, 1]");
             }
             if !(0.0..=1.0).contains(&s.generated_fraction) {
-                return bad(&format!("{name}.synthetic.generated_fraction"), "must be in [0, 1]");
+                return bad(
+                    &format!("{name}.synthetic.generated_fraction"),
+                    "must be in [0, 1]",
+                );
             }
         }
-        if self.data.validation.kind == DatasetKind::Synthetic && self.data.validation.samples.is_none()
+        if self.data.validation.kind == DatasetKind::Synthetic
+            && self.data.validation.samples.is_none()
         {
-            return bad("data.validation.samples", "a synthetic validation set needs a size");
+            return bad(
+                "data.validation.samples",
+                "a synthetic validation set needs a size",
+            );
         }
         Ok(())
     }
@@ -593,12 +633,14 @@ fn merge_tree(base: &mut serde_json::Value, over: serde_json::Value) {
 /// Apply one `a.b.c=value` override to a config tree. The value is parsed as YAML, so numbers,
 /// booleans, lists (`[32,64]`) and strings all work; intermediate objects are created.
 pub fn apply_override(tree: &mut serde_json::Value, spec: &str) -> Result<(), ConfigError> {
-    let (key, raw) = spec
-        .split_once('=')
-        .ok_or_else(|| ConfigError::new(format!("override `{spec}` is not of the form key=value")))?;
+    let (key, raw) = spec.split_once('=').ok_or_else(|| {
+        ConfigError::new(format!("override `{spec}` is not of the form key=value"))
+    })?;
     let key = key.trim();
     if key.is_empty() || key.split('.').any(str::is_empty) {
-        return Err(ConfigError::new(format!("override `{spec}`: empty field name")));
+        return Err(ConfigError::new(format!(
+            "override `{spec}`: empty field name"
+        )));
     }
     let value: serde_json::Value = serde_yaml::from_str(raw)
         .map_err(|e| ConfigError::new(format!("override `{spec}`: bad value: {e}")))?;
@@ -620,7 +662,9 @@ pub fn apply_override(tree: &mut serde_json::Value, spec: &str) -> Result<(), Co
             map.insert((*part).to_string(), value);
             return Ok(());
         }
-        node = map.entry((*part).to_string()).or_insert(serde_json::Value::Null);
+        node = map
+            .entry((*part).to_string())
+            .or_insert(serde_json::Value::Null);
     }
     unreachable!("loop returns on the last part")
 }
@@ -632,7 +676,11 @@ pub fn flatten_overrides(params: &serde_json::Value) -> Vec<String> {
         match v {
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&p, v, out);
                 }
             }
@@ -651,14 +699,20 @@ mod tests {
     #[test]
     fn empty_config_is_the_default() {
         assert_eq!(TrainConfig::parse("", &[]).unwrap(), TrainConfig::default());
-        assert_eq!(TrainConfig::parse("{}", &[]).unwrap(), TrainConfig::default());
+        assert_eq!(
+            TrainConfig::parse("{}", &[]).unwrap(),
+            TrainConfig::default()
+        );
     }
 
     #[test]
     fn overrides_set_nested_fields_with_typed_values() {
         let c = TrainConfig::parse(
             "model: {preset: tiny}\n",
-            &["optimizer.lr=0.0005".into(), "model.encoder_channels=[4, 8, 16]".into()],
+            &[
+                "optimizer.lr=0.0005".into(),
+                "model.encoder_channels=[4, 8, 16]".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.optimizer.lr, 0.0005);

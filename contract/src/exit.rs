@@ -44,7 +44,10 @@ impl ConfigError {
 
 /// The exit code for an error chain: [`CONFIG_ERROR`] when any cause is a [`ConfigError`].
 pub fn code_for(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|c| c.downcast_ref::<ConfigError>().is_some()) {
+    if err
+        .chain()
+        .any(|c| c.downcast_ref::<ConfigError>().is_some())
+    {
         CONFIG_ERROR
     } else {
         FAILURE

@@ -12,7 +12,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod storage;
 
-pub use config::{Architecture, Preset, PreprocessConfig, TrainConfig};
+pub use config::{Architecture, PreprocessConfig, Preset, TrainConfig};
 pub use manifest::{CheckpointManifest, FileDigest, ModelManifest};
 pub use metrics::{MetricsRecord, TrialProgress};
 pub use storage::Store;

@@ -32,7 +32,11 @@ pub struct FileDigest {
 impl FileDigest {
     /// Digest `content` under the name `path`.
     pub fn of(path: impl Into<String>, content: &[u8]) -> Self {
-        Self { path: path.into(), sha256: sha256_hex(content), bytes: content.len() as u64 }
+        Self {
+            path: path.into(),
+            sha256: sha256_hex(content),
+            bytes: content.len() as u64,
+        }
     }
 
     /// Check `content` against this digest.
@@ -47,7 +51,10 @@ impl FileDigest {
         }
         let got = sha256_hex(content);
         if got != self.sha256 {
-            return Err(format!("{}: sha256 {got}, manifest says {}", self.path, self.sha256));
+            return Err(format!(
+                "{}: sha256 {got}, manifest says {}",
+                self.path, self.sha256
+            ));
         }
         Ok(())
     }
@@ -125,7 +132,10 @@ mod tests {
     #[test]
     fn digest_detects_changes() {
         let d = FileDigest::of("w", b"abc");
-        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         d.verify(b"abc").unwrap();
         assert!(d.verify(b"abd").unwrap_err().contains("sha256"));
         assert!(d.verify(b"ab").unwrap_err().contains("size"));

@@ -27,7 +27,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("url", &self.url.as_str()).finish()
+        f.debug_struct("Store")
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
@@ -43,7 +45,9 @@ pub fn normalize_url(location: &str) -> Result<Url> {
     let abs = if path.is_absolute() {
         path
     } else {
-        std::env::current_dir().context("cannot read the current directory")?.join(path)
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path)
     };
     Url::from_directory_path(&abs).map_err(|_| anyhow!("not a usable path: {}", abs.display()))
 }
@@ -114,13 +118,22 @@ impl Store {
         for part in rel.split('/').filter(|p| !p.is_empty()) {
             prefix = prefix.child(part);
         }
-        let url = self.url.join(&format!("{rel}/")).unwrap_or_else(|_| self.url.clone());
-        Self { inner: self.inner.clone(), prefix, url }
+        let url = self
+            .url
+            .join(&format!("{rel}/"))
+            .unwrap_or_else(|_| self.url.clone());
+        Self {
+            inner: self.inner.clone(),
+            prefix,
+            url,
+        }
     }
 
     /// The local folder behind a `file://` store, if it is one.
     pub fn local_path(&self) -> Option<PathBuf> {
-        (self.url.scheme() == "file").then(|| self.url.to_file_path().ok()).flatten()
+        (self.url.scheme() == "file")
+            .then(|| self.url.to_file_path().ok())
+            .flatten()
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -147,13 +160,19 @@ impl Store {
             .get(&self.path(rel))
             .await
             .with_context(|| format!("cannot read {}", self.url_of(rel)))?;
-        r.bytes().await.with_context(|| format!("cannot read {}", self.url_of(rel)))
+        r.bytes()
+            .await
+            .with_context(|| format!("cannot read {}", self.url_of(rel)))
     }
 
     /// Read `rel`, or `None` when it does not exist.
     pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
         match self.inner.get(&self.path(rel)).await {
-            Ok(r) => Ok(Some(r.bytes().await.with_context(|| format!("cannot read {}", self.url_of(rel)))?)),
+            Ok(r) => {
+                Ok(Some(r.bytes().await.with_context(|| {
+                    format!("cannot read {}", self.url_of(rel))
+                })?))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", self.url_of(rel))),
         }
@@ -184,8 +203,11 @@ impl Store {
             .list_with_delimiter(Some(&base))
             .await
             .with_context(|| format!("cannot list {}", self.url_of(rel)))?;
-        let mut names: Vec<String> =
-            res.objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect();
+        let mut names: Vec<String> = res
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -241,12 +263,17 @@ impl Store {
             dir.put(&name, data).await?;
         }
         let bytes = manifest(digests)?;
-        dir.put(crate::layout::MANIFEST, Bytes::from(bytes.clone())).await?;
+        dir.put(crate::layout::MANIFEST, Bytes::from(bytes.clone()))
+            .await?;
         Ok(bytes)
     }
 
     /// Read the files `digests` names from folder `rel` and check each against its sha256.
-    pub async fn read_verified(&self, rel: &str, digests: &[FileDigest]) -> Result<Vec<(String, Bytes)>> {
+    pub async fn read_verified(
+        &self,
+        rel: &str,
+        digests: &[FileDigest],
+    ) -> Result<Vec<(String, Bytes)>> {
         let dir = self.child(rel);
         let mut out = Vec::with_capacity(digests.len());
         for d in digests {
@@ -267,10 +294,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
         assert!(store.url().starts_with("file:///") && store.url().ends_with('/'));
-        store.put("a/b/one.txt", Bytes::from_static(b"1")).await.unwrap();
-        store.put("a/c/two.txt", Bytes::from_static(b"2")).await.unwrap();
+        store
+            .put("a/b/one.txt", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        store
+            .put("a/c/two.txt", Bytes::from_static(b"2"))
+            .await
+            .unwrap();
         assert_eq!(store.list_dirs("a").await.unwrap(), vec!["b", "c"]);
-        assert_eq!(store.child("a/b").list_files("").await.unwrap(), vec!["one.txt"]);
+        assert_eq!(
+            store.child("a/b").list_files("").await.unwrap(),
+            vec!["one.txt"]
+        );
         assert_eq!(&store.get("a/b/one.txt").await.unwrap()[..], b"1");
         assert!(store.get_opt("nope").await.unwrap().is_none());
         store.delete_prefix("a/b").await.unwrap();
@@ -283,9 +319,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
         let manifest = store
-            .write_folder("m", vec![("w.bin".into(), Bytes::from_static(b"weights"))], |d| {
-                Ok(serde_json::to_vec(&d)?)
-            })
+            .write_folder(
+                "m",
+                vec![("w.bin".into(), Bytes::from_static(b"weights"))],
+                |d| Ok(serde_json::to_vec(&d)?),
+            )
             .await
             .unwrap();
         let digests: Vec<FileDigest> = serde_json::from_slice(&manifest).unwrap();

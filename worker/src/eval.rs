@@ -110,7 +110,13 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     }
 
     let mut counts = ErrorCounts::default();
-    let mut skipped: Vec<String> = Vec::new();
+    // Files rejected while the folder was scanned (unreadable, bad size, no transcription) count
+    // as skipped just like those that fail to decode now.
+    let mut skipped: Vec<String> = data
+        .skipped()
+        .iter()
+        .map(|s| format!("{}: {}", s.path.display(), s.reason))
+        .collect();
     let mut pending: Vec<(String, String, GrayImage)> = Vec::new();
     let mut flush =
         |pending: &mut Vec<(String, String, GrayImage)>, skipped: &mut Vec<String>| -> Result<()> {
@@ -134,7 +140,6 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         }
     }
     flush(&mut pending, &mut skipped)?;
-    drop(flush);
 
     if !skipped.is_empty() {
         tracing::warn!(

@@ -82,8 +82,11 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
     })
 }
 
+/// One image's outcome: its text and line confidence, or why it could not be read.
+type Outcome = (PathBuf, Result<(String, f32)>);
+
 /// Recognize with a model loaded into this process; per-image errors are kept per image.
-fn local(model: &str, args: &RecognizeArgs) -> Result<Vec<(PathBuf, Result<(String, f32)>)>> {
+fn local(model: &str, args: &RecognizeArgs) -> Result<Vec<Outcome>> {
     crate::device::set_threads(args.threads);
     let device = crate::eval::parse_device(&args.device)?;
     let model = crate::eval::load_model(model, device)?;

@@ -72,11 +72,19 @@ pub fn run(args: SynthArgs) -> Result<i32> {
         let sample = set.get(i)?;
         let name = format!("line-{i:0digits$}");
         let png = args.out.join(format!("{name}.png"));
-        sample.image.save(&png).with_context(|| format!("cannot write {}", png.display()))?;
+        sample
+            .image
+            .save(&png)
+            .with_context(|| format!("cannot write {}", png.display()))?;
         let gt = args.out.join(format!("{name}.gt.txt"));
         std::fs::write(&gt, format!("{}\n", sample.text))
             .with_context(|| format!("cannot write {}", gt.display()))?;
     }
-    eprintln!("wrote {} lines to {} ({})", args.count, args.out.display(), set.describe());
+    eprintln!(
+        "wrote {} lines to {} ({})",
+        args.count,
+        args.out.display(),
+        set.describe()
+    );
     Ok(exit::SUCCESS)
 }

@@ -1,5 +1,9 @@
 //! `ModelDeployment`: a trained model served by `textrec-worker serve` as a Deployment + Service.
 
+// kube's `printcolumn(...)` entries repeat `type_ = ...` by design; clippy reads them as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,5 +1,9 @@
 //! `TrainingRun`: one hyperparameter search (or a single training) run as `batch/v1` Jobs.
 
+// kube's `printcolumn(...)` entries repeat `type_ = ...` by design; clippy reads them as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration};

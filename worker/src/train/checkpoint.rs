@@ -133,7 +133,7 @@ async fn folders(store: &Store) -> Result<Vec<(u64, String)>> {
         .into_iter()
         .filter_map(|name| layout::parse_checkpoint_dir(&name).map(|s| (s, name)))
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
 }
 

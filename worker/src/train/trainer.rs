@@ -306,7 +306,7 @@ impl Trial<'_> {
     fn eval_due(&self) -> bool {
         let s = self.state.step;
         s > 0
-            && (s % self.cfg.eval_interval == 0 || s == self.cfg.max_steps)
+            && (s.is_multiple_of(self.cfg.eval_interval) || s == self.cfg.max_steps)
             && self.state.last_eval_step != Some(s)
     }
 
@@ -314,7 +314,7 @@ impl Trial<'_> {
         let c = &self.cfg.checkpoint;
         let s = self.state.step;
         s == self.cfg.max_steps
-            || (c.every_steps > 0 && s % c.every_steps == 0)
+            || (c.every_steps > 0 && s.is_multiple_of(c.every_steps))
             || (c.every_seconds > 0 && self.last_checkpoint.elapsed().as_secs() >= c.every_seconds)
     }
 
@@ -536,7 +536,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         window.samples += n;
         t.display.step(t.state.step);
 
-        if t.state.step % cfg.log_interval == 0 || t.state.step == cfg.max_steps {
+        if t.state.step.is_multiple_of(cfg.log_interval) || t.state.step == cfg.max_steps {
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             let sps = window.samples as f64 / secs;
             t.samples_per_sec = Some(sps);
