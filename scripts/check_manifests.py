@@ -348,13 +348,14 @@ def to_json_schema(s: Any) -> Any:
     if s.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out = {"anyOf": [{"type": "integer"}, {"type": "string"}], **out}
+    # Closed before a nullable wrapper is added: the wrapper itself has no properties.
+    if (s.get("type") == "object" and "properties" in s and "additionalProperties" not in s
+            and not s.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
     if s.get("nullable"):
         out.pop("nullable", None)
         inner = {k: v for k, v in out.items() if k not in ("description", "default")}
         out = {"anyOf": [{"type": "null"}, inner]}
-    if (s.get("type") == "object" and "properties" in s and "additionalProperties" not in s
-            and not s.get("x-kubernetes-preserve-unknown-fields")):
-        out["additionalProperties"] = False
     return out
 
 
