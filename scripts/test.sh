@@ -13,6 +13,8 @@ echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace -- --test-threads=2
+echo "==> parity: PyTorch reference vs textrec (benches/reference)"
+scripts/parity.sh
 if [ -x scripts/check-manifests.sh ]; then
   echo "==> chart, Dockerfile and manifest checks"
   scripts/check-manifests.sh

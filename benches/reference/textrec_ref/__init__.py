@@ -1,0 +1,1 @@
+"""A PyTorch reference of textrec's recognizer (see model.py) and its preprocessing."""
