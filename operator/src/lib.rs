@@ -5,7 +5,8 @@
 //! Deployment construction, status aggregation, promotion) is a pure function in a module that
 //! needs no Kubernetes client, so the local runner reuses it: [`search`], [`naming`],
 //! [`validate`], [`job`], [`trial_state`], [`run_plan`], [`promotion`], [`serving`],
-//! [`conditions`]. The [`controller`] modules only gather inputs and apply the results.
+//! [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
+//! [`local`] runs the same decisions over local processes instead of Kubernetes objects.
 
 pub mod conditions;
 pub mod controller;
@@ -13,6 +14,7 @@ pub mod crd;
 pub mod http;
 pub mod job;
 pub mod leader;
+pub mod local;
 pub mod manager;
 pub mod metrics;
 pub mod naming;

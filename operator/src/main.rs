@@ -1,4 +1,5 @@
-//! `textrec-operator`: `run` (the controller manager) and `crd` (prints the CRDs).
+//! `textrec-operator`: `run` (the controller manager), `crd` (prints the CRDs) and `local`
+//! (runs the same manifests on this machine).
 
 use std::path::PathBuf;
 
@@ -26,6 +27,13 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Run TrainingRuns and ModelDeployments on this machine, without a cluster.
+    ///
+    /// The same manifests as in the cluster, validated by the same rules, run as
+    /// `textrec-worker` child processes: `local run FILE...`, then `local status`,
+    /// `local rollback NAME N` and `local stop`.
+    #[command(subcommand)]
+    Local(textrec_operator::local::cli::LocalCommand),
 }
 
 fn main() -> Result<()> {
@@ -41,6 +49,10 @@ fn main() -> Result<()> {
                 std::fs::write(dir.join(file), yaml)?;
             }
             Ok(())
+        }
+        Command::Local(cmd) => {
+            let code = textrec_operator::local::cli::main(cmd)?;
+            std::process::exit(code)
         }
         Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

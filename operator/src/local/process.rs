@@ -1,0 +1,196 @@
+//! Child processes: finding `textrec-worker`, starting it, and signalling it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+
+/// Environment variable naming the worker binary.
+pub const WORKER_ENV: &str = "TEXTREC_WORKER";
+/// File name of the worker binary.
+pub const WORKER_BIN: &str = "textrec-worker";
+
+/// Find the worker: `--worker`, else `$TEXTREC_WORKER`, else next to this executable, else on
+/// `PATH`. The error names every place looked at.
+pub fn find_worker(
+    flag: Option<&Path>,
+    env: Option<OsString>,
+    exe_dir: Option<&Path>,
+    path_var: Option<OsString>,
+) -> Result<PathBuf, String> {
+    let mut looked = Vec::new();
+    if let Some(p) = flag {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        return Err(format!("--worker {}: no such file", p.display()));
+    }
+    if let Some(p) = env.filter(|p| !p.is_empty()).map(PathBuf::from) {
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(format!("{WORKER_ENV}={}: no such file", p.display()));
+    }
+    looked.push(format!("--worker (not given), ${WORKER_ENV} (not set)"));
+    if let Some(dir) = exe_dir {
+        let p = dir.join(WORKER_BIN);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(format!("next to textrec-operator ({})", p.display()));
+    }
+    if let Some(path) = path_var {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(WORKER_BIN);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        looked.push("every folder of $PATH".into());
+    }
+    Err(format!(
+        "cannot find {WORKER_BIN}: looked at {}. Build it (`cargo build --release -p textrec-worker`) and pass --worker PATH or set {WORKER_ENV}",
+        looked.join(", ")
+    ))
+}
+
+/// [`find_worker`] with this process's environment.
+pub fn locate_worker(flag: Option<&Path>) -> Result<PathBuf> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    find_worker(
+        flag,
+        std::env::var_os(WORKER_ENV),
+        exe_dir.as_deref(),
+        std::env::var_os("PATH"),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Start `program args…` with stdout and stderr appended to `log`, in its own process group
+/// (a Ctrl-C in the terminal reaches only the runner, which then stops its children in order),
+/// and, on Linux, with SIGTERM sent to it if the runner dies, so no worker outlives it.
+pub fn spawn(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<tokio::process::Child> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open log {}", log.display()))?;
+    let err = file.try_clone()?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(false);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", program.display()))
+}
+
+/// Send `signal` to process `pid`; false when it does not exist (any more).
+pub fn signal(pid: u32, signal: i32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with a positive pid only sends a signal.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    signal(pid, 0)
+}
+
+/// SIGTERM.
+pub const SIGTERM: i32 = libc::SIGTERM;
+/// SIGKILL.
+pub const SIGKILL: i32 = libc::SIGKILL;
+/// SIGHUP.
+pub const SIGHUP: i32 = libc::SIGHUP;
+
+/// Whether `pid` runs `textrec-worker` (a pid recorded by an earlier runner may be reused by
+/// an unrelated process; never signal that one).
+pub fn is_worker(pid: u32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => cmd
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|argv0| String::from_utf8_lossy(argv0).ends_with(WORKER_BIN)),
+        // No /proc (not Linux): trust the pid.
+        Err(_) => !Path::new("/proc/self").exists() && alive(pid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_lookup_order_and_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join(WORKER_BIN);
+        std::fs::write(&bin, "").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        // Next to the executable.
+        assert_eq!(
+            find_worker(None, None, Some(dir.path()), None).unwrap(),
+            bin
+        );
+        // On PATH.
+        let path = std::env::join_paths([other.path(), dir.path()]).unwrap();
+        assert_eq!(
+            find_worker(None, None, Some(other.path()), Some(path.clone())).unwrap(),
+            bin
+        );
+        // The environment wins over both; the flag over everything.
+        let env_bin = other.path().join("w");
+        std::fs::write(&env_bin, "").unwrap();
+        assert_eq!(
+            find_worker(None, Some(env_bin.clone().into()), Some(dir.path()), None).unwrap(),
+            env_bin
+        );
+        assert_eq!(
+            find_worker(Some(&bin), Some(env_bin.into()), None, None).unwrap(),
+            bin
+        );
+        // Nothing found: every place is named.
+        let e = find_worker(None, None, Some(other.path()), Some(other.path().into())).unwrap_err();
+        for part in [
+            "--worker",
+            WORKER_ENV,
+            "next to textrec-operator",
+            "$PATH",
+            "cargo build",
+        ] {
+            assert!(e.contains(part), "{e}");
+        }
+        assert!(
+            find_worker(Some(Path::new("/nonexistent/w")), None, None, None)
+                .unwrap_err()
+                .contains("--worker /nonexistent/w")
+        );
+    }
+}

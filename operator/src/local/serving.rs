@@ -1,0 +1,416 @@
+//! ModelDeployments as local `textrec-worker serve` processes.
+//!
+//! Each ModelDeployment gets one server watching a model pointer file, the local copy of the
+//! cluster's HotReload ConfigMap (see [`crate::serving`]): the runner rewrites the pointer
+//! atomically and sends SIGHUP; the server loads and verifies the new model and swaps it in
+//! without dropping a request, and keeps the old one if the new one fails. Both rollout
+//! strategies behave this way locally: with one process on fixed ports there is nothing to roll.
+//!
+//! Readiness and the model actually in service come from the server's `GET /v1/model`, and are
+//! fed to [`crate::controller::model_deployment::plan_status`] as a synthetic Deployment, so the
+//! phase (`Progressing` until the new model serves, then `Available`) is the cluster's.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::crd::{ModelDeploymentStatus, ServingPorts};
+use crate::local::process;
+use crate::local::state::{write_atomic, DeploymentRecord, LocalPaths, ServerRecord};
+use crate::serving::{POINTER_SHA_KEY, REVISION_ANNOTATION};
+
+/// Which ports a local server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PortMode {
+    /// `spec.ports` of the ModelDeployment (50051 and 8080 by default).
+    Spec,
+    /// Free ports picked at first start (kept across restarts while free).
+    Auto,
+}
+
+/// How servers are started.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// The worker binary.
+    pub worker: PathBuf,
+    /// Address the servers listen on.
+    pub bind: IpAddr,
+    /// Port choice.
+    pub ports: PortMode,
+    /// Local files.
+    pub paths: LocalPaths,
+}
+
+struct Proc {
+    child: tokio::process::Child,
+    pointer: String,
+}
+
+/// The running servers, by ModelDeployment name.
+#[derive(Default)]
+pub struct Servers {
+    procs: BTreeMap<String, Proc>,
+    not_before: BTreeMap<String, Instant>,
+}
+
+/// What happened to a server during a tick, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// Started (gRPC and HTTP addresses).
+    Started(String, String),
+    /// Its process ended; it is restarted after a pause.
+    Exited(String),
+    /// Told to load another model.
+    Repointed(String),
+    /// Could not start.
+    Failed(String),
+}
+
+fn free_port(bind: IpAddr) -> Result<u16> {
+    Ok(TcpListener::bind(SocketAddr::new(bind, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn port_free(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .is_ok_and(|a| TcpListener::bind(a).is_ok())
+}
+
+/// The addresses a server of `ports` listens on.
+fn addresses(
+    settings: &ServeSettings,
+    ports: ServingPorts,
+    previous: Option<&ServerRecord>,
+) -> Result<(String, String)> {
+    if let Some(p) = previous {
+        if port_free(&p.grpc) && port_free(&p.http) {
+            return Ok((p.grpc.clone(), p.http.clone()));
+        }
+    }
+    let addr = |port: u16| SocketAddr::new(settings.bind, port).to_string();
+    let (g, h) = match settings.ports {
+        PortMode::Spec => (ports.grpc as u16, ports.http as u16),
+        PortMode::Auto => (free_port(settings.bind)?, free_port(settings.bind)?),
+    };
+    let (g, h) = (addr(g), addr(h));
+    for a in [&g, &h] {
+        anyhow::ensure!(
+            port_free(a),
+            "{a} is in use: change spec.ports or pass `--ports auto` to pick free ports"
+        );
+    }
+    Ok((g, h))
+}
+
+impl Servers {
+    /// Make `rec`'s server serve `status.model`: start it when missing (after a pause if it
+    /// died), or point it at a new model.
+    pub fn ensure(
+        &mut self,
+        name: &str,
+        rec: &mut DeploymentRecord,
+        settings: &ServeSettings,
+    ) -> Vec<ServerEvent> {
+        let mut events = Vec::new();
+        let Some(model) = rec.deployment.status.as_ref().and_then(|s| s.model.clone()) else {
+            return events;
+        };
+        // Reap a dead server.
+        if let Some(p) = self.procs.get_mut(name) {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                self.procs.remove(name);
+                let server = rec.server.get_or_insert_with(|| ServerRecord {
+                    pid: None,
+                    grpc: String::new(),
+                    http: String::new(),
+                    serving: None,
+                    restarts: 0,
+                });
+                server.pid = None;
+                server.serving = None;
+                server.restarts += 1;
+                let pause = Duration::from_secs(1 << server.restarts.min(5));
+                self.not_before.insert(name.into(), Instant::now() + pause);
+                events.push(ServerEvent::Exited(format!(
+                    "{status}; restarting in {} s (log: {})",
+                    pause.as_secs(),
+                    settings.paths.log(&format!("serve-{name}")).display()
+                )));
+            }
+        }
+        let pointer = settings.paths.pointer(name);
+        match self.procs.get_mut(name) {
+            Some(p) if p.pointer != model.url => {
+                let write = write_atomic(&pointer, model.url.as_bytes()).and_then(|_| {
+                    write_atomic(
+                        &pointer.with_file_name(POINTER_SHA_KEY),
+                        model.sha256.as_bytes(),
+                    )
+                });
+                match write {
+                    Ok(()) => {
+                        p.pointer = model.url.clone();
+                        if let Some(pid) = p.child.id() {
+                            // The server also polls the pointer; SIGHUP makes the switch immediate.
+                            process::signal(pid, process::SIGHUP);
+                        }
+                        events.push(ServerEvent::Repointed(model.url.clone()));
+                    }
+                    Err(e) => events.push(ServerEvent::Failed(format!("{e:#}"))),
+                }
+            }
+            Some(_) => {}
+            None => {
+                if self
+                    .not_before
+                    .get(name)
+                    .is_some_and(|t| Instant::now() < *t)
+                {
+                    return events;
+                }
+                match self.start(name, rec, settings, &model.url, &model.sha256, &pointer) {
+                    Ok(e) => events.push(e),
+                    Err(e) => {
+                        self.not_before
+                            .insert(name.into(), Instant::now() + Duration::from_secs(10));
+                        events.push(ServerEvent::Failed(format!("{e:#}")));
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    fn start(
+        &mut self,
+        name: &str,
+        rec: &mut DeploymentRecord,
+        settings: &ServeSettings,
+        url: &str,
+        sha: &str,
+        pointer: &std::path::Path,
+    ) -> Result<ServerEvent> {
+        let (grpc, http) = addresses(settings, rec.deployment.spec.ports, rec.server.as_ref())?;
+        write_atomic(pointer, url.as_bytes())?;
+        write_atomic(&pointer.with_file_name(POINTER_SHA_KEY), sha.as_bytes())?;
+        let args: Vec<String> = vec![
+            "serve".into(),
+            "--model-pointer".into(),
+            pointer.display().to_string(),
+            "--reload-interval".into(),
+            "1s".into(),
+            "--grpc-addr".into(),
+            grpc.clone(),
+            "--http-addr".into(),
+            http.clone(),
+        ];
+        let child = process::spawn(
+            &settings.worker,
+            &args,
+            &[],
+            &settings.paths.log(&format!("serve-{name}")),
+        )?;
+        let restarts = rec.server.as_ref().map_or(0, |s| s.restarts);
+        rec.server = Some(ServerRecord {
+            pid: child.id(),
+            grpc: grpc.clone(),
+            http: http.clone(),
+            serving: None,
+            restarts,
+        });
+        self.procs.insert(
+            name.into(),
+            Proc {
+                child,
+                pointer: url.into(),
+            },
+        );
+        Ok(ServerEvent::Started(grpc, http))
+    }
+
+    /// Whether a server process is running for `name`.
+    pub fn running(&self, name: &str) -> bool {
+        self.procs.contains_key(name)
+    }
+
+    /// Stop every server (SIGTERM, then SIGKILL after `grace`).
+    pub async fn stop_all(&mut self, grace: Duration) {
+        for p in self.procs.values() {
+            if let Some(pid) = p.child.id() {
+                process::signal(pid, process::SIGTERM);
+            }
+        }
+        for (_, mut p) in std::mem::take(&mut self.procs) {
+            if tokio::time::timeout(grace, p.child.wait()).await.is_err() {
+                let _ = p.child.start_kill();
+                let _ = p.child.wait().await;
+            }
+        }
+    }
+}
+
+/// What a server says about itself: (ready, model version in service).
+pub async fn probe(http: &str) -> Option<(bool, Option<String>)> {
+    let v = http_get_json(http, "/v1/model", Duration::from_millis(800))
+        .await
+        .ok()?;
+    Some((
+        v.get("ready").and_then(Value::as_bool).unwrap_or(false),
+        v.get("version").and_then(Value::as_str).map(str::to_string),
+    ))
+}
+
+/// `GET path` on `addr` over plain HTTP/1.1 and parse the JSON body. Kept dependency-free: the
+/// operator only ever asks its own servers for one small document.
+pub async fn http_get_json(addr: &str, path: &str, timeout: Duration) -> Result<Value> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(timeout, fut)
+        .await
+        .context("timed out")??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{}",
+        head.lines().next().unwrap_or_default()
+    );
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    serde_json::from_str(&body).context("the response is not JSON")
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The Deployment a cluster would show for a local server: ready when it answers, up to date
+/// (annotated with the revision) when the model it serves is the newest revision with that
+/// model.
+pub fn synth_deployment(
+    name: &str,
+    status: &ModelDeploymentStatus,
+    probe: Option<(bool, Option<String>)>,
+) -> Deployment {
+    let (ready, version) = probe.unwrap_or((false, None));
+    let revision = version.as_ref().and_then(|v| {
+        status
+            .history
+            .iter()
+            .filter(|r| &r.model.sha256 == v)
+            .map(|r| r.revision)
+            .max()
+    });
+    let current = revision.is_some() && revision == status.current_revision;
+    let mut annotations = serde_json::Map::new();
+    if let Some(r) = revision {
+        annotations.insert(REVISION_ANNOTATION.into(), json!(r.to_string()));
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "generation": 1, "annotations": annotations},
+        "spec": {"selector": {}, "template": {}},
+        "status": {
+            "observedGeneration": 1,
+            "readyReplicas": i32::from(ready),
+            "updatedReplicas": i32::from(ready && current),
+        },
+    }))
+    .expect("synthetic Deployment is well-formed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DeployedModel, Revision};
+    use crate::local::now;
+
+    fn status() -> ModelDeploymentStatus {
+        let rev = |n: i64, sha: &str| Revision {
+            revision: n,
+            model: DeployedModel {
+                url: format!("file:///m/{sha}"),
+                sha256: sha.into(),
+                metric: None,
+                metric_name: None,
+                training_run: None,
+            },
+            deployed_at: now(),
+            reason: "x".into(),
+        };
+        ModelDeploymentStatus {
+            current_revision: Some(3),
+            history: vec![rev(1, "a"), rev(2, "b"), rev(3, "a")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_synthetic_deployment_is_current_only_with_the_newest_model() {
+        let d = synth_deployment("m", &status(), Some((true, Some("a".into()))));
+        let st = d.status.unwrap();
+        assert_eq!((st.ready_replicas, st.updated_replicas), (Some(1), Some(1)));
+        assert_eq!(
+            d.metadata.annotations.unwrap()[REVISION_ANNOTATION],
+            "3".to_string()
+        );
+        let d = synth_deployment("m", &status(), Some((true, Some("b".into()))));
+        assert_eq!(d.status.unwrap().updated_replicas, Some(0));
+        let d = synth_deployment("m", &status(), None);
+        assert_eq!(d.status.unwrap().ready_replicas, Some(0));
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn http_get_reads_json() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 28\r\n\r\n{\"ready\":true,\"version\":\"v\"}")
+                .await
+                .unwrap();
+        });
+        assert_eq!(probe(&addr).await, Some((true, Some("v".into()))));
+    }
+}
