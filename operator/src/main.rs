@@ -50,10 +50,14 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Local(cmd) => {
-            let code = textrec_operator::local::cli::main(cmd)?;
-            std::process::exit(code)
-        }
+        Command::Local(cmd) => match textrec_operator::local::cli::main(cmd) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                // A user-facing message, not a backtrace: these are mostly bad input.
+                eprintln!("error: {e:#}");
+                std::process::exit(1)
+            }
+        },
         Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -651,3 +651,20 @@ items:
         assert_eq!(normalize_storage("s3://b/p/").unwrap(), "s3://b/p");
     }
 }
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_quickstart_example_loads() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.yaml");
+        let c = StorageChoice {
+            flag: None,
+            root: "file:///tmp/root".into(),
+        };
+        let m = load_files(&[path], &c).unwrap();
+        assert_eq!((m.runs.len(), m.deployments.len()), (1, 1));
+        assert_eq!(m.runs[0].spec.storage.url, "file:///tmp/root");
+        assert_eq!(plan_trials("quickstart", &m.runs[0].spec).unwrap().len(), 2);
+    }
+}

@@ -119,9 +119,20 @@ pub fn signal(pid: u32, signal: i32) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` exists and has not exited. A zombie (exited, not yet reaped by its
+/// parent, e.g. a `local run` started by a test harness) counts as gone.
 pub fn alive(pid: u32) -> bool {
-    signal(pid, 0)
+    if !signal(pid, 0) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
 }
 
 /// SIGTERM.
@@ -147,6 +158,22 @@ pub fn is_worker(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exited_children_are_not_alive_even_before_they_are_reaped() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a zombie counts as alive"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(alive(std::process::id()));
+    }
 
     #[test]
     fn worker_lookup_order_and_error() {

@@ -606,6 +606,7 @@ impl Runner {
             let failures = t.failures();
             let log = self.paths.log(&k.1);
             match next {
+                Next::Restart if self.stopping => {}
                 Next::Restart => {
                     // Preemptions resume at once; failures back off like the Job controller.
                     let pause = if matches!(exit, Exit::Signal(_) | Exit::Code(75)) {
@@ -772,7 +773,12 @@ impl Runner {
         }
         for (k, args, env) in to_start {
             let log = self.paths.log(&k.1);
-            let _ = std::fs::remove_file(self.paths.termination_log(&k.1));
+            let term = self.paths.termination_log(&k.1);
+            let _ = std::fs::remove_file(&term);
+            if let Some(dir) = term.parent() {
+                // The worker writes its final progress there and fails if it cannot.
+                let _ = std::fs::create_dir_all(dir);
+            }
             let rec = self.state.runs.get_mut(&k.0).expect("listed");
             let t = rec.trials.get_mut(&k.1).expect("listed");
             match process::spawn(&self.worker, &args, &env, &log) {

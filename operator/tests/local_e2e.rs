@@ -1,0 +1,430 @@
+//! End to end through the built binaries: `textrec-operator local run` trains a 2-trial grid of
+//! `trial-tiny`-sized trials, one worker is SIGKILLed mid-run and must resume to the weights an
+//! uninterrupted run reaches, the best trial (by the objective) is served and answers a gRPC
+//! `Recognize`, a second, better run is promoted while a client keeps calling (no request may
+//! fail), and `local rollback` brings the first model back.
+//!
+//! It needs `textrec-worker` next to the test binary's target folder
+//! (`cargo build -p textrec-worker`; `cargo test --workspace` builds it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn worker() -> PathBuf {
+    // <target>/debug/deps/local_e2e-HASH → <target>/debug/textrec-worker
+    let exe = std::env::current_exe().unwrap();
+    let w = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("textrec-worker");
+    assert!(
+        w.is_file(),
+        "{} is missing: build it first with `cargo build -p textrec-worker`",
+        w.display()
+    );
+    w
+}
+
+fn operator() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_textrec-operator"))
+}
+
+const TRIAL_CONFIG: &str = r#"
+    seed: 1
+    threads: 1
+    log_interval: 5
+    checkpoint: {every_seconds: 0, keep: 3}
+    data:
+      loader_threads: 1
+      prefetch_batches: 2
+      train: {synthetic: {max_chars: 16}}
+      validation:
+        samples: 32
+        synthetic: {split: validation, augment: 0.3, max_chars: 16}
+"#;
+
+fn run_manifest(name: &str, lrs: &str, steps: u64, eval: u64) -> String {
+    format!(
+        r#"
+apiVersion: textrec.dev/v1alpha1
+kind: TrainingRun
+metadata: {{name: {name}}}
+spec:
+  model: {{preset: tiny}}
+  hyperparameters:
+    optimizer: {{lr: {lrs}, warmup_steps: 10}}
+{TRIAL_CONFIG}
+  search: {{maxTrials: 2, parallelism: 2}}
+  training: {{maxSteps: {steps}, batchSize: 8, evalInterval: {eval}, checkpointEverySteps: 10, device: cpu}}
+"#
+    )
+}
+
+const DEPLOYMENT: &str = r#"
+---
+apiVersion: textrec.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: reader}
+spec:
+  model: {fromTrainingRun: first}
+  strategy: HotReload
+  promotion: {policy: Automatic, minImprovement: 0.0}
+"#;
+
+struct Env {
+    dir: tempfile::TempDir,
+    worker: PathBuf,
+}
+
+impl Env {
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    fn storage(&self) -> String {
+        format!("file://{}", self.data().display())
+    }
+    fn state(&self) -> Value {
+        let p = self.data().join(".textrec-local/state.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+    fn local(&self, args: &[&str]) -> Command {
+        let mut c = operator();
+        c.arg("local")
+            .args(args)
+            .args(["--storage", &self.storage()])
+            .env("TEXTREC_WORKER", &self.worker)
+            .env("RUST_BACKTRACE", "0");
+        c
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runner.log")).unwrap_or_default()
+    }
+}
+
+fn wait_for<T>(env: &Env, what: &str, secs: u64, mut f: impl FnMut(&Value) -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f(&env.state()) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- runner log ---\n{}\n--- state ---\n{:#}",
+            env.log(),
+            env.state()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn trial<'a>(state: &'a Value, run: &str, t: &str) -> &'a Value {
+    &state["runs"][run]["trials"][t]
+}
+
+fn status<'a>(state: &'a Value, run: &str) -> &'a Value {
+    &state["runs"][run]["run"]["status"]
+}
+
+fn md_status(state: &Value) -> &Value {
+    &state["deployments"]["reader"]["deployment"]["status"]
+}
+
+fn served(state: &Value) -> Option<String> {
+    state["deployments"]["reader"]["server"]["serving"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn weights_sha(model_dir: &Path) -> String {
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(model_dir.join("manifest.json")).unwrap()).unwrap();
+    m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn recognize(worker: &Path, grpc: &str, images: &[PathBuf]) -> Output {
+    Command::new(worker)
+        .arg("recognize")
+        .args(["--endpoint", &format!("grpc://{grpc}")])
+        .args(images)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+struct Runner(Child);
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // A failed test must not leave trainers and servers behind.
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+        }
+    }
+}
+
+#[test]
+fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        worker: worker(),
+    };
+    let first = env.dir.path().join("first.yaml");
+    std::fs::write(
+        &first,
+        run_manifest("first", "[0.005, 0.0005]", 50, 25) + DEPLOYMENT,
+    )
+    .unwrap();
+    let log = std::fs::File::create(env.dir.path().join("runner.log")).unwrap();
+    let runner = Runner(
+        env.local(&["run", first.to_str().unwrap(), "--ports", "auto", "--plain"])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+
+    // The uninterrupted reference of trial t0: the same arguments, another output.
+    let args: Vec<String> = wait_for(&env, "trial first-t0 to start", 60, |s| {
+        serde_json::from_value(trial(s, "first", "first-t0")["args"].clone()).ok()
+    });
+    let ref_out = env.dir.path().join("reference");
+    let mut ref_args = args.clone();
+    let i = ref_args.iter().position(|a| a == "--output").unwrap();
+    ref_args[i + 1] = format!("file://{}", ref_out.display());
+    let i = ref_args
+        .iter()
+        .position(|a| a == "--termination-log")
+        .unwrap();
+    ref_args[i + 1] = env.dir.path().join("ref-term.json").display().to_string();
+    let reference = Command::new(&env.worker)
+        .args(&ref_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // SIGKILL t0 once its first checkpoint is complete, well before its last step.
+    let t0_dir = env.data().join("first/first-t0");
+    let pid = wait_for(&env, "t0's first checkpoint", 90, |s| {
+        let pid = trial(s, "first", "first-t0")["pid"].as_u64()?;
+        t0_dir
+            .join("checkpoints/step-0000000010/manifest.json")
+            .exists()
+            .then_some(pid)
+    });
+    assert!(
+        !t0_dir.join("model/manifest.json").exists(),
+        "t0 finished before it could be killed"
+    );
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    // The run finishes; t0 was preempted once and resumed, not failed.
+    let st = wait_for(&env, "run first to succeed", 180, |s| {
+        let st = status(s, "first");
+        (st["phase"] == "Succeeded").then(|| st.clone())
+    });
+    let trials = st["trials"].as_array().unwrap();
+    let t0 = trials.iter().find(|t| t["name"] == "first-t0").unwrap();
+    assert_eq!(t0["preemptions"], 1, "{t0:#}");
+    assert_eq!(t0["restarts"], 0, "{t0:#}");
+    let ref_status = reference.wait_with_output().unwrap().status;
+    assert!(ref_status.success(), "reference run: {ref_status}");
+    assert_eq!(
+        weights_sha(&t0_dir.join("model")),
+        weights_sha(&ref_out.join("model")),
+        "the killed and resumed trial must end with the uninterrupted run's weights"
+    );
+
+    // The best trial is the one with the lowest CER.
+    let best = trials
+        .iter()
+        .min_by(|a, b| {
+            a["bestMetric"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["bestMetric"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(st["bestModel"]["trial"], best["name"], "{st:#}");
+    assert_eq!(st["bestModel"]["metric"], best["bestMetric"]);
+    let first_sha = st["bestModel"]["sha256"].as_str().unwrap().to_string();
+    let first_cer = st["bestModel"]["metric"].as_f64().unwrap();
+
+    // It is served, and a gRPC Recognize call answers.
+    let grpc = wait_for(&env, "the deployment to serve the first model", 120, |s| {
+        let md = md_status(s);
+        (md["phase"] == "Available"
+            && md["currentRevision"] == 1
+            && served(s).as_deref() == Some(first_sha.as_str()))
+        .then(|| md["endpoint"].as_str().unwrap().to_string())
+    });
+    let images = env.dir.path().join("images");
+    let out = Command::new(&env.worker)
+        .args(["synth", "--count", "2", "--max-chars", "12", "--out"])
+        .arg(&images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    pngs.sort();
+    let out = recognize(&env.worker, &grpc, &pngs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), pngs.len(), "{text}");
+    for line in text.lines() {
+        assert!(line.contains(".png\t"), "PATH<TAB>TEXT expected: {line:?}");
+    }
+
+    // A client keeps calling while a better run is promoted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (w, grpc, img) = (env.worker.clone(), grpc.clone(), pngs[..1].to_vec());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let out = recognize(&w, &grpc, &img);
+                if out.status.success() {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    eprintln!("request failed: {}", String::from_utf8_lossy(&out.stderr));
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let second = env.dir.path().join("second.yaml");
+    std::fs::write(
+        &second,
+        run_manifest("second", "[0.005]", 250, 50).replace(
+            "maxTrials: 2, parallelism: 2",
+            "maxTrials: 1, parallelism: 1",
+        ),
+    )
+    .unwrap();
+    // A second `local run` hands its manifests to the running one and follows the run.
+    let out = env
+        .local(&["run", second.to_str().unwrap(), "--plain"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "second run: {}\n--- runner log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.log()
+    );
+    let s = env.state();
+    let second_sha = status(&s, "second")["bestModel"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second_cer = status(&s, "second")["bestModel"]["metric"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        second_cer < first_cer,
+        "the second run (CER {second_cer}) must beat the first ({first_cer}) for this test to mean anything"
+    );
+    wait_for(&env, "the second run's model to be promoted", 120, |s| {
+        let md = md_status(s);
+        (md["currentRevision"] == 2
+            && md["phase"] == "Available"
+            && served(s).as_deref() == Some(second_sha.as_str()))
+        .then_some(())
+    });
+    let history = md_status(&env.state())["history"].clone();
+    assert!(
+        history[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("automatic promotion of TrainingRun second"),
+        "{history:#}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the promotion"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 0);
+
+    // Roll back to revision 1: the first model, as revision 3.
+    let out = env.local(&["rollback", "reader", "1"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "rollback: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = env.state();
+    assert_eq!(md_status(&s)["currentRevision"], 3);
+    assert_eq!(md_status(&s)["model"]["sha256"], first_sha.as_str());
+    assert_eq!(served(&s).as_deref(), Some(first_sha.as_str()));
+    let out = recognize(&env.worker, &grpc, &pngs);
+    assert!(out.status.success());
+
+    // `local status` prints the kubectl columns.
+    let out = env.local(&["status"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    for col in [
+        "PHASE", "TRIALS", "BEST", "REVISION", "METRIC", "READY", "first", "second", "reader",
+    ] {
+        assert!(table.contains(col), "{col} missing from:\n{table}");
+    }
+
+    // `local stop` ends the runner cleanly.
+    let out = env.local(&["stop"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut runner = runner;
+    let code = runner.0.wait().unwrap();
+    assert_eq!(code.code(), Some(130), "runner log:\n{}", env.log());
+    assert!(served(&env.state()).is_none());
+    eprintln!("local e2e took {:.0?}", started.elapsed());
+}
