@@ -505,7 +505,7 @@ mod tests {
         let run = json!({"metadata": {"name": "lr", "creationTimestamp": chrono::Utc::now().to_rfc3339()},
             "status": {"phase": "Running", "trialsDone": "1/2", "bestTrial": "lr-t1",
                        "bestModel": {"metric": 0.25}}});
-        let t = table(&TrainingRun::crd(), &[run.clone()], false);
+        let t = table(&TrainingRun::crd(), std::slice::from_ref(&run), false);
         let mut lines = t.lines();
         let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(head, ["NAME", "PHASE", "TRIALS", "BEST", "AGE"]);

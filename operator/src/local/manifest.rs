@@ -5,7 +5,9 @@
 //!
 //! Local differences, all about things only a cluster has:
 //! - `spec.image` may be left out (the local worker binary runs instead);
-//! - `spec.storage` may be left out, and is resolved by [`resolve_storage`];
+//! - `spec.storage` may be left out, and is resolved by [`resolve_storage`]; a `file://`
+//!   storage gets the claim [`LOCAL_CLAIM`] (this machine's file system stands in for the
+//!   PersistentVolumeClaim the cluster requires);
 //! - objects of other API groups (a ServiceAccount, a Namespace, a Secret next to the run) are
 //!   skipped with a note; unknown kinds of `textrec.dev` are errors.
 

@@ -287,12 +287,6 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     std::fs::create_dir_all(&paths.dir)
         .with_context(|| format!("cannot create {}", paths.dir.display()))?;
     write_atomic(&paths.pid_file(), std::process::id().to_string().as_bytes())?;
-    let names: BTreeSet<String> = loaded
-        .runs
-        .iter()
-        .map(|r| r.name_any())
-        .chain(loaded.deployments.iter().map(|d| d.name_any()))
-        .collect();
     for line in apply(&mut state, loaded.runs, loaded.deployments) {
         eprintln!("{line}");
     }
@@ -319,7 +313,6 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         stopping: false,
         announced: BTreeSet::new(),
     };
-    let _ = names;
     let result = runner.main_loop().await;
     let _ = std::fs::remove_file(runner.paths.pid_file());
     result
@@ -508,8 +501,8 @@ impl Runner {
                         process::signal(pid, process::SIGTERM);
                         orphans.push((pid, format!("{run}/{trial}")));
                     }
-                    let step = 0;
-                    trials::record_exit(t, Exit::Code(75), step, None, true, 0);
+                    // Not counted: like a stop of this runner, it resumes from its checkpoint.
+                    trials::record_exit(t, Exit::Code(75), 0, None, true, 0);
                 }
             }
         }

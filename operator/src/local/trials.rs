@@ -13,9 +13,9 @@
 //! | is stopped by the runner (Ctrl-C)     | (the cluster keeps running)                 | not counted; resumes on the next `local run` |
 //!
 //! One local addition: a process the kernel's OOM killer keeps killing looks exactly like a
-//! preemption (SIGKILL). So that such a trial cannot loop forever, a signal death after an
-//! attempt that made no progress, for the [`MAX_PREEMPTIONS_WITHOUT_PROGRESS`]th time in a
-//! row, counts as a failure instead.
+//! preemption (SIGKILL). So that such a trial cannot loop forever, once
+//! [`MAX_PREEMPTIONS_WITHOUT_PROGRESS`] attempts in a row were killed without getting past the
+//! step of the attempt before them, each further such kill counts as a failure instead.
 //!
 //! [`synth_job`] and [`synth_pods`] turn a [`TrialRecord`] into the objects
 //! [`crate::run_plan::plan`] reads, so the trial's status is computed by the cluster's code.
