@@ -1,36 +1,57 @@
 #!/usr/bin/env bash
-# The quickstart: set everything up, train examples/trial-small.yaml on this machine's CPU,
-# then recognize a few rendered lines of held-out text and print them next to the truth.
-# Rerunning resumes an unfinished training run and reuses a finished one.
+# The quickstart: set everything up, then run examples/quickstart.yaml on this machine with the
+# local runner (a 2-trial TrainingRun on the CPU, then a ModelDeployment serving its best model),
+# recognize a few rendered lines of held-out text over gRPC next to their truth, and leave the
+# server and its demo page running until Ctrl-C.
+#
+# Rerunning continues where it stopped: finished trials are kept, interrupted ones resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
 
 BIN="$CARGO_TARGET_DIR/release"
-DATA="${TEXTREC_QUICKSTART_DIR:-$PWD/textrec-data/quickstart}"
-TRIAL="$DATA/trial-small"
+export TEXTREC_WORKER="$BIN/textrec-worker"
+STORAGE="${TEXTREC_STORAGE:-file://$PWD/textrec-data}"
+SAMPLES="$PWD/textrec-data/quickstart-samples"
+HTTP="http://127.0.0.1:8080"
+GRPC="grpc://127.0.0.1:50051"
 
-if [ -f "$TRIAL/model/manifest.json" ]; then
-  echo "==> model already trained: $TRIAL/model (delete $TRIAL to train again)"
-else
-  echo "==> training examples/trial-small.yaml on the CPU into $TRIAL (Ctrl-C stops; rerun resumes)"
-  "$BIN/textrec-worker" train --config examples/trial-small.yaml --output "$TRIAL" \
-    --run quickstart --trial small
-fi
+echo "==> textrec-operator local run examples/quickstart.yaml (storage $STORAGE)"
+"$BIN/textrec-operator" local run examples/quickstart.yaml --storage "$STORAGE" &
+RUNNER=$!
+trap 'kill -INT $RUNNER 2>/dev/null; wait $RUNNER' INT TERM
 
-echo "==> rendering sample lines of held-out text into $DATA/samples"
-rm -rf "$DATA/samples"
-"$BIN/textrec-worker" synth --out "$DATA/samples" --count 8
+# The runner trains first, then starts the server; wait until it answers as ready.
+until python3 - "$HTTP/readyz" <<'PY' 2>/dev/null
+import sys, urllib.request
+sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
+PY
+do
+  if ! kill -0 "$RUNNER" 2>/dev/null; then
+    wait "$RUNNER" || true
+    echo "local run stopped before serving; see its output above" >&2
+    exit 1
+  fi
+  sleep 5
+done
 
-echo "==> recognizing them"
-"$BIN/textrec-worker" recognize --model "$TRIAL/model" "$DATA"/samples/*.png > "$DATA/recognized.tsv"
-printf '\n%-40s %s\n' "TRUTH" "RECOGNIZED"
+echo "==> rendering sample lines of held-out text into $SAMPLES"
+rm -rf "$SAMPLES"
+"$BIN/textrec-worker" synth --out "$SAMPLES" --count 8 --max-chars 16
+
+echo "==> recognizing them over gRPC ($GRPC)"
+"$BIN/textrec-worker" recognize --endpoint "$GRPC" "$SAMPLES"/*.png > "$SAMPLES/recognized.tsv"
+printf '\n%-32s %s\n' "TRUTH" "RECOGNIZED"
 while IFS=$'\t' read -r path text _; do
   truth="$(cat "${path%.png}.gt.txt")"
   mark="  "; [ "$truth" = "$text" ] && mark="ok"
-  printf '%-40s %s  %s\n' "$truth" "$text" "$mark"
-done < "$DATA/recognized.tsv"
+  printf '%-32s %-32s %s\n' "$truth" "$text" "$mark"
+done < "$SAMPLES/recognized.tsv"
 echo
-"$BIN/textrec-worker" eval --model "$TRIAL/model" --data "$DATA/samples" --json | tail -n 1
-echo "model: $TRIAL/model   serve it: $BIN/textrec-worker serve --model $TRIAL/model"
+"$BIN/textrec-operator" local status --storage "$STORAGE"
+echo
+echo "Demo page: $HTTP/   (drop an image, flag wrong answers)"
+echo "gRPC:      $GRPC   (textrec-worker recognize --endpoint $GRPC IMAGE...)"
+echo "Ctrl-C stops the server; rerun this script to continue."
+wait "$RUNNER"

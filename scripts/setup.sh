@@ -45,10 +45,13 @@ if ! "$TEXTREC_VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version_
 fi
 . scripts/env.sh  # re-read: the torch lib folder exists now
 
-if [ ! -e "$TEXTREC_VENV/.dev-installed" ] || [ requirements-dev.txt -nt "$TEXTREC_VENV/.dev-installed" ]; then
+# The stamp holds the hash of what was installed: a changed requirements file reinstalls,
+# whatever the file times of a fresh clone say.
+want="$(sha256sum requirements-dev.txt | cut -d' ' -f1)"
+if [ "$(cat "$TEXTREC_VENV/.dev-installed" 2>/dev/null)" != "$want" ]; then
   step "installing test tools into the venv (requirements-dev.txt)"
   "$TEXTREC_VENV/bin/pip" install -q -r requirements-dev.txt
-  touch "$TEXTREC_VENV/.dev-installed"
+  echo "$want" > "$TEXTREC_VENV/.dev-installed"
 fi
 
 if [ "$BUILD" = release ]; then
