@@ -108,7 +108,12 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Waits on answers, not on time: a loaded machine may answer few requests per second.
+    let answered_by = |v: String| {
+        let seen = seen.clone();
+        async move || seen.lock().unwrap().contains(&v)
+    };
+    wait_for("answers from a", Duration::from_secs(60), answered_by(va.clone())).await;
 
     // Swap to b through the pointer.
     std::fs::write(&pointer, format!("{}\n", dir_b.display())).unwrap();
@@ -116,8 +121,8 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
         model_info(&http, &base).await["version"] == vb.as_str()
     })
     .await;
+    wait_for("answers from b", Duration::from_secs(60), answered_by(vb.clone())).await;
     let before_c = ok.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Point at the corrupt c: refused, b keeps serving, the failure is visible.
     std::fs::write(&pointer, format!("{}\n", dir_c.display())).unwrap();
@@ -125,7 +130,11 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
         model_info(&http, &base).await["last_reload"]["ok"] == false
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_refusal = ok.load(Ordering::SeqCst);
+    wait_for("answers after the refusal", Duration::from_secs(60), async || {
+        ok.load(Ordering::SeqCst) > after_refusal
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
