@@ -2,15 +2,35 @@
 //! (a) the model called in-process (`prepare_bytes` + `recognize_prepared`, one image per call),
 //! (b) `textrec-worker serve` over gRPC with batching off (`--max-batch 1`), and
 //! (c) the same with dynamic batching on; plus the server's RSS at idle and under load.
+//! With `TEXTREC_BENCH_PY_SERVER` it measures another `textrec.v1.Recognizer` server the same
+//! way, with batching off and on (the Python reference server, `benches/reference/serve_py.py`):
+//! the same client, images, model, thread count and batching limits for every server.
 //!
-//! The model has the `small` preset's shapes with random weights: latency depends on the shapes,
-//! not on what the weights learned (greedy decoding runs to `max_text_len` or an early end
-//! token, so the random model's output length is reported alongside).
+//! The client is tonic: `concurrency` tasks on one HTTP/2 connection, each sending `Recognize`
+//! calls back to back (closed loop), cycling through the image set; latency is measured around
+//! each call, throughput is requests / wall time of the run. All servers are started first, then
+//! for each concurrency every server is measured in turn, so that load from other processes on
+//! the machine hits every server alike. RSS comes from `/proc/PID/status`: idle `VmRSS` after
+//! warm-up requests, the highest `VmRSS` sampled every 20 ms under load, and `VmHWM` at the end
+//! (the peak of the process's whole life, model loading included). The mean batch is computed
+//! from the responses' `batch_size` (forward passes = Σ 1/batch_size), so it needs nothing
+//! server-specific.
+//!
+//! By default the model has the `small` preset's shapes with random weights: latency depends on
+//! the shapes, not on what the weights learned (greedy decoding runs to `max_text_len` or an
+//! early end token, so the output length is reported alongside).
 //!
 //! `cargo bench -p textrec-worker --bench serve`. Environment knobs:
 //! `TEXTREC_BENCH_REQUESTS` (per run, default 96), `TEXTREC_BENCH_CONCURRENCY` (`1,8,32`),
-//! `TEXTREC_BENCH_PRESET` (`small`), `TEXTREC_BENCH_WIDTH` (image width, 320),
-//! `TEXTREC_BENCH_MAX_BATCH` (32), `TEXTREC_BENCH_MAX_WAIT_MS` (5), `TEXTREC_BENCH_SEED` (1).
+//! `TEXTREC_BENCH_PRESET` (`small`), `TEXTREC_BENCH_MODEL` (a model folder to serve instead of
+//! random weights), `TEXTREC_BENCH_IMAGES` (a folder of `*.png` lines; default: 8 generated
+//! stripe images 160-480 px wide), `TEXTREC_BENCH_WIDTH` (widest generated image, 480),
+//! `TEXTREC_BENCH_THREADS` (libtorch intra-op threads of every server and of (a); default: the
+//! number of CPUs), `TEXTREC_BENCH_MAX_BATCH` (32), `TEXTREC_BENCH_MAX_WAIT_MS` (5),
+//! `TEXTREC_BENCH_SEED` (1), `TEXTREC_BENCH_MODES` (comma list of `inproc`, `rust-off`,
+//! `rust-on`, `py-off`, `py-on`; default all that apply), `TEXTREC_BENCH_PY_SERVER` (a shell
+//! command starting the other server; `{model}`, `{port}`, `{threads}`, `{max_batch}` and
+//! `{max_wait_ms}` are substituted), `TEXTREC_BENCH_JSON` (write the results there as JSON).
 
 use std::io::Cursor;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +54,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// One measured run.
+#[derive(serde::Serialize)]
 struct Row {
     mode: String,
     concurrency: usize,
@@ -78,19 +99,55 @@ fn line_png(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+/// The image set: every `*.png` of `TEXTREC_BENCH_IMAGES` (sorted by name), or 8 generated
+/// stripe images from 160 px to `TEXTREC_BENCH_WIDTH` wide.
+fn image_set() -> (Vec<Arc<[u8]>>, String) {
+    if let Ok(dir) = std::env::var("TEXTREC_BENCH_IMAGES") {
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .expect("TEXTREC_BENCH_IMAGES: a folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        paths.sort();
+        assert!(!paths.is_empty(), "no *.png in {dir}");
+        let images = paths
+            .iter()
+            .map(|p| Arc::from(std::fs::read(p).unwrap()))
+            .collect::<Vec<_>>();
+        let desc = format!("{} PNG lines from {dir}", images.len());
+        return (images, desc);
+    }
+    let widest: u32 = env_or("TEXTREC_BENCH_WIDTH", 480).max(160);
+    let images = (0..8)
+        .map(|i| Arc::from(line_png(160 + (widest - 160) * i / 7, 32)))
+        .collect();
+    (images, format!("8 generated stripe PNGs, 160-{widest}x32"))
+}
+
+/// The image request `k` of caller `caller` sends (`per` requests per caller).
+fn pick(images: &[Arc<[u8]>], caller: usize, per: usize, k: usize) -> &Arc<[u8]> {
+    &images[(caller * per + k) % images.len()]
+}
+
 /// (a): `concurrency` threads calling the model directly, one image per call.
-fn in_process(model: &Arc<LoadedModel>, img: &[u8], concurrency: usize, requests: usize) -> Row {
+fn in_process(
+    model: &Arc<LoadedModel>,
+    images: &[Arc<[u8]>],
+    concurrency: usize,
+    requests: usize,
+) -> Row {
     let per = requests.div_ceil(concurrency);
     let start = Instant::now();
     let handles: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|caller| {
             let model = model.clone();
-            let img = img.to_vec();
+            let images = images.to_vec();
             std::thread::spawn(move || {
                 let mut lat = Vec::with_capacity(per);
-                for _ in 0..per {
+                for k in 0..per {
+                    let img = pick(&images, caller, per, k);
                     let t = Instant::now();
-                    let p = prepare_bytes(&img, model.preprocess()).unwrap();
+                    let p = prepare_bytes(img, model.preprocess()).unwrap();
                     model.recognize_prepared(&[p]).unwrap();
                     lat.push(t.elapsed());
                 }
@@ -105,11 +162,11 @@ fn in_process(model: &Arc<LoadedModel>, img: &[u8], concurrency: usize, requests
     summarize("(a) in-process", concurrency, lat, start.elapsed(), None)
 }
 
-/// A `serve` process on free ports.
+/// A server process on a free port.
 struct ServerProc {
+    mode: &'static str,
     child: Child,
     grpc: String,
-    http: String,
 }
 
 impl Drop for ServerProc {
@@ -129,7 +186,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_server(model: &std::path::Path, max_batch: u32, max_wait_ms: u64) -> ServerProc {
+/// Limits shared by every server.
+struct Limits {
+    threads: usize,
+    max_batch: u32,
+    max_wait_ms: u64,
+}
+
+fn start_rust(mode: &'static str, model: &std::path::Path, batch: u32, l: &Limits) -> ServerProc {
     let (g, h) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_textrec-worker"))
         .args(["serve", "--model", model.to_str().unwrap()])
@@ -141,9 +205,11 @@ fn start_server(model: &std::path::Path, max_batch: u32, max_wait_ms: u64) -> Se
         ])
         .args([
             "--max-batch",
-            &max_batch.to_string(),
+            &batch.to_string(),
             "--max-wait-ms",
-            &max_wait_ms.to_string(),
+            &l.max_wait_ms.to_string(),
+            "--torch-threads",
+            &l.threads.to_string(),
         ])
         .args(["--max-queue", "1024"])
         .env("RUST_LOG", "warn")
@@ -151,78 +217,95 @@ fn start_server(model: &std::path::Path, max_batch: u32, max_wait_ms: u64) -> Se
         .stderr(Stdio::inherit())
         .spawn()
         .expect("serve starts");
-    let server = ServerProc {
+    ServerProc {
+        mode,
         child,
         grpc: format!("http://127.0.0.1:{g}"),
-        http: format!("http://127.0.0.1:{h}"),
-    };
+    }
+}
+
+/// Another server from a command template (run by `sh -c exec …`, so the PID is the server's).
+fn start_command(
+    mode: &'static str,
+    template: &str,
+    model: &std::path::Path,
+    batch: u32,
+    l: &Limits,
+) -> ServerProc {
+    let port = free_port();
+    let cmd = template
+        .replace("{model}", model.to_str().unwrap())
+        .replace("{port}", &port.to_string())
+        .replace("{threads}", &l.threads.to_string())
+        .replace("{max_batch}", &batch.to_string())
+        .replace("{max_wait_ms}", &l.max_wait_ms.to_string());
+    let child = Command::new("sh")
+        .args(["-c", &format!("exec {cmd}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server command starts");
+    ServerProc {
+        mode,
+        child,
+        grpc: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Wait until `Recognize` answers, then send a few warm-up requests.
+async fn wait_ready(server: &mut ServerProc, images: &[Arc<[u8]>]) {
     let start = Instant::now();
     loop {
-        if reqwest_ready(&server.http) {
-            break;
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!("{}: server exited during start: {status}", server.mode);
         }
         assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "server did not become ready"
+            start.elapsed() < Duration::from_secs(300),
+            "{}: server did not become ready",
+            server.mode
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server
-}
-
-fn reqwest_ready(base: &str) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::get(format!("{base}/readyz"))
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(server.grpc.clone())
+            .unwrap()
+            .connect()
             .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    })
+        {
+            let mut c = RecognizerClient::new(channel);
+            let mut ok = true;
+            for img in images.iter().take(3) {
+                ok &= c
+                    .recognize(RecognizeRequest {
+                        image: bytes::Bytes::copy_from_slice(img),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .is_ok();
+            }
+            if ok {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
-/// Resident set size of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
+/// A field of `/proc/PID/status` in MiB.
+fn proc_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// Mean batch size so far, from the server's metrics.
-async fn batch_stats(http: &str) -> (f64, f64) {
-    let text = reqwest::get(format!("{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let get = |name: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
-            })
-            .unwrap_or(0.0)
-    };
-    (
-        get("textrec_batch_size_sum "),
-        get("textrec_batch_size_count "),
-    )
-}
-
-/// (b)/(c): `concurrency` gRPC callers on one HTTP/2 connection.
+/// (b)-(e): `concurrency` gRPC callers on one HTTP/2 connection. Also returns the text of the
+/// first image (to check that the servers agree).
 async fn over_grpc(
-    mode: &str,
     server: &ServerProc,
-    img: &[u8],
+    images: &[Arc<[u8]>],
     concurrency: usize,
     requests: usize,
-) -> Row {
+) -> (Row, Option<String>) {
     let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
         .unwrap()
         .connect()
@@ -230,36 +313,58 @@ async fn over_grpc(
         .unwrap();
     let client = RecognizerClient::new(channel);
     let per = requests.div_ceil(concurrency);
-    let (sum0, count0) = batch_stats(&server.http).await;
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|caller| {
             let mut c = client.clone();
-            let img = bytes::Bytes::from(img.to_vec());
+            let images = images.to_vec();
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per);
-                for _ in 0..per {
+                let mut batches = 0.0;
+                let mut first = None;
+                for k in 0..per {
+                    let img = bytes::Bytes::copy_from_slice(pick(&images, caller, per, k));
                     let t = Instant::now();
-                    c.recognize(RecognizeRequest {
-                        image: img.clone(),
-                        request_id: String::new(),
-                    })
-                    .await
-                    .unwrap();
+                    let r = c
+                        .recognize(RecognizeRequest {
+                            image: img,
+                            request_id: String::new(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
                     lat.push(t.elapsed());
+                    batches += 1.0 / f64::from(r.batch_size.max(1));
+                    if (caller * per + k) % images.len() == 0 {
+                        first = Some(r.text);
+                    }
                 }
-                lat
+                (lat, batches, first)
             })
         })
         .collect();
-    let mut lat = Vec::new();
+    let (mut lat, mut batches, mut first) = (Vec::new(), 0.0, None);
     for t in tasks {
-        lat.extend(t.await.unwrap());
+        let (l, b, f) = t.await.unwrap();
+        lat.extend(l);
+        batches += b;
+        first = first.or(f);
     }
     let wall = start.elapsed();
-    let (sum1, count1) = batch_stats(&server.http).await;
-    let mean_batch = (count1 > count0).then(|| (sum1 - sum0) / (count1 - count0));
-    summarize(mode, concurrency, lat, wall, mean_batch)
+    let mean_batch = lat.len() as f64 / batches;
+    (
+        summarize(server.mode, concurrency, lat, wall, Some(mean_batch)),
+        first,
+    )
+}
+
+/// RSS of one server.
+#[derive(serde::Serialize)]
+struct Rss {
+    mode: String,
+    idle_mib: f64,
+    peak_under_load_mib: f64,
+    hwm_mib: f64,
 }
 
 fn main() {
@@ -273,43 +378,68 @@ fn main() {
         std::env::var("TEXTREC_BENCH_PRESET").unwrap_or_else(|_| "small".into()),
     ))
     .expect("TEXTREC_BENCH_PRESET: a preset name");
-    let width: u32 = env_or("TEXTREC_BENCH_WIDTH", 320);
-    let max_batch: u32 = env_or("TEXTREC_BENCH_MAX_BATCH", 32);
-    let max_wait_ms: u64 = env_or("TEXTREC_BENCH_MAX_WAIT_MS", 5);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limits = Limits {
+        threads: env_or("TEXTREC_BENCH_THREADS", cpus).max(1),
+        max_batch: env_or("TEXTREC_BENCH_MAX_BATCH", 32),
+        max_wait_ms: env_or("TEXTREC_BENCH_MAX_WAIT_MS", 5),
+    };
     let seed: i64 = env_or("TEXTREC_BENCH_SEED", 1);
+    let py_server = std::env::var("TEXTREC_BENCH_PY_SERVER")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let modes: Vec<String> = std::env::var("TEXTREC_BENCH_MODES")
+        .unwrap_or_else(|_| "inproc,rust-off,rust-on,py-off,py-on".into())
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| py_server.is_some() || !m.starts_with("py-"))
+        .collect();
+    let has = |m: &str| modes.iter().any(|x| x == m);
 
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    std::fs::create_dir_all(&dir).unwrap();
-    textrec_model::inference::write_random_model_dir(
-        &dir,
-        &preset.architecture(),
-        &PreprocessConfig::default(),
-        IAM_CHARSET,
-        seed,
-    )
-    .unwrap();
-    let img = line_png(width, 32);
-    let model = Arc::new(LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap());
-    let sample = model
-        .recognize_prepared(&[prepare_bytes(&img, model.preprocess()).unwrap()])
-        .unwrap();
-    println!(
-        "model: preset {preset:?} (random weights, seed {seed}), {} chars emitted for the test image; image {width}x32 PNG; \
-         {} CPU threads for libtorch; {requests} requests per run",
-        sample[0].text.chars().count(),
-        tch::get_num_threads()
-    );
-    // Warm up libtorch's allocator and kernels.
-    for _ in 0..3 {
-        model
-            .recognize_prepared(&[prepare_bytes(&img, model.preprocess()).unwrap()])
+    let (dir, model_desc) = match std::env::var("TEXTREC_BENCH_MODEL") {
+        Ok(dir) => (std::path::PathBuf::from(&dir), format!("folder {dir}")),
+        Err(_) => {
+            let dir = tmp.path().join("model");
+            std::fs::create_dir_all(&dir).unwrap();
+            textrec_model::inference::write_random_model_dir(
+                &dir,
+                &preset.architecture(),
+                &PreprocessConfig::default(),
+                IAM_CHARSET,
+                seed,
+            )
             .unwrap();
-    }
+            (
+                dir,
+                format!("preset {preset:?} (random weights, seed {seed})"),
+            )
+        }
+    };
+    let (images, images_desc) = image_set();
+    tch::set_num_threads(limits.threads as i32);
+    let model = Arc::new(LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap());
+    let prepared: Vec<_> = images
+        .iter()
+        .map(|i| prepare_bytes(i, model.preprocess()).unwrap())
+        .collect();
+    let sample = model.recognize_prepared(&prepared).unwrap();
+    let chars: Vec<usize> = sample.iter().map(|s| s.text.chars().count()).collect();
+    println!(
+        "model: {model_desc}; images: {images_desc}; characters emitted per image: {chars:?}; \
+         {} libtorch threads for every server; max batch {}, max wait {} ms; {requests} requests per run; \
+         {cpus} CPUs",
+        limits.threads, limits.max_batch, limits.max_wait_ms
+    );
 
     let mut rows = Vec::new();
-    for &c in &concurrencies {
-        rows.push(in_process(&model, &img, c, requests));
+    if has("inproc") {
+        for _ in 0..2 {
+            model.recognize_prepared(&prepared[..1]).unwrap();
+        }
+        for &c in &concurrencies {
+            rows.push(in_process(&model, &images, c, requests));
+        }
     }
     drop(model);
 
@@ -318,45 +448,79 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut rss = Vec::new();
-    for (mode, batch) in [
-        ("(b) gRPC, batching off", 1),
-        ("(c) gRPC, batching on", max_batch),
+    let mut servers = Vec::new();
+    for (key, mode, batch) in [
+        ("rust-off", "textrec gRPC, batching off", 1),
+        ("rust-on", "textrec gRPC, batching on", limits.max_batch),
+        ("py-off", "Python gRPC, batching off", 1),
+        ("py-on", "Python gRPC, batching on", limits.max_batch),
     ] {
-        let server = start_server(&dir, batch, max_wait_ms);
-        let pid = server.child.id();
-        rt.block_on(async {
-            // Warm-up requests, then idle RSS.
-            over_grpc(mode, &server, &img, 1, 3).await;
-        });
-        let idle = rss_mib(pid);
-        let peak = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (peak, done) = (peak.clone(), done.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::SeqCst) {
-                    peak.fetch_max(rss_mib(pid) as u64, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
-        for &c in &concurrencies {
-            rows.push(rt.block_on(over_grpc(mode, &server, &img, c, requests)));
+        if !has(key) {
+            continue;
         }
-        done.store(true, Ordering::SeqCst);
-        sampler.join().unwrap();
-        rss.push((mode, idle, peak.load(Ordering::SeqCst) as f64));
+        servers.push(match &py_server {
+            Some(t) if key.starts_with("py-") => start_command(mode, t, &dir, batch, &limits),
+            _ => start_rust(mode, &dir, batch, &limits),
+        });
     }
+    // One at a time, so that no start competes with a measurement.
+    let mut idle = Vec::new();
+    for s in &mut servers {
+        rt.block_on(wait_ready(s, &images));
+    }
+    for s in &servers {
+        idle.push(proc_mib(s.child.id(), "VmRSS:"));
+    }
+    let peaks: Vec<Arc<AtomicU64>> = servers.iter().map(|_| Arc::default()).collect();
+    let mut texts: Vec<(String, String)> = Vec::new();
+    for &c in &concurrencies {
+        for (s, peak) in servers.iter().zip(&peaks) {
+            let pid = s.child.id();
+            let done = Arc::new(AtomicBool::new(false));
+            let sampler = {
+                let (peak, done) = (peak.clone(), done.clone());
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::SeqCst) {
+                        peak.fetch_max(proc_mib(pid, "VmRSS:") as u64, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            };
+            let (row, first) = rt.block_on(over_grpc(s, &images, c, requests));
+            done.store(true, Ordering::SeqCst);
+            sampler.join().unwrap();
+            println!(
+                "  {:<28} c={c:<3} {:>8.2} req/s  p50 {:>8.1} ms  p99 {:>8.1} ms",
+                row.mode, row.throughput, row.p50_ms, row.p99_ms
+            );
+            rows.push(row);
+            if let Some(t) = first {
+                texts.push((s.mode.to_string(), t));
+            }
+        }
+    }
+    let rss: Vec<Rss> = servers
+        .iter()
+        .zip(&idle)
+        .zip(&peaks)
+        .map(|((s, &idle_mib), peak)| Rss {
+            mode: s.mode.to_string(),
+            idle_mib,
+            peak_under_load_mib: peak.load(Ordering::SeqCst) as f64,
+            hwm_mib: proc_mib(s.child.id(), "VmHWM:"),
+        })
+        .collect();
+    drop(servers);
+    let agree = texts.windows(2).all(|w| w[0].1 == w[1].1);
 
     println!();
     println!(
-        "{:<24} {:>5} {:>9} {:>9} {:>9} {:>12} {:>10}",
+        "{:<28} {:>5} {:>9} {:>9} {:>9} {:>12} {:>10}",
         "mode", "conc", "requests", "p50 ms", "p99 ms", "req/s", "mean batch"
     );
     for r in &rows {
         println!(
-            "{:<24} {:>5} {:>9} {:>9.2} {:>9.2} {:>12.1} {:>10}",
+            "{:<28} {:>5} {:>9} {:>9.2} {:>9.2} {:>12.2} {:>10}",
             r.mode,
             r.concurrency,
             r.requests,
@@ -368,10 +532,37 @@ fn main() {
     }
     println!();
     println!(
-        "{:<24} {:>14} {:>16}",
-        "server", "idle RSS MiB", "peak RSS MiB"
+        "{:<28} {:>14} {:>22} {:>10}",
+        "server", "idle RSS MiB", "peak RSS (load) MiB", "VmHWM MiB"
     );
-    for (mode, idle, peak) in rss {
-        println!("{mode:<24} {idle:>14.0} {peak:>16.0}");
+    for r in &rss {
+        println!(
+            "{:<28} {:>14.0} {:>22.0} {:>10.0}",
+            r.mode, r.idle_mib, r.peak_under_load_mib, r.hwm_mib
+        );
+    }
+    println!(
+        "text of the first image: {} across servers",
+        if agree { "identical" } else { "DIFFERENT" }
+    );
+    if !agree {
+        for (m, t) in &texts {
+            println!("  {m}: {t:?}");
+        }
+    }
+    if let Ok(path) = std::env::var("TEXTREC_BENCH_JSON") {
+        let out = serde_json::json!({
+            "model": model_desc,
+            "images": images_desc,
+            "threads": limits.threads,
+            "max_batch": limits.max_batch,
+            "max_wait_ms": limits.max_wait_ms,
+            "requests": requests,
+            "cpus": cpus,
+            "rows": rows,
+            "rss": rss,
+            "texts_agree": agree,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     }
 }
