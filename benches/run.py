@@ -4,6 +4,11 @@ Training: textrec's training step (model/examples/train_bench.rs) vs the same st
 eager and with torch.compile (benches/reference/bench_train.py), on identical initial weights
 and batches, the same thread count, warm-up then timed steps; samples/s, ratio to PyTorch eager.
 
+Serving: `textrec-worker serve` vs the Python grpcio server of the reference
+(benches/reference/serve_py.py), batching on and off, at concurrency 1, 8, 32, measured by the
+same Rust gRPC client (worker/benches/serve.rs, with TEXTREC_BENCH_PY_SERVER); same model (the
+preset with random weights, or --model), rendered lines, thread count and batching limits.
+
 Quality: CER/WER of a trained model vs Tesseract (benches/reference/quality.py), when a model
 is given (--model or TEXTREC_QUALITY_MODEL).
 """
@@ -80,6 +85,59 @@ def training(args: argparse.Namespace) -> None:
               f"{r['first_loss']:.4f} / {r['last_loss']:.4f} |")
 
 
+def serving(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "lines"
+        # The image set: rendered text lines (training fonts, held-out text), the same for every server.
+        subprocess.run(
+            [str(release_bin("textrec-worker")), "synth", "--out", str(images), "--count", str(args.serve_images)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        out = Path(tmp) / "serve.json"
+        py = f"{sys.executable} {REFERENCE / 'serve_py.py'} --model {{model}} --port {{port}} --threads {{threads}} " \
+            "--max-batch {max_batch} --max-wait-ms {max_wait_ms}"
+        env = dict(
+            os.environ,
+            TEXTREC_BENCH_PRESET=args.preset,
+            TEXTREC_BENCH_THREADS=str(args.threads),
+            TEXTREC_BENCH_REQUESTS=str(args.requests),
+            TEXTREC_BENCH_CONCURRENCY=args.concurrency,
+            TEXTREC_BENCH_MAX_BATCH=str(args.max_batch),
+            TEXTREC_BENCH_MAX_WAIT_MS=str(args.max_wait_ms),
+            TEXTREC_BENCH_IMAGES=str(images),
+            TEXTREC_BENCH_PY_SERVER=py,
+            TEXTREC_BENCH_JSON=str(out),
+        )
+        if args.model:
+            env["TEXTREC_BENCH_MODEL"] = args.model
+        if args.no_batching_off:
+            env["TEXTREC_BENCH_MODES"] = "inproc,rust-on,py-on"
+        cmd = ["cargo", "bench", "-q", "-p", "textrec-worker", "--bench", "serve"]
+        print("  $ " + " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, env=env, cwd=REPO)
+        result = json.loads(out.read_text())
+    rows = {(r["mode"], r["concurrency"]): r for r in result["rows"]}
+    print(f"\n## Serving: {result['model']}; {result['images']}; {result['threads']} torch threads per server; "
+          f"max batch {result['max_batch']}, max wait {result['max_wait_ms']} ms; {result['requests']} requests per run")
+    print(f"| {'server':<28} | {'conc':>4} | {'req/s':>7} | {'p50 ms':>8} | {'p99 ms':>8} | {'mean batch':>10} |")
+    print(f"|{'-' * 30}|{'-' * 5}:|{'-' * 8}:|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|")
+    for r in result["rows"]:
+        batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}"
+        print(f"| {r['mode']:<28} | {r['concurrency']:>4} | {r['throughput']:>7.2f} | {r['p50_ms']:>8.1f} | "
+              f"{r['p99_ms']:>8.1f} | {batch:>10} |")
+    print(f"\n| {'server':<28} | {'idle RSS MiB':>12} | {'peak RSS under load MiB':>23} | {'VmHWM MiB':>9} |")
+    print(f"|{'-' * 30}|{'-' * 13}:|{'-' * 24}:|{'-' * 10}:|")
+    for r in result["rss"]:
+        print(f"| {r['mode']:<28} | {r['idle_mib']:>12.0f} | {r['peak_under_load_mib']:>23.0f} | {r['hwm_mib']:>9.0f} |")
+    print("\nTargets (textrec batching on vs Python batching on): throughput ≥ 2x, p99 ≤ 0.5x")
+    for c in sorted({r["concurrency"] for r in result["rows"]}):
+        rs, py = rows.get(("textrec gRPC, batching on", c)), rows.get(("Python gRPC, batching on", c))
+        if rs and py:
+            print(f"  concurrency {c:>2}: throughput {rs['throughput'] / py['throughput']:.2f}x, "
+                  f"p99 {rs['p99_ms'] / py['p99_ms']:.2f}x")
+    print(f"text of the first image identical across servers: {result['texts_agree']}")
+
+
 def quality(args: argparse.Namespace) -> None:
     model = args.model or os.environ.get("TEXTREC_QUALITY_MODEL")
     if not model:
@@ -95,7 +153,7 @@ def quality(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["training", "quality"], help="run one part")
+    parser.add_argument("--only", choices=["training", "serve", "quality"], help="run one part")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("TEXTREC_BENCH_THREADS", "2")))
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=16)
@@ -104,15 +162,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per implementation")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--compile-timeout", type=float, default=900, help="seconds per torch.compile run")
-    parser.add_argument("--model", help="trained model folder for the quality part")
+    parser.add_argument("--requests", type=int, default=128, help="serving: requests per run")
+    parser.add_argument("--concurrency", default="1,8,32", help="serving: concurrencies, comma-separated")
+    parser.add_argument("--max-batch", type=int, default=32, help="serving: largest batch (both servers)")
+    parser.add_argument("--max-wait-ms", type=int, default=5, help="serving: longest batching wait (both servers)")
+    parser.add_argument("--serve-images", type=int, default=16, help="serving: rendered lines in the image set")
+    parser.add_argument("--no-batching-off", action="store_true", help="serving: skip the batching-off servers")
+    parser.add_argument("--model", help="trained model folder for the quality part (and serving)")
     parser.add_argument("--lines", type=int, default=300, help="evaluation lines for the quality part")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start "
           "(above ~0.5 means other processes shared the cores)")
     if args.only in (None, "training"):
         training(args)
+    if args.only in (None, "serve"):
+        serving(args)
     if args.only in (None, "quality"):
         quality(args)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Side-by-side benchmarks of textrec vs PyTorch (training) and vs Tesseract (quality); see
+# Side-by-side benchmarks of textrec vs PyTorch (training, serving) and vs Tesseract (quality); see
 # BENCHMARKS.md. Builds the release binaries it needs, then runs benches/run.py:
 #   benches/run.sh                                  # training (+ quality with TEXTREC_QUALITY_MODEL)
 #   benches/run.sh --model DIR --lines 300          # quality of a trained model too
 #   benches/run.sh --only training --threads 1 --steps 30
+#   benches/run.sh --only serve                    # textrec-worker serve vs the Python grpcio server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 cargo build -q --release -p textrec-worker -p textrec-model --bin textrec-worker --example train_bench
+case " $* " in
+  *" --only training "* | *" --only quality "*) ;;
+  *) cargo bench -q -p textrec-worker --bench serve --no-run ;;  # the serving client (release + debuginfo)
+esac
 exec python benches/run.py "$@"

@@ -335,7 +335,7 @@ async fn over_grpc(
                         .into_inner();
                     lat.push(t.elapsed());
                     batches += 1.0 / f64::from(r.batch_size.max(1));
-                    if (caller * per + k) % images.len() == 0 {
+                    if (caller * per + k).is_multiple_of(images.len()) {
                         first = Some(r.text);
                     }
                 }
