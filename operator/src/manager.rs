@@ -21,6 +21,7 @@ use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
+use crate::controller::cache::{slim_deployment, slim_job, slim_pod, slim_run};
 use crate::controller::{self, KubeEvents, Shared};
 use crate::crd::{ModelDeployment, TrainingRun};
 use crate::http::{router, Health};
@@ -71,20 +72,6 @@ where
     match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    }
-}
-
-/// Strip what the caches do not need (managed fields, big specs) to keep memory flat.
-fn slim_pod(p: &mut Pod) {
-    p.managed_fields_mut().clear();
-    p.annotations_mut().clear();
-    p.spec = None;
-}
-
-fn slim_job(j: &mut Job) {
-    j.managed_fields_mut().clear();
-    if let Some(spec) = j.spec.as_mut() {
-        spec.template.spec = None;
     }
 }
 
@@ -141,7 +128,14 @@ pub async fn run_controllers(
         progress_interval: Duration::from_secs(opts.progress_interval_s),
         clock: controller::training_run::now,
     });
-    let run_ctrl = Controller::new(api::<TrainingRun>(&client, ns), watcher::Config::default())
+    // The runs themselves, through the same kind of slimmed cache (no managedFields).
+    let (run_store, run_store_writer) = reflector::store();
+    let run_self = watcher(api::<TrainingRun>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(slim_run)
+        .reflect(run_store_writer)
+        .applied_objects();
+    let run_ctrl = Controller::for_stream(run_self, run_store)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(opts.concurrency)
@@ -177,13 +171,13 @@ pub async fn run_controllers(
     let (runs, run_writer) = reflector::store();
     let run_stream = watcher(api::<TrainingRun>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(|r: &mut TrainingRun| r.managed_fields_mut().clear())
+        .modify(slim_run)
         .reflect(run_writer)
         .touched_objects();
     let (deployments, dep_writer) = reflector::store();
     let dep_stream = watcher(api::<Deployment>(&client, ns), managed)
         .default_backoff()
-        .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
+        .modify(slim_deployment)
         .reflect(dep_writer)
         .touched_objects();
     let md_ctx = Arc::new(controller::model_deployment::Context {

@@ -1,5 +1,6 @@
 //! The two controllers and what they share: context, errors, event sink, backoff.
 
+pub mod cache;
 pub mod model_deployment;
 pub mod training_run;
 

@@ -47,21 +47,6 @@ pub fn fake_client() -> (Client, Arc<Mutex<FakeState>>) {
     (Client::new(svc, "default"), state)
 }
 
-fn respond(code: StatusCode, v: &Value) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(v).unwrap()))
-        .unwrap()
-}
-
-fn not_found(path: &str) -> Response<Body> {
-    respond(
-        StatusCode::NOT_FOUND,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
-    )
-}
-
 fn merge(into: &mut Value, patch: &Value) {
     match (into, patch) {
         (Value::Object(a), Value::Object(b)) => {
@@ -82,23 +67,121 @@ async fn handle(state: &Mutex<FakeState>, req: Request<Body>) -> Response<Body> 
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     let bytes = req.into_body().collect_bytes().await.unwrap();
+    let (code, body) = handle_raw(state, &method, &path, &query, &bytes);
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// Whether `labels` match an equality-based `labelSelector` (`a=b,c=d`, URL-encoded).
+fn selected(obj: &Value, query: &str) -> bool {
+    let Some(sel) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+    else {
+        return true;
+    };
+    let sel = sel
+        .replace("%3D", "=")
+        .replace("%2F", "/")
+        .replace("%2C", ",");
+    sel.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        obj["metadata"]["labels"][k].as_str() == Some(v.trim_start_matches('='))
+    })
+}
+
+/// Counters and memory of the fake, for the benchmark (`GET /_fake/stats`).
+fn stats(st: &FakeState) -> Value {
+    let kib = |key: &str| -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    json!({
+        "objects": st.objects.len(),
+        "requests": st.log.len(),
+        "jobWrites": st.log.iter().filter(|r| r.path.contains("/jobs/")).count(),
+        "statusWrites": st.log.iter().filter(|r| r.path.ends_with("/status")).count(),
+        "vmRssKiB": kib("VmRSS:"),
+        "vmHwmKiB": kib("VmHWM:"),
+    })
+}
+
+/// Answer one request as the API server would: (status, JSON body). Shared by the in-process
+/// tower service and the benchmark's out-of-process HTTP server.
+pub fn handle_raw(
+    state: &Mutex<FakeState>,
+    method: &str,
+    path: &str,
+    query: &str,
+    bytes: &[u8],
+) -> (StatusCode, Vec<u8>) {
     let body: Value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap()
+        serde_json::from_slice(bytes).unwrap()
     };
     let mut st = state.lock().unwrap();
+    if path == "/_fake/stats" {
+        return (StatusCode::OK, serde_json::to_vec(&stats(&st)).unwrap());
+    }
+    let (code, v) = answer(&mut st, method, path, query, body);
+    (code, serde_json::to_vec(&v).unwrap())
+}
+
+fn not_found(path: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
+    )
+}
+
+fn answer(
+    st: &mut FakeState,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let rec = Recorded {
-        method: method.clone(),
-        path: path.clone(),
-        query,
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
         body: if st.quiet { Value::Null } else { body.clone() },
     };
     st.log.push(rec);
-    match method.as_str() {
-        "GET" => match st.objects.get(&path) {
-            Some(v) => respond(StatusCode::OK, v),
-            None => not_found(&path),
+    match method {
+        "GET" => match st.objects.get(path) {
+            Some(v) => (StatusCode::OK, v.clone()),
+            None => {
+                // A collection: list the objects directly under it (label selector honoured).
+                let prefix = format!("{path}/");
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|(p, v)| {
+                        p.strip_prefix(&prefix)
+                            .is_some_and(|rest| !rest.contains('/'))
+                            && selected(v, query)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                if items.is_empty() && !query.contains("labelSelector") {
+                    return not_found(path);
+                }
+                (
+                    StatusCode::OK,
+                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
         },
         "POST" => {
             let name = body["metadata"]["name"]
@@ -109,11 +192,11 @@ async fn handle(state: &Mutex<FakeState>, req: Request<Body>) -> Response<Body> 
             if !path.contains("/events") {
                 st.objects.insert(key, body.clone());
             }
-            respond(StatusCode::CREATED, &body)
+            (StatusCode::CREATED, body)
         }
         "PUT" => {
-            st.objects.insert(path.clone(), body.clone());
-            respond(StatusCode::OK, &body)
+            st.objects.insert(path.to_string(), body.clone());
+            (StatusCode::OK, body)
         }
         "PATCH" => {
             if let Some(main) = path.strip_suffix("/status") {
@@ -121,18 +204,16 @@ async fn handle(state: &Mutex<FakeState>, req: Request<Body>) -> Response<Body> 
                     return not_found(main);
                 };
                 obj["status"] = body["status"].clone();
-                let out = obj.clone();
-                respond(StatusCode::OK, &out)
+                (StatusCode::OK, obj.clone())
             } else {
                 let entry = st
                     .objects
-                    .entry(path.clone())
+                    .entry(path.to_string())
                     .or_insert(Value::Object(Default::default()));
                 merge(entry, &body);
-                let out = entry.clone();
-                respond(StatusCode::OK, &out)
+                (StatusCode::OK, entry.clone())
             }
         }
-        _ => not_found(&path),
+        _ => not_found(path),
     }
 }
