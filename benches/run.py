@@ -119,12 +119,12 @@ def serving(args: argparse.Namespace) -> None:
     rows = {(r["mode"], r["concurrency"]): r for r in result["rows"]}
     print(f"\n## Serving: {result['model']}; {result['images']}; {result['threads']} torch threads per server; "
           f"max batch {result['max_batch']}, max wait {result['max_wait_ms']} ms; {result['requests']} requests per run")
-    print(f"| {'server':<28} | {'conc':>4} | {'req/s':>7} | {'p50 ms':>8} | {'p99 ms':>8} | {'mean batch':>10} |")
-    print(f"|{'-' * 30}|{'-' * 5}:|{'-' * 8}:|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|")
+    print(f"| {'server':<28} | {'conc':>4} | {'req/s':>7} | {'p50 ms':>8} | {'p99 ms':>8} | {'mean batch':>10} | {'errors':>6} |")
+    print(f"|{'-' * 30}|{'-' * 5}:|{'-' * 8}:|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 7}:|")
     for r in result["rows"]:
         batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}"
         print(f"| {r['mode']:<28} | {r['concurrency']:>4} | {r['throughput']:>7.2f} | {r['p50_ms']:>8.1f} | "
-              f"{r['p99_ms']:>8.1f} | {batch:>10} |")
+              f"{r['p99_ms']:>8.1f} | {batch:>10} | {r['errors']:>6} |")
     print(f"\n| {'server':<28} | {'idle RSS MiB':>12} | {'peak RSS under load MiB':>23} | {'VmHWM MiB':>9} |")
     print(f"|{'-' * 30}|{'-' * 13}:|{'-' * 24}:|{'-' * 10}:|")
     for r in result["rss"]:

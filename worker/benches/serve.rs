@@ -63,6 +63,8 @@ struct Row {
     p99_ms: f64,
     throughput: f64,
     mean_batch: Option<f64>,
+    /// Requests that failed (e.g. the server's 30 s deadline), left out of the rest.
+    errors: usize,
 }
 
 fn summarize(
@@ -85,6 +87,7 @@ fn summarize(
         p99_ms: pct(0.99),
         throughput: lat.len() as f64 / wall.as_secs_f64(),
         mean_batch,
+        errors: 0,
     }
 }
 
@@ -322,40 +325,49 @@ async fn over_grpc(
                 let mut lat = Vec::with_capacity(per);
                 let mut batches = 0.0;
                 let mut first = None;
+                let mut errors = 0usize;
                 for k in 0..per {
                     let img = bytes::Bytes::copy_from_slice(pick(&images, caller, per, k));
                     let t = Instant::now();
-                    let r = c
+                    let r = match c
                         .recognize(RecognizeRequest {
                             image: img,
                             request_id: String::new(),
                         })
                         .await
-                        .unwrap()
-                        .into_inner();
+                    {
+                        Ok(r) => r.into_inner(),
+                        Err(e) => {
+                            // Counted, and left out of the latencies and the throughput.
+                            eprintln!("request failed after {:?}: {e}", t.elapsed());
+                            errors += 1;
+                            continue;
+                        }
+                    };
                     lat.push(t.elapsed());
                     batches += 1.0 / f64::from(r.batch_size.max(1));
                     if (caller * per + k).is_multiple_of(images.len()) {
                         first = Some(r.text);
                     }
                 }
-                (lat, batches, first)
+                (lat, batches, first, errors)
             })
         })
         .collect();
-    let (mut lat, mut batches, mut first) = (Vec::new(), 0.0, None);
+    let (mut lat, mut batches, mut first, mut errors) = (Vec::new(), 0.0, None, 0);
     for t in tasks {
-        let (l, b, f) = t.await.unwrap();
+        let (l, b, f, e) = t.await.unwrap();
         lat.extend(l);
         batches += b;
         first = first.or(f);
+        errors += e;
     }
     let wall = start.elapsed();
+    assert!(!lat.is_empty(), "{}: every request failed", server.mode);
     let mean_batch = lat.len() as f64 / batches;
-    (
-        summarize(server.mode, concurrency, lat, wall, Some(mean_batch)),
-        first,
-    )
+    let mut row = summarize(server.mode, concurrency, lat, wall, Some(mean_batch));
+    row.errors = errors;
+    (row, first)
 }
 
 /// RSS of one server.
@@ -490,8 +502,8 @@ fn main() {
             done.store(true, Ordering::SeqCst);
             sampler.join().unwrap();
             println!(
-                "  {:<28} c={c:<3} {:>8.2} req/s  p50 {:>8.1} ms  p99 {:>8.1} ms",
-                row.mode, row.throughput, row.p50_ms, row.p99_ms
+                "  {:<28} c={c:<3} {:>8.2} req/s  p50 {:>8.1} ms  p99 {:>8.1} ms  {} errors",
+                row.mode, row.throughput, row.p50_ms, row.p99_ms, row.errors
             );
             rows.push(row);
             if let Some(t) = first {
@@ -515,19 +527,20 @@ fn main() {
 
     println!();
     println!(
-        "{:<28} {:>5} {:>9} {:>9} {:>9} {:>12} {:>10}",
-        "mode", "conc", "requests", "p50 ms", "p99 ms", "req/s", "mean batch"
+        "{:<28} {:>5} {:>9} {:>9} {:>9} {:>12} {:>10} {:>7}",
+        "mode", "conc", "requests", "p50 ms", "p99 ms", "req/s", "mean batch", "errors"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>5} {:>9} {:>9.2} {:>9.2} {:>12.2} {:>10}",
+            "{:<28} {:>5} {:>9} {:>9.2} {:>9.2} {:>12.2} {:>10} {:>7}",
             r.mode,
             r.concurrency,
             r.requests,
             r.p50_ms,
             r.p99_ms,
             r.throughput,
-            r.mean_batch.map_or("-".to_string(), |b| format!("{b:.1}"))
+            r.mean_batch.map_or("-".to_string(), |b| format!("{b:.1}")),
+            r.errors
         );
     }
     println!();
