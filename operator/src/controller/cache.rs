@@ -112,3 +112,94 @@ pub fn slim_deployment(d: &mut Deployment) {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::trial_state::{pod_outcome, termination_message};
+
+    fn pod(phase: &str, state: serde_json::Value, disrupted: bool) -> Pod {
+        let mut conditions = vec![
+            json!({"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+            json!({"type": "PodScheduled", "status": "True"}),
+        ];
+        if disrupted {
+            conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "t-0-x", "namespace": "ns", "labels": {"textrec.dev/run": "r"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "t-0", "uid": "u"}]},
+            "spec": {"containers": [{"name": "worker", "image": "w:1"}]},
+            "status": {"phase": phase, "podIP": "10.0.0.1", "conditions": conditions,
+                "containerStatuses": [
+                    {"name": "sidecar", "image": "s", "imageID": "s", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                    {"name": "worker", "image": "w:1", "imageID": "sha", "ready": false, "restartCount": 2, "state": state}
+                ]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn slim_pods_keep_what_the_reconciler_reads() {
+        let cases = [
+            pod("Running", json!({"running": {}}), false),
+            pod("Running", json!({"running": {}}), true),
+            pod(
+                "Failed",
+                json!({"terminated": {"exitCode": 78, "message": "bad lr"}}),
+                false,
+            ),
+            pod("Failed", json!({"terminated": {"exitCode": 137}}), true),
+            pod("Failed", json!({"terminated": {"exitCode": 1}}), false),
+            pod("Succeeded", json!({"terminated": {"exitCode": 0}}), false),
+            pod("Pending", json!({"waiting": {}}), false),
+        ];
+        for full in cases {
+            let mut slim = full.clone();
+            slim_pod(&mut slim);
+            assert_eq!(pod_outcome(&slim), pod_outcome(&full));
+            assert_eq!(termination_message(&slim), termination_message(&full));
+            assert_eq!(slim.metadata.labels, full.metadata.labels);
+            assert!(slim.metadata.managed_fields.is_none() && slim.spec.is_none());
+            let st = slim.status.unwrap();
+            assert_eq!(st.container_statuses.unwrap().len(), 1);
+            assert!(st.pod_ip.is_none());
+        }
+    }
+
+    #[test]
+    fn slim_jobs_keep_suspend_owners_and_true_conditions() {
+        let full: Job = serde_json::from_value(json!({
+            "metadata": {"name": "t-0", "namespace": "ns", "labels": {"textrec.dev/run": "r"},
+                "annotations": {"textrec.dev/params": "{}"},
+                "managedFields": [{"manager": "textrec-operator", "operation": "Apply"}],
+                "ownerReferences": [{"apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun", "name": "r", "uid": "u"}]},
+            "spec": {"suspend": true, "backoffLimit": 3, "template": {"metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "worker", "image": "w:1"}]}}},
+            "status": {"active": 1, "conditions": [
+                {"type": "Suspended", "status": "True"},
+                {"type": "Complete", "status": "False"},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "m"}
+            ]}
+        }))
+        .unwrap();
+        let mut slim = full.clone();
+        slim_job(&mut slim);
+        assert_eq!(
+            slim.metadata.owner_references,
+            full.metadata.owner_references
+        );
+        assert_eq!(slim.metadata.labels, full.metadata.labels);
+        assert!(slim.metadata.managed_fields.is_none());
+        let spec = slim.spec.unwrap();
+        assert_eq!(spec.suspend, Some(true));
+        assert!(spec.template.spec.is_none());
+        let conds = slim.status.unwrap().conditions.unwrap();
+        let kept: Vec<_> = conds.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kept, ["Suspended", "Failed"]);
+        assert_eq!(conds[1].message.as_deref(), Some("m"));
+    }
+}
