@@ -8,9 +8,8 @@
 //!
 //! The client is tonic: `concurrency` tasks on one HTTP/2 connection, each sending `Recognize`
 //! calls back to back (closed loop), cycling through the image set; latency is measured around
-//! each call, throughput is requests / wall time of the run. All servers are started first, then
-//! for each concurrency every server is measured in turn, so that load from other processes on
-//! the machine hits every server alike. RSS comes from `/proc/PID/status`: idle `VmRSS` after
+//! each call, throughput is requests / wall time of the run. One server runs at a time: started,
+//! warmed up, measured at every concurrency, stopped. RSS comes from `/proc/PID/status`: idle `VmRSS` after
 //! warm-up requests, the highest `VmRSS` sampled every 20 ms under load, and `VmHWM` at the end
 //! (the peak of the process's whole life, model loading included). The mean batch is computed
 //! from the responses' `batch_size` (forward passes = Σ 1/batch_size), so it needs nothing
@@ -460,7 +459,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut servers = Vec::new();
+    // One server alive at a time: started, warmed up, measured at every concurrency, stopped.
+    // (Keeping all four alive and interleaving them made textrec's server several times slower
+    // than alone on the shared 2-core machine; see BENCHMARKS.md.)
+    let mut texts: Vec<(String, String)> = Vec::new();
+    let mut rss: Vec<Rss> = Vec::new();
     for (key, mode, batch) in [
         ("rust-off", "textrec gRPC, batching off", 1),
         ("rust-on", "textrec gRPC, batching on", limits.max_batch),
@@ -470,37 +473,26 @@ fn main() {
         if !has(key) {
             continue;
         }
-        servers.push(match &py_server {
+        let mut s = match &py_server {
             Some(t) if key.starts_with("py-") => start_command(mode, t, &dir, batch, &limits),
             _ => start_rust(mode, &dir, batch, &limits),
-        });
-    }
-    // One at a time, so that no start competes with a measurement.
-    let mut idle = Vec::new();
-    for s in &mut servers {
-        rt.block_on(wait_ready(s, &images));
-    }
-    for s in &servers {
-        idle.push(proc_mib(s.child.id(), "VmRSS:"));
-    }
-    let peaks: Vec<Arc<AtomicU64>> = servers.iter().map(|_| Arc::default()).collect();
-    let mut texts: Vec<(String, String)> = Vec::new();
-    for &c in &concurrencies {
-        for (s, peak) in servers.iter().zip(&peaks) {
-            let pid = s.child.id();
-            let done = Arc::new(AtomicBool::new(false));
-            let sampler = {
-                let (peak, done) = (peak.clone(), done.clone());
-                std::thread::spawn(move || {
-                    while !done.load(Ordering::SeqCst) {
-                        peak.fetch_max(proc_mib(pid, "VmRSS:") as u64, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                })
-            };
-            let (row, first) = rt.block_on(over_grpc(s, &images, c, requests));
-            done.store(true, Ordering::SeqCst);
-            sampler.join().unwrap();
+        };
+        rt.block_on(wait_ready(&mut s, &images));
+        let pid = s.child.id();
+        let idle_mib = proc_mib(pid, "VmRSS:");
+        let peak = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    peak.fetch_max(proc_mib(pid, "VmRSS:") as u64, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        for &c in &concurrencies {
+            let (row, first) = rt.block_on(over_grpc(&s, &images, c, requests));
             println!(
                 "  {:<28} c={c:<3} {:>8.2} req/s  p50 {:>8.1} ms  p99 {:>8.1} ms  {} errors",
                 row.mode, row.throughput, row.p50_ms, row.p99_ms, row.errors
@@ -510,19 +502,15 @@ fn main() {
                 texts.push((s.mode.to_string(), t));
             }
         }
-    }
-    let rss: Vec<Rss> = servers
-        .iter()
-        .zip(&idle)
-        .zip(&peaks)
-        .map(|((s, &idle_mib), peak)| Rss {
-            mode: s.mode.to_string(),
+        done.store(true, Ordering::SeqCst);
+        sampler.join().unwrap();
+        rss.push(Rss {
+            mode: mode.to_string(),
             idle_mib,
             peak_under_load_mib: peak.load(Ordering::SeqCst) as f64,
-            hwm_mib: proc_mib(s.child.id(), "VmHWM:"),
-        })
-        .collect();
-    drop(servers);
+            hwm_mib: proc_mib(pid, "VmHWM:"),
+        });
+    }
     let agree = texts.windows(2).all(|w| w[0].1 == w[1].1);
 
     println!();
