@@ -113,7 +113,12 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
         let seen = seen.clone();
         async move || seen.lock().unwrap().contains(&v)
     };
-    wait_for("answers from a", Duration::from_secs(60), answered_by(va.clone())).await;
+    wait_for(
+        "answers from a",
+        Duration::from_secs(60),
+        answered_by(va.clone()),
+    )
+    .await;
 
     // Swap to b through the pointer.
     std::fs::write(&pointer, format!("{}\n", dir_b.display())).unwrap();
@@ -121,7 +126,12 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
         model_info(&http, &base).await["version"] == vb.as_str()
     })
     .await;
-    wait_for("answers from b", Duration::from_secs(60), answered_by(vb.clone())).await;
+    wait_for(
+        "answers from b",
+        Duration::from_secs(60),
+        answered_by(vb.clone()),
+    )
+    .await;
     let before_c = ok.load(Ordering::SeqCst);
 
     // Point at the corrupt c: refused, b keeps serving, the failure is visible.
@@ -131,9 +141,11 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
     })
     .await;
     let after_refusal = ok.load(Ordering::SeqCst);
-    wait_for("answers after the refusal", Duration::from_secs(60), async || {
-        ok.load(Ordering::SeqCst) > after_refusal
-    })
+    wait_for(
+        "answers after the refusal",
+        Duration::from_secs(60),
+        async || ok.load(Ordering::SeqCst) > after_refusal,
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
