@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-build
 . scripts/env.sh
+# setup.sh installed chromium: the demo-page test must run, not skip.
+export TEXTREC_REQUIRE_BROWSER=1
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
