@@ -119,7 +119,13 @@ impl LoadedModel {
         }
 
         let mut vs = nn::VarStore::new(device);
-        let mut net = Recognizer::new(&vs.root(), arch, tokenizer.vocab_size());
+        // Building the network draws its (soon overwritten) initial weights from torch's global
+        // generator; holding the lock keeps those draws out of a seeded sequence that another
+        // thread of this process may be in the middle of.
+        let mut net = {
+            let _rng = crate::net::global_rng_lock();
+            Recognizer::new(&vs.root(), arch, tokenizer.vocab_size())
+        };
         tensorio::load_varstore(&mut vs, weights)
             .with_context(|| format!("loading {}", layout::MODEL_WEIGHTS))?;
         vs.freeze();
