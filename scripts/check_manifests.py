@@ -598,8 +598,9 @@ OPERATOR_SRC = ROOT / "operator" / "src"
 
 def operator_run_options() -> tuple[set[str], set[str]]:
     """Flags and environment variables of `textrec-operator run`, read from the clap derive of
-    `RunOptions` in operator/src (a text scan: the binary is not built here)."""
-    for f in sorted(OPERATOR_SRC.rglob("*.rs")) if OPERATOR_SRC.is_dir() else []:
+    `manager::RunOptions` (a text scan: the binary is not built here; `local::runner` has a
+    `RunOptions` of its own)."""
+    for f in [OPERATOR_SRC / "manager.rs"] if (OPERATOR_SRC / "manager.rs").is_file() else []:
         text = f.read_text()
         m = re.search(r"pub struct RunOptions\s*\{(.*?)\n\}", text, re.S)
         if not m:
