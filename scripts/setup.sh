@@ -23,8 +23,8 @@ APT_PACKAGES=(
   fonts-ecolier-court fonts-dejavu-core fonts-liberation2
   # training corpus
   fortunes fortunes-min wamerican
-  # build and test tools
-  protobuf-compiler chromium chromium-driver tesseract-ocr tesseract-ocr-eng
+  # build and test tools (g++ compiles tch's C++ glue; python3-venv holds the libtorch venv)
+  g++ python3-venv protobuf-compiler chromium chromium-driver tesseract-ocr tesseract-ocr-eng
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
