@@ -95,11 +95,10 @@ def serving(args: argparse.Namespace) -> None:
         )
         out = Path(tmp) / "serve.json"
         py = f"{sys.executable} {REFERENCE / 'serve_py.py'} --model {{model}} --port {{port}} --threads {{threads}} " \
-            "--max-batch {max_batch} --max-wait-ms {max_wait_ms}"
+            "--inference-threads {inference_threads} --max-batch {max_batch} --max-wait-ms {max_wait_ms}"
         env = dict(
             os.environ,
             TEXTREC_BENCH_PRESET=args.preset,
-            TEXTREC_BENCH_THREADS=str(args.threads),
             TEXTREC_BENCH_REQUESTS=str(args.requests),
             TEXTREC_BENCH_CONCURRENCY=args.concurrency,
             TEXTREC_BENCH_MAX_BATCH=str(args.max_batch),
@@ -108,6 +107,11 @@ def serving(args: argparse.Namespace) -> None:
             TEXTREC_BENCH_PY_SERVER=py,
             TEXTREC_BENCH_JSON=str(out),
         )
+        # Unset: both servers get the thread plan `textrec-worker serve` picks by itself.
+        for key, value in [("TEXTREC_BENCH_THREADS", args.serve_threads),
+                           ("TEXTREC_BENCH_INFERENCE_THREADS", args.inference_threads)]:
+            if value is not None:
+                env[key] = str(value)
         if args.model:
             env["TEXTREC_BENCH_MODEL"] = args.model
         if args.no_batching_off:
@@ -117,7 +121,7 @@ def serving(args: argparse.Namespace) -> None:
         subprocess.run(cmd, check=True, env=env, cwd=REPO)
         result = json.loads(out.read_text())
     rows = {(r["mode"], r["concurrency"]): r for r in result["rows"]}
-    print(f"\n## Serving: {result['model']}; {result['images']}; {result['threads']} torch threads per server; "
+    print(f"\n## Serving: {result['model']}; {result['images']}; {result.get('inference_threads', 1)} inference threads × {result['threads']} torch threads per server; "
           f"max batch {result['max_batch']}, max wait {result['max_wait_ms']} ms; {result['requests']} requests per run")
     print(f"| {'server':<28} | {'conc':>4} | {'req/s':>7} | {'p50 ms':>8} | {'p99 ms':>8} | {'mean batch':>10} | {'errors':>6} |")
     print(f"|{'-' * 30}|{'-' * 5}:|{'-' * 8}:|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 7}:|")
@@ -129,6 +133,10 @@ def serving(args: argparse.Namespace) -> None:
     print(f"|{'-' * 30}|{'-' * 13}:|{'-' * 24}:|{'-' * 10}:|")
     for r in result["rss"]:
         print(f"| {r['mode']:<28} | {r['idle_mib']:>12.0f} | {r['peak_under_load_mib']:>23.0f} | {r['hwm_mib']:>9.0f} |")
+    if result.get("paired_c1"):
+        print("\nConcurrency 1, interleaved rounds (median of the rounds' p50):")
+        for r in result["paired_c1"]:
+            print(f"  {r['mode']:<28} {r['median_p50_ms']:>7.2f} ms  {(r['vs_inproc'] - 1) * 100:+6.1f}% vs in-process")
     print("\nTargets (textrec batching on vs Python batching on): throughput ≥ 2x, p99 ≤ 0.5x")
     for c in sorted({r["concurrency"] for r in result["rows"]}):
         rs, py = rows.get(("textrec gRPC, batching on", c)), rows.get(("Python gRPC, batching on", c))
@@ -162,6 +170,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per implementation")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--compile-timeout", type=float, default=900, help="seconds per torch.compile run")
+    parser.add_argument("--serve-threads", type=int, help="serving: torch threads per inference thread "
+                        "(default: what textrec-worker serve picks)")
+    parser.add_argument("--inference-threads", type=int, help="serving: inference threads per server "
+                        "(default: what textrec-worker serve picks)")
     parser.add_argument("--requests", type=int, default=128, help="serving: requests per run")
     parser.add_argument("--concurrency", default="1,8,32", help="serving: concurrencies, comma-separated")
     parser.add_argument("--max-batch", type=int, default=32, help="serving: largest batch (both servers)")

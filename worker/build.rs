@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time, not with `env!`: a build script compiled for one checkout is reused by
+    // another that shares the target directory, and must look at its own sources.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
         proto_root.join("textrec/v1/recognizer.proto"),

@@ -1,13 +1,14 @@
 """A Python gRPC server of textrec's recognizer: the baseline of the serving benchmark.
 
-    python benches/reference/serve_py.py --model DIR --port 50061 [--threads 2]
-        [--max-batch 32] [--max-wait-ms 5] [--workers 64]
+    python benches/reference/serve_py.py --model DIR --port 50061 [--threads 1]
+        [--inference-threads 2] [--max-batch 32] [--max-wait-ms 5] [--workers 64]
 
 It implements `textrec.v1.Recognizer/Recognize` (proto/textrec/v1/recognizer.proto; the stubs
 are generated at start with grpcio-tools into a temporary folder) with the PyTorch reference
 (textrec_ref): what a Python team would write in an afternoon, done properly. grpcio's thread
 pool runs the handlers, which decode and preprocess the image (textrec_ref.preprocess, exactly
-textrec's preprocessing) and put it on a queue; one inference thread takes up to --max-batch
+textrec's preprocessing) and put it on a queue; each of --inference-threads threads (the same
+plan as textrec's server: PyTorch releases the GIL inside operators) takes up to --max-batch
 queued lines, waiting at most --max-wait-ms after the first for more (--max-batch 1: no
 batching), pads them into one batch and runs greedy decoding with the key/value cache under
 `torch.inference_mode()`, with --threads intra-op threads (one inter-op thread). Like textrec's
@@ -73,9 +74,9 @@ class Job:
 
 
 class Batcher:
-    """One inference thread; up to `max_batch` lines per forward pass."""
+    """`threads` inference threads on one queue; up to `max_batch` lines per forward pass."""
 
-    def __init__(self, folder, max_batch: int, max_wait_s: float) -> None:
+    def __init__(self, folder, max_batch: int, max_wait_s: float, threads: int = 1) -> None:
         self.folder = folder
         self.cfg = folder.manifest["preprocessing"]
         self.max_len = folder.net.arch.max_text_len
@@ -85,8 +86,11 @@ class Batcher:
         # Requests admitted but not queued yet (being decoded and preprocessed).
         self.incoming = 0
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self.run, name="inference", daemon=True)
-        self.thread.start()
+        self.threads = [
+            threading.Thread(target=self.run, name=f"inference-{i}", daemon=True) for i in range(max(threads, 1))
+        ]
+        for t in self.threads:
+            t.start()
 
     def admit(self) -> None:
         with self.lock:
@@ -158,7 +162,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="textrec model folder (manifest.json + model.safetensors)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50061)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--inference-threads", type=int, default=2, help="threads running forward passes")
     parser.add_argument("--max-batch", type=int, default=16, help="most lines per forward pass; 1: no batching")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for more lines")
     parser.add_argument("--workers", type=int, default=64, help="grpcio handler threads")
@@ -178,7 +183,7 @@ def main() -> None:
     folder = load_model_dir(args.model)
     version = hashlib.sha256((Path(args.model) / "manifest.json").read_bytes()).hexdigest()
     cfg = folder.manifest["preprocessing"]
-    batcher = Batcher(folder, max(args.max_batch, 1), max(args.max_wait_ms, 0.0) / 1000.0)
+    batcher = Batcher(folder, max(args.max_batch, 1), max(args.max_wait_ms, 0.0) / 1000.0, args.inference_threads)
 
     def recognize_bytes(data: bytes) -> Job:
         t0 = time.monotonic()

@@ -4,6 +4,7 @@
 //!
 //! No Kubernetes and no networking here.
 
+pub mod batching;
 pub mod data;
 pub mod inference;
 pub mod metrics;

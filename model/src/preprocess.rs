@@ -236,6 +236,15 @@ pub fn collate(
     cfg: &PreprocessConfig,
     device: Device,
 ) -> (Tensor, Tensor) {
+    collate_refs(&images.iter().collect::<Vec<_>>(), cfg, device)
+}
+
+/// [`collate`] of lines held elsewhere (a selection of a larger set), without copying them first.
+pub fn collate_refs(
+    images: &[&PreparedImage],
+    cfg: &PreprocessConfig,
+    device: Device,
+) -> (Tensor, Tensor) {
     let h = cfg.height as usize;
     let multiple = cfg.width_multiple.max(1) as usize;
     let widest = images

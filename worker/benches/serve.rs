@@ -9,8 +9,9 @@
 //! The client is tonic: `concurrency` tasks on one HTTP/2 connection, each sending `Recognize`
 //! calls back to back (closed loop), cycling through the image set; latency is measured around
 //! each call, throughput is requests / wall time of the run. One server runs at a time: started,
-//! warmed up, measured at every concurrency, stopped. RSS comes from `/proc/PID/status`: idle `VmRSS` after
-//! warm-up requests, the highest `VmRSS` sampled every 20 ms under load, and `VmHWM` at the end
+//! warmed up, measured at every concurrency, stopped. Warm-up runs every image once, alone, in
+//! each server and in (a) before anything is measured. RSS comes from `/proc/PID/status`: idle
+//! `VmRSS` after warm-up requests, the highest `VmRSS` sampled every 20 ms under load, and `VmHWM` at the end
 //! (the peak of the process's whole life, model loading included). The mean batch is computed
 //! from the responses' `batch_size` (forward passes = Σ 1/batch_size), so it needs nothing
 //! server-specific.
@@ -24,12 +25,15 @@
 //! `TEXTREC_BENCH_PRESET` (`small`), `TEXTREC_BENCH_MODEL` (a model folder to serve instead of
 //! random weights), `TEXTREC_BENCH_IMAGES` (a folder of `*.png` lines; default: 8 generated
 //! stripe images 160-480 px wide), `TEXTREC_BENCH_WIDTH` (widest generated image, 480),
-//! `TEXTREC_BENCH_THREADS` (libtorch intra-op threads of every server and of (a); default: the
-//! number of CPUs), `TEXTREC_BENCH_MAX_BATCH` (32), `TEXTREC_BENCH_MAX_WAIT_MS` (5),
-//! `TEXTREC_BENCH_SEED` (1), `TEXTREC_BENCH_MODES` (comma list of `inproc`, `rust-off`,
+//! `TEXTREC_BENCH_THREADS` and `TEXTREC_BENCH_INFERENCE_THREADS` (libtorch intra-op threads
+//! per inference thread and inference threads of every server, and libtorch threads per caller
+//! of (a); default: what `serve` picks by itself), `TEXTREC_BENCH_MAX_BATCH` (32), `TEXTREC_BENCH_MAX_BATCH_COLUMNS` (textrec's
+//! `--max-batch-columns`; default: the server's), `TEXTREC_BENCH_MAX_WAIT_MS` (5),
+//! `TEXTREC_BENCH_SEED` (1), `TEXTREC_BENCH_PAIRED_ROUNDS` (8; rounds of the
+//! interleaved concurrency-1 comparison, 0 to skip it), `TEXTREC_BENCH_MODES` (comma list of `inproc`, `rust-off`,
 //! `rust-on`, `py-off`, `py-on`; default all that apply), `TEXTREC_BENCH_PY_SERVER` (a shell
-//! command starting the other server; `{model}`, `{port}`, `{threads}`, `{max_batch}` and
-//! `{max_wait_ms}` are substituted), `TEXTREC_BENCH_JSON` (write the results there as JSON).
+//! command starting the other server; `{model}`, `{port}`, `{threads}`, `{inference_threads}`,
+//! `{max_batch}` and `{max_wait_ms}` are substituted), `TEXTREC_BENCH_JSON` (write the results there as JSON).
 
 use std::io::Cursor;
 use std::process::{Child, Command, Stdio};
@@ -190,7 +194,10 @@ fn free_port() -> u16 {
 
 /// Limits shared by every server.
 struct Limits {
+    /// libtorch intra-op threads per inference thread (and per caller of (a)).
     threads: usize,
+    /// Inference threads of each server.
+    inference_threads: usize,
     max_batch: u32,
     max_wait_ms: u64,
 }
@@ -212,8 +219,15 @@ fn start_rust(mode: &'static str, model: &std::path::Path, batch: u32, l: &Limit
             &l.max_wait_ms.to_string(),
             "--torch-threads",
             &l.threads.to_string(),
+            "--inference-threads",
+            &l.inference_threads.to_string(),
         ])
         .args(["--max-queue", "1024"])
+        .args(
+            std::env::var("TEXTREC_BENCH_MAX_BATCH_COLUMNS")
+                .map(|c| vec!["--max-batch-columns".to_string(), c])
+                .unwrap_or_default(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -239,6 +253,7 @@ fn start_command(
         .replace("{model}", model.to_str().unwrap())
         .replace("{port}", &port.to_string())
         .replace("{threads}", &l.threads.to_string())
+        .replace("{inference_threads}", &l.inference_threads.to_string())
         .replace("{max_batch}", &batch.to_string())
         .replace("{max_wait_ms}", &l.max_wait_ms.to_string());
     let child = Command::new("sh")
@@ -283,6 +298,16 @@ async fn wait_ready(server: &mut ServerProc, images: &[Arc<[u8]>]) {
                     .is_ok();
             }
             if ok {
+                // Every image once, alone: libtorch prepares kernels per input shape, and a
+                // server in service has long since seen every width; (a) is warmed the same way.
+                for img in images.iter().skip(3) {
+                    c.recognize(RecognizeRequest {
+                        image: bytes::Bytes::copy_from_slice(img),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .expect("warm-up request");
+                }
                 return;
             }
         }
@@ -390,8 +415,11 @@ fn main() {
     ))
     .expect("TEXTREC_BENCH_PRESET: a preset name");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // By default what `serve` picks by itself on this machine.
+    let auto = textrec_worker::serve::ThreadPlan::resolve(0, 0, false, cpus);
     let limits = Limits {
-        threads: env_or("TEXTREC_BENCH_THREADS", cpus).max(1),
+        threads: env_or("TEXTREC_BENCH_THREADS", auto.torch).max(1),
+        inference_threads: env_or("TEXTREC_BENCH_INFERENCE_THREADS", auto.inference).max(1),
         max_batch: env_or("TEXTREC_BENCH_MAX_BATCH", 32),
         max_wait_ms: env_or("TEXTREC_BENCH_MAX_WAIT_MS", 5),
     };
@@ -438,15 +466,15 @@ fn main() {
     let chars: Vec<usize> = sample.iter().map(|s| s.text.chars().count()).collect();
     println!(
         "model: {model_desc}; images: {images_desc}; characters emitted per image: {chars:?}; \
-         {} libtorch threads for every server; max batch {}, max wait {} ms; {requests} requests per run; \
-         {cpus} CPUs",
-        limits.threads, limits.max_batch, limits.max_wait_ms
+         {} inference threads × {} libtorch threads for every server (and {} libtorch threads per caller of (a)); \
+         max batch {}, max wait {} ms; {requests} requests per run; {cpus} CPUs",
+        limits.inference_threads, limits.threads, limits.threads, limits.max_batch, limits.max_wait_ms
     );
 
     let mut rows = Vec::new();
     if has("inproc") {
-        for _ in 0..2 {
-            model.recognize_prepared(&prepared[..1]).unwrap();
+        for p in &prepared {
+            model.recognize_prepared(std::slice::from_ref(p)).unwrap();
         }
         for &c in &concurrencies {
             rows.push(in_process(&model, &images, c, requests));
@@ -513,6 +541,69 @@ fn main() {
     }
     let agree = texts.windows(2).all(|w| w[0].1 == w[1].1);
 
+    // Concurrency 1 once more, interleaved: on a shared machine the speed drifts by tens of
+    // percent within a minute, more than the server's overhead being measured. Each round runs
+    // the image set once through (a), then each server, all alive at once; the medians of the
+    // rounds' p50s are compared.
+    let rounds: usize = env_or("TEXTREC_BENCH_PAIRED_ROUNDS", 8);
+    let mut paired = Vec::new();
+    let mut paired_report = Vec::new();
+    if rounds > 0 && has("inproc") && has("rust-off") {
+        let model = Arc::new(LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap());
+        let mut servers: Vec<ServerProc> =
+            vec![start_rust("textrec gRPC, batching off", &dir, 1, &limits)];
+        if has("rust-on") {
+            servers.push(start_rust(
+                "textrec gRPC, batching on",
+                &dir,
+                limits.max_batch,
+                &limits,
+            ));
+        }
+        for s in &mut servers {
+            rt.block_on(wait_ready(s, &images));
+        }
+        for p in &prepared {
+            model.recognize_prepared(std::slice::from_ref(p)).unwrap();
+        }
+        let n = images.len();
+        let mut p50s: Vec<(String, Vec<f64>)> = vec![("(a) in-process".into(), Vec::new())];
+        p50s.extend(servers.iter().map(|s| (s.mode.to_string(), Vec::new())));
+        for _ in 0..rounds {
+            p50s[0].1.push(in_process(&model, &images, 1, n).p50_ms);
+            for (k, s) in servers.iter().enumerate() {
+                p50s[k + 1]
+                    .1
+                    .push(rt.block_on(over_grpc(s, &images, 1, n)).0.p50_ms);
+            }
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(&p50s[0].1);
+        paired_report.push(format!(
+            "concurrency 1, interleaved: {rounds} rounds of {n} requests per mode"
+        ));
+        paired_report.push(format!(
+            "{:<28} {:>16} {:>12}   round p50s ms",
+            "mode", "median p50 ms", "vs (a)"
+        ));
+        for (mode, v) in &p50s {
+            let m = median(v);
+            let rounds_ms: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+            paired_report.push(format!(
+                "{mode:<28} {m:>16.2} {:>11.1}%   {}",
+                (m / base - 1.0) * 100.0,
+                rounds_ms.join(" ")
+            ));
+            paired.push(serde_json::json!({
+                "mode": mode, "median_p50_ms": m, "vs_inproc": m / base, "round_p50_ms": v,
+            }));
+        }
+    }
+
     println!();
     println!(
         "{:<28} {:>5} {:>9} {:>9} {:>9} {:>12} {:>10} {:>7}",
@@ -542,6 +633,12 @@ fn main() {
             r.mode, r.idle_mib, r.peak_under_load_mib, r.hwm_mib
         );
     }
+    if !paired_report.is_empty() {
+        println!();
+        for line in &paired_report {
+            println!("{line}");
+        }
+    }
     println!(
         "text of the first image: {} across servers",
         if agree { "identical" } else { "DIFFERENT" }
@@ -563,6 +660,8 @@ fn main() {
             "rows": rows,
             "rss": rss,
             "texts_agree": agree,
+            "paired_c1": paired,
+            "inference_threads": limits.inference_threads,
         });
         std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     }

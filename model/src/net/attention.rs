@@ -187,9 +187,11 @@ impl CrossAttention {
     /// Project the memory `[B, S, d]` to keys and values.
     pub fn memory_kv(&self, memory: &Tensor) -> MemoryKv {
         let parts = memory.apply(&self.kv).chunk(2, -1);
+        // Contiguous once here: attention kernels copy strided keys and values on every call,
+        // and a decoding step would otherwise pay for copying the whole memory.
         MemoryKv {
-            k: split_heads(&parts[0], self.heads),
-            v: split_heads(&parts[1], self.heads),
+            k: split_heads(&parts[0], self.heads).contiguous(),
+            v: split_heads(&parts[1], self.heads).contiguous(),
         }
     }
 

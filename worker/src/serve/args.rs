@@ -35,6 +35,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
 
+    /// Most padded pixel columns in one forward pass: images × the widest image's width, after
+    /// resizing to the model's height. What the batcher gathers is sorted by width and split
+    /// into passes within this budget, so short lines are not padded to long ones, and a pass
+    /// stays small enough for the CPU's caches. Default: 2048 on CPU, no limit on CUDA.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_columns: Option<u64>,
+
     /// Longest a request waits for others to share its forward pass, in milliseconds. The
     /// batcher only waits while more admitted requests are on their way, so a lone request
     /// never pays it.
@@ -46,12 +53,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
 
-    /// Inference threads, each running whole batches. One thread using every core through
-    /// libtorch's intra-op parallelism is usually fastest on CPU.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Inference threads, each running whole forward passes from the shared queue (0: automatic;
+    /// on a CPU one per core up to 4, on CUDA one). On a CPU, passes side by side on separate
+    /// cores serve more than one pass spread over every core: a recognizer's many small
+    /// operators parallelize poorly inside one pass.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub inference_threads: u32,
 
-    /// libtorch intra-op threads (0: libtorch's default, one per core).
+    /// libtorch intra-op threads of each inference thread (0: automatic; on a CPU the cores
+    /// divided among the inference threads, on CUDA libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub torch_threads: usize,
 
@@ -92,9 +102,10 @@ impl ServeArgs {
             grpc_addr: "127.0.0.1:0".parse().expect("literal address"),
             http_addr: "127.0.0.1:0".parse().expect("literal address"),
             max_batch: 16,
+            max_batch_columns: None,
             max_wait_ms: 5,
             max_queue: 256,
-            inference_threads: 1,
+            inference_threads: 0,
             torch_threads: 0,
             device: "cpu".into(),
             max_request_bytes: 8 * 1024 * 1024,
@@ -103,6 +114,38 @@ impl ServeArgs {
             flags: None,
             shutdown_grace: Duration::from_secs(30),
         }
+    }
+}
+
+/// Inference threads and libtorch intra-op threads per inference thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadPlan {
+    /// Threads taking forward passes from the queue.
+    pub inference: usize,
+    /// libtorch intra-op threads; 0 leaves libtorch's default.
+    pub torch: usize,
+}
+
+/// Most inference threads chosen automatically: more would split the traffic into batches too
+/// small to share, and multiply the memory of concurrent passes.
+const AUTO_MAX_INFERENCE_THREADS: usize = 4;
+
+impl ThreadPlan {
+    /// Resolve `--inference-threads` and `--torch-threads` (0: automatic) for a machine with
+    /// `cores` usable cores.
+    pub fn resolve(inference: u32, torch: usize, cuda: bool, cores: usize) -> Self {
+        let cores = cores.max(1);
+        let inference = match (inference, cuda) {
+            (0, true) => 1,
+            (0, false) => cores.min(AUTO_MAX_INFERENCE_THREADS),
+            (n, _) => n as usize,
+        };
+        let torch = match (torch, cuda) {
+            (0, true) => 0,
+            (0, false) => (cores / inference).max(1),
+            (n, _) => n,
+        };
+        Self { inference, torch }
     }
 }
 
@@ -131,6 +174,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_threads_put_one_pass_per_core_on_cpus() {
+        let plan = |i, t, cuda, cores| ThreadPlan::resolve(i, t, cuda, cores);
+        let p = |inference, torch| ThreadPlan { inference, torch };
+        assert_eq!(plan(0, 0, false, 2), p(2, 1));
+        assert_eq!(plan(0, 0, false, 1), p(1, 1));
+        assert_eq!(plan(0, 0, false, 16), p(4, 4));
+        assert_eq!(plan(0, 0, true, 16), p(1, 0));
+        // Explicit values win, and the automatic half adapts to them.
+        assert_eq!(plan(1, 0, false, 8), p(1, 8));
+        assert_eq!(plan(0, 3, false, 8), p(4, 3));
+        assert_eq!(plan(3, 2, true, 8), p(3, 2));
+    }
 
     #[test]
     fn durations_parse_with_units() {

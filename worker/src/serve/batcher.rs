@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use textrec_model::batching::{plan_batches, BatchLimits};
 use textrec_model::inference::Prediction;
 use textrec_model::preprocess::PreparedImage;
 use tokio::sync::oneshot;
@@ -30,6 +31,8 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Inference threads.
     pub threads: usize,
+    /// Most padded columns per forward pass (see [`BatchLimits`]); `None`: the model's own.
+    pub max_columns: Option<usize>,
 }
 
 /// What the batcher answers for one image.
@@ -224,11 +227,11 @@ fn inference_loop(
         }
         expected = pending.get().max(batch.len()).min(cfg.max_batch);
         metrics.queue_depth.set(rx.len() as i64);
-        run_batch(batch, &metrics);
+        run_batch(batch, &cfg, &metrics);
     }
 }
 
-fn run_batch(jobs: Vec<Job>, metrics: &Metrics) {
+fn run_batch(jobs: Vec<Job>, cfg: &BatchConfig, metrics: &Metrics) {
     let start = Instant::now();
     let mut live = Vec::with_capacity(jobs.len());
     for mut job in jobs {
@@ -253,11 +256,24 @@ fn run_batch(jobs: Vec<Job>, metrics: &Metrics) {
             .into_iter()
             .partition(|j| Arc::ptr_eq(&j.engine, &engine));
         live = rest;
-        run_group(&engine, group, metrics);
+        // Sorted by width and cut to the column budget: one pass per run of similar widths.
+        let limits = BatchLimits {
+            max_images: cfg.max_batch,
+            max_columns: cfg.max_columns.unwrap_or(engine.batch_limits().max_columns),
+        };
+        let widths: Vec<u32> = group.iter().map(|j| j.image.width).collect();
+        let mut slots: Vec<Option<Job>> = group.into_iter().map(Some).collect();
+        for pass in plan_batches(&widths, limits) {
+            let jobs = pass
+                .iter()
+                .map(|&i| slots[i].take().expect("each job is in one pass"))
+                .collect();
+            run_pass(&engine, jobs, metrics);
+        }
     }
 }
 
-fn run_group(engine: &Arc<dyn Engine>, group: Vec<Job>, metrics: &Metrics) {
+fn run_pass(engine: &Arc<dyn Engine>, group: Vec<Job>, metrics: &Metrics) {
     let n = group.len();
     let mut images = Vec::with_capacity(n);
     let mut replies = Vec::with_capacity(n);
@@ -315,13 +331,57 @@ mod tests {
     }
 
     fn batcher(max_batch: usize, max_wait_ms: u64, cap: usize) -> Arc<Batcher> {
+        batcher_with_columns(max_batch, max_wait_ms, cap, None)
+    }
+
+    fn batcher_with_columns(
+        max_batch: usize,
+        max_wait_ms: u64,
+        cap: usize,
+        max_columns: Option<usize>,
+    ) -> Arc<Batcher> {
         let cfg = BatchConfig {
             max_batch,
             max_wait: Duration::from_millis(max_wait_ms),
             queue_capacity: cap,
             threads: 1,
+            max_columns,
         };
         Batcher::start(cfg, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn a_gathering_splits_by_width_and_answers_each_caller_its_own() {
+        let mut fake = FakeEngine::new("v1", "", Duration::from_millis(5));
+        fake.echo_width = true;
+        let engine = Arc::new(fake);
+        let b = batcher_with_columns(8, 200, 64, Some(100));
+        let widths = [10u32, 90, 12, 95, 11];
+        let guards: Vec<_> = widths.iter().map(|_| b.pending().enter()).collect();
+        let mut rxs = Vec::new();
+        for (g, &w) in guards.into_iter().zip(&widths) {
+            let image = PreparedImage {
+                data: vec![0.0; w as usize],
+                height: 1,
+                width: w,
+            };
+            let (job, rx) = Job::new(
+                engine.clone(),
+                image,
+                Instant::now() + Duration::from_secs(5),
+                g,
+            );
+            b.submit(job).unwrap();
+            rxs.push(rx);
+        }
+        for (rx, w) in rxs.into_iter().zip(widths) {
+            let out = rx.await.unwrap().unwrap();
+            assert_eq!(out.prediction.text, w.to_string());
+            // 10, 11 and 12 fit 100 columns together; 90 and 95 cannot share a pass.
+            assert_eq!(out.batch_size, if w < 50 { 3 } else { 1 }, "width {w}");
+        }
+        assert_eq!(*engine.batches.lock().unwrap(), vec![3, 1, 1]);
+        b.close();
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use textrec_contract::{layout, ModelManifest, PreprocessConfig, Store};
+use textrec_model::batching::BatchLimits;
 use textrec_model::inference::{LoadedModel, Prediction};
 use textrec_model::preprocess::{prepare_bytes, PreparedImage};
 
@@ -20,6 +21,13 @@ pub trait Engine: Send + Sync + 'static {
     fn prepare(&self, encoded: &[u8]) -> anyhow::Result<PreparedImage> {
         prepare_bytes(encoded, self.preprocess())
     }
+    /// How this model prefers its input split into forward passes.
+    fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_images: usize::MAX,
+            max_columns: usize::MAX,
+        }
+    }
     /// One batched forward pass; one prediction per image, in order.
     fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>>;
 }
@@ -33,6 +41,9 @@ impl Engine for LoadedModel {
     }
     fn preprocess(&self) -> &PreprocessConfig {
         LoadedModel::preprocess(self)
+    }
+    fn batch_limits(&self) -> BatchLimits {
+        LoadedModel::batch_limits(self)
     }
     fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>> {
         self.recognize_prepared(batch)
@@ -92,6 +103,8 @@ pub(crate) mod fake {
         pub delay: Duration,
         pub batches: std::sync::Mutex<Vec<usize>>,
         pub calls: AtomicUsize,
+        /// Answer each image's width as its text instead of `text`.
+        pub echo_width: bool,
     }
 
     impl FakeEngine {
@@ -113,6 +126,7 @@ pub(crate) mod fake {
                 delay,
                 batches: Default::default(),
                 calls: AtomicUsize::new(0),
+                echo_width: false,
             }
         }
     }
@@ -140,8 +154,12 @@ pub(crate) mod fake {
             std::thread::sleep(self.delay);
             Ok(batch
                 .iter()
-                .map(|_| Prediction {
-                    text: self.text.clone(),
+                .map(|im| Prediction {
+                    text: if self.echo_width {
+                        im.width.to_string()
+                    } else {
+                        self.text.clone()
+                    },
                     confidence: 0.5,
                     char_confidences: vec![0.5; self.text.chars().count()],
                 })

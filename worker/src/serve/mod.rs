@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
-pub use args::ServeArgs;
+pub use args::{ServeArgs, ThreadPlan};
 
 use batcher::{BatchConfig, Batcher};
 use flags::FlagStore;
@@ -119,6 +119,14 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
         )
         .into());
     }
+    let threads = thread_plan(&args)?;
+    tracing::info!(
+        inference_threads = threads.inference,
+        torch_threads = threads.torch,
+        max_batch = args.max_batch,
+        max_batch_columns = args.max_batch_columns,
+        "inference configured"
+    );
     let metrics = Arc::new(Metrics::new());
     let slot = Arc::new(ModelSlot::new(metrics.clone()));
     let max_batch = args.max_batch as usize;
@@ -128,7 +136,8 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
             max_batch,
             max_wait: std::time::Duration::from_millis(args.max_wait_ms),
             queue_capacity: max_queue,
-            threads: args.inference_threads as usize,
+            threads: threads.inference,
+            max_columns: args.max_batch_columns.map(|c| c as usize),
         },
         metrics.clone(),
     );
@@ -342,9 +351,21 @@ async fn termination_signal() {
     }
 }
 
+/// The inference and libtorch thread counts for `args` on this machine.
+fn thread_plan(args: &ServeArgs) -> Result<ThreadPlan> {
+    let cuda = parse_device(&args.device)?.is_cuda();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(ThreadPlan::resolve(
+        args.inference_threads,
+        args.torch_threads,
+        cuda,
+        cores,
+    ))
+}
+
 /// Run `serve`; returns the process exit code.
 pub fn run(args: ServeArgs) -> Result<i32> {
-    crate::device::set_threads(args.torch_threads);
+    crate::device::set_threads(thread_plan(&args)?.torch);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("textrec-serve")
