@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of textrec and its PyTorch reference; run through benches/run.sh.
 
-Training: textrec's training step (model/examples/train_bench.rs) vs the same step in PyTorch
+Training: textrec's training step (worker/examples/train_bench.rs) vs the same step in PyTorch
 eager and with torch.compile (benches/reference/bench_train.py), on identical initial weights
 and batches, the same thread count, warm-up then timed steps; samples/s, ratio to PyTorch eager.
 

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-cargo build -q --release -p textrec-worker -p textrec-model --bin textrec-worker --example train_bench
+cargo build -q --release -p textrec-worker --bin textrec-worker --example train_bench
 case " $* " in
   *" --only training "* | *" --only quality "*) ;;
   *) cargo bench -q -p textrec-worker --bench serve --no-run ;;  # the serving client (release + debuginfo)

@@ -1,5 +1,5 @@
 """PyTorch side of the training benchmark: the reference network trained on the exact batches
-and initial weights that `train_bench dump DIR` wrote (model/examples/train_bench.rs).
+and initial weights that `train_bench dump DIR` wrote (worker/examples/train_bench.rs).
 
     python benches/reference/bench_train.py DIR [--threads 2] [--warmup 4] [--steps 20] [--compile]
 

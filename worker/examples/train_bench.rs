@@ -1,7 +1,7 @@
 //! textrec's side of the training benchmark against PyTorch eager (`benches/run.sh`).
 //!
 //! ```text
-//! . scripts/env.sh && cargo build --release -p textrec-model --example train_bench
+//! . scripts/env.sh && cargo build --release -p textrec-worker --example train_bench
 //! train_bench dump DIR     # random-weight model folder + rendered batches, once
 //! train_bench run DIR      # textrec training steps on them; prints one JSON line
 //! python benches/reference/bench_train.py DIR              # the PyTorch side, same inputs
