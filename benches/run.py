@@ -91,7 +91,7 @@ def serving(args: argparse.Namespace) -> None:
         # The image set: rendered text lines (training fonts, held-out text), the same for every server.
         subprocess.run(
             [str(release_bin("textrec-worker")), "synth", "--out", str(images), "--count", str(args.serve_images),
-             "--max-chars", str(args.serve_max_chars)],
+             "--max-chars", str(args.max_chars)],
             check=True, stdout=subprocess.DEVNULL,
         )
         out = Path(tmp) / "serve.json"
@@ -155,7 +155,7 @@ def quality(args: argparse.Namespace) -> None:
     print(f"\n## Quality: {args.lines} lines")
     subprocess.run(
         [sys.executable, str(REFERENCE / "quality.py"), "--model", model, "--count", str(args.lines),
-         "--worker", str(release_bin("textrec-worker")), "--threads", str(args.threads)],
+         "--max-chars", str(args.max_chars), "--worker", str(release_bin("textrec-worker")), "--threads", str(args.threads)],
         check=True,
     )
 
@@ -180,7 +180,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="serving: largest batch (both servers)")
     parser.add_argument("--max-wait-ms", type=int, default=5, help="serving: longest batching wait (both servers)")
     parser.add_argument("--serve-images", type=int, default=64, help="serving: rendered lines in the image set")
-    parser.add_argument("--serve-max-chars", type=int, default=24, help="serving: longest rendered line")
+    parser.add_argument("--max-chars", type=int, default=24,
+                        help="longest rendered line of the serving image set and the quality set")
     parser.add_argument("--no-batching-off", action="store_true", help="serving: skip the batching-off servers")
     parser.add_argument("--model", help="trained model folder for the quality part (and serving)")
     parser.add_argument("--lines", type=int, default=300, help="evaluation lines for the quality part")
