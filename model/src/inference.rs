@@ -198,6 +198,29 @@ impl LoadedModel {
     /// Recognize already prepared lines (the server's batcher prepares them off the model
     /// thread); one prediction per image, in order.
     pub fn recognize_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Prediction>> {
+        self.check_prepared(images)?;
+        let widths: Vec<u32> = images.iter().map(|im| im.width).collect();
+        let mut out: Vec<Option<Prediction>> = vec![None; images.len()];
+        for pass in plan_batches(&widths, self.batch_limits) {
+            let chunk: Vec<&PreparedImage> = pass.iter().map(|&i| &images[i]).collect();
+            for (&i, prediction) in pass.iter().zip(self.forward_pass(&chunk)) {
+                out[i] = Some(prediction);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|p| p.expect("every image is in exactly one pass"))
+            .collect())
+    }
+
+    /// Recognize prepared lines in exactly one forward pass, however many and however wide:
+    /// for callers that plan their own passes (the server's batcher).
+    pub fn recognize_pass(&self, images: &[PreparedImage]) -> Result<Vec<Prediction>> {
+        self.check_prepared(images)?;
+        Ok(self.forward_pass(&images.iter().collect::<Vec<_>>()))
+    }
+
+    fn check_prepared(&self, images: &[PreparedImage]) -> Result<()> {
         let pre = self.preprocess();
         for (i, im) in images.iter().enumerate() {
             if im.height != pre.height
@@ -213,26 +236,26 @@ impl LoadedModel {
                 );
             }
         }
+        Ok(())
+    }
+
+    fn forward_pass(&self, images: &[&PreparedImage]) -> Vec<Prediction> {
+        if images.is_empty() {
+            return Vec::new();
+        }
         let max_len = self.manifest.architecture.max_text_len;
-        let widths: Vec<u32> = images.iter().map(|im| im.width).collect();
-        let mut out: Vec<Option<Prediction>> = vec![None; images.len()];
-        for pass in plan_batches(&widths, self.batch_limits) {
-            let chunk: Vec<&PreparedImage> = pass.iter().map(|&i| &images[i]).collect();
-            let (batch, widths) = preprocess::collate_refs(&chunk, pre, self.device);
-            let decoded = tch::no_grad(|| self.net().greedy_decode(&batch, &widths, max_len));
-            for (k, &i) in pass.iter().enumerate() {
+        let (batch, widths) = preprocess::collate_refs(images, self.preprocess(), self.device);
+        let decoded = tch::no_grad(|| self.net().greedy_decode(&batch, &widths, max_len));
+        (0..images.len())
+            .map(|k| {
                 let probs = &decoded.probs[k];
-                out[i] = Some(Prediction {
+                Prediction {
                     text: self.tokenizer.decode(&decoded.tokens[k]),
                     confidence: geometric_mean(probs.iter().chain(&decoded.eos_probs[k])),
                     char_confidences: probs.clone(),
-                });
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|p| p.expect("every image is in exactly one pass"))
-            .collect())
+                }
+            })
+            .collect()
     }
 }
 
@@ -414,6 +437,15 @@ mod tests {
             split.iter().any(|p| p.text != split[0].text),
             "the lines must read differently for the order to be checked"
         );
+        // One pass of everything, whatever the limits, reads the same too.
+        let prepared: Vec<_> = lines
+            .iter()
+            .map(|l| preprocess::prepare(l, model.preprocess()).unwrap())
+            .collect();
+        let one_pass = model.recognize_pass(&prepared).unwrap();
+        for (a, b) in one_pass.iter().zip(&split) {
+            assert_eq!(a.text, b.text);
+        }
         // Each line alone reads the same too, so the order was kept.
         for (i, l) in lines.iter().enumerate() {
             assert_eq!(

@@ -28,7 +28,8 @@ pub trait Engine: Send + Sync + 'static {
             max_columns: usize::MAX,
         }
     }
-    /// One batched forward pass; one prediction per image, in order.
+    /// One batched forward pass over exactly `batch` (the batcher has planned it); one
+    /// prediction per image, in order.
     fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>>;
 }
 
@@ -46,7 +47,9 @@ impl Engine for LoadedModel {
         LoadedModel::batch_limits(self)
     }
     fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>> {
-        self.recognize_prepared(batch)
+        // The batcher already split its gathering by --max-batch-columns; planning again with
+        // the model's own limits would override a larger budget.
+        self.recognize_pass(batch)
     }
 }
 
