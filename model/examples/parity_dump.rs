@@ -181,8 +181,11 @@ fn write_perturbed_model(src: &Path, dst: &Path, images: &Tensor, widths: &Tenso
     {
         let _rng = global_rng_lock();
         tch::manual_seed(PERTURB_SEED);
+        // In name order: `variables()` is a HashMap, whose order changes from run to run, and
+        // the draws must land on the same tensors every time for the dump to be reproducible.
+        let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
         tch::no_grad(|| {
-            for (name, mut var) in vs.variables() {
+            for (name, mut var) in variables {
                 let like = |lo: f64, hi: f64| var.rand_like() * (hi - lo) + lo;
                 let new = if name.ends_with("running_var") {
                     like(0.5, 2.0)
