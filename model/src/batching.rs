@@ -17,9 +17,10 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
-    /// Padded columns per pass on a CPU. Measured with the `small` preset on synthetic lines of
-    /// 40-370 px (`cargo bench -p textrec-worker --bench serve`, BENCHMARKS.md): passes of
-    /// 1-2k columns read the most lines per second; larger ones lose to cache misses.
+    /// Padded columns per pass on a CPU. Chosen from a one-thread profile of the trained `small`
+    /// model on 64 synthetic lines of 43-366 px: budgets of 768-2048 columns read 96-113
+    /// lines/s, 4096 read 88 and unsorted batches of 16 read 37 (batch 1: 66). The profile was
+    /// noisy; the budget is a sensible middle, not a tuned optimum.
     pub const CPU_COLUMNS: usize = 2048;
 
     /// Defaults for a device: a column budget on CPUs, none on GPUs (which want big batches).

@@ -46,17 +46,6 @@ const RUNS: usize = 100;
 const NS: &str = "bench";
 const CHILD_ENV: &str = "TEXTREC_BENCH_FAKE_API_CHILD";
 
-fn status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn mb(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -78,8 +67,8 @@ fn heap_in_use() -> f64 {
 fn snap(label: &str) {
     println!(
         "  [mem] {label:<34} RSS {:5.1} MB  peak {:5.1} MB  heap in use {:5.1} MB",
-        mb(status_kib("VmRSS:")),
-        mb(status_kib("VmHWM:")),
+        mb(fake_api::proc_status_kib("VmRSS:")),
+        mb(fake_api::proc_status_kib("VmHWM:")),
         heap_in_use(),
     );
 }
@@ -279,7 +268,7 @@ fn main() {
         let job_writes = stats["jobWrites"].as_u64().unwrap() as usize;
         let status_writes = stats["statusWrites"].as_u64().unwrap();
         durations.sort();
-        let hwm = status_kib("VmHWM:");
+        let hwm = fake_api::proc_status_kib("VmHWM:");
         println!("textrec-operator reconcile benchmark: {RUNS} TrainingRuns x 8 trials, 3 passes ({} reconciles)", durations.len());
         println!("  jobs applied:     {job_writes}");
         println!("  status writes:    {status_writes}");

@@ -93,18 +93,21 @@ fn selected(obj: &Value, query: &str) -> bool {
     })
 }
 
+/// A `kB` field of this process's `/proc/self/status` (`VmRSS:`, `VmHWM:`); 0 if unreadable.
+pub fn proc_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Counters and memory of the fake, for the benchmark (`GET /_fake/stats`).
 fn stats(st: &FakeState) -> Value {
-    let kib = |key: &str| -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(key))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
-    };
+    let kib = proc_status_kib;
     json!({
         "objects": st.objects.len(),
         "requests": st.log.len(),
