@@ -18,8 +18,8 @@ pub struct BatchLimits {
 
 impl BatchLimits {
     /// Padded columns per pass on a CPU. Chosen from a one-thread profile of the trained `small`
-    /// model on 64 synthetic lines of 43-366 px: budgets of 768-2048 columns read 96-113
-    /// lines/s, 4096 read 88 and unsorted batches of 16 read 37 (batch 1: 66). The profile was
+    /// model on 64 synthetic lines of 43-366 px: budgets of 768-2048 columns read 91-113
+    /// lines/s over two runs, 4096 read 88-92 and unsorted batches of 16 read 37 (batch 1: 66). The profile was
     /// noisy; the budget is a sensible middle, not a tuned optimum.
     pub const CPU_COLUMNS: usize = 2048;
 
