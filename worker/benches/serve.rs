@@ -30,7 +30,8 @@
 //! of (a); default: what `serve` picks by itself), `TEXTREC_BENCH_MAX_BATCH` (32), `TEXTREC_BENCH_MAX_BATCH_COLUMNS` (textrec's
 //! `--max-batch-columns`; default: the server's), `TEXTREC_BENCH_MAX_WAIT_MS` (5),
 //! `TEXTREC_BENCH_SEED` (1), `TEXTREC_BENCH_PAIRED_ROUNDS` (8; rounds of the
-//! interleaved concurrency-1 comparison, 0 to skip it), `TEXTREC_BENCH_MODES` (comma list of `inproc`, `rust-off`,
+//! interleaved concurrency-1 comparison, 0 to skip it), `TEXTREC_BENCH_PAIRED_BLOCK` (8; images
+//! per mode before the comparison switches to the next mode), `TEXTREC_BENCH_MODES` (comma list of `inproc`, `rust-off`,
 //! `rust-on`, `py-off`, `py-on`; default all that apply), `TEXTREC_BENCH_PY_SERVER` (a shell
 //! command starting the other server; `{model}`, `{port}`, `{threads}`, `{inference_threads}`,
 //! `{max_batch}` and `{max_wait_ms}` are substituted), `TEXTREC_BENCH_JSON` (write the results there as JSON).
@@ -68,6 +69,40 @@ struct Row {
     mean_batch: Option<f64>,
     /// Requests that failed (e.g. the server's 30 s deadline), left out of the rest.
     errors: usize,
+    /// Where a request's time went, by the server's own timing (gRPC servers that report it).
+    split: Option<Split>,
+}
+
+/// Medians, in ms, of one run's per-request time split: what the client saw, and the stages the
+/// server reports in `Timing`. `client - total` is the transport (HTTP/2, both sides' runtimes);
+/// `total - preprocess - queue - inference` is the server's own hand-offs.
+#[derive(serde::Serialize, Clone, Copy)]
+struct Split {
+    client_ms: f64,
+    total_ms: f64,
+    preprocess_ms: f64,
+    queue_ms: f64,
+    inference_ms: f64,
+    transport_ms: f64,
+    handoff_ms: f64,
+}
+
+impl Split {
+    fn median(samples: &[[f64; 5]]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let med = |f: &dyn Fn(&[f64; 5]) -> f64| median(&samples.iter().map(f).collect::<Vec<_>>());
+        Some(Self {
+            client_ms: med(&|s| s[0]),
+            total_ms: med(&|s| s[1]),
+            preprocess_ms: med(&|s| s[2]),
+            queue_ms: med(&|s| s[3]),
+            inference_ms: med(&|s| s[4]),
+            transport_ms: med(&|s| s[0] - s[1]),
+            handoff_ms: med(&|s| s[1] - s[2] - s[3] - s[4]),
+        })
+    }
 }
 
 fn summarize(
@@ -91,6 +126,7 @@ fn summarize(
         throughput: lat.len() as f64 / wall.as_secs_f64(),
         mean_batch,
         errors: 0,
+        split: None,
     }
 }
 
@@ -166,6 +202,68 @@ fn in_process(
         .flat_map(|h| h.join().unwrap())
         .collect();
     summarize("(a) in-process", concurrency, lat, start.elapsed(), None)
+}
+
+/// (a) on `images` one after another, on this thread; latencies in ms.
+fn sequential_in_process(model: &LoadedModel, images: &[Arc<[u8]>]) -> Vec<f64> {
+    images
+        .iter()
+        .map(|img| {
+            let t = Instant::now();
+            let p = prepare_bytes(img, model.preprocess()).unwrap();
+            model.recognize_prepared(&[p]).unwrap();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
+/// A client of `server`, on one HTTP/2 connection.
+async fn connect(server: &ServerProc) -> RecognizerClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    RecognizerClient::new(channel)
+}
+
+/// `images` through `client` one after another: latencies in ms, and the server's own split.
+async fn sequential_grpc(
+    mut client: RecognizerClient<tonic::transport::Channel>,
+    images: &[Arc<[u8]>],
+) -> (Vec<f64>, Vec<[f64; 5]>) {
+    let mut lat = Vec::with_capacity(images.len());
+    let mut split = Vec::with_capacity(images.len());
+    for img in images {
+        let image = bytes::Bytes::copy_from_slice(img);
+        let t = Instant::now();
+        let r = client
+            .recognize(RecognizeRequest {
+                image,
+                request_id: String::new(),
+            })
+            .await
+            .expect("a concurrency-1 request fails")
+            .into_inner();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        lat.push(ms);
+        if let Some(s) = r.timing {
+            split.push([ms, s.total_ms, s.preprocess_ms, s.queue_ms, s.inference_ms]);
+        }
+    }
+    (lat, split)
+}
+
+fn median(v: &[f64]) -> f64 {
+    quartiles(v).1
+}
+
+/// 25th, 50th and 75th percentiles (nearest rank).
+fn quartiles(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
 }
 
 /// A server process on a free port.
@@ -333,12 +431,7 @@ async fn over_grpc(
     concurrency: usize,
     requests: usize,
 ) -> (Row, Option<String>) {
-    let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = RecognizerClient::new(channel);
+    let client = connect(server).await;
     let per = requests.div_ceil(concurrency);
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -350,6 +443,7 @@ async fn over_grpc(
                 let mut batches = 0.0;
                 let mut first = None;
                 let mut errors = 0usize;
+                let mut split = Vec::with_capacity(per);
                 for k in 0..per {
                     let img = bytes::Bytes::copy_from_slice(pick(&images, caller, per, k));
                     let t = Instant::now();
@@ -368,20 +462,33 @@ async fn over_grpc(
                             continue;
                         }
                     };
-                    lat.push(t.elapsed());
+                    let elapsed = t.elapsed();
+                    lat.push(elapsed);
+                    if let Some(s) = &r.timing {
+                        let client = elapsed.as_secs_f64() * 1000.0;
+                        split.push([
+                            client,
+                            s.total_ms,
+                            s.preprocess_ms,
+                            s.queue_ms,
+                            s.inference_ms,
+                        ]);
+                    }
                     batches += 1.0 / f64::from(r.batch_size.max(1));
                     if (caller * per + k).is_multiple_of(images.len()) {
                         first = Some(r.text);
                     }
                 }
-                (lat, batches, first, errors)
+                (lat, batches, first, errors, split)
             })
         })
         .collect();
     let (mut lat, mut batches, mut first, mut errors) = (Vec::new(), 0.0, None, 0);
+    let mut split = Vec::new();
     for t in tasks {
-        let (l, b, f, e) = t.await.unwrap();
+        let (l, b, f, e, s) = t.await.unwrap();
         lat.extend(l);
+        split.extend(s);
         batches += b;
         first = first.or(f);
         errors += e;
@@ -391,6 +498,7 @@ async fn over_grpc(
     let mean_batch = lat.len() as f64 / batches;
     let mut row = summarize(server.mode, concurrency, lat, wall, Some(mean_batch));
     row.errors = errors;
+    row.split = Split::median(&split);
     (row, first)
 }
 
@@ -542,10 +650,13 @@ fn main() {
     let agree = texts.windows(2).all(|w| w[0].1 == w[1].1);
 
     // Concurrency 1 once more, interleaved: on a shared machine the speed drifts by tens of
-    // percent within a minute, more than the server's overhead being measured. Each round runs
-    // the image set once through (a), then each server, all alive at once; the medians of the
-    // rounds' p50s are compared.
+    // percent within a minute, more than the server's overhead being measured. The image set is
+    // cut into blocks of a few images; each block runs through (a) and each server in turn (the
+    // order rotating from block to block), all alive at once, so that every comparison is between
+    // requests a fraction of a second apart. The headline is the median over blocks of a server's
+    // mean latency over (a)'s on the same images.
     let rounds: usize = env_or("TEXTREC_BENCH_PAIRED_ROUNDS", 8);
+    let block: usize = env_or("TEXTREC_BENCH_PAIRED_BLOCK", 8).max(1);
     let mut paired = Vec::new();
     let mut paired_report = Vec::new();
     if rounds > 0 && has("inproc") && has("rust-off") {
@@ -566,41 +677,89 @@ fn main() {
         for p in &prepared {
             model.recognize_prepared(std::slice::from_ref(p)).unwrap();
         }
-        let n = images.len();
-        let mut p50s: Vec<(String, Vec<f64>)> = vec![("(a) in-process".into(), Vec::new())];
-        p50s.extend(servers.iter().map(|s| (s.mode.to_string(), Vec::new())));
+        let clients: Vec<_> = servers.iter().map(|s| rt.block_on(connect(s))).collect();
+        let modes = 1 + servers.len();
+        // Per mode: every latency (ms), and every block's mean over (a)'s.
+        let mut lat: Vec<Vec<f64>> = vec![Vec::new(); modes];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); modes];
+        let mut splits: Vec<Vec<[f64; 5]>> = vec![Vec::new(); modes];
+        let mut blocks = 0usize;
         for _ in 0..rounds {
-            p50s[0].1.push(in_process(&model, &images, 1, n).p50_ms);
-            for (k, s) in servers.iter().enumerate() {
-                p50s[k + 1]
-                    .1
-                    .push(rt.block_on(over_grpc(s, &images, 1, n)).0.p50_ms);
+            for chunk in images.chunks(block) {
+                let mut means = vec![0.0; modes];
+                for turn in 0..modes {
+                    let m = (blocks + turn) % modes;
+                    let (l, sp) = if m == 0 {
+                        (sequential_in_process(&model, chunk), Vec::new())
+                    } else {
+                        rt.block_on(sequential_grpc(clients[m - 1].clone(), chunk))
+                    };
+                    means[m] = l.iter().sum::<f64>() / l.len() as f64;
+                    lat[m].extend(l);
+                    splits[m].extend(sp);
+                }
+                for m in 0..modes {
+                    ratios[m].push(means[m] / means[0]);
+                }
+                blocks += 1;
             }
         }
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let base = median(&p50s[0].1);
+        let mode_names: Vec<String> = std::iter::once("(a) in-process".to_string())
+            .chain(servers.iter().map(|s| s.mode.to_string()))
+            .collect();
+        let base = median(&lat[0]);
         paired_report.push(format!(
-            "concurrency 1, interleaved: {rounds} rounds of {n} requests per mode"
+            "concurrency 1, interleaved: {rounds} rounds × {} images, in {blocks} blocks of {block} per mode",
+            images.len()
         ));
         paired_report.push(format!(
-            "{:<28} {:>16} {:>12}   round p50s ms",
-            "mode", "median p50 ms", "vs (a)"
+            "{:<28} {:>8} {:>10} {:>16} {:>16}",
+            "mode", "p50 ms", "p50 vs (a)", "block vs (a)", "blocks p25-p75"
         ));
-        for (mode, v) in &p50s {
-            let m = median(v);
-            let rounds_ms: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        for m in 0..modes {
+            let p50 = median(&lat[m]);
+            let (q1, q2, q3) = quartiles(&ratios[m]);
             paired_report.push(format!(
-                "{mode:<28} {m:>16.2} {:>11.1}%   {}",
-                (m / base - 1.0) * 100.0,
-                rounds_ms.join(" ")
+                "{:<28} {p50:>8.2} {:>9.1}% {:>15.1}% {:>7.1}%..{:.1}%",
+                mode_names[m],
+                (p50 / base - 1.0) * 100.0,
+                (q2 - 1.0) * 100.0,
+                (q1 - 1.0) * 100.0,
+                (q3 - 1.0) * 100.0,
             ));
             paired.push(serde_json::json!({
-                "mode": mode, "median_p50_ms": m, "vs_inproc": m / base, "round_p50_ms": v,
+                "mode": mode_names[m], "p50_ms": p50, "p50_vs_inproc": p50 / base,
+                "median_block_vs_inproc": q2, "block_ratio_p25": q1, "block_ratio_p75": q3,
+                "requests": lat[m].len(), "blocks": blocks,
             }));
+        }
+        // The servers' own timing says where the difference to (a) goes.
+        paired_report.push(format!(
+            "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (medians, ms)",
+            "where the time goes",
+            "client",
+            "server",
+            "prep",
+            "queue",
+            "model",
+            "transport",
+            "handoff"
+        ));
+        for m in 1..modes {
+            let Some(sp) = Split::median(&splits[m]) else {
+                continue;
+            };
+            paired_report.push(format!(
+                "{:<28} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                mode_names[m],
+                sp.client_ms,
+                sp.total_ms,
+                sp.preprocess_ms,
+                sp.queue_ms,
+                sp.inference_ms,
+                sp.transport_ms,
+                sp.handoff_ms,
+            ));
         }
     }
 

@@ -4,19 +4,20 @@
 //! first waiting request and gathers more, up to `max_batch` or `max_wait`, into one forward
 //! pass. It waits only while more requests are on their way (admitted and being decoded, or
 //! expected back from the previous batch), so a lone request is never delayed by the window.
-//! Forward passes never run on the async runtime's threads.
+//! Forward passes never run on the async runtime's threads. An idle thread is woken
+//! last-idle-first (see [`super::handoff`]), so a light load stays on one cache-warm thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use textrec_model::batching::{plan_batches, BatchLimits};
 use textrec_model::inference::Prediction;
 use textrec_model::preprocess::PreparedImage;
 use tokio::sync::oneshot;
 
 use super::engine::Engine;
+use super::handoff::{HandoffQueue, Popped, PushError};
 use super::limits::ServeError;
 use super::metrics::Metrics;
 
@@ -115,8 +116,7 @@ impl Job {
 
 /// The queue and its inference threads.
 pub struct Batcher {
-    tx: Mutex<Option<Sender<Job>>>,
-    rx: Receiver<Job>,
+    queue: Arc<HandoffQueue<Job>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pending: Arc<Pending>,
     metrics: Arc<Metrics>,
@@ -125,22 +125,22 @@ pub struct Batcher {
 impl Batcher {
     /// Start `cfg.threads` inference threads.
     pub fn start(cfg: BatchConfig, metrics: Arc<Metrics>) -> Arc<Self> {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity.max(1));
+        let workers = cfg.threads.max(1);
+        let queue = Arc::new(HandoffQueue::new(cfg.queue_capacity, workers));
         let pending = Arc::new(Pending::default());
         let mut threads = Vec::new();
-        for i in 0..cfg.threads.max(1) {
-            let rx = rx.clone();
+        for worker in 0..workers {
+            let queue = queue.clone();
             let pending = pending.clone();
             let metrics = metrics.clone();
             let handle = std::thread::Builder::new()
-                .name(format!("textrec-infer-{i}"))
-                .spawn(move || inference_loop(cfg, rx, pending, metrics))
+                .name(format!("textrec-infer-{worker}"))
+                .spawn(move || inference_loop(cfg, worker, &queue, &pending, &metrics))
                 .expect("cannot start an inference thread");
             threads.push(handle);
         }
         Arc::new(Self {
-            tx: Mutex::new(Some(tx)),
-            rx,
+            queue,
             threads: Mutex::new(threads),
             pending,
             metrics,
@@ -154,26 +154,20 @@ impl Batcher {
 
     /// Images waiting in the queue.
     pub fn depth(&self) -> usize {
-        self.rx.len()
+        self.queue.len()
     }
 
     /// Queue a job without blocking: a full queue or a closed batcher is an error at once.
     pub fn submit(&self, job: Job) -> Result<(), ServeError> {
-        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = guard.as_ref() else {
-            return Err(ServeError::Unavailable(
-                "the server is shutting down".into(),
-            ));
-        };
-        match tx.try_send(job) {
+        match self.queue.try_push(job) {
             Ok(()) => {
-                self.metrics.queue_depth.set(self.rx.len() as i64);
+                self.metrics.queue_depth.set(self.queue.len() as i64);
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(ServeError::Overloaded(
+            Err(PushError::Full(_)) => Err(ServeError::Overloaded(
                 "the inference queue is full; retry with backoff".into(),
             )),
-            Err(TrySendError::Disconnected(_)) => Err(ServeError::Unavailable(
+            Err(PushError::Closed(_)) => Err(ServeError::Unavailable(
                 "the server is shutting down".into(),
             )),
         }
@@ -181,7 +175,7 @@ impl Batcher {
 
     /// Stop taking jobs, let the threads finish what is queued, and wait for them.
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.queue.close();
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
@@ -192,21 +186,22 @@ impl Batcher {
 
 fn inference_loop(
     cfg: BatchConfig,
-    rx: Receiver<Job>,
-    pending: Arc<Pending>,
-    metrics: Arc<Metrics>,
+    worker: usize,
+    queue: &HandoffQueue<Job>,
+    pending: &Pending,
+    metrics: &Metrics,
 ) {
     // Requests seen when the previous batch started. Closed-loop callers answered by that batch
     // come back within moments, before they are admitted and counted in `pending`; expecting
     // them keeps batches full under steady load instead of alternating small and large ones.
     // At concurrency 1 it stays 1, so a lone caller never waits.
     let mut expected = 1usize;
-    // recv fails only once every sender is gone and the queue is empty: the drain on shutdown.
-    while let Ok(first) = rx.recv() {
+    // pop fails only once the queue is closed and empty: the drain on shutdown.
+    while let Some(first) = queue.pop(worker) {
         let mut batch = vec![first];
         let until = Instant::now() + cfg.max_wait;
         while batch.len() < cfg.max_batch {
-            if let Ok(job) = rx.try_recv() {
+            if let Some(job) = queue.try_pop() {
                 batch.push(job);
                 continue;
             }
@@ -219,15 +214,15 @@ fn inference_loop(
                 break;
             }
             // Short slices, so a request that fails decoding (and leaves `pending`) stops the wait.
-            match rx.recv_timeout((until - now).min(Duration::from_micros(500))) {
-                Ok(job) => batch.push(job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            match queue.pop_until(worker, until.min(now + Duration::from_micros(500))) {
+                Popped::Job(job) => batch.push(job),
+                Popped::TimedOut => {}
+                Popped::Closed => break,
             }
         }
         expected = pending.get().max(batch.len()).min(cfg.max_batch);
-        metrics.queue_depth.set(rx.len() as i64);
-        run_batch(batch, &cfg, &metrics);
+        metrics.queue_depth.set(queue.len() as i64);
+        run_batch(batch, &cfg, metrics);
     }
 }
 

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod engine;
 pub mod flags;
 pub mod grpc;
+pub mod handoff;
 pub mod http;
 pub mod kserve;
 pub mod limits;
