@@ -135,9 +135,15 @@ def serving(args: argparse.Namespace) -> None:
     for r in result["rss"]:
         print(f"| {r['mode']:<28} | {r['idle_mib']:>12.0f} | {r['peak_under_load_mib']:>23.0f} | {r['hwm_mib']:>9.0f} |")
     if result.get("paired_c1"):
-        print("\nConcurrency 1, interleaved rounds (median of the rounds' p50):")
+        print("\nConcurrency 1, interleaved in blocks of images (p50 of all requests; median over blocks of "
+              "the block's mean latency over in-process's, with its quartiles):")
         for r in result["paired_c1"]:
-            print(f"  {r['mode']:<28} {r['median_p50_ms']:>7.2f} ms  {(r['vs_inproc'] - 1) * 100:+6.1f}% vs in-process")
+            print(f"  {r['mode']:<28} p50 {r['p50_ms']:>7.2f} ms ({(r['p50_vs_inproc'] - 1) * 100:+5.1f}%)  "
+                  f"blocks {(r['median_block_vs_inproc'] - 1) * 100:+5.1f}% "
+                  f"[{(r['block_ratio_p25'] - 1) * 100:+.1f}%, {(r['block_ratio_p75'] - 1) * 100:+.1f}%] vs in-process")
+    off, on = rows.get(("textrec gRPC, batching off", 32)), rows.get(("textrec gRPC, batching on", 32))
+    if off and on:
+        print(f"\ntextrec at concurrency 32, batching on vs off: {on['throughput'] / off['throughput']:.2f}x throughput")
     print("\nTargets (textrec batching on vs Python batching on): throughput ≥ 2x, p99 ≤ 0.5x")
     for c in sorted({r["concurrency"] for r in result["rows"]}):
         rs, py = rows.get(("textrec gRPC, batching on", c)), rows.get(("Python gRPC, batching on", c))

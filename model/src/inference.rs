@@ -422,11 +422,13 @@ mod tests {
         model.set_batch_limits(BatchLimits {
             max_images: 64,
             max_columns: usize::MAX,
+            pass_cost_columns: BatchLimits::GPU_PASS_COST,
         });
         let together = model.recognize(&lines).unwrap();
         model.set_batch_limits(BatchLimits {
             max_images: 2,
             max_columns: 150,
+            pass_cost_columns: BatchLimits::CPU_PASS_COST,
         });
         let split = model.recognize(&lines).unwrap();
         for (i, (a, b)) in together.iter().zip(&split).enumerate() {

@@ -658,6 +658,7 @@ fn main() {
     let rounds: usize = env_or("TEXTREC_BENCH_PAIRED_ROUNDS", 8);
     let block: usize = env_or("TEXTREC_BENCH_PAIRED_BLOCK", 8).max(1);
     let mut paired = Vec::new();
+    let mut paired_top = None;
     let mut paired_report = Vec::new();
     if rounds > 0 && has("inproc") && has("rust-off") {
         let model = Arc::new(LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap());
@@ -761,6 +762,39 @@ fn main() {
                 sp.handoff_ms,
             ));
         }
+        // The highest concurrency, batching on against off, interleaved the same way: each round
+        // runs both servers back to back (alternating which goes first), and the median of the
+        // rounds' throughput ratios is the comparison.
+        let top = concurrencies.iter().copied().max().unwrap_or(1);
+        if servers.len() == 2 && top > 1 {
+            let mut ratio = Vec::new();
+            let mut throughput = [Vec::new(), Vec::new()];
+            for round in 0..rounds {
+                let mut t = [0.0; 2];
+                for turn in 0..2 {
+                    let k = (round + turn) % 2;
+                    t[k] = rt
+                        .block_on(over_grpc(&servers[k], &images, top, requests))
+                        .0
+                        .throughput;
+                    throughput[k].push(t[k]);
+                }
+                ratio.push(t[1] / t[0]);
+            }
+            let (q1, q2, q3) = quartiles(&ratio);
+            paired_report.push(format!(
+                "concurrency {top}, interleaved: {rounds} rounds of {requests} requests per server: \
+                 batching off {:.1} req/s, on {:.1} req/s (medians); on ÷ off: median {q2:.2}x \
+                 (quartiles {q1:.2}x..{q3:.2}x)",
+                median(&throughput[0]),
+                median(&throughput[1]),
+            ));
+            paired_top = Some(serde_json::json!({
+                "concurrency": top, "rounds": rounds, "requests": requests,
+                "off_req_s": throughput[0], "on_req_s": throughput[1],
+                "median_on_over_off": q2, "on_over_off_p25": q1, "on_over_off_p75": q3,
+            }));
+        }
     }
 
     println!();
@@ -820,6 +854,7 @@ fn main() {
             "rss": rss,
             "texts_agree": agree,
             "paired_c1": paired,
+            "paired_top": paired_top,
             "inference_threads": limits.inference_threads,
         });
         std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();

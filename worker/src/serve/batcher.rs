@@ -252,9 +252,11 @@ fn run_batch(jobs: Vec<Job>, cfg: &BatchConfig, metrics: &Metrics) {
             .partition(|j| Arc::ptr_eq(&j.engine, &engine));
         live = rest;
         // Sorted by width and cut to the column budget: one pass per run of similar widths.
+        let model_limits = engine.batch_limits();
         let limits = BatchLimits {
             max_images: cfg.max_batch,
-            max_columns: cfg.max_columns.unwrap_or(engine.batch_limits().max_columns),
+            max_columns: cfg.max_columns.unwrap_or(model_limits.max_columns),
+            pass_cost_columns: model_limits.pass_cost_columns,
         };
         let widths: Vec<u32> = group.iter().map(|j| j.image.width).collect();
         let mut slots: Vec<Option<Job>> = group.into_iter().map(Some).collect();

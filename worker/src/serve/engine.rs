@@ -26,6 +26,7 @@ pub trait Engine: Send + Sync + 'static {
         BatchLimits {
             max_images: usize::MAX,
             max_columns: usize::MAX,
+            pass_cost_columns: BatchLimits::GPU_PASS_COST,
         }
     }
     /// One batched forward pass over exactly `batch` (the batcher has planned it); one

@@ -76,6 +76,10 @@ impl<T> HandoffQueue<T> {
             return Err(PushError::Full(job));
         }
         s.jobs.push_back(job);
+        // A worker registers as waiting only when it finds the queue empty, so each job pushed
+        // since has woken one of them: no job sits queued while a worker sleeps. Jobs beyond
+        // the waiting workers are taken by busy workers as they finish, or by the worker
+        // gathering a batch, instead of waking another worker into a batch of its own.
         if let Some(worker) = s.waiting.pop() {
             self.wakers[worker].notify_one();
         }
@@ -105,13 +109,6 @@ impl<T> HandoffQueue<T> {
         loop {
             if let Some(job) = s.jobs.pop_front() {
                 s.waiting.retain(|&w| w != worker);
-                // Jobs left over (several pushes woke one worker, or a worker timed out) go to
-                // the next idle worker rather than waiting for this one's next pop.
-                if !s.jobs.is_empty() {
-                    if let Some(next) = s.waiting.pop() {
-                        self.wakers[next].notify_one();
-                    }
-                }
                 return Popped::Job(job);
             }
             if s.closed {
@@ -221,19 +218,19 @@ mod tests {
         let q = Arc::new(HandoffQueue::<u32>::new(8, 2));
         let (tx, rx) = std::sync::mpsc::channel();
         let gate = Arc::new(std::sync::Barrier::new(3));
-        let threads: Vec<_> = (0..2)
-            .map(|w| {
-                let (q, tx, gate) = (q.clone(), tx.clone(), gate.clone());
-                std::thread::spawn(move || {
-                    let job = q.pop(w).unwrap();
-                    tx.send(w).unwrap();
-                    // Hold the job until both workers have one: neither can take the second.
-                    gate.wait();
-                    job
-                })
-            })
-            .collect();
-        until_waiting(&q, &[0, 1]);
+        let mut threads = Vec::new();
+        for w in 0..2 {
+            let (q2, tx, gate) = (q.clone(), tx.clone(), gate.clone());
+            threads.push(std::thread::spawn(move || {
+                let job = q2.pop(w).unwrap();
+                tx.send(w).unwrap();
+                // Hold the job until both workers have one: neither can take the second.
+                gate.wait();
+                job
+            }));
+            // One at a time, so that the waiting order is known.
+            until_waiting(&q, &[0, 1][..=w]);
+        }
         q.try_push(7).unwrap();
         q.try_push(8).unwrap();
         let mut got = [rx.recv().unwrap(), rx.recv().unwrap()];
