@@ -37,8 +37,9 @@ pub struct ServeArgs {
 
     /// Most padded pixel columns in one forward pass: images × the widest image's width, after
     /// resizing to the model's height. What the batcher gathers is sorted by width and split
-    /// into passes within this budget, so short lines are not padded to long ones, and a pass
-    /// stays small enough for the CPU's caches. Default: 2048 on CPU, no limit on CUDA.
+    /// into passes within this budget (where padding a short line to a longer one costs more than
+    /// another pass, they are split further), so a pass stays small enough for the CPU's caches.
+    /// Default: 2048 on CPU, no limit on CUDA.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_columns: Option<u64>,
 
