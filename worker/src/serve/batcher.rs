@@ -251,7 +251,8 @@ fn run_batch(jobs: Vec<Job>, cfg: &BatchConfig, metrics: &Metrics) {
             .into_iter()
             .partition(|j| Arc::ptr_eq(&j.engine, &engine));
         live = rest;
-        // Sorted by width and cut to the column budget: one pass per run of similar widths.
+        // Sorted by width and cut by cost and the column budget: one pass per run of similar
+        // widths.
         let model_limits = engine.batch_limits();
         let limits = BatchLimits {
             max_images: cfg.max_batch,
@@ -259,8 +260,13 @@ fn run_batch(jobs: Vec<Job>, cfg: &BatchConfig, metrics: &Metrics) {
             pass_cost_columns: model_limits.pass_cost_columns,
         };
         let widths: Vec<u32> = group.iter().map(|j| j.image.width).collect();
+        let mut passes = plan_batches(&widths, limits);
+        // The passes run one after another, so their order decides who waits for the others:
+        // the pass holding the longest-waiting request goes first, which bounds the worst wait
+        // (narrowest-first would keep wide lines waiting behind every narrower one).
+        passes.sort_by_key(|pass| pass.iter().map(|&i| group[i].enqueued).min());
         let mut slots: Vec<Option<Job>> = group.into_iter().map(Some).collect();
-        for pass in plan_batches(&widths, limits) {
+        for pass in passes {
             let jobs = pass
                 .iter()
                 .map(|&i| slots[i].take().expect("each job is in one pass"))
@@ -378,6 +384,36 @@ mod tests {
             assert_eq!(out.batch_size, if w < 50 { 3 } else { 1 }, "width {w}");
         }
         assert_eq!(*engine.batches.lock().unwrap(), vec![3, 1, 1]);
+        b.close();
+    }
+
+    #[tokio::test]
+    async fn the_pass_with_the_longest_waiting_request_runs_first() {
+        let mut fake = FakeEngine::new("v1", "", Duration::from_millis(5));
+        fake.echo_width = true;
+        let engine = Arc::new(fake);
+        let b = batcher_with_columns(8, 200, 64, Some(100));
+        // The wide line arrives first; three narrow ones after it share the other pass.
+        let widths = [90u32, 10, 12, 11];
+        let guards: Vec<_> = widths.iter().map(|_| b.pending().enter()).collect();
+        let mut rxs = Vec::new();
+        for (g, &w) in guards.into_iter().zip(&widths) {
+            let image = PreparedImage {
+                data: vec![0.0; w as usize],
+                height: 1,
+                width: w,
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let (job, rx) = Job::new(engine.clone(), image, deadline, g);
+            b.submit(job).unwrap();
+            rxs.push(rx);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for rx in rxs {
+            rx.await.unwrap().unwrap();
+        }
+        // Narrowest-first would have run [3, 1].
+        assert_eq!(*engine.batches.lock().unwrap(), vec![1, 3]);
         b.close();
     }
 
