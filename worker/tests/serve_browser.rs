@@ -257,18 +257,10 @@ async fn demo_page_recognizes_and_flags_in_headless_chromium() {
         .unwrap()
         .to_string();
     assert!(s.text("#flag-status").await.contains(&name));
-    assert_eq!(
-        std::fs::read(flags.join(format!("{name}.png"))).unwrap(),
-        img
-    );
-    assert_eq!(
-        std::fs::read_to_string(flags.join(format!("{name}.gt.txt"))).unwrap(),
-        "a corrected line\n"
-    );
-    let rec: Value = serde_json::from_str(
-        &std::fs::read_to_string(flags.join(format!("{name}.jsonl"))).unwrap(),
-    )
-    .unwrap();
+    let flagged = serve_support::read_flag(&flags, &name);
+    assert_eq!(flagged.png, img);
+    assert_eq!(flagged.truth, "a corrected line\n");
+    let rec = flagged.record;
     assert_eq!(rec["model_version"], version.as_str());
     assert_eq!(rec["prediction"], api["text"]);
 

@@ -100,14 +100,7 @@ async fn recognize_predict_model_probes_metrics_and_demo() {
     let r = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s::metrics(&http, &base).await;
     for want in [
         r#"textrec_requests_total{api="http_recognize",outcome="ok"} 3"#,
         r#"textrec_requests_total{api="http_predict",outcome="ok"} 2"#,
@@ -248,14 +241,7 @@ async fn http_errors_have_specific_statuses_and_messages() {
         assert_eq!(b.await.unwrap().unwrap().status(), 200);
     }
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s::metrics(&http, &base).await;
     for want in [
         "invalid_argument",
         "too_many_pixels",
@@ -290,18 +276,10 @@ async fn flag_endpoint_writes_a_tesstrain_pair() {
     assert_eq!(resp.status(), 201);
     let r: Value = resp.json().await.unwrap();
     let name = r["name"].as_str().unwrap();
-    assert_eq!(
-        std::fs::read(flags.join(format!("{name}.png"))).unwrap(),
-        img
-    );
-    assert_eq!(
-        std::fs::read_to_string(flags.join(format!("{name}.gt.txt"))).unwrap(),
-        "hello\n"
-    );
-    let rec: Value = serde_json::from_str(
-        &std::fs::read_to_string(flags.join(format!("{name}.jsonl"))).unwrap(),
-    )
-    .unwrap();
+    let flagged = s::read_flag(&flags, name);
+    assert_eq!(flagged.png, img);
+    assert_eq!(flagged.truth, "hello\n");
+    let rec = flagged.record;
     assert_eq!(rec["model_version"], version.as_str());
     assert_eq!(rec["prediction"], "hallo");
     assert_eq!(rec["corrected_text"], "hello");
@@ -312,14 +290,7 @@ async fn flag_endpoint_writes_a_tesstrain_pair() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s::metrics(&http, &base).await;
     assert!(
         metrics.contains(r#"textrec_flags_total{outcome="ok"} 1"#),
         "{metrics}"

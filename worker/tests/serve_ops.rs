@@ -177,14 +177,7 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
         "{err}"
     );
     assert!(m["last_reload"]["source"].as_str().unwrap().contains("/c"));
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s::metrics(&http, &base).await;
     assert!(
         metrics.contains(r#"textrec_model_reloads_total{outcome="error"} 1"#),
         "{metrics}"
@@ -265,14 +258,7 @@ async fn overload_is_shed_with_resource_exhausted_and_429_then_recovers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s::metrics(&http, &base).await;
     assert!(metrics.contains(r#"outcome="overloaded""#), "{metrics}");
     s::stop(server).await;
 }

@@ -76,6 +76,40 @@ pub fn http_base(server: &RunningServer) -> String {
     format!("http://{}", server.http_addr)
 }
 
+/// A flagged sample as the flag store wrote it under a `file://` flags folder.
+pub struct FlaggedSample {
+    /// `NAME.png`.
+    pub png: Vec<u8>,
+    /// `NAME.gt.txt`.
+    pub truth: String,
+    /// `NAME.jsonl`: time, model version, prediction, corrected text.
+    pub record: serde_json::Value,
+}
+
+/// Read back the sample flagged as `name` from `dir`.
+pub fn read_flag(dir: &Path, name: &str) -> FlaggedSample {
+    let read = |ext: &str| {
+        let path = dir.join(format!("{name}.{ext}"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    FlaggedSample {
+        png: read("png"),
+        truth: String::from_utf8(read("gt.txt")).expect("UTF-8 ground truth"),
+        record: serde_json::from_slice(&read("jsonl")).expect("a JSON record"),
+    }
+}
+
+/// The server's Prometheus exposition at `{base}/metrics`.
+pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    let r = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers");
+    assert_eq!(r.status(), 200, "/metrics status");
+    r.text().await.expect("/metrics body")
+}
+
 /// Shut down and wait.
 pub async fn stop(server: RunningServer) {
     server.shutdown();
