@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use textrec_model::batching::{plan_batches, BatchLimits};
 use textrec_model::inference::LoadedModel;
-use textrec_model::preprocess::{collate, prepare_bytes, PreparedImage};
+use textrec_model::preprocess::{collate_refs, prepare_bytes, PreparedImage};
 
 struct Args {
     model: PathBuf,
@@ -116,8 +116,8 @@ fn time_passes(model: &LoadedModel, images: &[PreparedImage], passes: &[Vec<usiz
     let (mut encoder, mut total) = (0.0, 0.0);
     let max_len = model.manifest.architecture.max_text_len;
     for pass in passes {
-        let batch: Vec<PreparedImage> = pass.iter().map(|&i| images[i].clone()).collect();
-        let (x, widths) = collate(&batch, model.preprocess(), model.device());
+        let batch: Vec<&PreparedImage> = pass.iter().map(|&i| &images[i]).collect();
+        let (x, widths) = collate_refs(&batch, model.preprocess(), model.device());
         let t = Instant::now();
         tch::no_grad(|| model.net().greedy_decode(&x, &widths, 0));
         encoder += t.elapsed().as_secs_f64();

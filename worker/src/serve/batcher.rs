@@ -353,6 +353,30 @@ mod tests {
         Batcher::start(cfg, Arc::new(Metrics::new()))
     }
 
+    /// Admit one line per width (all at once, so the batcher gathers them together), then queue
+    /// them in order, a millisecond apart so that their arrival order is unambiguous.
+    fn submit_lines(
+        b: &Batcher,
+        engine: &Arc<FakeEngine>,
+        widths: &[u32],
+    ) -> Vec<oneshot::Receiver<Result<BatchOutput, ServeError>>> {
+        let guards: Vec<_> = widths.iter().map(|_| b.pending().enter()).collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut rxs = Vec::new();
+        for (g, &w) in guards.into_iter().zip(widths) {
+            let image = PreparedImage {
+                data: vec![0.0; w as usize],
+                height: 1,
+                width: w,
+            };
+            let (job, rx) = Job::new(engine.clone(), image, deadline, g);
+            b.submit(job).unwrap();
+            rxs.push(rx);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rxs
+    }
+
     #[tokio::test]
     async fn a_gathering_splits_by_width_and_answers_each_caller_its_own() {
         let mut fake = FakeEngine::new("v1", "", Duration::from_millis(5));
@@ -360,23 +384,7 @@ mod tests {
         let engine = Arc::new(fake);
         let b = batcher_with_columns(8, 200, 64, Some(100));
         let widths = [10u32, 90, 12, 95, 11];
-        let guards: Vec<_> = widths.iter().map(|_| b.pending().enter()).collect();
-        let mut rxs = Vec::new();
-        for (g, &w) in guards.into_iter().zip(&widths) {
-            let image = PreparedImage {
-                data: vec![0.0; w as usize],
-                height: 1,
-                width: w,
-            };
-            let (job, rx) = Job::new(
-                engine.clone(),
-                image,
-                Instant::now() + Duration::from_secs(5),
-                g,
-            );
-            b.submit(job).unwrap();
-            rxs.push(rx);
-        }
+        let rxs = submit_lines(&b, &engine, &widths);
         for (rx, w) in rxs.into_iter().zip(widths) {
             let out = rx.await.unwrap().unwrap();
             assert_eq!(out.prediction.text, w.to_string());
@@ -394,21 +402,7 @@ mod tests {
         let engine = Arc::new(fake);
         let b = batcher_with_columns(8, 200, 64, Some(100));
         // The wide line arrives first; three narrow ones after it share the other pass.
-        let widths = [90u32, 10, 12, 11];
-        let guards: Vec<_> = widths.iter().map(|_| b.pending().enter()).collect();
-        let mut rxs = Vec::new();
-        for (g, &w) in guards.into_iter().zip(&widths) {
-            let image = PreparedImage {
-                data: vec![0.0; w as usize],
-                height: 1,
-                width: w,
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let (job, rx) = Job::new(engine.clone(), image, deadline, g);
-            b.submit(job).unwrap();
-            rxs.push(rx);
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let rxs = submit_lines(&b, &engine, &[90, 10, 12, 11]);
         for rx in rxs {
             rx.await.unwrap().unwrap();
         }
