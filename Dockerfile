@@ -106,15 +106,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && find /out/libtorch/nvidia -name include -type d -prune -exec rm -rf {} +
 
 # ---------------------------------------------------------------------------------------------
-# Training data the synthetic renderer reads: exactly the font packages of DESIGN.md, the
+# Data the synthetic renderer reads: the training font packages, the fonts of the default
+# `unseen-fonts` validation set (never trained on; the trainer refuses them for training), the
 # fortunes corpus and the word list. Copied into both worker images from one Debian release,
-# so CPU and CUDA trials see identical fonts and text whatever their base image.
+# so CPU and CUDA trials see identical fonts and text whatever their base image. (Validation
+# text, the package descriptions of /var/lib/dpkg/status, is each image's own.)
 FROM debian:bookworm-slim AS training-assets
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       fonts-dkg-handwriting fonts-breip fonts-dancingscript fonts-humor-sans fonts-comic-neue \
       fonts-ecolier-court fonts-dejavu-core fonts-liberation2 \
+      fonts-freefont-ttf fonts-havana fonts-cabinsketch fonts-bebas-neue \
       fortunes fortunes-min wamerican \
  && rm -rf /var/lib/apt/lists/*
 

@@ -158,10 +158,10 @@ def quality(args: argparse.Namespace) -> None:
     if not model:
         print("\n## Quality: skipped (give --model or TEXTREC_QUALITY_MODEL)")
         return
-    print(f"\n## Quality: {args.lines} lines")
+    print(f"\n## Quality: {args.lines} lines per set")
     subprocess.run(
         [sys.executable, str(REFERENCE / "quality.py"), "--model", model, "--count", str(args.lines),
-         "--max-chars", str(args.max_chars), "--worker", str(release_bin("textrec-worker")), "--threads", str(args.threads)],
+         "--worker", str(release_bin("textrec-worker"))],
         check=True,
     )
 
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=int, default=5, help="serving: longest batching wait (both servers)")
     parser.add_argument("--serve-images", type=int, default=64, help="serving: rendered lines in the image set")
     parser.add_argument("--max-chars", type=int, default=24,
-                        help="longest rendered line of the serving image set and the quality set")
+                        help="longest rendered line of the serving image set")
     parser.add_argument("--no-batching-off", action="store_true", help="serving: skip the batching-off servers")
     parser.add_argument("--model", help="trained model folder for the quality part (and serving)")
     parser.add_argument("--lines", type=int, default=300, help="evaluation lines for the quality part")

@@ -21,6 +21,8 @@ APT_PACKAGES=(
   # training fonts (DESIGN.md: exactly these)
   fonts-dkg-handwriting fonts-breip fonts-dancingscript fonts-humor-sans fonts-comic-neue
   fonts-ecolier-court fonts-dejavu-core fonts-liberation2
+  # validation fonts the model never trains on (the `unseen-fonts` set)
+  fonts-freefont-ttf fonts-havana fonts-cabinsketch fonts-bebas-neue
   # training corpus
   fortunes fortunes-min wamerican
   # build and test tools (g++ compiles tch's C++ glue; python3-venv holds the libtorch venv)

@@ -1,15 +1,18 @@
-"""Quality benchmark: CER/WER of a textrec model vs Tesseract on one synthetic evaluation set.
+"""Quality benchmark: CER/WER of a textrec model vs Tesseract on lines shaped like users' lines.
 
-    python benches/reference/quality.py --model DIR [--data DIR | --count 300] [--json]
+    python benches/reference/quality.py --model DIR [--data DIR ...] [--count 300] [--json]
 
-The set is rendered by `textrec-worker synth` (held-out `validation` text, the training fonts,
-augmentation 0.3, `synth`'s default seed, which differs from the seed training validates on)
-unless --data names a tesstrain folder. textrec reads it with `textrec-worker eval --json
---predictions`, Tesseract with `tesseract IMG - --psm 7` (one text line, English model, LSTM
-engine), one process per line with OMP_THREAD_LIMIT=1. Both CERs are computed here with the
-definition of model/src/metrics.rs (case-sensitive; whitespace runs collapsed and trimmed;
-errors and reference characters summed over lines), and textrec's is checked against the
-number `eval` reports itself.
+Unless --data names tesstrain folders, two sets are rendered by `textrec-worker synth`: prose
+the training corpus does not contain (Debian package descriptions), at printed-line lengths
+(mean 45 characters, up to 100), augmentation 0.3, `synth`'s default seed (which differs from
+the seed training validates on); one set in the training fonts, one in the unseen validation
+fonts (FreeSerif, Havana, Cabin Sketch, Bebas Neue). textrec reads each set with `textrec-worker
+eval --json --predictions`, Tesseract with `tesseract LIST - --psm 7` (one text line per image,
+English model, LSTM engine), one process for the whole set so that its start-up is paid once,
+as textrec's is. Both run on one thread (OMP_THREAD_LIMIT=1, --threads 1). CER is computed here
+with the definition of model/src/metrics.rs (case-sensitive; whitespace runs collapsed and
+trimmed; errors and reference characters summed over lines), overall and by reference length,
+and textrec's is checked against the number `eval` reports itself.
 """
 
 from __future__ import annotations
@@ -63,6 +66,13 @@ class Counts:
         self.words += len(rw)
         self.lines += 1
 
+    def merge(self, other: "Counts") -> None:
+        self.char_errors += other.char_errors
+        self.chars += other.chars
+        self.word_errors += other.word_errors
+        self.words += other.words
+        self.lines += other.lines
+
     @property
     def cer(self) -> float:
         return self.char_errors / self.chars if self.chars else float(self.char_errors > 0)
@@ -89,74 +99,147 @@ def image_of(data: Path, name: str) -> Path:
     return next(p for ext in ("png", "tif", "jpg") if (p := data / f"{name}.{ext}").exists())
 
 
-def run_textrec(worker: Path, model: str, data: Path, refs: dict[str, str], threads: int) -> dict:
+BUCKETS = [20, 40, 60, 80, 100]
+
+
+def bucket_of(reference: str) -> str:
+    n = len(normalize(reference))
+    lo = 0
+    for hi in BUCKETS:
+        if n <= hi:
+            return f"{lo}-{hi}"
+        lo = hi + 1
+    return f">{BUCKETS[-1]}"
+
+
+class Scores:
+    """Counts overall and by reference length bucket."""
+
+    def __init__(self) -> None:
+        self.total = Counts()
+        self.by_length: dict[str, Counts] = {}
+
+    def add(self, reference: str, hypothesis: str) -> None:
+        line = Counts()
+        line.add(reference, hypothesis)
+        self.total.merge(line)
+        self.by_length.setdefault(bucket_of(reference), Counts()).merge(line)
+
+    def as_dict(self, seconds: float) -> dict:
+        order = {b: i for i, b in enumerate([f"{lo}-{hi}" for lo, hi in zip([0] + [b + 1 for b in BUCKETS], BUCKETS)] + [f">{BUCKETS[-1]}"])}
+        return {
+            "cer": self.total.cer, "wer": self.total.wer, "lines": self.total.lines, "seconds": seconds,
+            "ms_per_line": 1000 * seconds / max(self.total.lines, 1),
+            "by_length": {k: {"cer": c.cer, "lines": c.lines}
+                          for k, c in sorted(self.by_length.items(), key=lambda kv: order[kv[0]])},
+        }
+
+
+def run_textrec(worker: Path, model: str, data: Path, refs: dict[str, str], threads: int, decode: str) -> dict:
     with tempfile.TemporaryDirectory() as predictions:
         started = time.perf_counter()
         out = subprocess.run(
             [str(worker), "eval", "--model", model, "--data", str(data), "--json",
-             "--predictions", predictions, "--device", "cpu", "--threads", str(threads)],
+             "--predictions", predictions, "--device", "cpu", "--threads", str(threads),
+             "--decode", decode],
             check=True, capture_output=True, text=True,
         )
         secs = time.perf_counter() - started
         reported = json.loads(out.stdout.strip().splitlines()[-1])
-        counts = Counts()
+        scores = Scores()
         for name, reference in refs.items():
-            counts.add(reference, (Path(predictions) / f"{name}.txt").read_text().strip("\n"))
-    if abs(counts.cer - reported["cer"]) > 1e-9:
-        raise SystemExit(f"CER mismatch: eval says {reported['cer']}, recomputed {counts.cer}")
-    return {"cer": counts.cer, "wer": counts.wer, "lines": counts.lines, "seconds": secs}
+            scores.add(reference, (Path(predictions) / f"{name}.txt").read_text().strip("\n"))
+    if abs(scores.total.cer - reported["cer"]) > 1e-9:
+        raise SystemExit(f"CER mismatch: eval says {reported['cer']}, recomputed {scores.total.cer}")
+    return scores.as_dict(secs)
 
 
 def run_tesseract(data: Path, refs: dict[str, str]) -> dict:
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
-    counts = Counts()
-    started = time.perf_counter()
-    for name, reference in refs.items():
-        out = subprocess.run(
-            ["tesseract", str(image_of(data, name)), "-", "--psm", "7", "-l", "eng"],
-            check=True, capture_output=True, text=True, env=env,
-        )
-        counts.add(reference, out.stdout)
-    secs = time.perf_counter() - started
-    return {"cer": counts.cer, "wer": counts.wer, "lines": counts.lines, "seconds": secs}
+    names = list(refs)
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "images.txt"
+        listing.write_text("".join(f"{image_of(data, n)}\n" for n in names))
+        started = time.perf_counter()
+        out = subprocess.run(["tesseract", str(listing), "-", "--psm", "7", "-l", "eng"],
+                             check=True, capture_output=True, text=True, env=env)
+        secs = time.perf_counter() - started
+    # One page per image, each ended by a form feed.
+    pages = out.stdout.split("\f")
+    if len(pages) < len(names):
+        raise SystemExit(f"tesseract returned {len(pages)} pages for {len(names)} images")
+    scores = Scores()
+    for name, page in zip(names, pages):
+        scores.add(refs[name], page)
+    return scores.as_dict(secs)
+
+
+UNSEEN_FONTS = ["FreeSerif", "Havana", "Cabin Sketch", "Bebas Neue"]
+
+
+def render(worker: Path, out: Path, count: int, fonts: list[str]) -> None:
+    cmd = [str(worker), "synth", "--out", str(out), "--count", str(count), "--split", "descriptions",
+           "--augment", "0.3", "--min-chars", "8", "--max-chars", "100", "--mean-chars", "45"]
+    for f in fonts:
+        cmd += ["--font", f]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def length_stats(refs: dict[str, str]) -> dict:
+    lengths = sorted(len(normalize(r)) for r in refs.values())
+    return {"mean": sum(lengths) / len(lengths), "median": lengths[len(lengths) // 2], "max": lengths[-1]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("TEXTREC_QUALITY_MODEL", "textrec-data/small/model"),
                         help="textrec model folder or URL (env TEXTREC_QUALITY_MODEL)")
-    parser.add_argument("--data", type=Path, help="tesstrain folder to evaluate on (default: render one)")
-    parser.add_argument("--count", type=int, default=300, help="lines to render")
-    parser.add_argument("--max-chars", type=int, default=32)
+    parser.add_argument("--data", type=Path, action="append",
+                        help="tesstrain folder to evaluate on (repeatable; default: render two sets)")
+    parser.add_argument("--count", type=int, default=300, help="lines to render per set")
     parser.add_argument("--worker", type=Path, default=default_worker(), help="textrec-worker binary")
-    parser.add_argument("--threads", type=int, default=2, help="libtorch threads of textrec eval")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--threads", type=int, default=1, help="libtorch threads of textrec eval")
+    parser.add_argument("--decode", default="joint", choices=["joint", "attention", "ctc"],
+                        help="textrec's decoding")
+    parser.add_argument("--no-tesseract", action="store_true", help="score textrec only")
+    parser.add_argument("--keep", type=Path, help="render the sets into this folder and keep them")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data
-        if data is None:
-            data = Path(tmp) / "eval-set"
-            subprocess.run(
-                [str(args.worker), "synth", "--out", str(data), "--count", str(args.count),
-                 "--split", "validation", "--augment", "0.3", "--max-chars", str(args.max_chars)],
-                check=True, capture_output=True,
-            )
-        refs = references(data)
-        if not refs:
-            raise SystemExit(f"{data}: no NAME.gt.txt files")
-        results = {
-            "textrec": run_textrec(args.worker, args.model, data, refs, args.threads),
-            "tesseract": run_tesseract(data, refs),
-        }
+        root = args.keep or Path(tmp)
+        if args.data:
+            sets = {d.name: d for d in args.data}
+        else:
+            sets = {"training-fonts": root / "training-fonts", "unseen-fonts": root / "unseen-fonts"}
+            for name, folder in sets.items():
+                if not any(folder.glob("*.gt.txt")):
+                    render(args.worker, folder, args.count, UNSEEN_FONTS if name == "unseen-fonts" else [])
+        results = {}
+        for name, data in sets.items():
+            refs = references(data)
+            if not refs:
+                raise SystemExit(f"{data}: no NAME.gt.txt files")
+            r = {"lengths": length_stats(refs),
+                 "textrec": run_textrec(args.worker, args.model, data, refs, args.threads, args.decode)}
+            if not args.no_tesseract:
+                r["tesseract"] = run_tesseract(data, refs)
+            results[name] = r
     if args.json:
-        print(json.dumps({"model": args.model, "lines": len(refs), **results}))
+        print(json.dumps({"model": args.model, "decode": args.decode, "sets": results}))
         return
-    print(f"quality on {len(refs)} synthetic lines (held-out text, training fonts); model {args.model}")
-    print(f"{'system':<28} {'CER':>8} {'WER':>8} {'lines/s':>9}")
-    names = {"textrec": "textrec eval", "tesseract": "tesseract 5 --psm 7 (eng)"}
-    for key, r in results.items():
-        print(f"{names[key]:<28} {r['cer']:>8.4f} {r['wer']:>8.4f} {r['lines'] / r['seconds']:>9.1f}")
+    print(f"model {args.model} (decode {args.decode}), one thread each")
+    for name, r in results.items():
+        st = r["lengths"]
+        print(f"\n{name}: {r['textrec']['lines']} lines, {st['mean']:.1f} chars mean, "
+              f"{st['median']} median, {st['max']} max")
+        systems = [k for k in ("textrec", "tesseract") if k in r]
+        buckets = list(r["textrec"]["by_length"])
+        print(f"{'system':<12} {'CER':>7} {'WER':>7} {'ms/line':>8}  " + " ".join(f"{b:>9}" for b in buckets))
+        for k in systems:
+            x = r[k]
+            cells = " ".join(f"{x['by_length'].get(b, {}).get('cer', float('nan')):>9.4f}" for b in buckets)
+            print(f"{k:<12} {x['cer']:>7.4f} {x['wer']:>7.4f} {x['ms_per_line']:>8.1f}  {cells}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 //! rejected (a typo must not silently train the wrong model). `--set a.b.c=value` overrides one
 //! field by its dotted path; the operator passes a trial's hyperparameters that way.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -80,11 +81,14 @@ pub enum Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 autocast on GPUs that support it, fp32 otherwise.
+    /// On CUDA, libtorch's default autocast (fp16) with dynamic loss scaling; tch exposes no
+    /// way to pick the autocast type, so this is what `bf16` runs too (with a warning). The
+    /// CPU always trains in fp32.
     Auto,
     /// Full fp32.
     Fp32,
-    /// bf16 autocast.
+    /// Asks for bf16 autocast; runs as `auto` (fp16 with loss scaling) until tch can select
+    /// the autocast type, and says so in the log.
     Bf16,
     /// fp16 autocast.
     Fp16,
@@ -127,6 +131,8 @@ pub struct ModelSpec {
     /// Weight of the auxiliary CTC loss on the encoder (0 disables it). Joint CTC/attention
     /// training makes the decoder's cross-attention find the alignment much sooner.
     pub ctc_weight: Option<f64>,
+    /// Self-attention layers over the line's frames before the CTC head (0: none).
+    pub ctc_context_layers: Option<i64>,
 }
 
 /// [`Preset`] with `small` as its default (serde's `default` needs a `Default` type).
@@ -162,6 +168,10 @@ pub struct Architecture {
     pub max_text_len: i64,
     /// Weight of the auxiliary CTC loss (0 = no CTC head).
     pub ctc_weight: f64,
+    /// Self-attention layers over the frames before the CTC head (absent in models written
+    /// before it existed: 0).
+    #[serde(default)]
+    pub ctc_context_layers: i64,
 }
 
 impl Preset {
@@ -178,6 +188,7 @@ impl Preset {
                 dropout: 0.0,
                 max_text_len: 48,
                 ctc_weight: 0.3,
+                ctc_context_layers: 0,
             },
             Preset::Small => Architecture {
                 encoder_channels: vec![32, 64, 128],
@@ -187,8 +198,9 @@ impl Preset {
                 decoder_layers: 2,
                 ff_dim: 256,
                 dropout: 0.1,
-                max_text_len: 64,
-                ctc_weight: 0.3,
+                max_text_len: 128,
+                ctc_weight: 0.6,
+                ctc_context_layers: 1,
             },
             Preset::Base => Architecture {
                 encoder_channels: vec![64, 128, 256, 256],
@@ -198,8 +210,9 @@ impl Preset {
                 decoder_layers: 4,
                 ff_dim: 1024,
                 dropout: 0.1,
-                max_text_len: 128,
-                ctc_weight: 0.2,
+                max_text_len: 160,
+                ctc_weight: 0.5,
+                ctc_context_layers: 2,
             },
         }
     }
@@ -225,7 +238,8 @@ impl ModelSpec {
             ff_dim,
             dropout,
             max_text_len,
-            ctc_weight
+            ctc_weight,
+            ctc_context_layers
         );
         a.validate()?;
         Ok(a)
@@ -279,6 +293,9 @@ impl Architecture {
         if !(0.0..=1.0).contains(&self.ctc_weight) {
             return bad("ctc_weight", "must be in [0, 1]");
         }
+        if self.ctc_context_layers < 0 {
+            return bad("ctc_context_layers", "must be 0 or more");
+        }
         Ok(())
     }
 }
@@ -310,14 +327,36 @@ impl Default for PreprocessConfig {
     }
 }
 
+/// Font families of the default `unseen-fonts` validation set: installed fonts outside the
+/// training set (a serif, a handwriting script, a sketched display face, a caps-only face),
+/// from the Debian packages `fonts-freefont-ttf`, `fonts-havana`, `fonts-cabinsketch` and
+/// `fonts-bebas-neue`. Training on them is refused, so this set measures how the model reads
+/// type it has never seen.
+pub const UNSEEN_VALIDATION_FONTS: &[&str] = &["FreeSerif", "Havana", "Cabin Sketch", "Bebas Neue"];
+
+/// Name of the default extra validation set in unseen fonts.
+pub const UNSEEN_FONTS_SET: &str = "unseen-fonts";
+
+/// Mean length of a printed or handwritten text line, in characters: what the default
+/// training and validation sets are drawn around.
+pub const PRINTED_MEAN_CHARS: usize = 45;
+
 /// Training and validation data, and how it is loaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "snake_case")]
 pub struct DataConfig {
     /// The training set.
     pub train: DatasetSpec,
-    /// The validation set (the objective is measured on it).
+    /// The validation set: the objective (`cer`, `wer`) is measured on it and the best model
+    /// is chosen by it.
     pub validation: DatasetSpec,
+    /// More validation sets, by name, scored at every evaluation beside the objective (in
+    /// `metrics.jsonl` and progress) but not used to choose the model. The default holds
+    /// `unseen-fonts`: held-out prose in fonts the model never trains on. `null` removes one.
+    pub extra_validation: BTreeMap<String, Option<DatasetSpec>>,
+    /// Training batches are drawn this many at a time, sorted by line width and cut into
+    /// batches of similar widths (less padding: faster steps, less memory). 1 turns it off.
+    pub bucket_batches: usize,
     /// Background threads that load and augment samples.
     pub loader_threads: usize,
     /// Batches prepared ahead of the training loop.
@@ -326,17 +365,30 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
+        // Lines as users meet them: held-out prose at printed-line lengths, lightly degraded.
+        let realistic = |fonts: Vec<String>| DatasetSpec {
+            samples: Some(256),
+            synthetic: SyntheticConfig {
+                fonts,
+                split: TextSplit::Descriptions,
+                augment: 0.3,
+                min_chars: 8,
+                max_chars: 100,
+                mean_chars: Some(PRINTED_MEAN_CHARS),
+                generated_fraction: 0.1,
+                ..SyntheticConfig::default()
+            },
+            ..DatasetSpec::default()
+        };
+        let unseen = UNSEEN_VALIDATION_FONTS
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
         Self {
             train: DatasetSpec::default(),
-            validation: DatasetSpec {
-                samples: Some(256),
-                synthetic: SyntheticConfig {
-                    split: TextSplit::Validation,
-                    augment: 0.3,
-                    ..SyntheticConfig::default()
-                },
-                ..DatasetSpec::default()
-            },
+            validation: realistic(Vec::new()),
+            extra_validation: [(UNSEEN_FONTS_SET.to_string(), Some(realistic(unseen)))].into(),
+            bucket_batches: 8,
             loader_threads: 1,
             prefetch_batches: 4,
         }
@@ -388,15 +440,19 @@ impl Default for DatasetSpec {
     }
 }
 
-/// Which part of the corpus text a synthetic set draws from. The split is by a hash of each
-/// corpus line, so validation text never appears in training.
+/// Which text a synthetic set draws from. Train and validation split the corpus by a hash of
+/// each corpus line, so validation text never appears in training; `descriptions` is prose
+/// the corpus does not contain at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TextSplit {
     /// Training text.
     Train,
-    /// Held-out text.
+    /// Held-out corpus text (same sources and style as the training text).
     Validation,
+    /// Debian package descriptions (`descriptions_file`): prose from another source than the
+    /// training corpus, for validation that tells how the model reads text of a new kind.
+    Descriptions,
 }
 
 /// Settings of the synthetic line renderer.
@@ -412,12 +468,19 @@ pub struct SyntheticConfig {
     pub fortunes_dir: String,
     /// Word list (Debian package `wamerican`).
     pub words_file: String,
+    /// The dpkg status file whose package descriptions the `descriptions` split reads.
+    pub descriptions_file: String,
     /// Share of lines that are generated numbers, dates, amounts and names.
     pub generated_fraction: f64,
     /// Shortest line, in characters.
     pub min_chars: usize,
     /// Longest line, in characters.
     pub max_chars: usize,
+    /// Mean line length, in characters: lengths are drawn around it the way printed lines
+    /// spread (most near the mean, a tail of short last lines of paragraphs), clipped to
+    /// `min_chars..=max_chars` (a mean outside that range is clipped too). Unset: lengths are
+    /// uniform in that range.
+    pub mean_chars: Option<usize>,
     /// Augmentation strength from 0 (clean renders) to 1 (heavy distortion).
     pub augment: f64,
     /// Which text split to draw from.
@@ -431,9 +494,11 @@ impl Default for SyntheticConfig {
             font_dirs: vec!["/usr/share/fonts".into()],
             fortunes_dir: "/usr/share/games/fortunes".into(),
             words_file: "/usr/share/dict/american-english".into(),
+            descriptions_file: "/var/lib/dpkg/status".into(),
             generated_fraction: 0.25,
             min_chars: 1,
-            max_chars: 32,
+            max_chars: 100,
+            mean_chars: Some(PRINTED_MEAN_CHARS),
             augment: 0.5,
             split: TextSplit::Train,
         }
@@ -569,10 +634,19 @@ impl TrainConfig {
         {
             return bad("preprocess.max_width", "must be at least the height");
         }
-        for (name, d) in [
-            ("data.train", &self.data.train),
-            ("data.validation", &self.data.validation),
-        ] {
+        let extra = self.data.extra_validation.iter().filter_map(|(k, v)| {
+            v.as_ref()
+                .map(|d| (format!("data.extra_validation.{k}"), d))
+        });
+        let sets: Vec<(String, &DatasetSpec)> = [
+            ("data.train".to_string(), &self.data.train),
+            ("data.validation".to_string(), &self.data.validation),
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect();
+        for (name, d) in sets {
+            let training = name == "data.train";
             if d.kind != DatasetKind::Synthetic && d.path.is_none() {
                 return bad(
                     &format!("{name}.path"),
@@ -595,14 +669,27 @@ impl TrainConfig {
                     "must be in [0, 1]",
                 );
             }
-        }
-        if self.data.validation.kind == DatasetKind::Synthetic
-            && self.data.validation.samples.is_none()
-        {
-            return bad(
-                "data.validation.samples",
-                "a synthetic validation set needs a size",
-            );
+            if d.kind == DatasetKind::Synthetic {
+                if training && s.split != TextSplit::Train {
+                    return bad(
+                        &format!("{name}.synthetic.split"),
+                        "must be `train`: held-out text is never trained on",
+                    );
+                }
+                if !training && s.split == TextSplit::Train {
+                    return bad(
+                        &format!("{name}.synthetic.split"),
+                        "must be `validation` or `descriptions`: validating on training text \
+                         measures memory, not reading",
+                    );
+                }
+                if !training && d.samples.is_none() {
+                    return bad(
+                        &format!("{name}.samples"),
+                        "a synthetic validation set needs a size",
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -768,6 +855,58 @@ mod tests {
         assert_eq!(c.data.validation.samples, Some(64));
         assert_eq!(c.data.validation.synthetic, d.data.validation.synthetic);
         assert_eq!(c.data.train, d.data.train);
+    }
+
+    #[test]
+    fn held_out_text_is_never_trained_on_and_training_text_never_validates() {
+        let err = TrainConfig::parse("data: {train: {synthetic: {split: descriptions}}}\n", &[])
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.train.synthetic.split"),
+            "{err:#}"
+        );
+        let err = TrainConfig::parse(
+            "data: {extra_validation: {mine: {samples: 4, synthetic: {split: train}}}}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.extra_validation.mine.synthetic.split"),
+            "{err:#}"
+        );
+        let err = TrainConfig::parse(
+            "data: {extra_validation: {mine: {synthetic: {split: validation}}}}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.extra_validation.mine.samples"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn default_validation_reads_realistic_lines_in_seen_and_unseen_fonts() {
+        let c = TrainConfig::default();
+        let v = &c.data.validation.synthetic;
+        assert_eq!(v.split, TextSplit::Descriptions);
+        assert_eq!((v.max_chars, v.mean_chars), (100, Some(PRINTED_MEAN_CHARS)));
+        assert!(
+            v.fonts.is_empty(),
+            "the objective's set uses the training fonts"
+        );
+        let unseen = c.data.extra_validation[UNSEEN_FONTS_SET].as_ref().unwrap();
+        assert_eq!(unseen.synthetic.fonts, UNSEEN_VALIDATION_FONTS);
+        assert_eq!(unseen.synthetic.split, TextSplit::Descriptions);
+        // A partial override keeps the rest of the set; `null` removes it.
+        let c = TrainConfig::parse("", &["data.extra_validation.unseen-fonts.samples=8".into()])
+            .unwrap();
+        let unseen = c.data.extra_validation[UNSEEN_FONTS_SET].as_ref().unwrap();
+        assert_eq!(unseen.samples, Some(8));
+        assert_eq!(unseen.synthetic.fonts, UNSEEN_VALIDATION_FONTS);
+        let c =
+            TrainConfig::parse("", &["data.extra_validation.unseen-fonts=null".into()]).unwrap();
+        assert_eq!(c.data.extra_validation.get(UNSEEN_FONTS_SET), Some(&None));
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod metrics;
 pub mod storage;
 
 pub use config::{Architecture, PreprocessConfig, Preset, TrainConfig};
-pub use manifest::{CheckpointManifest, FileDigest, ModelManifest};
+pub use manifest::{CheckpointManifest, DecodeMode, FileDigest, ModelManifest};
 pub use metrics::{MetricsRecord, TrialProgress};
 pub use storage::Store;

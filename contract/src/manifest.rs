@@ -83,6 +83,23 @@ pub struct Provenance {
     pub config: serde_json::Value,
 }
 
+/// How text is read from the network's two heads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// The attention decoder alone, greedy.
+    Attention,
+    /// The CTC head alone: best frame labels, repeats merged, blanks dropped. It cannot loop
+    /// and its length is bounded by the image's width.
+    Ctc,
+    /// Both greedy readings, each scored by both heads; the reading with the higher joint
+    /// log-likelihood wins. A repetition loop of the decoder has almost no CTC likelihood,
+    /// so it loses to the CTC reading; where the decoder's language model helps, it wins.
+    /// Models without a CTC head decode with the attention decoder alone.
+    #[default]
+    Joint,
+}
+
 /// `manifest.json` of a model folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelManifest {
@@ -99,6 +116,10 @@ pub struct ModelManifest {
     /// Validation metrics of these weights (`cer`, `wer`, …).
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// How the model reads by default: the mode with the lowest validation CER when it was
+    /// trained (`joint` for models written before the choice existed).
+    #[serde(default)]
+    pub decoding: DecodeMode,
     /// Where the model came from.
     pub provenance: Provenance,
     /// Every file of the folder, with its digest.

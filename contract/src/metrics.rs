@@ -1,5 +1,7 @@
 //! Records a trial writes while it runs, and that the operator and local runner read.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,40 @@ pub struct MetricsRecord {
     /// Validation word error rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wer: Option<f64>,
+    /// Eval records: every validation set's scores by name, the objective's set
+    /// ([`OBJECTIVE_SET`]) included, with CER by line length.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sets: BTreeMap<String, SetScore>,
+}
+
+/// Name under which the objective's validation set appears in [`MetricsRecord::sets`].
+pub const OBJECTIVE_SET: &str = "validation";
+
+/// Scores of one validation set at one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SetScore {
+    /// Character error rate over the whole set.
+    pub cer: f64,
+    /// Word error rate over the whole set.
+    pub wer: f64,
+    /// Lines scored.
+    pub lines: u64,
+    /// CER by reference line length, shortest bucket first (empty buckets left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_length: Vec<LengthScore>,
+}
+
+/// CER of the lines of one length bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LengthScore {
+    /// Shortest reference line in the bucket, in characters.
+    pub min_chars: u32,
+    /// Longest reference line in the bucket, in characters (`u32::MAX`: no upper bound).
+    pub max_chars: u32,
+    /// Lines in the bucket.
+    pub lines: u64,
+    /// Character error rate over those lines.
+    pub cer: f64,
 }
 
 /// Kind of a [`MetricsRecord`].
@@ -56,14 +92,17 @@ pub enum WorkerPhase {
 }
 
 /// An evaluation result.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EvalPoint {
     /// Step it was measured at.
     pub step: u64,
-    /// Character error rate.
+    /// Character error rate on the objective's validation set.
     pub cer: f64,
-    /// Word error rate.
+    /// Word error rate on the objective's validation set.
     pub wer: f64,
+    /// CER of each extra validation set by name (e.g. `unseen-fonts`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_cer: BTreeMap<String, f64>,
 }
 
 /// Reference to a stored checkpoint.

@@ -165,8 +165,9 @@ fn dump_preset(dir: &Path, preset: Preset) -> Result<()> {
     Ok(())
 }
 
-/// Copy the model at `src` to `dst` with perturbed norms, running statistics and biases, and
-/// an EOS bias that makes greedy decoding of `images` stop at varied lengths.
+/// Copy the model at `src` to `dst` with perturbed norms, running statistics, biases and the
+/// CTC context's (zero-initialised) output projection, and an EOS bias that makes greedy
+/// decoding of `images` stop at varied lengths.
 fn write_perturbed_model(src: &Path, dst: &Path, images: &Tensor, widths: &Tensor) -> Result<()> {
     let model = LoadedModel::load_dir(src, Device::Cpu)?;
     let arch = model.manifest.architecture.clone();
@@ -198,6 +199,9 @@ fn write_perturbed_model(src: &Path, dst: &Path, images: &Tensor, widths: &Tenso
                 } else if name == "decoder.out.weight" {
                     // Logits of order 1-10 rather than 0.1: a 1e-4 tolerance then means more.
                     &var * 5.0
+                } else if name == "ctc_context.proj.weight" {
+                    // Zero at init, which would hide the whole context branch from the test.
+                    var.randn_like() * 0.1
                 } else {
                     continue;
                 };

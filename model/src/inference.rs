@@ -15,7 +15,7 @@ use textrec_contract::manifest::{FileDigest, ModelManifest, Provenance, MODEL_FO
 use textrec_contract::{Architecture, PreprocessConfig};
 
 use crate::batching::{plan_batches, BatchLimits};
-use crate::net::{Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
+use crate::net::{DecodeMode, Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
 use crate::preprocess::{self, PreparedImage};
 use crate::tensorio;
 use crate::tokenizer::Tokenizer;
@@ -57,6 +57,7 @@ pub struct LoadedModel {
     _vs: nn::VarStore,
     device: Device,
     batch_limits: BatchLimits,
+    decode_mode: DecodeMode,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -131,6 +132,7 @@ impl LoadedModel {
         net.set_inference_only();
         let version = ModelManifest::version_of(manifest_bytes);
         Ok(Self {
+            decode_mode: manifest.decoding,
             manifest,
             version,
             tokenizer,
@@ -181,6 +183,16 @@ impl LoadedModel {
     /// Change how inputs are split into forward passes (the default suits the device).
     pub fn set_batch_limits(&mut self, limits: BatchLimits) {
         self.batch_limits = limits;
+    }
+
+    /// How lines are read (the manifest's `decoding` unless changed).
+    pub fn decode_mode(&self) -> DecodeMode {
+        self.decode_mode
+    }
+
+    /// Read lines with `mode` from now on.
+    pub fn set_decode_mode(&mut self, mode: DecodeMode) {
+        self.decode_mode = mode;
     }
 
     /// Preprocess, batch and recognize lines; one prediction per image, in order.
@@ -245,7 +257,10 @@ impl LoadedModel {
         }
         let max_len = self.manifest.architecture.max_text_len;
         let (batch, widths) = preprocess::collate_refs(images, self.preprocess(), self.device);
-        let decoded = tch::no_grad(|| self.net().greedy_decode(&batch, &widths, max_len));
+        let decoded = tch::no_grad(|| {
+            self.net()
+                .decode(&batch, &widths, max_len, self.decode_mode)
+        });
         (0..images.len())
             .map(|k| {
                 let probs = &decoded.probs[k];
@@ -298,6 +313,7 @@ pub fn model_files(
         charset: charset.to_string(),
         preprocessing: preprocessing.clone(),
         metrics,
+        decoding: Default::default(),
         provenance,
         files: vec![FileDigest::of(layout::MODEL_WEIGHTS, &weights)],
     };

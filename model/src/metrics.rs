@@ -96,6 +96,55 @@ impl ErrorCounts {
     }
 }
 
+/// Upper bounds (in reference characters) of the line-length buckets that CER is reported by;
+/// a last bucket holds everything longer.
+pub const LENGTH_BUCKETS: [u32; 5] = [20, 40, 60, 80, 100];
+
+/// Error totals of a set overall and by reference line length.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScoreCard {
+    /// Totals over every line.
+    pub total: ErrorCounts,
+    /// Totals of the lines in each [`LENGTH_BUCKETS`] bucket, plus one for longer lines.
+    pub by_length: [ErrorCounts; LENGTH_BUCKETS.len() + 1],
+}
+
+impl ScoreCard {
+    /// Count one line, overall and in its length bucket.
+    pub fn add(&mut self, reference: &str, hypothesis: &str) {
+        let mut line = ErrorCounts::default();
+        line.add(reference, hypothesis);
+        let bucket = LENGTH_BUCKETS
+            .iter()
+            .position(|&max| line.chars <= u64::from(max))
+            .unwrap_or(LENGTH_BUCKETS.len());
+        self.by_length[bucket].merge(&line);
+        self.total.merge(&line);
+    }
+
+    /// The scores as recorded in `metrics.jsonl` (empty buckets left out).
+    pub fn score(&self) -> textrec_contract::metrics::SetScore {
+        let by_length = self
+            .by_length
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.lines > 0)
+            .map(|(i, c)| textrec_contract::metrics::LengthScore {
+                min_chars: if i == 0 { 0 } else { LENGTH_BUCKETS[i - 1] + 1 },
+                max_chars: LENGTH_BUCKETS.get(i).copied().unwrap_or(u32::MAX),
+                lines: c.lines,
+                cer: c.cer(),
+            })
+            .collect();
+        textrec_contract::metrics::SetScore {
+            cer: self.total.cer(),
+            wer: self.total.wer(),
+            lines: self.total.lines,
+            by_length,
+        }
+    }
+}
+
 /// CER of one line.
 pub fn cer(reference: &str, hypothesis: &str) -> f64 {
     let mut c = ErrorCounts::default();
@@ -130,6 +179,26 @@ fn rate(errors: u64, total: u64) -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn score_card_buckets_lines_by_reference_length() {
+        let mut card = ScoreCard::default();
+        card.add("short line", "short lime");
+        card.add(&"x".repeat(45), &"x".repeat(44));
+        card.add(&"y".repeat(120), "");
+        let s = card.score();
+        assert_eq!(s.lines, 3);
+        let buckets: Vec<(u32, u32, u64)> = s
+            .by_length
+            .iter()
+            .map(|b| (b.min_chars, b.max_chars, b.lines))
+            .collect();
+        assert_eq!(buckets, [(0, 20, 1), (41, 60, 1), (101, u32::MAX, 1)]);
+        assert_eq!(s.by_length[0].cer, 0.1);
+        assert_eq!(s.by_length[2].cer, 1.0);
+        assert_eq!(s.cer, card.total.cer());
+        assert_eq!(card.total.char_errors, 1 + 1 + 120);
+    }
 
     #[test]
     fn normalize_collapses_and_trims() {

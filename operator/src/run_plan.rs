@@ -473,6 +473,7 @@ mod tests {
             step: 0,
             latest_metric: best,
             best_metric: best,
+            best_extra_cer: Default::default(),
             restarts: 0,
             preemptions: 0,
             checkpoint: None,

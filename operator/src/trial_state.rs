@@ -233,19 +233,29 @@ pub fn observe(
         }
     }
 
-    let (step, latest, best, checkpoint) = match &progress {
+    let (step, latest, best, best_extra_cer, checkpoint) = match &progress {
         Some(p) => (
             p.step,
             p.latest.as_ref().map(|e| metric_of(e, metric)),
             p.best.as_ref().map(|e| metric_of(e, metric)),
+            p.best
+                .as_ref()
+                .map(|e| e.extra_cer.clone())
+                .unwrap_or_default(),
             p.checkpoint.as_ref().map(|c| CheckpointStatus {
                 step: c.step,
                 url: c.url.clone(),
             }),
         ),
         None => match prev {
-            Some(p) => (p.step, p.latest_metric, p.best_metric, p.checkpoint.clone()),
-            None => (0, None, None, None),
+            Some(p) => (
+                p.step,
+                p.latest_metric,
+                p.best_metric,
+                p.best_extra_cer.clone(),
+                p.checkpoint.clone(),
+            ),
+            None => (0, None, None, Default::default(), None),
         },
     };
     let status = TrialStatus {
@@ -255,6 +265,7 @@ pub fn observe(
         step,
         latest_metric: latest,
         best_metric: best,
+        best_extra_cer,
         restarts,
         preemptions,
         checkpoint,
@@ -327,6 +338,7 @@ mod tests {
             step: 40,
             latest_metric: Some(0.3),
             best_metric: Some(0.3),
+            best_extra_cer: Default::default(),
             restarts: 2,
             preemptions: 3,
             checkpoint: None,
@@ -376,5 +388,32 @@ mod tests {
         };
         let (s, _) = observe("t", "", None, &obs, ObjectiveMetric::Wer);
         assert_eq!(s.latest_metric, Some(0.4));
+    }
+
+    #[test]
+    fn extra_validation_sets_of_the_best_evaluation_reach_the_status() {
+        let p: TrialProgress = serde_json::from_value(json!({
+            "phase": "Running", "step": 400, "max_steps": 800,
+            "latest": {"step": 400, "cer": 0.2, "wer": 0.5, "extra_cer": {"unseen-fonts": 0.4}},
+            "best": {"step": 200, "cer": 0.1, "wer": 0.3, "extra_cer": {"unseen-fonts": 0.25}},
+            "updated": "2026-01-01T00:00:00Z"}))
+        .unwrap();
+        let j = job(json!([]));
+        let obs = TrialObservation {
+            job: Some(&j),
+            pods: vec![],
+            progress: Some(&p),
+        };
+        let (s, _) = observe("t", "", None, &obs, ObjectiveMetric::Cer);
+        assert_eq!((s.latest_metric, s.best_metric), (Some(0.2), Some(0.1)));
+        assert_eq!(s.best_extra_cer.get("unseen-fonts"), Some(&0.25));
+        // Kept when a later observation has no progress to read.
+        let obs = TrialObservation {
+            job: Some(&j),
+            pods: vec![],
+            progress: None,
+        };
+        let (again, _) = observe("t", "", Some(&s), &obs, ObjectiveMetric::Cer);
+        assert_eq!(again.best_extra_cer, s.best_extra_cer);
     }
 }

@@ -35,9 +35,13 @@ fn operator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_textrec-operator"))
 }
 
+// No CTC head: in the few steps these trials get, the tiny network's CTC head still emits only
+// blanks (CER 1.0) while the decoder's CER already falls, and the test needs the longer run to
+// be measurably better than the shorter one.
 const TRIAL_CONFIG: &str = r#"
     seed: 1
     threads: 1
+    model: {ctc_weight: 0.0}
     log_interval: 5
     checkpoint: {every_seconds: 0, keep: 3}
     data:
@@ -47,6 +51,8 @@ const TRIAL_CONFIG: &str = r#"
       validation:
         samples: 32
         synthetic: {split: validation, augment: 0.3, max_chars: 16}
+      extra_validation:
+        unseen-fonts: {samples: 8, synthetic: {max_chars: 16}}
 "#;
 
 fn run_manifest(name: &str, lrs: &str, steps: u64, eval: u64) -> String {

@@ -7,7 +7,8 @@
 //! Prints training samples/s at batch 16 (real synthetic lines through the background
 //! `Loader`, AdamW with clipping: what `train` does per step), peak RSS (VmHWM), and
 //! recognition lines/s at batch 1 and 16. Environment knobs: `TEXTREC_BENCH_THREADS` (libtorch
-//! threads, default 2), `TEXTREC_BENCH_STEPS` (timed steps, default 20),
+//! threads, default 2), `TEXTREC_BENCH_STEPS` (timed steps, default 20), `TEXTREC_BENCH_SET`
+//! (`;`-separated config overrides such as `data.bucket_batches=1`),
 //! `TEXTREC_BENCH_MODEL` (a trained model folder for the recognition part; without it the
 //! weights come from the benchmark's own short training, and decoding may run to the
 //! maximum length, which is the slow case).
@@ -50,7 +51,18 @@ fn main() -> Result<()> {
     let steps = env_or("TEXTREC_BENCH_STEPS", 20) as u64;
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(1);
-    let cfg = TrainConfig::parse("model: {preset: small}\nbatch_size: 16\n", &[])?;
+    // `TEXTREC_BENCH_SET="data.bucket_batches=1;model.ctc_weight=0.5"`: config overrides, for
+    // side-by-side runs of one change.
+    let overrides: Vec<String> = std::env::var("TEXTREC_BENCH_SET")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    let cfg = TrainConfig::parse("model: {preset: small}\nbatch_size: 16\n", &overrides)?;
+    if !overrides.is_empty() {
+        println!("  overrides: {}", overrides.join(" "));
+    }
     let arch = cfg.model.resolve()?;
     let tokenizer = Tokenizer::new(IAM_CHARSET);
     println!(
@@ -73,6 +85,7 @@ fn main() -> Result<()> {
         tokenizer.clone(),
         cfg.preprocess.clone(),
         cfg.batch_size,
+        cfg.data.bucket_batches,
         0,
         cfg.data.loader_threads.max(1),
         cfg.data.prefetch_batches.max(1),
@@ -81,23 +94,37 @@ fn main() -> Result<()> {
     let mut waited = 0f64;
     let mut samples = 0usize;
     let mut started = Instant::now();
+    // Where a step's time goes: forward + loss, backward, clipping + AdamW.
+    let mut phases = [0f64; 3];
+    let (mut valid_cols, mut padded_cols) = (0i64, 0i64);
     for step in 0..warmup + steps {
         if step == warmup {
             started = Instant::now();
             waited = 0.0;
             samples = 0;
+            phases = [0.0; 3];
+            (valid_cols, padded_cols) = (0, 0);
         }
         let t0 = Instant::now();
         let batch = loader.next_batch()?;
         waited += t0.elapsed().as_secs_f64();
         samples += batch.ids.len();
+        valid_cols += batch.widths.sum(tch::Kind::Int64).int64_value(&[]);
+        padded_cols += batch.images.size()[0] * batch.images.size()[3];
         tch::manual_seed(step as i64);
+        let t1 = Instant::now();
         let out = net.forward_t(&batch.images, &batch.widths, &batch.tgt_in, true);
         let loss = net.loss(&out, &batch.tgt_out, &batch.target_lengths, 0.0);
+        let _ = loss.double_value(&[]);
+        let t2 = Instant::now();
         opt.zero_grad();
         loss.backward();
+        let t3 = Instant::now();
         opt.clip_grad_norm(cfg.optimizer.grad_clip);
         opt.step(lr_at(step, 1000, &cfg.optimizer));
+        phases[0] += (t2 - t1).as_secs_f64();
+        phases[1] += (t3 - t2).as_secs_f64();
+        phases[2] += t3.elapsed().as_secs_f64();
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -106,7 +133,18 @@ fn main() -> Result<()> {
         secs / steps as f64,
         100.0 * waited / secs
     );
+    println!(
+        "  per step: forward+loss {:.3} s, backward {:.3} s, clip+AdamW {:.3} s; {:.0} px mean line width, {:.0}% of the columns padding",
+        phases[0] / steps as f64,
+        phases[1] / steps as f64,
+        phases[2] / steps as f64,
+        valid_cols as f64 / samples as f64,
+        100.0 * (1.0 - valid_cols as f64 / padded_cols as f64)
+    );
     drop(loader);
+    if let Some(mib) = peak_rss_mib() {
+        println!("  peak RSS after training (VmHWM): {mib:.0} MiB");
+    }
 
     // Recognition.
     let model = match std::env::var("TEXTREC_BENCH_MODEL") {

@@ -4,8 +4,8 @@
 //! textrec-worker eval --model s3://bucket/run/trial-0/model --data lines/ [--predictions out/] [--json]
 //! ```
 //!
-//! With `--json` the last stdout line is `{"cer":…,"wer":…,"lines":…}` (plus `"skipped"` when
-//! some images could not be read), for scripts and CI.
+//! With `--json` the last stdout line is `{"cer":…,"wer":…,"lines":…,"by_length":[…]}` (plus
+//! `"skipped"` when some images could not be read), for scripts and CI.
 
 use std::path::PathBuf;
 
@@ -17,7 +17,8 @@ use textrec_contract::exit::{self, ConfigError};
 use textrec_contract::manifest::ModelManifest;
 use textrec_contract::{layout, Store};
 use textrec_model::data::open_dataset;
-use textrec_model::metrics::ErrorCounts;
+use textrec_model::metrics::ScoreCard;
+use textrec_model::net::DecodeMode;
 use textrec_model::LoadedModel;
 
 /// Arguments of `eval`.
@@ -44,6 +45,32 @@ pub struct EvalArgs {
     /// libtorch CPU threads (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// How lines are read: `joint` (both heads' readings, the likelier wins), `attention`
+    /// (the decoder alone) or `ctc` (the CTC head alone). Default: the model's own choice
+    /// (its manifest's `decoding`, the mode that read its validation set best).
+    #[arg(long, value_enum)]
+    pub decode: Option<DecodeArg>,
+}
+
+/// A `--decode` value.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DecodeArg {
+    /// Joint CTC/attention.
+    Joint,
+    /// The attention decoder alone.
+    Attention,
+    /// The CTC head alone.
+    Ctc,
+}
+
+impl From<DecodeArg> for DecodeMode {
+    fn from(d: DecodeArg) -> Self {
+        match d {
+            DecodeArg::Joint => DecodeMode::Joint,
+            DecodeArg::Attention => DecodeMode::Attention,
+            DecodeArg::Ctc => DecodeMode::Ctc,
+        }
+    }
 }
 
 /// Parse a `--device` value.
@@ -95,7 +122,10 @@ pub fn load_model(location: &str, device: tch::Device) -> Result<LoadedModel> {
 pub fn run(args: EvalArgs) -> Result<i32> {
     crate::device::set_threads(args.threads);
     let device = parse_device(&args.device)?;
-    let model = load_model(&args.model, device)?;
+    let mut model = load_model(&args.model, device)?;
+    if let Some(mode) = args.decode {
+        model.set_decode_mode(mode.into());
+    }
     let spec = DatasetSpec {
         kind: DatasetKind::Tesstrain,
         path: Some(args.data.to_string_lossy().into_owned()),
@@ -109,7 +139,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
 
-    let mut counts = ErrorCounts::default();
+    let mut card = ScoreCard::default();
     // Files rejected while the folder was scanned (unreadable, bad size, no transcription) count
     // as skipped just like those that fail to decode now.
     let mut skipped: Vec<String> = data
@@ -121,7 +151,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let mut flush =
         |pending: &mut Vec<(String, String, GrayImage)>, skipped: &mut Vec<String>| -> Result<()> {
             for (id, reference, hyp) in recognize_batch(&model, std::mem::take(pending), skipped) {
-                counts.add(&reference, &hyp);
+                card.add(&reference, &hyp);
                 if let Some(dir) = &args.predictions {
                     let path = dir.join(format!("{id}.txt"));
                     std::fs::write(&path, format!("{hyp}\n"))
@@ -148,15 +178,16 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             skipped.join("; ")
         );
     }
-    if counts.lines == 0 {
+    let score = card.score();
+    if score.lines == 0 {
         bail!(ConfigError::new(format!(
             "--data {}: no readable lines",
             args.data.display()
         )));
     }
     if args.json {
-        let mut j =
-            serde_json::json!({"cer": counts.cer(), "wer": counts.wer(), "lines": counts.lines});
+        let mut j = serde_json::json!({"cer": score.cer, "wer": score.wer, "lines": score.lines,
+                                       "by_length": score.by_length});
         if !skipped.is_empty() {
             j["skipped"] = serde_json::json!(skipped.len());
         }
@@ -164,15 +195,25 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     } else {
         println!(
             "CER {:.4}  WER {:.4}  over {} lines{}",
-            counts.cer(),
-            counts.wer(),
-            counts.lines,
+            score.cer,
+            score.wer,
+            score.lines,
             if skipped.is_empty() {
                 String::new()
             } else {
                 format!(" ({} skipped)", skipped.len())
             }
         );
+        for b in &score.by_length {
+            let range = match b.max_chars {
+                u32::MAX => format!("> {}", b.min_chars - 1),
+                max => format!("{}-{max}", b.min_chars),
+            };
+            println!(
+                "  {range:>8} chars: CER {:.4} over {} lines",
+                b.cer, b.lines
+            );
+        }
     }
     Ok(exit::SUCCESS)
 }

@@ -24,8 +24,9 @@ pub struct SynthArgs {
     /// Number of lines.
     #[arg(long, default_value_t = 20)]
     pub count: u64,
-    /// Corpus text to draw from: `validation` (held out from training) or `train`.
-    #[arg(long, value_enum, default_value_t = SplitArg::Validation)]
+    /// Text to draw from: `descriptions` (Debian package descriptions, prose the training
+    /// corpus does not contain), `validation` (held-out corpus text) or `train`.
+    #[arg(long, value_enum, default_value_t = SplitArg::Descriptions)]
     pub split: SplitArg,
     /// Seed; the same seed and options always give the same lines.
     #[arg(long, default_value_t = DEFAULT_SEED)]
@@ -33,9 +34,19 @@ pub struct SynthArgs {
     /// Augmentation strength from 0 (clean) to 1 (heavy).
     #[arg(long, default_value_t = 0.3)]
     pub augment: f64,
+    /// Shortest line in characters.
+    #[arg(long, default_value_t = 8)]
+    pub min_chars: usize,
     /// Longest line in characters.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 100)]
     pub max_chars: usize,
+    /// Mean line length in characters (printed lines spread around it); 0 draws lengths
+    /// uniformly between --min-chars and --max-chars.
+    #[arg(long, default_value_t = textrec_contract::config::PRINTED_MEAN_CHARS)]
+    pub mean_chars: usize,
+    /// Share of lines that are generated numbers, dates, amounts and names.
+    #[arg(long, default_value_t = 0.1)]
+    pub generated_fraction: f64,
     /// A font file or family name to render with (repeatable). Default: the training fonts.
     /// Fonts outside the training set make an independent evaluation set.
     #[arg(long = "font")]
@@ -45,7 +56,9 @@ pub struct SynthArgs {
 /// The corpus split, as a command-line value.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SplitArg {
-    /// Held-out text.
+    /// Package descriptions from /var/lib/dpkg/status.
+    Descriptions,
+    /// Held-out corpus text.
     Validation,
     /// Training text.
     Train,
@@ -56,8 +69,12 @@ pub fn run(args: SynthArgs) -> Result<i32> {
     let cfg = SyntheticConfig {
         fonts: args.fonts.clone(),
         augment: args.augment,
+        min_chars: args.min_chars,
         max_chars: args.max_chars,
+        mean_chars: (args.mean_chars > 0).then_some(args.mean_chars),
+        generated_fraction: args.generated_fraction,
         split: match args.split {
+            SplitArg::Descriptions => TextSplit::Descriptions,
             SplitArg::Validation => TextSplit::Validation,
             SplitArg::Train => TextSplit::Train,
         },

@@ -27,6 +27,10 @@ What the Rust network does, and this one too:
   attention scaled by ``1/sqrt(d_head)``; token embeddings scaled by ``sqrt(d)`` plus a 1-D
   sinusoidal encoding; final LayerNorm then the output projection (with bias);
 - CTC head (when ``ctc_weight > 0``): features (before the position code) averaged over rows;
+  with ``ctc_context_layers > 0``, first a 1-D sinusoidal code is added and pre-norm encoder
+  layers ``x + drop(SelfAttn(LN1 x))`` (bidirectional, padding frames masked out of the keys),
+  ``x + drop(fc2(drop(gelu(fc1(LN2 x)))))`` run over the frames, then a final LayerNorm and a
+  projection whose output is added to the frames;
 - ids: PAD 0, BOS 1, EOS 2, then the manifest's charset in order. Greedy decoding never emits
   PAD or BOS, stops an item at EOS or after ``max_text_len`` characters.
 """
@@ -63,6 +67,7 @@ class Architecture:
     dropout: float
     max_text_len: int
     ctc_weight: float
+    ctc_context_layers: int = 0
 
 
 class Tokenizer:
@@ -213,6 +218,11 @@ class SelfAttention(nn.Module):
         q, k, v = self._project(x)
         return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
 
+    def forward_masked(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        """Bidirectional attention; ``key_mask`` ``[B, 1, 1, T]`` is true on valid positions."""
+        q, k, v = self._project(x)
+        return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))
+
     def step(self, x: Tensor, cache: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
         """One new position ``[B, 1, d]`` attending to ``cache`` (keys, values) and itself."""
         q, k, v = self._project(x)
@@ -270,6 +280,39 @@ class DecoderLayer(nn.Module):
         return x + self.feed_forward(x), cache
 
 
+class ContextLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, eps=1e-5)
+        self.attn = SelfAttention(d, heads)
+        self.norm2 = nn.LayerNorm(d, eps=1e-5)
+        self.fc1 = nn.Linear(d, ff)
+        self.fc2 = nn.Linear(ff, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        x = x + self.drop(self.attn.forward_masked(self.norm1(x), key_mask))
+        return x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x))))))
+
+
+class FrameContext(nn.Module):
+    """Self-attention over the frames before the CTC head (model/src/net/context.rs)."""
+
+    def __init__(self, d: int, heads: int, layers: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(ContextLayer(d, heads, ff, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d, eps=1e-5)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, frames: Tensor, valid: Tensor) -> Tensor:
+        b, w, d = frames.shape
+        x = frames + sinusoid(0, w, d).to(frames.device, frames.dtype).unsqueeze(0)
+        key_mask = (torch.arange(w, device=frames.device).view(1, w) < valid.view(b, 1)).view(b, 1, 1, w)
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return frames + self.proj(self.norm(x))
+
+
 class Decoder(nn.Module):
     def __init__(self, vocab: int, d: int, heads: int, layers: int, ff: int, dropout: float) -> None:
         super().__init__()
@@ -302,6 +345,11 @@ class Recognizer(nn.Module):
         d = arch.d_model
         self.encoder = Encoder(arch.encoder_channels, arch.encoder_blocks, d)
         self.memory_norm = nn.LayerNorm(d, eps=1e-5)
+        self.ctc_context = (
+            FrameContext(d, arch.heads, arch.ctc_context_layers, arch.ff_dim, arch.dropout)
+            if arch.ctc_weight > 0 and arch.ctc_context_layers > 0
+            else None
+        )
         self.ctc_head = nn.Linear(d, vocab_size) if arch.ctc_weight > 0 else None
         self.decoder = Decoder(vocab_size, d, arch.heads, arch.decoder_layers, arch.ff_dim, arch.dropout)
 
@@ -316,17 +364,19 @@ class Recognizer(nn.Module):
         key_mask = (cols.view(1, 1, w) < valid.view(b, 1, 1)).expand(b, h, w).reshape(b, 1, 1, h * w)
         return memory, key_mask, features, valid
 
-    def ctc_log_probs(self, features: Tensor) -> Tensor:
+    def ctc_log_probs(self, features: Tensor, valid: Tensor) -> Tensor:
         """``[W', B, V]`` CTC log-probabilities (requires a CTC head)."""
         assert self.ctc_head is not None
-        frames = self.ctc_head(features.mean(2).transpose(1, 2))
-        return frames.transpose(0, 1).log_softmax(-1)
+        frames = features.mean(2).transpose(1, 2)
+        if self.ctc_context is not None:
+            frames = self.ctc_context(frames, valid)
+        return self.ctc_head(frames).transpose(0, 1).log_softmax(-1)
 
     def forward(self, images: Tensor, widths: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         """Teacher-forced logits ``[B, T, V]``, CTC log-probs (or None) and CTC frame counts."""
         memory, key_mask, features, valid = self.encode(images, widths)
         logits = self.decoder(tgt_in, memory, key_mask)
-        ctc = self.ctc_log_probs(features) if self.ctc_head is not None else None
+        ctc = self.ctc_log_probs(features, valid) if self.ctc_head is not None else None
         return logits, ctc, valid
 
     def loss(

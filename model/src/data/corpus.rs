@@ -37,6 +37,8 @@ pub fn is_validation(text: &str) -> bool {
 pub struct Corpus {
     train: TextPool,
     validation: TextPool,
+    /// Package descriptions (with the validation split's words and names), when loaded.
+    descriptions: Option<TextPool>,
     charset: HashSet<char>,
 }
 
@@ -75,12 +77,17 @@ impl Corpus {
     /// Load the fortune files and the word list a synthetic config names, mapped into
     /// `charset`. Loaded corpora are cached per process (training and validation share one).
     pub fn load(cfg: &SyntheticConfig, charset: &str) -> Result<Arc<Corpus>> {
-        type Key = (String, String, String);
+        type Key = (String, String, String, String);
         static CACHE: Mutex<Vec<(Key, Arc<Corpus>)>> = Mutex::new(Vec::new());
+        let descriptions_file = match cfg.split {
+            TextSplit::Descriptions => cfg.descriptions_file.clone(),
+            _ => String::new(),
+        };
         let key = (
             cfg.fortunes_dir.clone(),
             cfg.words_file.clone(),
             charset.to_string(),
+            descriptions_file.clone(),
         );
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
@@ -98,12 +105,26 @@ impl Corpus {
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let corpus = Arc::new(Corpus::from_texts(
-            &refs,
-            &String::from_utf8_lossy(&words),
-            charset,
-        ));
-        for split in [TextSplit::Train, TextSplit::Validation] {
+        let mut corpus = Corpus::from_texts(&refs, &String::from_utf8_lossy(&words), charset);
+        if !descriptions_file.is_empty() {
+            let status = std::fs::read(&descriptions_file).with_context(|| {
+                format!(
+                    "cannot read the package descriptions in {descriptions_file} (the \
+                     `descriptions` text split reads a dpkg status file; set \
+                     `descriptions_file` or use `split: validation`)"
+                )
+            })?;
+            corpus.add_descriptions(&String::from_utf8_lossy(&status));
+            if corpus.stats(TextSplit::Descriptions).passages == 0 {
+                bail!("{descriptions_file} holds no package descriptions");
+            }
+        }
+        let corpus = Arc::new(corpus);
+        for split in [
+            TextSplit::Train,
+            TextSplit::Validation,
+            TextSplit::Descriptions,
+        ] {
             let s = corpus.stats(split);
             tracing::info!(?split, ?s, "corpus loaded");
         }
@@ -157,15 +178,48 @@ impl Corpus {
         Corpus {
             train,
             validation,
+            descriptions: None,
             charset,
         }
     }
 
-    /// The text of one split.
+    /// Add the package descriptions of a dpkg status file as the `descriptions` split. Its
+    /// generated names and word lines come from the validation split's words, so no training
+    /// text reaches it.
+    pub fn add_descriptions(&mut self, status: &str) {
+        let mut pool = TextPool {
+            words: self.validation.words.clone(),
+            names: self.validation.names.clone(),
+            ..TextPool::default()
+        };
+        let mut seen = HashSet::new();
+        for entry in package_descriptions(status) {
+            let text = map_into_charset(&entry, &self.charset);
+            if !looks_like_prose(&text) || !seen.insert(text.clone()) {
+                continue;
+            }
+            pool.source_lines += entry.lines().count() as u64;
+            let n = text.split(' ').count() as u64;
+            pool.cum_words
+                .push(pool.cum_words.last().copied().unwrap_or(0) + n);
+            pool.passages.push(text);
+        }
+        self.descriptions = Some(pool);
+    }
+
+    /// The text of one split (the `descriptions` split is empty unless loaded).
     pub fn pool(&self, split: TextSplit) -> &TextPool {
+        const EMPTY: &TextPool = &TextPool {
+            passages: Vec::new(),
+            cum_words: Vec::new(),
+            source_lines: 0,
+            words: Vec::new(),
+            names: Vec::new(),
+        };
         match split {
             TextSplit::Train => &self.train,
             TextSplit::Validation => &self.validation,
+            TextSplit::Descriptions => self.descriptions.as_ref().unwrap_or(EMPTY),
         }
     }
 
@@ -182,20 +236,22 @@ impl Corpus {
     }
 
     /// Draw one line of `min..=max` characters from `split`: generated text with probability
-    /// `generated_fraction`, otherwise a stretch of a fortune (mostly) or a run of random
-    /// dictionary words. Some lines are set in capitals, as headings and forms are.
+    /// `generated_fraction`, otherwise a stretch of prose (mostly) or a run of random
+    /// dictionary words. Some lines are set in capitals, as headings and forms are. Lengths
+    /// spread around `mean` as printed lines do ([`draw_length`]), or uniformly without one.
     pub fn sample_line<R: Rng>(
         &self,
         split: TextSplit,
         rng: &mut R,
         min: usize,
         max: usize,
+        mean: Option<usize>,
         generated_fraction: f64,
     ) -> String {
         let pool = self.pool(split);
         let (min, max) = (min.max(1), max.max(min.max(1)));
         for _ in 0..64 {
-            let target = rng.gen_range(min..=max);
+            let target = draw_length(rng, min, max, mean);
             let line = if rng.gen_bool(generated_fraction.clamp(0.0, 1.0)) {
                 generated_line(pool, rng, target, max)
             } else if !pool.passages.is_empty() && rng.gen_bool(0.75) {
@@ -246,6 +302,19 @@ impl TextPool {
             line.push_str(words[end]);
             end += 1;
         }
+        // A passage that ends short of the target runs on into the next one, as a page of
+        // text does: long lines must not be rarer than the length distribution says.
+        if end == words.len() && self.passages.len() > 1 {
+            let next = &self.passages[(p + 1) % self.passages.len()];
+            for w in next.split(' ') {
+                if line.len() + 1 + w.len() > target {
+                    break;
+                }
+                line.push(' ');
+                line.push_str(w);
+            }
+            return line;
+        }
         let mut start = first;
         while start > 0 && line.len() + 1 + words[start - 1].len() <= target {
             start -= 1;
@@ -253,6 +322,50 @@ impl TextPool {
         }
         line
     }
+}
+
+/// A target line length in `min..=max`. Without a mean, uniform. With one, the spread of
+/// printed lines: most lines are full lines near the mean (a normal with a standard deviation
+/// of a third of it), one in six is the short last line of a paragraph or a heading (uniform
+/// below the mean).
+pub fn draw_length<R: Rng>(rng: &mut R, min: usize, max: usize, mean: Option<usize>) -> usize {
+    let Some(mean) = mean else {
+        return rng.gen_range(min..=max);
+    };
+    let mean = mean.clamp(min, max);
+    let n = if rng.gen_bool(1.0 / 6.0) {
+        rng.gen_range(min..=mean) as f64
+    } else {
+        // Lines end at a word boundary, a few characters short of the target on average.
+        let centre = mean as f64 + 5.0;
+        centre + centre / 3.0 * super::render::gaussian(rng) as f64
+    };
+    (n.round().max(0.0) as usize).clamp(min, max)
+}
+
+/// The package descriptions of a dpkg status file: the synopsis and the extended text of each
+/// `Description:` field, joined into one passage.
+fn package_descriptions(status: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix("Description:") {
+            if let Some(done) = current.take() {
+                out.push(done);
+            }
+            current = Some(rest.trim().to_string());
+        } else if let (Some(text), true) = (current.as_mut(), line.starts_with(' ')) {
+            let piece = line.trim();
+            if piece != "." {
+                text.push(' ');
+                text.push_str(piece);
+            }
+        } else if let Some(done) = current.take() {
+            out.push(done);
+        }
+    }
+    out.extend(current);
+    out
 }
 
 /// Cut a piece to at most `max` characters (URLs and similar run-ons; a generated item such
@@ -662,7 +775,7 @@ mod tests {
         for split in [TextSplit::Train, TextSplit::Validation] {
             for (min, max) in [(1, 32), (5, 12), (20, 40)] {
                 for _ in 0..300 {
-                    let l = c.sample_line(split, &mut rng, min, max, 0.3);
+                    let l = c.sample_line(split, &mut rng, min, max, None, 0.3);
                     let n = l.chars().count();
                     assert!((min..=max).contains(&n), "{l:?} not in {min}..={max}");
                     assert!(l.chars().all(|ch| set.contains(&ch)), "{l:?}");
@@ -720,5 +833,54 @@ mod tests {
         assert!(t.passages > 5_000 && t.words > 50_000, "{t:?}");
         assert!(v.passages > 200 && v.words > 2_000, "{v:?}");
         assert!(v.passages * 10 < t.passages);
+    }
+
+    #[test]
+    fn package_descriptions_join_synopsis_and_extended_text() {
+        let status = "Package: a\nDescription: tool for things\n First line of more.\n .\n \
+                      Second paragraph.\nHomepage: x\n\nPackage: b\nDescription: other one\n";
+        assert_eq!(
+            package_descriptions(status),
+            [
+                "tool for things First line of more. Second paragraph.",
+                "other one"
+            ]
+        );
+        let mut c = Corpus::from_texts(&[], "Alpha\nbeta\n", IAM_CHARSET);
+        c.add_descriptions(status);
+        let d = c.stats(TextSplit::Descriptions);
+        assert_eq!(d.passages, 2);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let line = c.sample_line(TextSplit::Descriptions, &mut rng, 4, 40, Some(20), 0.0);
+        assert!((4..=40).contains(&line.chars().count()), "{line:?}");
+    }
+
+    #[test]
+    fn printed_lengths_centre_on_the_mean_with_a_short_tail() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut n: Vec<usize> = (0..20_000)
+            .map(|_| draw_length(&mut rng, 8, 100, Some(45)))
+            .collect();
+        n.sort_unstable();
+        let mean = n.iter().sum::<usize>() as f64 / n.len() as f64;
+        let median = n[n.len() / 2];
+        assert!((44.0..52.0).contains(&mean), "mean {mean}");
+        assert!((44..=52).contains(&median), "median {median}");
+        assert!(n[0] >= 8 && *n.last().unwrap() <= 100);
+        assert!(
+            n[n.len() / 10] < 35,
+            "too few short lines: p10 {}",
+            n[n.len() / 10]
+        );
+        assert!(
+            *n.last().unwrap() > 85,
+            "no long lines: max {}",
+            n.last().unwrap()
+        );
+        // Without a mean, uniform.
+        let u: Vec<usize> = (0..1000)
+            .map(|_| draw_length(&mut rng, 1, 4, None))
+            .collect();
+        assert!((1..=4).all(|k| u.contains(&k)));
     }
 }

@@ -20,7 +20,7 @@ use ab_glyph::{Font, FontArc, GlyphId, PxScale};
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::Rng;
-use textrec_contract::config::SyntheticConfig;
+use textrec_contract::config::{SyntheticConfig, TextSplit, UNSEEN_VALIDATION_FONTS};
 
 /// One file of the training font set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +306,33 @@ impl FontSet {
         &self.fonts
     }
 
+    /// Refuse fonts that a set of this split must not use: fonts reserved for independent
+    /// evaluation in any set, and the unseen-fonts validation families in training.
+    pub fn check_use(&self, split: TextSplit) -> Result<()> {
+        for f in &self.fonts {
+            if is_reserved_for_evaluation(f) {
+                bail!(
+                    "font {} ({}) is reserved for independent evaluation: it is never trained \
+                     or validated on",
+                    f.path.display(),
+                    f.family
+                );
+            }
+            let unseen = UNSEEN_VALIDATION_FONTS
+                .iter()
+                .any(|u| squash(u) == squash(&f.family));
+            if split == TextSplit::Train && unseen {
+                bail!(
+                    "font {} ({}) belongs to the unseen-fonts validation set: training on it \
+                     would make that set measure memory instead of generalization",
+                    f.path.display(),
+                    f.family
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Pick a font that can draw `text` (after upper-casing for caps-only fonts) and return
     /// it with the label. Families are equally likely, then files within a family; fonts
     /// that lack a character are passed over. `None` when no font can draw the text.
@@ -325,6 +352,18 @@ impl FontSet {
         let label = font.label(text);
         font.covers(&label).then_some((font, label))
     }
+}
+
+/// Font packages kept for independent evaluation (never trained or validated on), as they
+/// appear in font paths and family names.
+const RESERVED_FOR_EVALUATION: [&str; 3] = ["bwht", "femkeklaver", "kaushan"];
+
+fn is_reserved_for_evaluation(font: &LoadedFont) -> bool {
+    let path = font.path.to_string_lossy().to_lowercase();
+    let family = squash(&font.family);
+    RESERVED_FOR_EVALUATION
+        .iter()
+        .any(|r| path.contains(r) || family.contains(r))
 }
 
 fn find_training_font(t: &TrainingFont, dirs: &[PathBuf]) -> Result<PathBuf> {
@@ -405,10 +444,20 @@ fn resolve_font(wanted: &str, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             return Ok(found);
         }
     }
+    const UNSEEN_PACKAGES: [(&str, &str); 4] = [
+        ("freeserif", "fonts-freefont-ttf"),
+        ("havana", "fonts-havana"),
+        ("cabinsketch", "fonts-cabinsketch"),
+        ("bebasneue", "fonts-bebas-neue"),
+    ];
     let hint = TRAINING_FONTS
         .iter()
-        .find(|t| squash(t.file).contains(&squash(wanted)))
-        .map(|t| format!(": install the Debian package {}", t.package))
+        .map(|t| (squash(t.file), t.package))
+        .chain(UNSEEN_PACKAGES.iter().map(|(f, p)| (f.to_string(), *p)))
+        .find(|(file, _)| file.contains(&squash(wanted)))
+        .map(|(_, package)| {
+            format!(": install the Debian package {package} (apt-get install {package})")
+        })
         .unwrap_or_default();
     bail!("font {wanted:?} not found under {}{hint}", show_dirs(dirs))
 }
@@ -715,6 +764,19 @@ mod tests {
 
     /// Writes `a..z` over `A..Z` in every training font to /tmp/textrec-samples/alphabet-*.png
     /// (run with `--ignored` to look at them).
+    #[test]
+    fn unseen_validation_fonts_are_refused_for_training() {
+        let cfg = SyntheticConfig {
+            fonts: vec!["FreeSerif".into()],
+            ..SyntheticConfig::default()
+        };
+        let set = FontSet::load(&cfg, IAM_CHARSET).expect("apt-get install fonts-freefont-ttf");
+        let err = set.check_use(TextSplit::Train).unwrap_err().to_string();
+        assert!(err.contains("unseen-fonts"), "{err}");
+        set.check_use(TextSplit::Descriptions).unwrap();
+        training_set().check_use(TextSplit::Train).unwrap();
+    }
+
     #[test]
     #[ignore]
     fn render_alphabet_sheets() {

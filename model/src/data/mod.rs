@@ -92,7 +92,7 @@ pub fn open_dataset(spec: &DatasetSpec, seed: u64, charset: &str) -> Result<Arc<
         DatasetKind::Synthetic => {
             let seed = match spec.synthetic.split {
                 TextSplit::Train => seed,
-                TextSplit::Validation => {
+                TextSplit::Validation | TextSplit::Descriptions => {
                     if spec.samples.is_none() {
                         bail!("a synthetic validation set needs `samples` (its size)");
                     }

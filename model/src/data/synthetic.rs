@@ -48,6 +48,7 @@ impl SyntheticDataset {
         }
         let corpus = Corpus::load(cfg, charset)?;
         let fonts = FontSet::load(cfg, charset)?;
+        fonts.check_use(cfg.split)?;
         Ok(Self {
             corpus,
             fonts,
@@ -88,6 +89,7 @@ impl Dataset for SyntheticDataset {
                 &mut rng,
                 c.min_chars,
                 c.max_chars,
+                c.mean_chars,
                 c.generated_fraction,
             );
             // A line no font can draw is replaced by another line, never drawn with boxes.
@@ -102,6 +104,7 @@ impl Dataset for SyntheticDataset {
             let split = match c.split {
                 TextSplit::Train => "train",
                 TextSplit::Validation => "validation",
+                TextSplit::Descriptions => "descriptions",
             };
             return Ok(Sample {
                 image,
@@ -115,7 +118,7 @@ impl Dataset for SyntheticDataset {
     fn describe(&self) -> String {
         let s = self.corpus.stats(self.cfg.split);
         format!(
-            "synthetic {:?} lines ({}), {} fonts, {} fortunes + {} words, {}..{} chars, augment {}, seed {:#x}",
+            "synthetic {:?} lines ({}), {} fonts, {} passages + {} words, {}..{} chars{}, augment {}, seed {:#x}",
             self.cfg.split,
             self.len.map_or("endless".to_string(), |n| format!("{n} samples")),
             self.fonts.fonts().len(),
@@ -123,6 +126,9 @@ impl Dataset for SyntheticDataset {
             s.words,
             self.cfg.min_chars,
             self.cfg.max_chars,
+            self.cfg
+                .mean_chars
+                .map_or(String::new(), |m| format!(" (mean {m})")),
             self.cfg.augment,
             self.seed
         )
@@ -194,7 +200,7 @@ mod tests {
         for i in 0..12 {
             let s = ds.get(i).unwrap();
             assert!(
-                !s.text.is_empty() && s.text.chars().count() <= 32,
+                !s.text.is_empty() && s.text.chars().count() <= 100,
                 "{:?}",
                 s.text
             );

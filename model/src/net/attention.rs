@@ -130,6 +130,13 @@ impl SelfAttention {
         merge_heads(&attend(&q, &k, &v, None, true)).apply(&self.out)
     }
 
+    /// Bidirectional attention over `[B, T, d]`; `key_mask` `[B, 1, 1, T]` is true for the
+    /// valid positions.
+    pub fn forward_masked(&self, xs: &Tensor, key_mask: &Tensor) -> Tensor {
+        let (q, k, v) = self.project(xs);
+        merge_heads(&attend(&q, &k, &v, Some(key_mask), false)).apply(&self.out)
+    }
+
     /// Attention of the new positions `xs` (`[B, n, d]`, usually n = 1) to the cache and
     /// themselves; appends their keys and values to `cache`. Causal within the new positions.
     pub fn step(&self, xs: &Tensor, cache: &mut Option<KvCache>, capacity: i64) -> Tensor {

@@ -4,6 +4,7 @@
 //! - [`resnet`]: the convolutional encoder, with width masking so that batching is exact;
 //! - [`posenc`]: sinusoidal position encodings;
 //! - [`attention`]: multi-head attention with a key/value cache;
+//! - [`context`]: self-attention over the line's frames, for the CTC head;
 //! - [`decoder`]: the pre-norm Transformer decoder;
 //! - [`recognizer`]: [`Recognizer`], the whole network, its loss and greedy decoding.
 //!
@@ -11,6 +12,7 @@
 //! `encoder.stages.1.0.conv1.conv.weight` or `decoder.layers.0.self_attn.qkv.weight`.
 
 pub mod attention;
+pub mod context;
 pub mod decoder;
 pub mod posenc;
 pub mod recognizer;
@@ -23,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Kind, Tensor};
 
-pub use recognizer::{Decoded, ForwardOutput, Recognizer};
+pub use recognizer::{max_chars_for_frames, DecodeMode, Decoded, ForwardOutput, Recognizer};
 
 /// Vertical downsampling of the encoder: a 32-pixel line becomes 4 feature rows.
 pub const HEIGHT_STRIDE: i64 = 8;

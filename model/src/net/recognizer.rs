@@ -3,8 +3,10 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 use textrec_contract::Architecture;
+pub use textrec_contract::DecodeMode;
 
 use super::attention::linear;
+use super::context::FrameContext;
 use super::decoder::Decoder;
 use super::posenc;
 use super::resnet::Encoder;
@@ -34,12 +36,31 @@ pub struct Decoded {
     pub eos_probs: Vec<Option<f32>>,
 }
 
+/// Weight of the CTC log-likelihood in [`DecodeMode::Joint`] (the decoder's gets the rest).
+const JOINT_CTC_WEIGHT: f64 = 0.5;
+
+/// The most characters a line `frames` CTC frames (feature columns) wide can show, times
+/// 1.5: a character is at least two frames wide (8 pixels at the 32-pixel input height), so
+/// an image holds at most `frames / 2` of them. Greedy decoding never emits more, so a
+/// decoder caught in a repetition loop stops at a length the image could plausibly hold.
+pub fn max_chars_for_frames(frames: i64) -> i64 {
+    (frames * 3).div_euclid(4).max(1)
+}
+
+/// The longest attention reading worth decoding in [`DecodeMode::Joint`] next to a CTC
+/// reading of `ctc_len` characters.
+fn joint_attention_cap(ctc_len: i64) -> i64 {
+    ctc_len + ctc_len / 4 + 4
+}
+
 /// Encoder output as the decoder and the CTC head consume it.
 struct Encoded {
     /// `[B, S, d]`, S = H'·W' (row-major).
     memory: Tensor,
     /// `[B, 1, 1, S]` bool: true on valid memory positions.
     key_mask: Tensor,
+    /// Valid feature columns (CTC frames) of each image `[B]` i64.
+    frames: Tensor,
     /// CTC log-probs `[W', B, V]` and frame counts `[B]`.
     ctc: Option<(Tensor, Tensor)>,
 }
@@ -54,6 +75,7 @@ pub struct Recognizer {
     vocab_size: i64,
     encoder: Encoder,
     memory_norm: nn::LayerNorm,
+    ctc_context: Option<FrameContext>,
     ctc_head: Option<nn::Linear>,
     decoder: Decoder,
     inference_only: bool,
@@ -80,6 +102,16 @@ impl Recognizer {
             d,
         );
         let memory_norm = nn::layer_norm(vs / "memory_norm", vec![d], Default::default());
+        let ctc_context = (arch.ctc_weight > 0.0 && arch.ctc_context_layers > 0).then(|| {
+            FrameContext::new(
+                &(vs / "ctc_context"),
+                d,
+                arch.heads,
+                arch.ctc_context_layers,
+                arch.ff_dim,
+                arch.dropout,
+            )
+        });
         let ctc_head = (arch.ctc_weight > 0.0)
             .then(|| linear(vs / "ctc_head", d, vocab_size, (d, vocab_size)));
         let decoder = Decoder::new(
@@ -96,6 +128,7 @@ impl Recognizer {
             vocab_size,
             encoder,
             memory_norm,
+            ctc_context,
             ctc_head,
             decoder,
             inference_only: false,
@@ -143,11 +176,12 @@ impl Recognizer {
         let ctc = match (&self.ctc_head, want_ctc) {
             (Some(head), true) => {
                 // Rows are averaged: a frame is a whole column of the line.
-                let frames = out
-                    .features
-                    .mean_dim(2, false, None)
-                    .transpose(1, 2)
-                    .apply(head);
+                let frames = out.features.mean_dim(2, false, None).transpose(1, 2);
+                let frames = match &self.ctc_context {
+                    Some(context) => context.forward_t(&frames, &out.widths, train),
+                    None => frames,
+                }
+                .apply(head);
                 let log_probs = frames.transpose(0, 1).log_softmax(-1, Kind::Float);
                 Some((log_probs, out.widths.shallow_clone()))
             }
@@ -168,6 +202,7 @@ impl Recognizer {
         Encoded {
             memory,
             key_mask,
+            frames: out.widths,
             ctc,
         }
     }
@@ -256,6 +291,156 @@ impl Recognizer {
         self.decode_greedy(images, widths, max_len, false).0
     }
 
+    /// Read each line with `mode` (see [`DecodeMode`]). No reading is longer than `max_len`
+    /// characters nor than [`max_chars_for_frames`] of its image. Call inside `tch::no_grad`.
+    pub fn decode(
+        &self,
+        images: &Tensor,
+        widths: &Tensor,
+        max_len: i64,
+        mode: DecodeMode,
+    ) -> Decoded {
+        let mode = if self.ctc_head.is_none() {
+            DecodeMode::Attention
+        } else {
+            mode
+        };
+        let enc = self.encode(images, widths, false, mode != DecodeMode::Attention);
+        let frames = Vec::<i64>::try_from(enc.frames.to_device(Device::Cpu)).expect("i64");
+        let caps: Vec<i64> = frames
+            .iter()
+            .map(|&f| max_chars_for_frames(f).min(max_len.max(0)))
+            .collect();
+        match mode {
+            DecodeMode::Attention => self.greedy_from(&enc, &caps, false).0,
+            DecodeMode::Ctc => {
+                let hyps = self.ctc_greedy(&enc, &caps);
+                self.rescore(&enc, &hyps).0
+            }
+            DecodeMode::Joint => {
+                let ctc = self.ctc_greedy(&enc, &caps);
+                // A decoder reading much longer than the CTC one cannot win the rescoring (the
+                // CTC likelihood of the surplus is negligible), so it is not decoded further.
+                let att_caps: Vec<i64> = caps
+                    .iter()
+                    .zip(&ctc)
+                    .map(|(&cap, c)| cap.min(joint_attention_cap(c.len() as i64)))
+                    .collect();
+                let att = self.greedy_from(&enc, &att_caps, false).0.tokens;
+                let b = att.len();
+                let both: Vec<Vec<i64>> = att.into_iter().chain(ctc).collect();
+                let (scored, joint) = self.rescore(&enc, &both);
+                let mut out = Decoded {
+                    tokens: Vec::with_capacity(b),
+                    probs: Vec::with_capacity(b),
+                    eos_probs: Vec::with_capacity(b),
+                };
+                for i in 0..b {
+                    // Ties go to the decoder's reading.
+                    let k = if joint[b + i] > joint[i] { b + i } else { i };
+                    out.tokens.push(scored.tokens[k].clone());
+                    out.probs.push(scored.probs[k].clone());
+                    out.eos_probs.push(scored.eos_probs[k]);
+                }
+                out
+            }
+        }
+    }
+
+    /// Best-path CTC readings, cut to each item's cap.
+    fn ctc_greedy(&self, enc: &Encoded, caps: &[i64]) -> Vec<Vec<i64>> {
+        let (lp, lengths) = enc.ctc.as_ref().expect("encoded with the CTC head");
+        let (s, b, _) = lp.size3().expect("[S, B, V]");
+        let best = Vec::<i64>::try_from(lp.argmax(-1, false).to_device(Device::Cpu).view([-1]))
+            .expect("i64 ids");
+        let lengths = Vec::<i64>::try_from(lengths.to_device(Device::Cpu)).expect("i64");
+        (0..b as usize)
+            .map(|i| {
+                let mut out = Vec::new();
+                let mut prev = Tokenizer::PAD;
+                for t in 0..(lengths[i].min(s) as usize) {
+                    let id = best[t * b as usize + i];
+                    // PAD is the blank; BOS/EOS are never CTC targets.
+                    if id != prev && id > Tokenizer::EOS && (out.len() as i64) < caps[i] {
+                        out.push(id);
+                    }
+                    prev = id;
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Score readings `hyps` (item `k` of the batch is `hyps[k % B]`'s image) with the
+    /// decoder, teacher-forced: per-token probabilities and the EOS probability of each, and
+    /// the joint log-likelihood `w·log P_ctc + (1 - w)·log P_att` (just `log P_att` without a
+    /// CTC head).
+    fn rescore(&self, enc: &Encoded, hyps: &[Vec<i64>]) -> (Decoded, Vec<f64>) {
+        let device = enc.memory.device();
+        let b = enc.memory.size()[0];
+        let n = hyps.len() as i64;
+        let copies = n / b;
+        let t = hyps.iter().map(Vec::len).max().unwrap_or(0) as i64 + 1;
+        let mut tgt_in = vec![Tokenizer::PAD; (n * t) as usize];
+        let mut tgt_out = vec![Tokenizer::PAD; (n * t) as usize];
+        for (k, h) in hyps.iter().enumerate() {
+            let row = k * t as usize;
+            tgt_in[row] = Tokenizer::BOS;
+            for (j, &id) in h.iter().enumerate() {
+                tgt_in[row + j + 1] = id;
+                tgt_out[row + j] = id;
+            }
+            tgt_out[row + h.len()] = Tokenizer::EOS;
+        }
+        let tgt_in = Tensor::from_slice(&tgt_in).view([n, t]).to_device(device);
+        let tgt_out = Tensor::from_slice(&tgt_out).view([n, t]).to_device(device);
+        let copies_of =
+            |x: &Tensor| -> Vec<Tensor> { (0..copies).map(|_| x.shallow_clone()).collect() };
+        let repeat = |x: &Tensor| Tensor::cat(&copies_of(x), 0);
+        let (memory, key_mask) = (repeat(&enc.memory), repeat(&enc.key_mask));
+        let logits = self.decoder.forward_t(&tgt_in, &memory, &key_mask, false);
+        let token_lp = logits
+            .to_kind(Kind::Float)
+            .log_softmax(-1, Kind::Float)
+            .gather(2, &tgt_out.unsqueeze(2), false)
+            .squeeze_dim(2);
+        let token_lp = Vec::<f32>::try_from(token_lp.to_device(Device::Cpu).view([-1]))
+            .expect("f32 log-probs");
+        let mut out = Decoded {
+            tokens: hyps.to_vec(),
+            probs: Vec::with_capacity(hyps.len()),
+            eos_probs: Vec::with_capacity(hyps.len()),
+        };
+        let mut joint = Vec::with_capacity(hyps.len());
+        for (k, h) in hyps.iter().enumerate() {
+            let row = &token_lp[k * t as usize..k * t as usize + h.len() + 1];
+            out.probs
+                .push(row[..h.len()].iter().map(|lp| lp.exp()).collect());
+            out.eos_probs.push(Some(row[h.len()].exp()));
+            joint.push(row.iter().map(|&lp| f64::from(lp)).sum::<f64>());
+        }
+        if let Some((lp, lengths)) = &enc.ctc {
+            let lengths_n = repeat(lengths);
+            let target_lengths: Vec<i64> = hyps.iter().map(|h| h.len() as i64).collect();
+            // No zero_infinity: a reading the image cannot hold must score -inf, not 0.
+            let nll = Tensor::ctc_loss_tensor(
+                &Tensor::cat(&copies_of(lp), 1),
+                &tgt_out,
+                &lengths_n,
+                &Tensor::from_slice(&target_lengths).to_device(device),
+                Tokenizer::PAD,
+                Reduction::None,
+                false,
+            );
+            let nll = Vec::<f64>::try_from(nll.to_kind(Kind::Double).to_device(Device::Cpu))
+                .expect("f64 losses");
+            for (j, l) in joint.iter_mut().zip(nll) {
+                *j = (1.0 - JOINT_CTC_WEIGHT) * *j - JOINT_CTC_WEIGHT * l;
+            }
+        }
+        (out, joint)
+    }
+
     /// For tests and benchmarks: [`Recognizer::greedy_decode`] run for all `max_len + 1`
     /// steps whatever EOS says (so that random weights still give long sequences), returning
     /// also the tokens fed at each step `[B, steps]` and the raw logits of each step
@@ -279,10 +464,22 @@ impl Recognizer {
         max_len: i64,
         trace: bool,
     ) -> (Decoded, Option<(Tensor, Tensor)>) {
-        let device = images.device();
         let enc = self.encode(images, widths, false, false);
-        let b = images.size()[0] as usize;
-        let max_len = max_len.max(0);
+        let caps = vec![max_len.max(0); images.size()[0] as usize];
+        self.greedy_from(&enc, &caps, trace)
+    }
+
+    /// Greedy attention decoding of encoded images, item `i` emitting at most `caps[i]`
+    /// characters.
+    fn greedy_from(
+        &self,
+        enc: &Encoded,
+        caps: &[i64],
+        trace: bool,
+    ) -> (Decoded, Option<(Tensor, Tensor)>) {
+        let device = enc.memory.device();
+        let b = caps.len();
+        let max_len = caps.iter().copied().max().unwrap_or(0);
         let steps = max_len + 1;
         let mut state = self.decoder.start(&enc.memory, &enc.key_mask, steps);
         let never = Tensor::from_slice(&[Tokenizer::PAD, Tokenizer::BOS]).to_device(device);
@@ -318,7 +515,7 @@ impl Recognizer {
                 if best[i] == Tokenizer::EOS {
                     out.eos_probs[i] = Some(best_p[i]);
                     done[i] = true;
-                } else if step < max_len {
+                } else if step < caps[i] {
                     out.tokens[i].push(best[i]);
                     out.probs[i].push(best_p[i]);
                     next[i] = best[i];

@@ -304,3 +304,73 @@ fn column_mask_rounds_widths_up() {
     let rows: Vec<f32> = Vec::try_from(m.view([-1])).unwrap();
     assert_eq!(rows, [1., 1., 0., 1., 1., 0., 1., 0., 0.]);
 }
+
+#[test]
+fn every_decode_mode_stops_within_what_the_image_can_hold() {
+    let _rng = global_rng_lock();
+    let (vs, net) = build(&tiny(), 6);
+    scramble(&vs);
+    // 40 and 64 pixels: 10 and 16 CTC frames, so at most 7 and 12 characters.
+    let (images, widths, _, _) = pair(40, 64);
+    let caps = [max_chars_for_frames(10), max_chars_for_frames(16)];
+    assert_eq!(caps, [7, 12]);
+    for mode in [DecodeMode::Attention, DecodeMode::Ctc, DecodeMode::Joint] {
+        let out = tch::no_grad(|| net.decode(&images, &widths, 100, mode));
+        for (i, &cap) in caps.iter().enumerate() {
+            let tokens = &out.tokens[i];
+            assert!(
+                tokens.len() as i64 <= cap,
+                "{mode:?}: {} tokens for an image that holds {cap}",
+                tokens.len()
+            );
+            assert_eq!(tokens.len(), out.probs[i].len());
+            assert!(tokens.iter().all(|&t| t > Tokenizer::EOS && t < VOCAB));
+            // Readings scored by both heads always have an end probability; the decoder
+            // alone has none when it ran into the cap.
+            let eos = out.eos_probs[i];
+            assert!(eos.is_none_or(|p| p > 0.0 && p <= 1.0), "{mode:?}: {eos:?}");
+            assert!(mode == DecodeMode::Attention || eos.is_some(), "{mode:?}");
+        }
+        // The caller's limit still applies.
+        let short = tch::no_grad(|| net.decode(&images, &widths, 3, mode));
+        assert!(short.tokens.iter().all(|t| t.len() <= 3), "{mode:?}");
+    }
+}
+
+#[test]
+fn joint_decoding_picks_one_of_the_two_readings_per_line() {
+    let _rng = global_rng_lock();
+    let (vs, net) = build(&tiny(), 7);
+    scramble(&vs);
+    let (images, widths, _, _) = pair(48, 64);
+    let (att, ctc, joint) = tch::no_grad(|| {
+        (
+            net.decode(&images, &widths, 20, DecodeMode::Attention),
+            net.decode(&images, &widths, 20, DecodeMode::Ctc),
+            net.decode(&images, &widths, 20, DecodeMode::Joint),
+        )
+    });
+    for i in 0..2 {
+        assert!(
+            joint.tokens[i] == att.tokens[i] || joint.tokens[i] == ctc.tokens[i],
+            "line {i}: {:?} is neither {:?} nor {:?}",
+            joint.tokens[i],
+            att.tokens[i],
+            ctc.tokens[i]
+        );
+    }
+    // Without a CTC head every mode is the attention decoder's reading.
+    let arch = Architecture {
+        ctc_weight: 0.0,
+        ..tiny()
+    };
+    let (vs, net) = build(&arch, 7);
+    scramble(&vs);
+    let (a, j) = tch::no_grad(|| {
+        (
+            net.decode(&images, &widths, 20, DecodeMode::Attention),
+            net.decode(&images, &widths, 20, DecodeMode::Joint),
+        )
+    });
+    assert_eq!(a.tokens, j.tokens);
+}

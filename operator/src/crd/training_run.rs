@@ -630,6 +630,10 @@ pub struct TrialStatus {
     /// Best evaluation of the objective metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_metric: Option<f64>,
+    /// CER of the best evaluation on each extra validation set, by set name (e.g.
+    /// `unseen-fonts`: held-out prose in fonts the model never trains on).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub best_extra_cer: BTreeMap<String, f64>,
     /// Pods that failed and were replaced (not counting preemptions).
     #[serde(default)]
     pub restarts: i32,

@@ -373,6 +373,7 @@ fn trials_table(state: &LocalState) -> String {
         "STEP",
         "LATEST",
         "BEST",
+        "BEST-UNSEEN-FONTS",
         "RESTARTS",
         "PREEMPTIONS",
         "PARAMS",
@@ -389,6 +390,10 @@ fn trials_table(state: &LocalState) -> String {
                 t.step.to_string(),
                 num(t.latest_metric),
                 num(t.best_metric),
+                num(t
+                    .best_extra_cer
+                    .get(textrec_contract::config::UNSEEN_FONTS_SET)
+                    .copied()),
                 t.restarts.to_string(),
                 t.preemptions.to_string(),
                 t.params.clone(),

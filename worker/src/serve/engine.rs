@@ -120,6 +120,7 @@ pub(crate) mod fake {
                 charset: textrec_contract::charset::IAM_CHARSET.into(),
                 preprocessing: PreprocessConfig::default(),
                 metrics: Default::default(),
+                decoding: Default::default(),
                 provenance: Default::default(),
                 files: vec![],
             };

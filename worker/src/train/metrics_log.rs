@@ -93,6 +93,7 @@ mod tests {
             samples_per_sec: None,
             cer: None,
             wer: None,
+            sets: Default::default(),
         }
     }
 

@@ -158,8 +158,8 @@ fn failed(prior: Option<TrialProgress>, max_steps: u64, err: &anyhow::Error) -> 
             .as_ref()
             .map_or(max_steps, |p| p.max_steps.max(max_steps)),
         samples_per_sec: None,
-        latest: prior.as_ref().and_then(|p| p.latest),
-        best: prior.as_ref().and_then(|p| p.best),
+        latest: prior.as_ref().and_then(|p| p.latest.clone()),
+        best: prior.as_ref().and_then(|p| p.best.clone()),
         checkpoint: prior.as_ref().and_then(|p| p.checkpoint.clone()),
         model: None,
         resumes: prior.as_ref().map_or(0, |p| p.resumes),

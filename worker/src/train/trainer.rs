@@ -16,11 +16,12 @@ use textrec_contract::charset::IAM_CHARSET;
 use textrec_contract::exit::ConfigError;
 use textrec_contract::manifest::{ModelManifest, Provenance, MODEL_FORMAT};
 use textrec_contract::metrics::{
-    CheckpointRef, MetricsRecord, ModelRef, RecordKind, TrialProgress, WorkerPhase,
+    CheckpointRef, EvalPoint, MetricsRecord, ModelRef, RecordKind, TrialProgress, WorkerPhase,
+    OBJECTIVE_SET,
 };
 use textrec_contract::{layout, Store, TrainConfig};
 use textrec_model::data::{open_dataset, Loader, Sampler};
-use textrec_model::net::Recognizer;
+use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::tensorio;
 use textrec_model::Tokenizer;
 use tokio::runtime::Runtime;
@@ -141,8 +142,8 @@ impl Trial<'_> {
             step: self.state.step,
             max_steps: self.cfg.max_steps,
             samples_per_sec: self.samples_per_sec,
-            latest: self.state.latest,
-            best: self.state.best,
+            latest: self.state.latest.clone(),
+            best: self.state.best.clone(),
             checkpoint: self.checkpoint.clone(),
             model,
             resumes: self.state.resumes,
@@ -170,6 +171,7 @@ impl Trial<'_> {
             samples_per_sec: None,
             cer: None,
             wer: None,
+            sets: Default::default(),
         }
     }
 
@@ -223,44 +225,73 @@ impl Trial<'_> {
         Ok(loss_value)
     }
 
-    /// Evaluate now; `false` when cut short by a stop request.
-    fn evaluate(&mut self, val: &ValidationSet) -> Result<bool> {
+    /// Evaluate every validation set now (the objective's first); `false` when cut short by
+    /// a stop request.
+    fn evaluate(&mut self, vals: &[ValidationSet]) -> Result<bool> {
         let started = Instant::now();
         let arch_max = self.state.architecture.max_text_len;
-        let point = val.evaluate(
-            &self.net,
-            &self.tokenizer,
-            &self.cfg.preprocess,
-            self.ctx.device,
-            self.cfg.batch_size,
-            arch_max,
-            self.autocast,
-            self.state.step,
-            &self.ctx.stop,
-        )?;
-        let Some(point) = point else {
-            self.display
-                .note(format!("step {}: evaluation interrupted", self.state.step));
-            return Ok(false);
+        let mut scores = Vec::with_capacity(vals.len());
+        for val in vals {
+            let card = val.evaluate(
+                &self.net,
+                &self.tokenizer,
+                &self.cfg.preprocess,
+                self.ctx.device,
+                self.cfg.batch_size,
+                arch_max,
+                self.autocast,
+                DecodeMode::Joint,
+                &self.ctx.stop,
+            )?;
+            let Some(card) = card else {
+                self.display
+                    .note(format!("step {}: evaluation interrupted", self.state.step));
+                return Ok(false);
+            };
+            scores.push((val.name.clone(), card.score()));
+        }
+        let objective = &scores[0].1;
+        let point = EvalPoint {
+            step: self.state.step,
+            cer: objective.cer,
+            wer: objective.wer,
+            extra_cer: scores[1..]
+                .iter()
+                .map(|(name, s)| (name.clone(), s.cer))
+                .collect(),
         };
-        self.state.latest = Some(point);
+        self.state.latest = Some(point.clone());
         self.state.last_eval_step = Some(point.step);
         // Strictly better only: on a tie the earlier (less trained) weights stay.
-        if self.state.best.is_none_or(|b| point.cer < b.cer) {
-            self.state.best = Some(point);
+        if self.state.best.as_ref().is_none_or(|b| point.cer < b.cer) {
+            self.state.best = Some(point.clone());
             self.best_weights = Some(tensorio::save_varstore(&self.vs)?);
         }
         let mut rec = self.record(RecordKind::Eval);
         rec.cer = Some(point.cer);
         rec.wer = Some(point.wer);
+        rec.sets = scores.iter().cloned().collect();
         self.metrics.push(&rec);
-        let best = self.state.best.expect("set above");
+        let best = self.state.best.as_ref().expect("set above");
+        let extra: String = point
+            .extra_cer
+            .iter()
+            .map(|(name, cer)| format!(", {name} CER {cer:.4}"))
+            .collect();
+        let by_length: String = objective
+            .by_length
+            .iter()
+            .map(|b| match b.max_chars {
+                u32::MAX => format!(" >{}:{:.3}", b.min_chars - 1, b.cer),
+                max => format!(" {}-{max}:{:.3}", b.min_chars, b.cer),
+            })
+            .collect();
         self.display.note(format!(
-            "step {}: validation CER {:.4} WER {:.4} ({} lines, {:.1}s); best CER {:.4} at step {}",
+            "step {}: validation CER {:.4} WER {:.4} ({} lines, {:.1}s){extra}; best CER {:.4} at step {}; CER by length{by_length}",
             point.step,
             point.cer,
             point.wer,
-            val.len(),
+            vals[0].len(),
             started.elapsed().as_secs_f64(),
             best.cer,
             best.step
@@ -318,11 +349,67 @@ impl Trial<'_> {
             || (c.every_seconds > 0 && self.last_checkpoint.elapsed().as_secs() >= c.every_seconds)
     }
 
+    /// The decoding the model is served with: the mode with the lowest CER of the best
+    /// weights on the objective's validation set (evaluations use `joint`; `ctc` and
+    /// `attention` are measured here, once). Ties go to the cheaper mode: at short training
+    /// budgets the decoder reads little and the CTC head alone is as good and twice as fast.
+    /// Loads the best weights into the network: call when training is over.
+    fn choose_decoding(
+        &mut self,
+        val: &ValidationSet,
+    ) -> Result<(DecodeMode, Vec<(DecodeMode, f64)>)> {
+        let best = self.state.best.clone().context("no evaluation happened")?;
+        if self.state.architecture.ctc_weight <= 0.0 {
+            return Ok((
+                DecodeMode::Attention,
+                vec![(DecodeMode::Attention, best.cer)],
+            ));
+        }
+        let weights = self.best_weights.clone().context("best weights missing")?;
+        tensorio::load_varstore(&mut self.vs, &weights).context("reloading the best weights")?;
+        let mut scores = Vec::new();
+        for mode in [DecodeMode::Ctc, DecodeMode::Attention] {
+            let card = val.evaluate(
+                &self.net,
+                &self.tokenizer,
+                &self.cfg.preprocess,
+                self.ctx.device,
+                self.cfg.batch_size,
+                self.state.architecture.max_text_len,
+                self.autocast,
+                mode,
+                &self.ctx.stop,
+            )?;
+            match card {
+                Some(card) => scores.push((mode, card.score().cer)),
+                // Stopping now keeps the measured default.
+                None => return Ok((DecodeMode::Joint, vec![(DecodeMode::Joint, best.cer)])),
+            }
+        }
+        scores.insert(1, (DecodeMode::Joint, best.cer));
+        // Order: ctc, joint, attention (cheapest first); the first of the lowest CERs wins.
+        let chosen = scores
+            .iter()
+            .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc })
+            .0;
+        let listed: Vec<String> = scores
+            .iter()
+            .map(|(m, c)| format!("{} {c:.4}", mode_name(*m)))
+            .collect();
+        tracing::info!(
+            "decoding: validation CER {}; the model reads with `{}`",
+            listed.join(", "),
+            mode_name(chosen)
+        );
+        Ok((chosen, scores))
+    }
+
     /// Write the final model folder (best weights + manifest, manifest last).
-    fn write_model(&self) -> Result<ModelRef> {
+    fn write_model(&self, decoding: DecodeMode, by_mode: &[(DecodeMode, f64)]) -> Result<ModelRef> {
         let best = self
             .state
             .best
+            .clone()
             .context("no evaluation happened, so there is no best model")?;
         let weights = self.best_weights.clone().context("best weights missing")?;
         let manifest = |files| {
@@ -332,7 +419,19 @@ impl Trial<'_> {
                 architecture: self.state.architecture.clone(),
                 charset: self.tokenizer.charset().to_string(),
                 preprocessing: self.cfg.preprocess.clone(),
-                metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)].into(),
+                // The objective's scores (as evaluated, joint decoding), each extra validation
+                // set's CER as `cer:NAME`, and the objective's CER by decoding as
+                // `cer@MODE`.
+                metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]
+                    .into_iter()
+                    .chain(best.extra_cer.iter().map(|(n, c)| (format!("cer:{n}"), *c)))
+                    .chain(
+                        by_mode
+                            .iter()
+                            .map(|(m, c)| (format!("cer@{}", mode_name(*m)), *c)),
+                    )
+                    .collect(),
+                decoding,
                 provenance: Provenance {
                     run: self.ctx.run.clone(),
                     trial: self.ctx.trial.clone(),
@@ -357,6 +456,14 @@ impl Trial<'_> {
     }
 }
 
+fn mode_name(m: DecodeMode) -> &'static str {
+    match m {
+        DecodeMode::Attention => "attention",
+        DecodeMode::Ctc => "ctc",
+        DecodeMode::Joint => "joint",
+    }
+}
+
 /// Run one trial to completion or interruption. Errors after start-up are reported in
 /// `progress.json` by the caller.
 pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialProgress)> {
@@ -376,20 +483,36 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     }
     // A synthetic validation set ignores the trial seed (the data module fixes it), so every
     // trial of a search is scored on the same lines.
-    let val_ds = open_dataset(&cfg.data.validation, cfg.seed, IAM_CHARSET)
-        .map_err(|e| ConfigError::new(format!("data.validation: {e:#}")))?;
-    let val = ValidationSet::load(&val_ds, &cfg.preprocess, cfg.data.validation.samples)?;
-    if val.is_empty() {
-        bail!(ConfigError::new(format!(
-            "data.validation: no usable samples ({})",
-            val_ds.describe()
-        )));
-    }
-    tracing::info!(
-        "data: train {} | validation {} lines",
-        train_ds.describe(),
-        val.len()
+    let sets = std::iter::once((OBJECTIVE_SET.to_string(), &cfg.data.validation)).chain(
+        cfg.data
+            .extra_validation
+            .iter()
+            .filter_map(|(name, spec)| spec.as_ref().map(|s| (name.clone(), s))),
     );
+    let mut vals = Vec::new();
+    for (name, spec) in sets {
+        let field = if name == OBJECTIVE_SET {
+            "data.validation".to_string()
+        } else {
+            format!("data.extra_validation.{name}")
+        };
+        let ds = open_dataset(spec, cfg.seed, IAM_CHARSET)
+            .map_err(|e| ConfigError::new(format!("{field}: {e:#}")))?;
+        let val = ValidationSet::load(&name, &ds, &cfg.preprocess, spec.samples)?;
+        if val.is_empty() {
+            bail!(ConfigError::new(format!(
+                "{field}: no usable samples ({})",
+                ds.describe()
+            )));
+        }
+        tracing::info!(
+            "validation set {name}: {} lines, {}",
+            val.len(),
+            ds.describe()
+        );
+        vals.push(val);
+    }
+    tracing::info!("data: train {}", train_ds.describe());
 
     // Fresh weights come from the trial seed; a resumed run overwrites them.
     tch::manual_seed(cfg.seed as i64);
@@ -483,6 +606,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         tokenizer.clone(),
         cfg.preprocess.clone(),
         cfg.batch_size,
+        cfg.data.bucket_batches,
         state.data_position,
         cfg.data.loader_threads.max(1),
         cfg.data.prefetch_batches.max(1),
@@ -518,7 +642,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     let outcome = loop {
         // An evaluation due at this step that has not happened (resumed right after a cut-short
         // one, or the first iteration after a checkpoint at an eval step).
-        if t.eval_due() && !t.evaluate(&val)? {
+        if t.eval_due() && !t.evaluate(&vals)? {
             break Outcome::Interrupted;
         }
         if t.ctx.stop.is_set() {
@@ -556,7 +680,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             window = Window::default();
             t.publish(WorkerPhase::Running)?;
         }
-        if t.eval_due() && !t.evaluate(&val)? {
+        if t.eval_due() && !t.evaluate(&vals)? {
             break Outcome::Interrupted;
         }
         // After the evaluation, so a planned stop never cuts one short.
@@ -582,7 +706,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         }
         Outcome::Finished => {
             t.save_checkpoint()?;
-            let model = t.write_model()?;
+            let (decoding, by_mode) = t.choose_decoding(&vals[0])?;
+            let model = t.write_model(decoding, &by_mode)?;
             let p = t.progress(WorkerPhase::Succeeded, Some(model.clone()), None);
             ctx.rt.block_on(async {
                 t.metrics.flush(&ctx.store).await?;

@@ -1,14 +1,13 @@
-//! The validation set, prepared once, and greedy-decode evaluation over it.
+//! Validation sets, prepared once, and evaluation over them with the decoding serving uses.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tch::Device;
 use textrec_contract::config::PreprocessConfig;
-use textrec_contract::metrics::EvalPoint;
 use textrec_model::data::Dataset;
-use textrec_model::metrics::ErrorCounts;
-use textrec_model::net::Recognizer;
+use textrec_model::metrics::ScoreCard;
+use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::preprocess::{self, PreparedImage};
 use textrec_model::Tokenizer;
 
@@ -16,6 +15,8 @@ use super::signals::StopFlag;
 
 /// Validation lines, preprocessed once (they are evaluated many times).
 pub struct ValidationSet {
+    /// The set's name in `metrics.jsonl` (`validation` for the objective's set).
+    pub name: String,
     images: Vec<PreparedImage>,
     texts: Vec<String>,
     /// Samples that could not be read or prepared.
@@ -25,6 +26,7 @@ pub struct ValidationSet {
 impl ValidationSet {
     /// Load up to `limit` samples of `dataset` (all of a finite one when `limit` is `None`).
     pub fn load(
+        name: &str,
         dataset: &Arc<dyn Dataset>,
         pre: &PreprocessConfig,
         limit: Option<u64>,
@@ -53,12 +55,13 @@ impl ValidationSet {
         }
         if !skipped.is_empty() {
             tracing::warn!(
-                "validation: skipped {} unreadable samples: {}",
+                "validation set {name}: skipped {} unreadable samples: {}",
                 skipped.len(),
                 skipped.join("; ")
             );
         }
         Ok(Self {
+            name: name.to_string(),
             images,
             texts,
             skipped: skipped.len(),
@@ -75,8 +78,9 @@ impl ValidationSet {
         self.texts.is_empty()
     }
 
-    /// CER/WER of greedy decoding at `step`; `None` when `stop` was set part-way (the caller
-    /// checkpoints, and the evaluation is redone after resume).
+    /// Error totals (overall and by line length) of reading the set with `mode`; `None` when
+    /// `stop` was set part-way (the caller checkpoints, and the evaluation is redone after
+    /// resume).
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate(
         &self,
@@ -87,10 +91,10 @@ impl ValidationSet {
         batch_size: usize,
         max_len: i64,
         autocast: bool,
-        step: u64,
+        mode: DecodeMode,
         stop: &StopFlag,
-    ) -> Result<Option<EvalPoint>> {
-        let mut counts = ErrorCounts::default();
+    ) -> Result<Option<ScoreCard>> {
+        let mut card = ScoreCard::default();
         for (chunk, texts) in self
             .images
             .chunks(batch_size)
@@ -101,16 +105,12 @@ impl ValidationSet {
             }
             let (images, widths) = preprocess::collate(chunk, pre, device);
             let decoded = tch::no_grad(|| {
-                tch::autocast(autocast, || net.greedy_decode(&images, &widths, max_len))
+                tch::autocast(autocast, || net.decode(&images, &widths, max_len, mode))
             });
             for (tokens, reference) in decoded.tokens.iter().zip(texts) {
-                counts.add(reference, &tokenizer.decode(tokens));
+                card.add(reference, &tokenizer.decode(tokens));
             }
         }
-        Ok(Some(EvalPoint {
-            step,
-            cer: counts.cer(),
-            wer: counts.wer(),
-        }))
+        Ok(Some(card))
     }
 }
