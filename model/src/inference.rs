@@ -474,6 +474,32 @@ mod tests {
     }
 
     #[test]
+    fn the_manifest_chooses_how_the_model_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let m = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(m.decode_mode(), DecodeMode::Joint);
+        let path = dir.path().join(layout::MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["decoding"] = serde_json::json!("ctc");
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let mut m = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(m.decode_mode(), DecodeMode::Ctc);
+        // A manifest written before the field existed reads jointly.
+        manifest.as_object_mut().unwrap().remove("decoding");
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        assert_eq!(
+            LoadedModel::load_dir(dir.path(), Device::Cpu)
+                .unwrap()
+                .decode_mode(),
+            DecodeMode::Joint
+        );
+        m.set_decode_mode(DecodeMode::Attention);
+        assert_eq!(m.decode_mode(), DecodeMode::Attention);
+    }
+
+    #[test]
     fn tampered_or_mismatched_folders_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         write_tiny(dir.path());

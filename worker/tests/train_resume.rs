@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use textrec_contract::metrics::{MetricsRecord, RecordKind, TrialProgress, WorkerPhase};
-use textrec_contract::ModelManifest;
+use textrec_contract::{DecodeMode, ModelManifest};
 
 const MAX_STEPS: u64 = 40;
 
@@ -207,6 +207,22 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
     assert_eq!(manifest.provenance.step, best.step);
     assert_eq!(manifest.metrics["cer"], best.cer);
     assert_eq!(model.cer, best.cer);
+    // Every decoding was measured on the validation set, and the model reads with the best
+    // (joint's CER is the evaluation's own); ties go to the cheaper mode (ctc, joint, attention).
+    assert_eq!(manifest.metrics["cer@joint"], best.cer);
+    let by_mode = [
+        (DecodeMode::Ctc, manifest.metrics["cer@ctc"]),
+        (DecodeMode::Joint, manifest.metrics["cer@joint"]),
+        (DecodeMode::Attention, manifest.metrics["cer@attention"]),
+    ];
+    let lowest = by_mode.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+    let first_lowest = by_mode.iter().find(|m| m.1 == lowest).unwrap().0;
+    assert_eq!(manifest.decoding, first_lowest, "{by_mode:?}");
+    // Each extra validation set's CER is recorded too.
+    assert_eq!(
+        manifest.metrics["cer:unseen-fonts"],
+        best.extra_cer["unseen-fonts"]
+    );
     // Only the newest `keep` checkpoints survive.
     assert_eq!(complete_checkpoints(out), vec![30, 35, 40]);
 }
