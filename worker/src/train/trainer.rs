@@ -21,6 +21,7 @@ use textrec_contract::metrics::{
 };
 use textrec_contract::{layout, Store, TrainConfig};
 use textrec_model::data::{open_dataset, Loader, Sampler};
+use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::tensorio;
 use textrec_model::Tokenizer;
@@ -225,24 +226,29 @@ impl Trial<'_> {
         Ok(loss_value)
     }
 
+    /// Error totals of the current weights on `val`, read with `mode`; `None` when cut short
+    /// by a stop request.
+    fn score(&self, val: &ValidationSet, mode: DecodeMode) -> Result<Option<ScoreCard>> {
+        val.evaluate(
+            &self.net,
+            &self.tokenizer,
+            &self.cfg.preprocess,
+            self.ctx.device,
+            self.cfg.batch_size,
+            self.state.architecture.max_text_len,
+            self.autocast,
+            mode,
+            &self.ctx.stop,
+        )
+    }
+
     /// Evaluate every validation set now (the objective's first); `false` when cut short by
     /// a stop request.
     fn evaluate(&mut self, vals: &[ValidationSet]) -> Result<bool> {
         let started = Instant::now();
-        let arch_max = self.state.architecture.max_text_len;
         let mut scores = Vec::with_capacity(vals.len());
         for val in vals {
-            let card = val.evaluate(
-                &self.net,
-                &self.tokenizer,
-                &self.cfg.preprocess,
-                self.ctx.device,
-                self.cfg.batch_size,
-                arch_max,
-                self.autocast,
-                DecodeMode::Joint,
-                &self.ctx.stop,
-            )?;
+            let card = self.score(val, DecodeMode::Joint)?;
             let Some(card) = card else {
                 self.display
                     .note(format!("step {}: evaluation interrupted", self.state.step));
@@ -369,18 +375,7 @@ impl Trial<'_> {
         tensorio::load_varstore(&mut self.vs, &weights).context("reloading the best weights")?;
         let mut scores = Vec::new();
         for mode in [DecodeMode::Ctc, DecodeMode::Attention] {
-            let card = val.evaluate(
-                &self.net,
-                &self.tokenizer,
-                &self.cfg.preprocess,
-                self.ctx.device,
-                self.cfg.batch_size,
-                self.state.architecture.max_text_len,
-                self.autocast,
-                mode,
-                &self.ctx.stop,
-            )?;
-            match card {
+            match self.score(val, mode)? {
                 Some(card) => scores.push((mode, card.score().cer)),
                 // Stopping now keeps the measured default.
                 None => return Ok((DecodeMode::Joint, vec![(DecodeMode::Joint, best.cer)])),
