@@ -135,13 +135,14 @@ class Scores:
         }
 
 
-def run_textrec(worker: Path, model: str, data: Path, refs: dict[str, str], threads: int, decode: str) -> dict:
+def run_textrec(worker: Path, model: str, data: Path, refs: dict[str, str], threads: int,
+                decode: str | None) -> dict:
     with tempfile.TemporaryDirectory() as predictions:
         started = time.perf_counter()
         out = subprocess.run(
             [str(worker), "eval", "--model", model, "--data", str(data), "--json",
-             "--predictions", predictions, "--device", "cpu", "--threads", str(threads),
-             "--decode", decode],
+             "--predictions", predictions, "--device", "cpu", "--threads", str(threads)]
+            + (["--decode", decode] if decode else []),
             check=True, capture_output=True, text=True,
         )
         secs = time.perf_counter() - started
@@ -199,8 +200,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300, help="lines to render per set")
     parser.add_argument("--worker", type=Path, default=default_worker(), help="textrec-worker binary")
     parser.add_argument("--threads", type=int, default=1, help="libtorch threads of textrec eval")
-    parser.add_argument("--decode", default="joint", choices=["joint", "attention", "ctc"],
-                        help="textrec's decoding")
+    parser.add_argument("--decode", choices=["joint", "attention", "ctc"],
+                        help="textrec's decoding (default: the model's own, from its manifest)")
     parser.add_argument("--no-tesseract", action="store_true", help="score textrec only")
     parser.add_argument("--keep", type=Path, help="render the sets into this folder and keep them")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -228,7 +229,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"model": args.model, "decode": args.decode, "sets": results}))
         return
-    print(f"model {args.model} (decode {args.decode}), one thread each")
+    print(f"model {args.model} (decode {args.decode or 'as the manifest says'}), one thread each")
     for name, r in results.items():
         st = r["lengths"]
         print(f"\n{name}: {r['textrec']['lines']} lines, {st['mean']:.1f} chars mean, "
