@@ -100,6 +100,17 @@ pub enum DecodeMode {
     Joint,
 }
 
+impl DecodeMode {
+    /// The name as written in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeMode::Attention => "attention",
+            DecodeMode::Ctc => "ctc",
+            DecodeMode::Joint => "joint",
+        }
+    }
+}
+
 /// `manifest.json` of a model folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelManifest {

@@ -389,12 +389,12 @@ impl Trial<'_> {
             .0;
         let listed: Vec<String> = scores
             .iter()
-            .map(|(m, c)| format!("{} {c:.4}", mode_name(*m)))
+            .map(|(m, c)| format!("{} {c:.4}", m.as_str()))
             .collect();
         tracing::info!(
             "decoding: validation CER {}; the model reads with `{}`",
             listed.join(", "),
-            mode_name(chosen)
+            chosen.as_str()
         );
         Ok((chosen, scores))
     }
@@ -423,7 +423,7 @@ impl Trial<'_> {
                     .chain(
                         by_mode
                             .iter()
-                            .map(|(m, c)| (format!("cer@{}", mode_name(*m)), *c)),
+                            .map(|(m, c)| (format!("cer@{}", m.as_str()), *c)),
                     )
                     .collect(),
                 decoding,
@@ -448,14 +448,6 @@ impl Trial<'_> {
             sha256: ModelManifest::version_of(&bytes),
             cer: best.cer,
         })
-    }
-}
-
-fn mode_name(m: DecodeMode) -> &'static str {
-    match m {
-        DecodeMode::Attention => "attention",
-        DecodeMode::Ctc => "ctc",
-        DecodeMode::Joint => "joint",
     }
 }
 
