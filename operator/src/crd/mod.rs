@@ -1,6 +1,7 @@
 //! The custom resources: Rust types from which the CRDs (schema, printer columns, CEL rules) are
 //! derived. `textrec-operator crd` prints them; `crds/` holds that output.
 
+pub mod admission;
 pub mod model_deployment;
 pub mod training_run;
 

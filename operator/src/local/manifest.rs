@@ -324,15 +324,25 @@ fn add_object(
             None => Ok(()),
         }
     };
+    // What the API server checks on create: the CRD's value validations and CEL rules.
+    let admitted = |applied: &Value| -> Result<(), ManifestError> {
+        crate::crd::admission::admit(kind, applied).map_err(|violations| {
+            let first = &violations[0];
+            err(Some(label.clone()), &first.field, first.message.clone())
+        })
+    };
     if kind == "TrainingRun" {
-        let run: TrainingRun = serde_path_to_error::deserialize(value).map_err(typed_err)?;
+        let run: TrainingRun =
+            serde_path_to_error::deserialize(value.clone()).map_err(typed_err)?;
         strict(serde_json::to_value(&run).expect("serializes"))?;
-        validate_run(&name, &run.spec).map_err(|(f, m)| err(Some(label.clone()), &f, m))?;
+        admitted(&value)?;
+        plan_run(&name, &run.spec).map_err(|(f, m)| err(Some(label.clone()), &f, m))?;
         out.runs.push(run);
     } else {
-        let md: ModelDeployment = serde_path_to_error::deserialize(value).map_err(typed_err)?;
+        let md: ModelDeployment =
+            serde_path_to_error::deserialize(value.clone()).map_err(typed_err)?;
         strict(serde_json::to_value(&md).expect("serializes"))?;
-        validate_deployment(&md).map_err(|(f, m)| err(Some(label.clone()), &f, m))?;
+        admitted(&value)?;
         out.deployments.push(md);
     }
     Ok(())
@@ -375,102 +385,12 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(crate::naming::is_dns1123_label)
 }
 
-fn range(field: &str, v: i64, lo: i64, hi: i64) -> Result<(), (String, String)> {
-    if (lo..=hi).contains(&v) {
-        Ok(())
-    } else {
-        Err((field.into(), format!("{v} is out of range {lo}..={hi}")))
-    }
-}
-
-/// The checks the API server and the controller make on a TrainingRun's spec.
-pub fn validate_run(name: &str, spec: &TrainingRunSpec) -> Result<(), (String, String)> {
-    range(
-        "spec.maxFailedTrials",
-        spec.max_failed_trials.into(),
-        0,
-        256,
-    )?;
-    range(
-        "spec.maxRestartsPerTrial",
-        spec.max_restarts_per_trial.into(),
-        0,
-        100,
-    )?;
-    range(
-        "spec.terminationGracePeriodSeconds",
-        spec.termination_grace_period_seconds,
-        10,
-        3600,
-    )?;
-    if let Some(d) = spec.training.active_deadline_seconds {
-        range("spec.training.activeDeadlineSeconds", d, 60, i64::MAX)?;
-    }
+/// What the controller checks beyond the schema before it starts a TrainingRun: the grid
+/// expands within its bounds and every trial's config passes the worker's parser.
+pub fn plan_run(name: &str, spec: &TrainingRunSpec) -> Result<(), (String, String)> {
     plan_trials(name, spec)
         .map(|_| ())
         .map_err(|e| (e.field, e.message))
-}
-
-/// The CRD's schema bounds and CEL rules of a ModelDeployment.
-pub fn validate_deployment(md: &ModelDeployment) -> Result<(), (String, String)> {
-    let s = &md.spec;
-    let m = &s.model;
-    if m.from_training_run.is_some() == m.url.is_some() {
-        return Err((
-            "spec.model".into(),
-            "set exactly one of spec.model.fromTrainingRun and spec.model.url".into(),
-        ));
-    }
-    if m.url.is_some() && m.sha256.is_none() {
-        return Err((
-            "spec.model.sha256".into(),
-            "is required with spec.model.url".into(),
-        ));
-    }
-    if let Some(sha) = &m.sha256 {
-        if sha.len() != 64
-            || !sha
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err((
-                "spec.model.sha256".into(),
-                "must be 64 lower-case hex digits".into(),
-            ));
-        }
-    }
-    range("spec.ports.grpc", s.ports.grpc.into(), 1, 65535)?;
-    range("spec.ports.http", s.ports.http.into(), 1, 65535)?;
-    if s.ports.grpc == s.ports.http {
-        return Err((
-            "spec.ports.http".into(),
-            "spec.ports.grpc and spec.ports.http must differ".into(),
-        ));
-    }
-    range(
-        "spec.revisionHistoryLimit",
-        s.revision_history_limit.into(),
-        1,
-        100,
-    )?;
-    if let Some(n) = s.rollback_to {
-        range("spec.rollbackTo", n, 1, i64::MAX)?;
-    }
-    if let Some(a) = &s.autoscaling {
-        if a.min_replicas > a.max_replicas {
-            return Err((
-                "spec.autoscaling.minReplicas".into(),
-                "spec.autoscaling.minReplicas must not exceed maxReplicas".into(),
-            ));
-        }
-    }
-    if !(0.0..=1.0).contains(&s.promotion.min_improvement) {
-        return Err((
-            "spec.promotion.minImprovement".into(),
-            "must be in 0..=1".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Names of the TrainingRuns the deployments refer to that are neither in `runs` nor `known`.
