@@ -9,8 +9,7 @@
 # All run as UID/GID 65532 (non-root, numeric so that runAsNonRoot can verify it) and work with
 # a read-only root filesystem (the operator mounts an emptyDir at /tmp where scratch is needed).
 #
-# The worker links libtorch 2.11.0 (tch =0.24.0), taken from the PyPI `torch` wheel as in
-# DESIGN.md: the binary is built against the wheel's headers and libraries
+# The worker links libtorch 2.11.0 (tch =0.24.0), taken from the PyPI `torch` wheel: the binary is built against the wheel's headers and libraries
 # (LIBTORCH_USE_PYTORCH=1), and the runtime image carries only the wheel's lib/ folder (plus, for
 # CUDA, the NVIDIA libraries the wheel depends on), not Python.
 #

@@ -1,6 +1,6 @@
 """Quality benchmark: CER/WER of a textrec model vs Tesseract on lines shaped like users' lines.
 
-    python benches/reference/quality.py --model DIR [--data DIR ...] [--count 300] [--json]
+    python benches/reference/quality.py [--model DIR] [--data DIR ...] [--count 300] [--json]
 
 Unless --data names tesstrain folders, two sets are rendered by `textrec-worker synth`: prose
 the training corpus does not contain (Debian package descriptions), at printed-line lengths
@@ -193,8 +193,8 @@ def length_stats(refs: dict[str, str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("TEXTREC_QUALITY_MODEL", "textrec-data/small/model"),
-                        help="textrec model folder or URL (env TEXTREC_QUALITY_MODEL)")
+    parser.add_argument("--model", default=os.environ.get("TEXTREC_QUALITY_MODEL", "builtin:small"),
+                        help="textrec model folder, URL or builtin:NAME (env TEXTREC_QUALITY_MODEL; default: the pretrained model)")
     parser.add_argument("--data", type=Path, action="append",
                         help="tesstrain folder to evaluate on (repeatable; default: render two sets)")
     parser.add_argument("--count", type=int, default=300, help="lines to render per set")

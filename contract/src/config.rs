@@ -133,6 +133,11 @@ pub struct ModelSpec {
     pub ctc_weight: Option<f64>,
     /// Self-attention layers over the line's frames before the CTC head (0: none).
     pub ctc_context_layers: Option<i64>,
+    /// Start from this model's weights instead of random ones (fine-tuning): a model folder
+    /// (URL or path) or `builtin:small`, the pretrained model built into the worker. Its
+    /// architecture, charset and preprocessing must be the ones this config trains with. A
+    /// trial that resumes from its own checkpoint ignores it.
+    pub init_from: Option<String>,
 }
 
 /// [`Preset`] with `small` as its default (serde's `default` needs a `Default` type).
@@ -460,7 +465,7 @@ pub enum TextSplit {
 #[serde(deny_unknown_fields, default, rename_all = "snake_case")]
 pub struct SyntheticConfig {
     /// Font files or family names to render with; empty means the training font set
-    /// (the Debian packages listed in DESIGN.md).
+    /// (the font files of the Debian packages that `scripts/setup.sh` installs as training fonts).
     pub fonts: Vec<String>,
     /// Folders searched for fonts.
     pub font_dirs: Vec<String>,

@@ -1,4 +1,4 @@
-//! Where things live under a trial's storage prefix (see DESIGN.md, "Data flow").
+//! Where things live under a trial's storage prefix.
 //!
 //! ```text
 //! <run>/<trial>/checkpoints/step-<n>/…   (manifest.json written last)

@@ -100,7 +100,17 @@ impl LoadedModel {
         }
         let manifest: ModelManifest = serde_json::from_value(raw)
             .with_context(|| format!("manifest.json does not match the `{MODEL_FORMAT}` schema"))?;
+        Self::from_manifest(manifest, manifest_bytes, weights, device)
+    }
 
+    /// [`LoadedModel::from_bytes`] for a manifest the caller has parsed already:
+    /// `manifest_bytes` is what it was parsed from (its hash is the model's version).
+    pub fn from_manifest(
+        manifest: ModelManifest,
+        manifest_bytes: &[u8],
+        weights: &[u8],
+        device: Device,
+    ) -> Result<Self> {
         let digest = manifest
             .files
             .iter()

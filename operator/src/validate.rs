@@ -86,6 +86,12 @@ pub fn base_overrides(spec: &TrainingRunSpec) -> Vec<String> {
     if let Some(v) = &m.encoder_blocks {
         out.push(format!("model.encoder_blocks={}", serde_json::json!(v)));
     }
+    if let Some(v) = &m.init_from {
+        out.push(format!(
+            "model.init_from={}",
+            serde_json::Value::String(v.clone())
+        ));
+    }
     let t = &spec.training;
     for (k, v) in [
         ("max_steps", t.max_steps),
@@ -234,5 +240,15 @@ mod tests {
         s.hyperparameters = Some(json!({"batch_size": []}));
         let e = plan_trials("r", &s).unwrap_err();
         assert_eq!(e.field, "spec.hyperparameters.batch_size");
+    }
+
+    #[test]
+    fn init_from_reaches_every_trial() {
+        let mut s = spec();
+        s.model.init_from = Some("s3://bucket/models/prod".into());
+        let t = plan_trials("r", &s).unwrap();
+        assert!(t.iter().all(|t| t
+            .overrides
+            .contains(&r#"model.init_from="s3://bucket/models/prod""#.to_string())));
     }
 }

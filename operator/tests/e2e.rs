@@ -214,6 +214,48 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         );
     }
 
+    // Fine-tuning: `model.initFrom` reaches every trial's worker; an empty one is refused.
+    let mut tuned = run.clone();
+    tuned.metadata.name = Some("tuned".into());
+    tuned.spec.model.init_from = Some(String::new());
+    let err = runs
+        .create(&PostParams::default(), &tuned)
+        .await
+        .expect_err("schema rejects an empty initFrom");
+    assert!(err.to_string().contains("initFrom"), "{err}");
+    tuned.spec.model.init_from = Some("builtin:small".into());
+    tuned.spec.search.max_trials = 1;
+    tuned.spec.search.parallelism = 1;
+    runs.create(&PostParams::default(), &tuned)
+        .await
+        .expect("TrainingRun with initFrom accepted");
+    let tuned_jobs = eventually("the Job of tuned", Duration::from_secs(60), || async {
+        let l = jobs
+            .list(&ListParams::default().labels("textrec.dev/run=tuned"))
+            .await
+            .ok()?;
+        (!l.items.is_empty()).then_some(l.items)
+    })
+    .await;
+    let args = tuned_jobs[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        args.iter()
+            .any(|a| a == r#"model.init_from="builtin:small""#),
+        "{args:?}"
+    );
+    runs.delete("tuned", &Default::default()).await.unwrap();
+
     // Disruption of t0: the eviction API on a kubelet cluster, a patched status otherwise.
     let pod = eventually("a pod of grid-t0", Duration::from_secs(120), || async {
         pods_of(&client, "grid-t0").await.into_iter().find(|p| {

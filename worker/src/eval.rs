@@ -14,8 +14,6 @@ use clap::Args;
 use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
 use textrec_contract::exit::{self, ConfigError};
-use textrec_contract::manifest::ModelManifest;
-use textrec_contract::{layout, Store};
 use textrec_model::data::open_dataset;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
@@ -24,8 +22,9 @@ use textrec_model::LoadedModel;
 /// Arguments of `eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The model folder (holding manifest.json and model.safetensors): a URL or a path.
-    #[arg(long)]
+    /// The model: a model folder (holding manifest.json and model.safetensors) as a URL or a
+    /// path, or `builtin:NAME`.
+    #[arg(long, default_value = crate::model_source::DEFAULT_MODEL)]
     pub model: String,
     /// A tesstrain folder: NAME.png|tif|jpg next to NAME.gt.txt.
     #[arg(long)]
@@ -86,36 +85,9 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
     crate::device::select(d)
 }
 
-/// Load a model folder from a URL or path: read its manifest, verify the weights' sha256.
+/// Fetch and load the model at `location` (a model folder URL or path, or `builtin:NAME`).
 pub fn load_model(location: &str, device: tch::Device) -> Result<LoadedModel> {
-    let store = Store::open(location).with_context(|| format!("model {location}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (manifest_bytes, weights) = rt.block_on(async {
-        let manifest_bytes = store.get(layout::MANIFEST).await?;
-        let manifest: ModelManifest =
-            serde_json::from_slice(&manifest_bytes).with_context(|| {
-                format!("{} is not a model manifest", store.url_of(layout::MANIFEST))
-            })?;
-        let weights = manifest
-            .files
-            .iter()
-            .find(|f| f.path == layout::MODEL_WEIGHTS)
-            .with_context(|| {
-                format!(
-                    "{}: the manifest lists no {}",
-                    store.url(),
-                    layout::MODEL_WEIGHTS
-                )
-            })?;
-        let mut files = store
-            .read_verified("", std::slice::from_ref(weights))
-            .await?;
-        anyhow::Ok((manifest_bytes, files.remove(0).1))
-    })?;
-    LoadedModel::from_bytes(&manifest_bytes, &weights, device)
-        .with_context(|| format!("cannot load the model at {}", store.url()))
+    crate::model_source::fetch_blocking(location)?.load(device)
 }
 
 /// Run `eval`; returns the process exit code.

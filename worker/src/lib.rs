@@ -9,6 +9,7 @@
 pub mod device;
 pub mod eval;
 pub mod logging;
+pub mod model_source;
 pub mod recognize;
 pub mod serve;
 pub mod synth;

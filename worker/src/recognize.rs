@@ -1,6 +1,7 @@
 //! `textrec-worker recognize`: print the text of images, as `PATH<TAB>TEXT` lines.
 //!
 //! ```text
+//! textrec-worker recognize line1.png line2.png                 # the built-in pretrained model
 //! textrec-worker recognize --model ./out/model line1.png line2.png
 //! textrec-worker recognize --endpoint grpc://localhost:50051 line1.png
 //! ```
@@ -14,12 +15,9 @@ use textrec_contract::exit::{self, ConfigError};
 /// Arguments of `recognize`.
 #[derive(Args, Debug)]
 pub struct RecognizeArgs {
-    /// A model folder (URL or path) to run in this process.
-    #[arg(
-        long,
-        conflicts_with = "endpoint",
-        required_unless_present = "endpoint"
-    )]
+    /// The model to run in this process: a model folder (URL or path) or `builtin:NAME`.
+    /// Default: the built-in pretrained model (`builtin:small`).
+    #[arg(long, conflicts_with = "endpoint")]
     pub model: Option<String>,
     /// A running `textrec-worker serve` to ask instead (`grpc://host:port`).
     #[arg(long)]
@@ -44,7 +42,12 @@ pub struct RecognizeArgs {
 /// Run `recognize`; returns the process exit code.
 pub fn run(args: RecognizeArgs) -> Result<i32> {
     let results: Vec<(PathBuf, Result<(String, f32)>)> = match (&args.model, &args.endpoint) {
-        (Some(model), None) => local(model, &args)?,
+        (model, None) => local(
+            model
+                .as_deref()
+                .unwrap_or(crate::model_source::DEFAULT_MODEL),
+            &args,
+        )?,
         (None, Some(endpoint)) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -58,8 +61,8 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
                 .map(|r| (r.path, Ok((r.text, r.confidence))))
                 .collect()
         }
-        _ => bail!(ConfigError::new(
-            "give exactly one of --model and --endpoint"
+        (Some(_), Some(_)) => bail!(ConfigError::new(
+            "give at most one of --model and --endpoint"
         )),
     };
     let mut failed = 0;

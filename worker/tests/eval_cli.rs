@@ -168,3 +168,31 @@ fn recognize_prints_path_tab_text_per_image() {
         "--model and --endpoint are exclusive"
     );
 }
+
+#[test]
+fn recognize_without_a_model_reads_with_the_built_in_one() {
+    // The pretrained model's own check lines: it reads most of their characters right.
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/training-fonts");
+    let images: Vec<PathBuf> = (0..4)
+        .map(|i| check.join(format!("line-{i:04}.png")))
+        .collect();
+    let mut c = bin();
+    c.args(["recognize", "--threads", "1"]).args(&images);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), images.len(), "{stdout}");
+    let mut card = textrec_model::metrics::ScoreCard::default();
+    for (line, img) in lines.iter().zip(&images) {
+        let (path, text) = line.split_once('\t').unwrap();
+        assert_eq!(path, img.display().to_string());
+        let truth = std::fs::read_to_string(img.with_extension("gt.txt")).unwrap();
+        card.add(truth.trim(), text);
+    }
+    let cer = card.score().cer;
+    assert!(
+        cer < 0.5,
+        "CER {cer} on the model's own check lines: {stdout}"
+    );
+}

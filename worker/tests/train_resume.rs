@@ -395,3 +395,51 @@ fn unwritable_output_fails_fast_before_training() {
         "alternatives named"
     );
 }
+
+#[test]
+fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
+    let (reference_dir, _) = reference();
+    let model = reference_dir.path().join("model");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tuned");
+    let tuned = run(train_cmd(
+        &out,
+        &[
+            "--set",
+            &format!("model.init_from={}", model.display()),
+            "--set",
+            "max_steps=10",
+        ],
+    ));
+    assert_eq!(tuned.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&tuned.stderr).contains("starting from the weights of"));
+    // Same seed, same data: a run that ignored the weights would log the reference's first
+    // loss to the bit. Trained weights start far lower.
+    let first_loss = |records: Vec<MetricsRecord>| {
+        records
+            .into_iter()
+            .find(|r| r.kind == RecordKind::Train)
+            .and_then(|r| r.loss)
+            .unwrap()
+    };
+    let (fresh, from_model) = (
+        first_loss(metrics(reference_dir.path())),
+        first_loss(metrics(&out)),
+    );
+    assert!(
+        from_model < 0.9 * fresh,
+        "fresh {fresh}, fine-tuned {from_model}"
+    );
+
+    // The built-in model is the `small` network: a `tiny` config cannot start from it.
+    let other = run(train_cmd(
+        &dir.path().join("other"),
+        &["--set", "model.init_from=builtin:small"],
+    ));
+    assert_eq!(other.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("model.init_from") && stderr.contains("another architecture"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,6 @@
 //! The fonts synthetic lines are rendered with.
 //!
-//! The training font set is exactly the font files of the Debian packages DESIGN.md lists.
+//! The training font set is exactly the font files of the Debian packages in [`TRAINING_FONTS`].
 //! Their files are hard-coded below (paths relative to a font folder, as `dpkg -L` lists them
 //! under `/usr/share/fonts`) rather than found by scanning, because the same folders hold
 //! other fonts (fonts-dejavu-extra, fonts-liberation 1.x, ...) that are kept for independent
@@ -35,7 +35,7 @@ const fn tf(package: &'static str, file: &'static str) -> TrainingFont {
     TrainingFont { package, file }
 }
 
-/// The training font set: every font file of the packages named in DESIGN.md (from
+/// The training font set: every font file of these packages (from
 /// `dpkg -L`, Debian 13).
 pub const TRAINING_FONTS: &[TrainingFont] = &[
     tf("fonts-dkg-handwriting", "truetype/fifthhorseman/dkg.ttf"),
@@ -265,7 +265,7 @@ impl FontSet {
                     if package.is_none() {
                         tracing::warn!(
                             font = %path.display(),
-                            "font is not in the training font set (DESIGN.md): use it for evaluation only"
+                            "font is not in the training font set: use it for evaluation only"
                         );
                     }
                     files.push((path, package, wanted.clone()));

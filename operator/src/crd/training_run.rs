@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::preserve_unknown_object;
 
 /// Largest `maxTrials` the schema accepts. Status holds one small entry per trial, so this caps
-/// the object size far below etcd's 1.5 MiB limit (see DESIGN.md, "Status stays bounded").
+/// the object size far below etcd's 1.5 MiB limit.
 pub const MAX_TRIALS_CAP: i32 = 256;
 
 /// Desired state of a TrainingRun.
@@ -258,6 +258,12 @@ pub struct ModelSizeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 8))]
     pub encoder_blocks: Option<Vec<i64>>,
+    /// Start every trial from this model's weights (fine-tuning): a model folder URL that trial
+    /// pods can read (`s3://…`, `file://…` on the storage volume) or `builtin:small`, the
+    /// pretrained model in the worker image. Its architecture must be the one this spec trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub init_from: Option<String>,
 }
 
 /// Named model size.

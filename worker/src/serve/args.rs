@@ -9,7 +9,8 @@ use clap::Args;
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Model folder to serve (manifest.json + model.safetensors): file://, s3://, gs://, az:// or
-    /// a plain path. SIGHUP re-reads it. Optional when --model-pointer names the model.
+    /// a plain path, or `builtin:NAME`. SIGHUP re-reads it. Without it and --model-pointer, the
+    /// built-in pretrained model (`builtin:small`) is served.
     #[arg(long, env = "TEXTREC_MODEL")]
     pub model: Option<String>,
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use textrec_contract::{layout, ModelManifest, PreprocessConfig, Store};
+use textrec_contract::{ModelManifest, PreprocessConfig};
 use textrec_model::batching::BatchLimits;
 use textrec_model::inference::{LoadedModel, Prediction};
 use textrec_model::preprocess::{prepare_bytes, PreparedImage};
@@ -64,31 +64,14 @@ pub struct ServedModel {
     pub loaded_at: DateTime<Utc>,
 }
 
-/// Read a model folder from storage, verify it (manifest format, every file's sha256) and load it
-/// onto `device`. The heavy part runs on a blocking thread.
+/// Fetch a model (a folder in storage or `builtin:NAME`), verify it (manifest format, the
+/// weights' sha256) and load it onto `device`. The heavy part runs on a blocking thread.
 pub async fn load_model(url: &str, device: tch::Device) -> anyhow::Result<Arc<dyn Engine>> {
     use anyhow::Context;
-    let store = Store::open(url)?;
-    let manifest = store
-        .get(layout::MANIFEST)
+    let files = crate::model_source::fetch(url).await?;
+    let model = tokio::task::spawn_blocking(move || files.load(device))
         .await
-        .context("model folder has no readable manifest.json")?;
-    // Weights are fetched only after the manifest parses, so a folder that is still being written
-    // (manifest missing) or is not a model at all fails fast and cheaply.
-    let parsed: ModelManifest = serde_json::from_slice(&manifest)
-        .with_context(|| format!("{}: manifest.json is not a model manifest", store.url()))?;
-    anyhow::ensure!(
-        parsed.format == textrec_contract::manifest::MODEL_FORMAT,
-        "{}: manifest format is `{}`, expected `{}`",
-        store.url(),
-        parsed.format,
-        textrec_contract::manifest::MODEL_FORMAT
-    );
-    let weights = store.get(layout::MODEL_WEIGHTS).await?;
-    let model =
-        tokio::task::spawn_blocking(move || LoadedModel::from_bytes(&manifest, &weights, device))
-            .await
-            .context("model loading thread failed")??;
+        .context("model loading thread failed")??;
     Ok(Arc::new(model))
 }
 

@@ -365,7 +365,14 @@ fn thread_plan(args: &ServeArgs) -> Result<ThreadPlan> {
 }
 
 /// Run `serve`; returns the process exit code.
-pub fn run(args: ServeArgs) -> Result<i32> {
+pub fn run(mut args: ServeArgs) -> Result<i32> {
+    if args.model.is_none() && args.model_pointer.is_none() {
+        tracing::info!(
+            "no --model or --model-pointer: serving the built-in pretrained model {}",
+            crate::model_source::DEFAULT_MODEL
+        );
+        args.model = Some(crate::model_source::DEFAULT_MODEL.to_string());
+    }
     crate::device::set_threads(thread_plan(&args)?.torch);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

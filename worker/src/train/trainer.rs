@@ -453,6 +453,50 @@ impl Trial<'_> {
 
 /// Run one trial to completion or interruption. Errors after start-up are reported in
 /// `progress.json` by the caller.
+/// Load the weights of the model at `location` into `vs`, after checking that it is the network
+/// this config trains (architecture, charset, preprocessing).
+fn init_from(
+    vs: &mut VarStore,
+    location: &str,
+    arch: &textrec_contract::config::Architecture,
+    tokenizer: &Tokenizer,
+    preprocess: &textrec_contract::PreprocessConfig,
+) -> Result<()> {
+    let files = crate::model_source::fetch_blocking(location)
+        .with_context(|| format!("model.init_from: cannot read {location}"))?;
+    let m = &files.manifest;
+    if &m.architecture != arch {
+        bail!(ConfigError::new(format!(
+            "model.init_from: {} has another architecture than this config's model; \
+             set `model` to the same preset and overrides.\n  model:   {}\n  config:  {}",
+            files.source,
+            serde_json::to_string(&m.architecture)?,
+            serde_json::to_string(arch)?
+        )));
+    }
+    if m.charset != tokenizer.charset() {
+        bail!(ConfigError::new(format!(
+            "model.init_from: {} reads another charset than this trainer's",
+            files.source
+        )));
+    }
+    if &m.preprocessing != preprocess {
+        bail!(ConfigError::new(format!(
+            "model.init_from: {} was trained with other preprocessing; set `preprocess` to {}",
+            files.source,
+            serde_json::to_string(&m.preprocessing)?
+        )));
+    }
+    tensorio::load_varstore(vs, &files.weights)
+        .with_context(|| format!("model.init_from: loading the weights of {}", files.source))?;
+    tracing::info!(
+        "starting from the weights of {} (step {} of its own training)",
+        files.source,
+        m.provenance.step
+    );
+    Ok(())
+}
+
 pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialProgress)> {
     let arch = cfg.model.resolve()?;
     let tokenizer = Tokenizer::new(IAM_CHARSET);
@@ -553,23 +597,28 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             checkpoint_ref = Some(l.reference);
             state
         }
-        None => TrainState {
-            step: 0,
-            data_position: 0,
-            lr: 0.0,
-            elapsed_s: 0.0,
-            seed: cfg.seed,
-            rng: RNG_SCHEME.to_string(),
-            best: None,
-            latest: None,
-            last_eval_step: None,
-            resumes: 0,
-            loss_scale: None,
-            skipped_steps: 0,
-            architecture: arch.clone(),
-            charset: tokenizer.charset().to_string(),
-            config: cfg.to_json(),
-        },
+        None => {
+            if let Some(location) = &cfg.model.init_from {
+                init_from(&mut vs, location, &arch, &tokenizer, &cfg.preprocess)?;
+            }
+            TrainState {
+                step: 0,
+                data_position: 0,
+                lr: 0.0,
+                elapsed_s: 0.0,
+                seed: cfg.seed,
+                rng: RNG_SCHEME.to_string(),
+                best: None,
+                latest: None,
+                last_eval_step: None,
+                resumes: 0,
+                loss_scale: None,
+                skipped_steps: 0,
+                architecture: arch.clone(),
+                charset: tokenizer.charset().to_string(),
+                config: cfg.to_json(),
+            }
+        }
     };
     // Gradients exist (as zeros) from the start in fresh and resumed runs alike, so every
     // backward pass accumulates into a zeroed buffer: identical arithmetic either way.
