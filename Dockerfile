@@ -36,7 +36,7 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS rust-base
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      ca-certificates g++ pkg-config protobuf-compiler python3 python3-venv \
+      ca-certificates g++ make pkg-config protobuf-compiler python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 

@@ -25,8 +25,9 @@ APT_PACKAGES=(
   fonts-freefont-ttf fonts-havana fonts-cabinsketch fonts-bebas-neue
   # training corpus
   fortunes fortunes-min wamerican
-  # build and test tools (g++ compiles tch's C++ glue; python3-venv holds the libtorch venv)
-  g++ python3-venv protobuf-compiler chromium chromium-driver tesseract-ocr tesseract-ocr-eng
+  # build and test tools (g++ compiles tch's C++ glue, make builds jemalloc; python3-venv holds
+  # the libtorch venv)
+  g++ make python3-venv protobuf-compiler chromium chromium-driver tesseract-ocr tesseract-ocr-eng
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

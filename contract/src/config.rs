@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::ConfigError;
 
+/// Largest `batch_size`: the TrainingRun schema's bound on `training.batchSize`. Beyond it a
+/// batch's allocation alone would take the machine down before the first step could log.
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// Largest `data.loader_threads`.
+pub const MAX_LOADER_THREADS: usize = 64;
+/// Largest `data.prefetch_batches`.
+pub const MAX_PREFETCH_BATCHES: usize = 256;
+
 /// Everything one training trial needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "snake_case")]
@@ -608,8 +616,23 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.resolve()?;
         let bad = |f: &str, why: &str| Err(ConfigError::new(format!("{f}: {why}")));
-        if self.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return bad(
+                "batch_size",
+                &format!("must be in 1..={MAX_BATCH_SIZE} (got {})", self.batch_size),
+            );
+        }
+        if !(1..=MAX_LOADER_THREADS).contains(&self.data.loader_threads) {
+            return bad(
+                "data.loader_threads",
+                &format!("must be in 1..={MAX_LOADER_THREADS}"),
+            );
+        }
+        if !(1..=MAX_PREFETCH_BATCHES).contains(&self.data.prefetch_batches) {
+            return bad(
+                "data.prefetch_batches",
+                &format!("must be in 1..={MAX_PREFETCH_BATCHES}"),
+            );
         }
         if self.max_steps == 0 {
             return bad("max_steps", "must be at least 1");
@@ -833,6 +856,19 @@ mod tests {
     fn ill_typed_override_is_a_config_error() {
         let err = TrainConfig::parse("", &["batch_size=lots".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("batch_size"));
+        for bad in [
+            "batch_size=0",
+            "batch_size=1000000000000",
+            "data.loader_threads=0",
+            "data.prefetch_batches=100000",
+        ] {
+            let err = format!("{:#}", TrainConfig::parse("", &[bad.into()]).unwrap_err());
+            let field = bad.split('=').next().unwrap();
+            assert!(
+                err.contains(field) && err.contains("must be in"),
+                "{bad}: {err}"
+            );
+        }
         assert!(TrainConfig::parse("", &["nonsense".into()]).is_err());
     }
 

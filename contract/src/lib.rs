@@ -10,6 +10,7 @@ pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod metrics;
+pub mod signals;
 pub mod storage;
 
 pub use config::{Architecture, PreprocessConfig, Preset, TrainConfig};

@@ -219,19 +219,14 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Resolves on SIGTERM or SIGINT.
 async fn signal() {
-    let term = async {
-        #[cfg(unix)]
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-            return;
+    match textrec_contract::signals::Termination::install() {
+        Ok(mut t) => tracing::info!("{}", t.recv().await.describe()),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

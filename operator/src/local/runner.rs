@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
+use textrec_contract::signals::Stop;
 use textrec_contract::{Store, TrialProgress};
 
 use crate::controller::model_deployment::{plan_status, summarize_runs};
@@ -408,20 +409,18 @@ fn key_str(k: &(String, String)) -> String {
 impl Runner {
     async fn main_loop(&mut self) -> Result<i32> {
         self.adopt_orphans().await;
-        #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Installed once for the whole loop, so a Ctrl-C that arrives mid-pass is kept.
+        let mut signals = textrec_contract::signals::Termination::install()?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_started: Option<Instant> = None;
         loop {
-            #[cfg(unix)]
-            let term_fut = term.recv();
-            #[cfg(not(unix))]
-            let term_fut = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = tokio::signal::ctrl_c() => self.begin_stop("interrupted"),
-                _ = term_fut => self.begin_stop("SIGTERM received"),
+                stop = signals.recv() => self.begin_stop(match stop {
+                    Stop::Interrupt => "interrupted",
+                    Stop::Terminate => "SIGTERM received",
+                }),
             }
             if self.stopping && stop_started.is_none() {
                 stop_started = Some(Instant::now());

@@ -243,6 +243,7 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
         .spawn(args.reload_interval, stop_listening.clone());
 
     // gRPC health follows the model slot: SERVING from the first model on.
+    let health_at_start = health.clone();
     let health_task = {
         let health = health.clone();
         let mut versions = slot.watch_version();
@@ -325,30 +326,27 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
             return Err(e.context("cannot load the model"));
         }
     }
+    if server.state.slot.current().is_some() && !server.shutdown.is_cancelled() {
+        // Said here as well as by the health task, so a caller that sees `start` return finds
+        // the server SERVING however the tasks were scheduled.
+        for name in service_names() {
+            health_at_start
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+    }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
     Ok(server)
 }
 
 /// Resolves on SIGTERM or SIGINT.
 async fn termination_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    match textrec_contract::signals::Termination::install() {
+        Ok(mut t) => tracing::info!("{}", t.recv().await.describe()),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
