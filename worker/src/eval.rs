@@ -35,20 +35,40 @@ pub struct EvalArgs {
     /// Print the result as one JSON object on the last stdout line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub run: LocalInference,
+    /// How lines are read: `joint` (both heads' readings, the likelier wins), `attention`
+    /// (the decoder alone) or `ctc` (the CTC head alone). Default: the model's own choice
+    /// (its manifest's `decoding`, the mode that read its validation set best).
+    #[arg(long, value_enum)]
+    pub decode: Option<DecodeArg>,
+}
+
+/// How a model runs in this process: the options `eval` and `recognize` share.
+#[derive(Args, Debug, Clone)]
+pub struct LocalInference {
     /// Lines recognized per batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_size: u32,
     /// `auto`, `cpu` or `cuda`.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// libtorch CPU threads (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// How lines are read: `joint` (both heads' readings, the likelier wins), `attention`
-    /// (the decoder alone) or `ctc` (the CTC head alone). Default: the model's own choice
-    /// (its manifest's `decoding`, the mode that read its validation set best).
-    #[arg(long, value_enum)]
-    pub decode: Option<DecodeArg>,
+}
+
+impl LocalInference {
+    /// Set the thread count, pick the device and load the model at `location`.
+    pub fn load(&self, location: &str) -> Result<LoadedModel> {
+        crate::device::set_threads(self.threads);
+        load_model(location, parse_device(&self.device)?)
+    }
+
+    /// Lines per forward pass.
+    pub fn batch(&self) -> usize {
+        self.batch_size as usize
+    }
 }
 
 /// A `--decode` value.
@@ -92,9 +112,7 @@ pub fn load_model(location: &str, device: tch::Device) -> Result<LoadedModel> {
 
 /// Run `eval`; returns the process exit code.
 pub fn run(args: EvalArgs) -> Result<i32> {
-    crate::device::set_threads(args.threads);
-    let device = parse_device(&args.device)?;
-    let mut model = load_model(&args.model, device)?;
+    let mut model = args.run.load(&args.model)?;
     if let Some(mode) = args.decode {
         model.set_decode_mode(mode.into());
     }
@@ -137,7 +155,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             Ok(s) => pending.push((s.id, s.text, s.image)),
             Err(e) => skipped.push(format!("{e:#}")),
         }
-        if pending.len() >= args.batch_size.max(1) {
+        if pending.len() >= args.run.batch() {
             flush(&mut pending, &mut skipped)?;
         }
     }

@@ -25,15 +25,9 @@ pub struct RecognizeArgs {
     /// Also print each line's confidence (a third column).
     #[arg(long)]
     pub confidence: bool,
-    /// Lines recognized per batch (local model only).
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// `auto`, `cpu` or `cuda` (local model only).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// libtorch CPU threads (0: libtorch's default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// How the model runs in this process (not used with --endpoint).
+    #[command(flatten)]
+    pub run: crate::eval::LocalInference,
     /// Image files of single text lines.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -90,11 +84,9 @@ type Outcome = (PathBuf, Result<(String, f32)>);
 
 /// Recognize with a model loaded into this process; per-image errors are kept per image.
 fn local(model: &str, args: &RecognizeArgs) -> Result<Vec<Outcome>> {
-    crate::device::set_threads(args.threads);
-    let device = crate::eval::parse_device(&args.device)?;
-    let model = crate::eval::load_model(model, device)?;
+    let model = args.run.load(model)?;
     let mut out = Vec::with_capacity(args.images.len());
-    for chunk in args.images.chunks(args.batch_size.max(1)) {
+    for chunk in args.images.chunks(args.run.batch()) {
         let mut ok_paths = Vec::new();
         let mut images = Vec::new();
         for path in chunk {
