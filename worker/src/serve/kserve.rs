@@ -188,15 +188,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                 .map(Into::into)
                 .collect()
         };
-        let expected: i64 = input.shape.iter().product();
-        if input.shape.iter().any(|&d| d < 0) || expected != images.len() as i64 {
-            return Err(invalid(format!(
-                "input `{}` has shape {:?} but {} elements",
-                input.name,
-                input.shape,
-                images.len()
-            )));
-        }
+        check_shape(&input.name, &input.shape, images.len())?;
         if images.is_empty() || images.len() > MAX_ELEMENTS {
             return Err(invalid(format!(
                 "send 1 to {MAX_ELEMENTS} images, got {}",
@@ -272,9 +264,37 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
     }
 }
 
+/// The input's shape must be non-negative and hold exactly `elements` images. The product is
+/// checked, so a shape whose product overflows is refused rather than wrapped into agreement.
+fn check_shape(name: &str, shape: &[i64], elements: usize) -> Result<(), Status> {
+    let product = shape.iter().try_fold(
+        1i64,
+        |acc, &d| if d < 0 { None } else { acc.checked_mul(d) },
+    );
+    if product != Some(elements as i64) {
+        return Err(Status::from(ServeError::InvalidArgument(format!(
+            "input `{name}` has shape {shape:?} but {elements} elements"
+        ))));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_must_match_the_elements_without_overflow() {
+        assert!(check_shape("IMAGE", &[2], 2).is_ok());
+        assert!(check_shape("IMAGE", &[1, 3], 3).is_ok());
+        assert!(check_shape("IMAGE", &[3], 2).is_err());
+        assert!(check_shape("IMAGE", &[-1], 1).is_err());
+        // 2^32 * 2^32 wraps to 0 in i64 arithmetic; 2^62 * 4 wraps to 0 as well.
+        let e = check_shape("IMAGE", &[1 << 32, 1 << 32, 0], 0).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(check_shape("IMAGE", &[1 << 62, 4, 1], 0).is_err());
+        assert!(check_shape("IMAGE", &[i64::MAX, 2], 2).is_err());
+    }
 
     #[test]
     fn raw_bytes_round_trip_and_reject_truncation() {
