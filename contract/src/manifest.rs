@@ -138,6 +138,21 @@ pub struct ModelManifest {
 }
 
 impl ModelManifest {
+    /// Parse `manifest.json`: valid JSON, format [`MODEL_FORMAT`], then the schema. Each step
+    /// fails with its own message (a folder of another kind or version says so).
+    pub fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
+        use anyhow::{bail, Context};
+        let raw: serde_json::Value =
+            serde_json::from_slice(bytes).context("manifest.json is not valid JSON")?;
+        match raw.get("format").and_then(|f| f.as_str()) {
+            Some(MODEL_FORMAT) => {}
+            Some(other) => bail!("manifest format is `{other}`, expected `{MODEL_FORMAT}`"),
+            None => bail!("manifest.json has no `format` field; not a textrec model manifest"),
+        }
+        serde_json::from_value(raw)
+            .with_context(|| format!("manifest.json does not match the `{MODEL_FORMAT}` schema"))
+    }
+
     /// The model's version: sha256 of the manifest as stored. Changes with any file.
     pub fn version_of(manifest_bytes: &[u8]) -> String {
         sha256_hex(manifest_bytes)

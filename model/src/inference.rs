@@ -91,15 +91,7 @@ impl LoadedModel {
     /// Parse the manifest (format `textrec.model/v1`), verify `weights` against its sha256 of
     /// `model.safetensors`, build the network and load the weights onto `device`.
     pub fn from_bytes(manifest_bytes: &[u8], weights: &[u8], device: Device) -> Result<Self> {
-        let raw: serde_json::Value =
-            serde_json::from_slice(manifest_bytes).context("manifest.json is not valid JSON")?;
-        match raw.get("format").and_then(|f| f.as_str()) {
-            Some(MODEL_FORMAT) => {}
-            Some(other) => bail!("manifest format is `{other}`, expected `{MODEL_FORMAT}`"),
-            None => bail!("manifest.json has no `format` field; not a textrec model manifest"),
-        }
-        let manifest: ModelManifest = serde_json::from_value(raw)
-            .with_context(|| format!("manifest.json does not match the `{MODEL_FORMAT}` schema"))?;
+        let manifest = ModelManifest::parse(manifest_bytes)?;
         Self::from_manifest(manifest, manifest_bytes, weights, device)
     }
 

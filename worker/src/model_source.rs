@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use textrec_contract::layout;
-use textrec_contract::manifest::{ModelManifest, MODEL_FORMAT};
+use textrec_contract::manifest::ModelManifest;
 use textrec_contract::Store;
 use textrec_model::LoadedModel;
 
@@ -128,15 +128,7 @@ fn builtin(name: &str) -> Result<ModelFiles> {
 }
 
 fn parse_manifest(bytes: &[u8], what: &str) -> Result<ModelManifest> {
-    let raw: serde_json::Value =
-        serde_json::from_slice(bytes).with_context(|| format!("{what} is not valid JSON"))?;
-    match raw.get("format").and_then(|f| f.as_str()) {
-        Some(MODEL_FORMAT) => {}
-        Some(other) => bail!("{what}: manifest format is `{other}`, expected `{MODEL_FORMAT}`"),
-        None => bail!("{what} has no `format` field; it is not a textrec model manifest"),
-    }
-    serde_json::from_value(raw)
-        .with_context(|| format!("{what} does not match the `{MODEL_FORMAT}` schema"))
+    ModelManifest::parse(bytes).with_context(|| format!("{what} is not a textrec model manifest"))
 }
 
 fn weights_digest<'m>(

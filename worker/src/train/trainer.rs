@@ -456,13 +456,15 @@ impl Trial<'_> {
 /// Load the weights of the model at `location` into `vs`, after checking that it is the network
 /// this config trains (architecture, charset, preprocessing).
 fn init_from(
+    rt: &Runtime,
     vs: &mut VarStore,
     location: &str,
     arch: &textrec_contract::config::Architecture,
     tokenizer: &Tokenizer,
     preprocess: &textrec_contract::PreprocessConfig,
 ) -> Result<()> {
-    let files = crate::model_source::fetch_blocking(location)
+    let files = rt
+        .block_on(crate::model_source::fetch(location))
         .with_context(|| format!("model.init_from: cannot read {location}"))?;
     let m = &files.manifest;
     if &m.architecture != arch {
@@ -599,7 +601,14 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         }
         None => {
             if let Some(location) = &cfg.model.init_from {
-                init_from(&mut vs, location, &arch, &tokenizer, &cfg.preprocess)?;
+                init_from(
+                    &ctx.rt,
+                    &mut vs,
+                    location,
+                    &arch,
+                    &tokenizer,
+                    &cfg.preprocess,
+                )?;
             }
             TrainState {
                 step: 0,
