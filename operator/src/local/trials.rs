@@ -121,7 +121,8 @@ pub enum JobOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialRecord {
-    /// The worker's arguments (after `textrec-worker`), as [`crate::job::build_job`] built them.
+    /// The worker's arguments (after `textrec-worker`): the Job's, with local paths
+    /// ([`crate::local::run_controller::local_train_args`]).
     pub args: Vec<String>,
     /// The running process, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
