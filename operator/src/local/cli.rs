@@ -32,8 +32,9 @@ pub enum LocalCommand {
     ///
     /// Trials run as `textrec-worker train` processes (`spec.search.parallelism` at a time) with
     /// the exact arguments the cluster's Jobs get. A worker killed by a signal is restarted and
-    /// resumes from its checkpoint (a preemption); exit 78 fails the trial; other failures count
-    /// against spec.maxRestartsPerTrial. Once a run succeeds, each ModelDeployment that refers
+    /// resumes from its checkpoint (a preemption); exit 78 fails the trial, and so does a worker
+    /// the OS refuses to start for good (arguments over its limit, a missing or non-executable
+    /// binary); other failures count against spec.maxRestartsPerTrial. Once a run succeeds, each ModelDeployment that refers
     /// to it is served by `textrec-worker serve` on local ports; better runs are promoted by the
     /// same rules as in the cluster and switched in by hot reload.
     ///

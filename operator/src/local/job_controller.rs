@@ -17,6 +17,12 @@ use crate::local::state::{LocalPaths, LocalState};
 use crate::local::trials::{self, Exit, Next};
 use crate::progress::{ProgressSource, StorageProgress};
 
+/// The pause before restarting a trial after its `failures`-th failure: 10 s after the first,
+/// doubling up to 80 s, like the Job controller's backoff.
+fn backoff(failures: usize) -> Duration {
+    Duration::from_secs(5u64 << failures.min(4))
+}
+
 /// A trial: (TrainingRun name, trial name).
 pub type TrialKey = (String, String);
 
@@ -119,7 +125,7 @@ impl JobController {
                     let pause = if matches!(exit, Exit::Signal(_) | Exit::Code(75)) {
                         Duration::ZERO
                     } else {
-                        Duration::from_secs(5u64 << failures.min(4))
+                        backoff(failures)
                     };
                     self.restart_at.insert(k.clone(), Instant::now() + pause);
                     display.println(&format!(
@@ -238,9 +244,19 @@ impl JobController {
                     self.restart_at.remove(&k);
                 }
                 Err(e) => {
-                    display.println(&format!("{}: cannot start the worker: {e:#}", key_str(&k)));
-                    self.restart_at
-                        .insert(k, Instant::now() + Duration::from_secs(10));
+                    let max_restarts = rec.run.spec.max_restarts_per_trial;
+                    let error = e.to_string();
+                    let next =
+                        trials::record_start_failure(t, &error, e.is_permanent(), max_restarts);
+                    let what = match next {
+                        Next::Fail => "the trial failed".to_string(),
+                        _ => {
+                            let pause = backoff(t.failures());
+                            self.restart_at.insert(k.clone(), Instant::now() + pause);
+                            format!("retrying in {} s", pause.as_secs())
+                        }
+                    };
+                    display.println(&format!("{}: {error}; {what}", key_str(&k)));
                 }
             }
         }

@@ -31,7 +31,7 @@ use crate::local::handover::hand_over;
 use crate::local::job_controller::JobController;
 use crate::local::manifest::{self, StorageChoice};
 use crate::local::serving::{PortMode, ServeSettings};
-use crate::local::state::{write_atomic, LocalPaths, LocalState, StateFile};
+use crate::local::state::{create_private_dir, write_atomic, LocalPaths, LocalState, StateFile};
 use crate::local::trials::{self, Exit};
 use crate::local::{api_server, inbox, process, run_controller, DEFAULT_STORAGE};
 
@@ -107,8 +107,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         );
     }
     let worker = process::locate_worker(opts.worker.as_deref())?;
-    std::fs::create_dir_all(&paths.dir)
-        .with_context(|| format!("cannot create {}", paths.dir.display()))?;
+    create_private_dir(&paths.dir)?;
     write_atomic(&paths.pid_file(), std::process::id().to_string().as_bytes())?;
     for line in api_server::apply(&mut state, loaded.runs, loaded.deployments) {
         eprintln!("{line}");
