@@ -27,6 +27,7 @@ use textrec_contract::exit::{CONFIG_ERROR, INTERRUPTED};
 use crate::crd::{Scheduling, SpotProvider, TrainingRun};
 use crate::naming::{label_value, MANAGED_BY, MANAGER, OWNER_ANNOTATION, RUN_LABEL, TRIAL_LABEL};
 use crate::validate::PlannedTrial;
+use crate::worker_args::{train_args, POD_TERMINATION_LOG};
 
 /// Name of the worker container (the exit-code rules refer to it).
 pub const CONTAINER: &str = "worker";
@@ -141,23 +142,7 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
     let spec = &run.spec;
     let run_name = run.metadata.name.clone().unwrap_or_default();
     let labels = trial_labels(&run_name, &trial.name);
-    let output = trial_output(&spec.storage.url, &run_name, &trial.name);
-
-    let mut args = vec![
-        "train".to_string(),
-        "--output".into(),
-        output,
-        "--run".into(),
-        run_name.clone(),
-        "--trial".into(),
-        trial.name.clone(),
-        "--termination-log".into(),
-        "/dev/termination-log".into(),
-    ];
-    for o in &trial.overrides {
-        args.push("--set".into());
-        args.push(o.clone());
-    }
+    let args = train_args(&run_name, &spec.storage.url, trial, POD_TERMINATION_LOG);
 
     let gpu_resource = spec
         .resources
@@ -266,7 +251,7 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
             ..Default::default()
         }),
         volume_mounts: Some(mounts),
-        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_path: Some(POD_TERMINATION_LOG.into()),
         // The worker writes its final progress.json there; on a crash the log tail explains it.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {

@@ -4,13 +4,15 @@
 //! Everything that decides (search-space expansion, trial naming, spec validation, Job and
 //! Deployment construction, status aggregation, promotion) is a pure function in a module that
 //! needs no Kubernetes client, so the local runner reuses it: [`search`], [`naming`],
-//! [`validate`], [`job`], [`trial_state`], [`run_plan`], [`promotion`], [`serving`],
-//! [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
-//! [`local`] runs the same decisions over local processes instead of Kubernetes objects.
+//! [`validate`], [`worker_args`], [`job`], [`trial_state`], [`run_plan`], [`deployment_plan`],
+//! [`promotion`], [`serving`], [`conditions`]. The [`controller`] modules only gather inputs
+//! and apply the results, and [`local`] runs the same decisions over local processes instead of
+//! Kubernetes objects.
 
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod deployment_plan;
 pub mod http;
 pub mod job;
 pub mod leader;
@@ -26,3 +28,4 @@ pub mod serving;
 pub mod trial_state;
 pub mod util;
 pub mod validate;
+pub mod worker_args;

@@ -38,11 +38,20 @@ pub struct PlannedEvent {
     pub message: String,
 }
 
+/// A trial to start: as planned from the spec, and as the Job that runs it in a cluster.
+#[derive(Debug, Clone)]
+pub struct NewTrial {
+    /// The trial (its worker overrides, for a runner that starts it without a Job).
+    pub trial: PlannedTrial,
+    /// Its Job.
+    pub job: Job,
+}
+
 /// What to do for a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunPlan {
-    /// Jobs to create (server-side apply).
-    pub create: Vec<Job>,
+    /// Trials to start: their Jobs to create (server-side apply).
+    pub create: Vec<NewTrial>,
     /// Existing Jobs whose `spec.suspend` must change: (name, suspend).
     pub set_suspend: Vec<(String, bool)>,
     /// The new status.
@@ -198,7 +207,10 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                 break;
             }
             if e.phase == TrialPhase::Pending && !observed.jobs.contains_key(&t.name) {
-                create.push(build_job(run, t, false));
+                create.push(NewTrial {
+                    trial: t.clone(),
+                    job: build_job(run, t, false),
+                });
                 e.phase = TrialPhase::Starting;
                 events.push(event(
                     Severity::Normal,
@@ -432,7 +444,7 @@ fn trial_events(before: Option<&TrialStatus>, after: &TrialStatus, out: &mut Vec
     }
 }
 
-/// Trials planned from a run's spec (re-exported for the local runner).
+/// Trials planned from a run's spec.
 pub fn planned(run: &TrainingRun) -> Result<Vec<PlannedTrial>, crate::validate::Invalid> {
     plan_trials(run.metadata.name.as_deref().unwrap_or_default(), &run.spec)
 }

@@ -4,11 +4,22 @@
 //!
 //! No Kubernetes client here: the local runner reuses this as is.
 
+use serde_json::Value;
 use textrec_contract::config::{flatten_overrides, TrainConfig};
 
 use crate::crd::{DatasetRef, TrainingRunSpec};
 use crate::naming::trial_name;
 use crate::search::{expand, summarize, SearchError};
+
+/// Longest string in `spec.hyperparameters`, in bytes. Each value becomes one worker argument,
+/// and Linux refuses to start a process with an argument over 128 KiB (E2BIG); no config field
+/// needs anything near this.
+pub const MAX_HYPERPARAMETER_STRING: usize = 4096;
+/// Most values one list of `spec.hyperparameters` may hold (a search of more is no search).
+pub const MAX_SEARCH_VALUES: usize = 1024;
+/// Largest `spec.hyperparameters`, in bytes of JSON: every trial's arguments hold one value of
+/// each field, and all arguments of a process together must stay under the OS's `ARG_MAX`.
+pub const MAX_HYPERPARAMETERS_BYTES: usize = 64 * 1024;
 
 /// A trial as planned from the spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +68,46 @@ fn dataset_overrides(prefix: &str, d: &DatasetRef, out: &mut Vec<String>) {
     if let Some(n) = d.samples {
         out.push(format!("{prefix}.samples={n}"));
     }
+}
+
+/// Bound the strings, lists and total size of `spec.hyperparameters` (a free-form object, so the
+/// CRD's schema cannot), naming the first field over a bound.
+fn check_sizes(hp: &Value) -> Result<(), Invalid> {
+    fn walk(path: &str, v: &Value) -> Result<(), Invalid> {
+        match v {
+            Value::String(s) if s.len() > MAX_HYPERPARAMETER_STRING => Err(invalid(
+                path,
+                format!(
+                    "a string of {} bytes; at most {MAX_HYPERPARAMETER_STRING} are allowed",
+                    s.len()
+                ),
+            )),
+            Value::Array(a) if a.len() > MAX_SEARCH_VALUES => Err(invalid(
+                path,
+                format!(
+                    "a list of {} values; at most {MAX_SEARCH_VALUES} are allowed",
+                    a.len()
+                ),
+            )),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, x)| walk(&format!("{path}[{i}]"), x)),
+            Value::Object(m) => m
+                .iter()
+                .try_for_each(|(k, x)| walk(&format!("{path}.{k}"), x)),
+            _ => Ok(()),
+        }
+    }
+    walk("spec.hyperparameters", hp)?;
+    let size = serde_json::to_vec(hp).map_or(0, |b| b.len());
+    if size > MAX_HYPERPARAMETERS_BYTES {
+        return Err(invalid(
+            "spec.hyperparameters",
+            format!("{size} bytes of JSON; at most {MAX_HYPERPARAMETERS_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
 }
 
 /// Overrides every trial of the run shares (data, model, budget, device).
@@ -148,6 +199,7 @@ pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<Planned
         .hyperparameters
         .clone()
         .unwrap_or(serde_json::Value::Null);
+    check_sizes(&hp)?;
     let sets = expand(&hp, s.algorithm, s.seed, s.max_trials as usize).map_err(|e| match e {
         SearchError::EmptyList(path) => invalid(
             format!("spec.hyperparameters.{path}"),
@@ -250,5 +302,41 @@ mod tests {
         assert!(t.iter().all(|t| t
             .overrides
             .contains(&r#"model.init_from="s3://bucket/models/prod""#.to_string())));
+    }
+
+    #[test]
+    fn hyperparameter_strings_lists_and_size_are_bounded() {
+        let mut s = spec();
+        let long = "x".repeat(MAX_HYPERPARAMETER_STRING + 1);
+        s.hyperparameters = Some(json!({"data": {"train": {"path": long}}}));
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.hyperparameters.data.train.path", "{e}");
+        // Inside a searched list too.
+        s.hyperparameters = Some(json!({"data": {"train": {"path": ["/a", long]}}}));
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.hyperparameters.data.train.path[1]", "{e}");
+        s.hyperparameters = Some(json!({"seed": vec![1; MAX_SEARCH_VALUES + 1]}));
+        assert_eq!(
+            plan_trials("r", &s).unwrap_err().field,
+            "spec.hyperparameters.seed"
+        );
+        // Many values each within bounds, too many bytes in all.
+        let fields: serde_json::Map<String, Value> = (0..20)
+            .map(|i| {
+                (
+                    format!("f{i}"),
+                    json!("x".repeat(MAX_HYPERPARAMETER_STRING)),
+                )
+            })
+            .collect();
+        s.hyperparameters = Some(Value::Object(fields));
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.hyperparameters");
+        assert!(e.message.contains("bytes of JSON"), "{e}");
+        // At the bound: accepted (up to the worker's own parser).
+        s.hyperparameters = Some(json!({"seed": vec![1; MAX_SEARCH_VALUES]}));
+        s.search.max_trials = 2;
+        s.search.parallelism = 1;
+        assert!(plan_trials("r", &s).is_ok());
     }
 }

@@ -134,7 +134,7 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
 
     let job_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    for job in &plan.create {
+    for job in plan.create.iter().map(|t| &t.job) {
         job_api
             .patch(
                 job.metadata.name.as_deref().unwrap_or_default(),

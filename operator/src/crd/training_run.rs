@@ -110,6 +110,7 @@ pub struct TrainingRunSpec {
     pub suspend: bool,
     /// Extra environment variables of the worker container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
 }
 
@@ -152,6 +153,7 @@ pub struct StorageSpec {
     /// Prefix URL: `s3://bucket/prefix`, `gs://…`, `az://…` or `file:///path` (with `pvc`).
     /// Trials write to `<url>/<run>/<trial>/`.
     #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|file)://.+')").message("must be an s3://, gs://, az:// or file:// URL"))]
+    #[schemars(length(max = 2048))]
     pub url: String,
     /// A Secret whose keys become environment variables of the pods (`AWS_ACCESS_KEY_ID`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,6 +199,7 @@ pub struct DatasetRef {
     pub kind: DatasetKind,
     /// Folder inside the pod (a mounted volume) of a tesstrain or IAM set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub path: Option<String>,
     /// IAM only: file listing the line ids of this split.
     #[serde(default, skip_serializing_if = "Option::is_none")]

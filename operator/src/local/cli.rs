@@ -11,9 +11,11 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 use textrec_contract::Store;
 
-use crate::controller::model_deployment::{plan_status, summarize_runs};
 use crate::crd::{DeploymentPhase, ModelDeployment, TrainingRun};
-use crate::local::runner::{self, Request, RunOptions};
+use crate::deployment_plan::{plan_status, summarize_runs};
+use crate::local::api_server::request_rollback;
+use crate::local::inbox::{self, Request};
+use crate::local::runner::{self, RunOptions};
 use crate::local::serving::PortMode;
 use crate::local::state::{LocalPaths, LocalState, StateFile};
 use crate::local::{now, process};
@@ -30,8 +32,9 @@ pub enum LocalCommand {
     ///
     /// Trials run as `textrec-worker train` processes (`spec.search.parallelism` at a time) with
     /// the exact arguments the cluster's Jobs get. A worker killed by a signal is restarted and
-    /// resumes from its checkpoint (a preemption); exit 78 fails the trial; other failures count
-    /// against spec.maxRestartsPerTrial. Once a run succeeds, each ModelDeployment that refers
+    /// resumes from its checkpoint (a preemption); exit 78 fails the trial, and so does a worker
+    /// the OS refuses to start for good (arguments over its limit, a missing or non-executable
+    /// binary); other failures count against spec.maxRestartsPerTrial. Once a run succeeds, each ModelDeployment that refers
     /// to it is served by `textrec-worker serve` on local ports; better runs are promoted by the
     /// same rules as in the cluster and switched in by hot reload.
     ///
@@ -230,7 +233,7 @@ async fn status(a: StatusArgs) -> Result<i32> {
         }
         println!();
     }
-    match runner::running_pid(&paths) {
+    match inbox::running_pid(&paths) {
         Some(pid) => println!("local run active (pid {pid})"),
         None => {
             println!("no local run is active; `local run FILE...` continues the unfinished runs")
@@ -408,15 +411,15 @@ async fn rollback(a: RollbackArgs) -> Result<i32> {
     let (_, paths, file) = open(a.storage.as_deref())?;
     let mut state = file.load().await?;
     // Check first, so a typo is reported here and not in the runner's log.
-    runner::request_rollback(&mut state.clone(), &a.name, a.revision)?;
+    request_rollback(&mut state.clone(), &a.name, a.revision)?;
     let before = state.deployments[&a.name]
         .deployment
         .status
         .as_ref()
         .and_then(|s| s.history.iter().map(|r| r.revision).max())
         .unwrap_or(0);
-    let Some(pid) = runner::running_pid(&paths) else {
-        runner::request_rollback(&mut state, &a.name, a.revision)?;
+    let Some(pid) = inbox::running_pid(&paths) else {
+        request_rollback(&mut state, &a.name, a.revision)?;
         let runs: Vec<Arc<TrainingRun>> = state
             .runs
             .values()
@@ -434,7 +437,7 @@ async fn rollback(a: RollbackArgs) -> Result<i32> {
         );
         return Ok(0);
     };
-    runner::submit(
+    inbox::submit(
         &paths,
         &Request::Rollback {
             deployment: a.name.clone(),
@@ -480,7 +483,7 @@ async fn rollback(a: RollbackArgs) -> Result<i32> {
 
 async fn stop(a: StopArgs) -> Result<i32> {
     let (root, paths, _) = open(a.storage.as_deref())?;
-    let Some(pid) = runner::running_pid(&paths) else {
+    let Some(pid) = inbox::running_pid(&paths) else {
         println!("no local run is active for {}", root.url());
         return Ok(0);
     };

@@ -10,6 +10,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use textrec_contract::TrialProgress;
 
 use crate::crd::{TrainingRun, TrialPhase, TrialStatus};
+use crate::local::job_controller::TrialKey;
+use crate::local::state::LocalState;
+use crate::run_plan::{PlannedEvent, Severity};
 
 /// One trial as shown.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +111,48 @@ impl Display {
         }
     }
 
+    /// Print an event of the `kind` object `name`.
+    pub fn event(&self, kind: &str, name: &str, e: &PlannedEvent) {
+        let sev = match e.severity {
+            Severity::Normal => "",
+            Severity::Warning => "warning: ",
+        };
+        self.println(&format!("{kind} {name}: {sev}{} {}", e.reason, e.message));
+    }
+
+    /// Show the trials of `state` that were started, with their live `progress`, and the best
+    /// so far.
+    pub fn show(&mut self, state: &LocalState, progress: &BTreeMap<TrialKey, TrialProgress>) {
+        let mut lines = Vec::new();
+        let mut best: Option<(f64, String)> = None;
+        for (name, rec) in &state.runs {
+            let Some(st) = rec.run.status.as_ref() else {
+                continue;
+            };
+            let dir = rec.run.spec.objective.direction;
+            for t in &st.trials {
+                if t.phase == TrialPhase::Pending && !rec.trials.contains_key(&t.name) {
+                    continue;
+                }
+                let p = progress.get(&(name.clone(), t.name.clone()));
+                lines.push(TrialLine::new(&rec.run, t, p));
+                if let Some(m) = t.best_metric {
+                    if best.as_ref().is_none_or(|(b, _)| dir.better(m, *b)) {
+                        best = Some((
+                            m,
+                            format!(
+                                "best so far: {name}/{} {} {m:.4}",
+                                t.name,
+                                rec.run.spec.objective.metric.as_str().to_uppercase()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        self.update(&lines, best.map(|b| b.1));
+    }
+
     /// Show these trials and the best so far.
     pub fn update(&mut self, lines: &[TrialLine], best: Option<String>) {
         match self {
@@ -126,6 +171,31 @@ impl Display {
             t.bars.clear();
         }
     }
+}
+
+/// One line per run for the end of `local run`: its phase, trials done and best model.
+pub fn summary(state: &LocalState) -> Vec<String> {
+    state
+        .runs
+        .iter()
+        .map(|(name, rec)| {
+            let st = rec.run.status.clone().unwrap_or_default();
+            let best = st
+                .best_model
+                .map(|b| {
+                    format!(
+                        "; best {} {} {:.4}: {}",
+                        b.trial, b.metric_name, b.metric, b.url
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "TrainingRun {name}: {} ({} trials done){best}",
+                st.phase.map_or("Pending".into(), |p| format!("{p:?}")),
+                st.trials_done.unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 fn stamp() -> String {

@@ -1,10 +1,11 @@
 //! Child processes: finding `textrec-worker`, starting it, and signalling it.
 
 use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// Environment variable naming the worker binary.
 pub const WORKER_ENV: &str = "TEXTREC_WORKER";
@@ -69,6 +70,60 @@ pub fn locate_worker(flag: Option<&Path>) -> Result<PathBuf> {
     .map_err(anyhow::Error::msg)
 }
 
+/// Why a child process did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// Its log file cannot be opened: a problem of the runner's folder, which may pass.
+    #[error("cannot open log {}: {error}", path.display())]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// The OS refused to run the program with these arguments and environment.
+    #[error("cannot start {}: {}", program.display(), explain(error))]
+    Exec {
+        /// The program.
+        program: PathBuf,
+        /// What the OS said.
+        error: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// Whether starting the same program with the same arguments again is bound to fail the
+    /// same way: the arguments or environment exceed the OS limit (E2BIG), the program or its
+    /// interpreter is missing (ENOENT), may not be executed (EACCES) or is no program for this
+    /// machine (ENOEXEC), or an argument holds a NUL byte.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SpawnError::Log { .. } => false,
+            SpawnError::Exec { error, .. } => {
+                matches!(
+                    error.raw_os_error(),
+                    Some(libc::E2BIG | libc::ENOENT | libc::EACCES | libc::ENOEXEC)
+                ) || error.kind() == io::ErrorKind::InvalidInput
+            }
+        }
+    }
+}
+
+/// What an exec error means for the person who has to fix it.
+fn explain(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::E2BIG) => "argument list too long (E2BIG): a spec.hyperparameters or spec.env \
+            value is over the OS limit of 128 KiB, or all of them together are over ARG_MAX"
+            .into(),
+        Some(libc::ENOENT) => "no such file (ENOENT), or its script interpreter is missing".into(),
+        Some(libc::EACCES) => {
+            "permission denied (EACCES): not executable, or on a file system mounted noexec".into()
+        }
+        Some(libc::ENOEXEC) => "exec format error (ENOEXEC): not a program for this machine".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// Start `program args…` with stdout and stderr appended to `log`, in its own process group
 /// (a Ctrl-C in the terminal reaches only the runner, which then stops its children in order),
 /// and, on Linux, with SIGTERM sent to it if the runner dies, so no worker outlives it.
@@ -77,16 +132,20 @@ pub fn spawn(
     args: &[String],
     env: &[(String, String)],
     log: &Path,
-) -> Result<tokio::process::Child> {
+) -> Result<tokio::process::Child, SpawnError> {
+    let log_error = |error| SpawnError::Log {
+        path: log.to_path_buf(),
+        error,
+    };
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(log_error)?;
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("cannot open log {}", log.display()))?;
-    let err = file.try_clone()?;
+        .map_err(log_error)?;
+    let err = file.try_clone().map_err(log_error)?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -106,8 +165,10 @@ pub fn spawn(
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("cannot start {}", program.display()))
+    cmd.spawn().map_err(|error| SpawnError::Exec {
+        program: program.to_path_buf(),
+        error,
+    })
 }
 
 /// Send `signal` to process `pid`; false when it does not exist (any more).
@@ -158,6 +219,7 @@ pub fn is_worker(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn exited_children_are_not_alive_even_before_they_are_reaped() {
@@ -219,5 +281,56 @@ mod tests {
                 .unwrap_err()
                 .contains("--worker /nonexistent/w")
         );
+    }
+
+    fn spawn_error(program: &Path, args: &[String]) -> SpawnError {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A Child needs a runtime to be created in, even one that is never awaited.
+        let _guard = rt.enter();
+        spawn(program, args, &[], &dir.path().join("w.log")).unwrap_err()
+    }
+
+    #[test]
+    fn start_failures_that_retrying_cannot_fix_are_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        // ENOENT.
+        let e = spawn_error(&dir.path().join("missing"), &[]);
+        assert!(e.is_permanent(), "{e}");
+        assert!(e.to_string().contains("ENOENT"), "{e}");
+        // A script whose interpreter is missing: ENOENT too.
+        let script = dir.path().join("script");
+        std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(spawn_error(&script, &[]).is_permanent());
+        // EACCES: not executable.
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        let e = spawn_error(&plain, &[]);
+        assert!(e.is_permanent() && e.to_string().contains("EACCES"), "{e}");
+        // E2BIG: one argument over Linux's 128 KiB per-string limit.
+        let e = spawn_error(Path::new("/bin/true"), &["x".repeat(200_000)]);
+        assert!(e.is_permanent() && e.to_string().contains("E2BIG"), "{e}");
+        // A NUL byte in an argument.
+        assert!(spawn_error(Path::new("/bin/true"), &["a\0b".into()]).is_permanent());
+    }
+
+    #[test]
+    fn other_start_failures_may_pass() {
+        let transient = |errno| SpawnError::Exec {
+            program: "w".into(),
+            error: io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::EAGAIN, libc::ENOMEM, libc::EMFILE] {
+            assert!(!transient(errno).is_permanent(), "errno {errno}");
+        }
+        let log = SpawnError::Log {
+            path: "/l".into(),
+            error: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(!log.is_permanent());
     }
 }

@@ -7,18 +7,18 @@
 //! strategies behave this way locally: with one process on fixed ports there is nothing to roll.
 //!
 //! Readiness and the model actually in service come from the server's `GET /v1/model`, and are
-//! fed to [`crate::controller::model_deployment::plan_status`] as a synthetic Deployment, so the
+//! fed to [`crate::deployment_plan::plan_status`] as a synthetic Deployment, so the
 //! phase (`Progressing` until the new model serves, then `Available`) is the cluster's.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::crd::{ModelDeploymentStatus, ServingPorts};
 use crate::local::process;
@@ -267,56 +267,29 @@ pub async fn probe(http: &str) -> Option<(bool, Option<String>)> {
     ))
 }
 
-/// `GET path` on `addr` over plain HTTP/1.1 and parse the JSON body. Kept dependency-free: the
-/// operator only ever asks its own servers for one small document.
+/// `GET path` on `addr` over plain HTTP and parse the JSON body.
 pub async fn http_get_json(addr: &str, path: &str, timeout: Duration) -> Result<Value> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(timeout, fut)
-        .await
-        .context("timed out")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{}",
-        head.lines().next().unwrap_or_default()
-    );
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    serde_json::from_str(&body).context("the response is not JSON")
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    let client = match CLIENT.get() {
+        Some(c) => c,
+        None => {
+            let c = reqwest::Client::builder()
+                // The servers are local: an `HTTP_PROXY` of the environment must not reroute them.
+                .no_proxy()
+                // A server restarted on the same port would leave pooled connections dead.
+                .pool_max_idle_per_host(0)
+                .build()
+                .context("cannot build an HTTP client")?;
+            CLIENT.get_or_init(|| c)
         }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
+    };
+    let resp = client
+        .get(format!("http://{addr}{path}"))
+        .timeout(timeout)
+        .send()
+        .await?
+        .error_for_status()?;
+    resp.json().await.context("the response is not JSON")
 }
 
 /// The Deployment a cluster would show for a local server: ready when it answers, up to date
@@ -394,23 +367,32 @@ mod tests {
         assert_eq!(d.status.unwrap().ready_replicas, Some(0));
     }
 
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
-    }
-
-    #[tokio::test]
-    async fn http_get_reads_json() {
+    /// Answer one request on a fresh port with `response`; returns the address.
+    async fn serve_once(response: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 28\r\n\r\n{\"ready\":true,\"version\":\"v\"}")
-                .await
-                .unwrap();
+            s.write_all(response).await.unwrap();
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_joined() {
+        let addr = serve_once(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n").await;
+        let v = http_get_json(&addr, "/", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(v, json!({"a": 1}));
+    }
+
+    #[tokio::test]
+    async fn http_get_reads_json() {
+        let addr = serve_once(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 28\r\n\r\n{\"ready\":true,\"version\":\"v\"}").await;
         assert_eq!(probe(&addr).await, Some((true, Some("v".into()))));
     }
 }

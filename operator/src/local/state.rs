@@ -9,8 +9,14 @@
 //! Files that must be local (the pid file, logs, the serving model pointers, the workers'
 //! termination logs) live in [`LocalPaths`]: next to the state when the storage is a local
 //! folder, else in `./.textrec-local/<hash of the storage URL>/`.
+//!
+//! The state and the inbox hold the runs' `spec.env` values, which may be credentials, so the
+//! local folder is private to the user (0700) and the files written here are too (0600).
 
 use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -174,10 +180,14 @@ impl StateFile {
         }
     }
 
-    /// Write the state in one piece.
+    /// Write the state in one piece; in a local folder, readable by this user only.
     pub async fn save(&self, state: &LocalState) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(state).context("state serializes")?;
-        self.store.put(STATE_FILE, Bytes::from(bytes)).await
+        match self.store.local_path() {
+            // object_store would create the file with the umask's mode, readable by everyone.
+            Some(dir) => write_atomic(&dir.join(STATE_FILE), &bytes),
+            None => self.store.put(STATE_FILE, Bytes::from(bytes)).await,
+        }
     }
 }
 
@@ -194,19 +204,40 @@ pub fn parse(bytes: &[u8]) -> Result<LocalState> {
     serde_path_to_error::deserialize(v).context("the local state is malformed")
 }
 
+/// Create `dir` (and its parents) private to this user (0700), or make it so if it exists.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, Permissions::from_mode(0o700)))
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
 /// Write `content` to `path` atomically (temporary file in the same folder, then rename), so
-/// a reader polling the file never sees half of it.
+/// a reader polling the file never sees half of it. The file is readable by this user only
+/// (0600) from its first byte, and a missing folder is created private (0700).
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent folder", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if !dir.is_dir() {
+        create_private_dir(dir)?;
+    }
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    std::fs::write(&tmp, content).with_context(|| format!("cannot write {}", tmp.display()))?;
+    // A leftover of a killed runner with the same pid may have another mode: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(content))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
@@ -306,5 +337,26 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn local_state_files_are_private_to_the_user() {
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let root = Store::open(dir.path().to_str().unwrap()).unwrap();
+        // An existing state file from before, readable by everyone, is replaced by a private one.
+        let state_dir = dir.path().join(LOCAL_DIR);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(state_dir.join(STATE_FILE), br#"{"version": 1}"#).unwrap();
+        let paths = LocalPaths::for_store(&root);
+        create_private_dir(&paths.dir).unwrap();
+        assert_eq!(mode(&paths.dir), 0o700);
+        StateFile::new(&root).save(&sample()).await.unwrap();
+        assert_eq!(mode(&state_dir.join(STATE_FILE)), 0o600);
+        // Inbox requests and other local files, and the folders made for them.
+        let req = paths.inbox().join("r.json");
+        write_atomic(&req, b"{}").unwrap();
+        assert_eq!((mode(&req), mode(&paths.inbox())), (0o600, 0o700));
     }
 }

@@ -10,6 +10,8 @@
 //! | exits 75 after someone's SIGTERM      | exit 75 → `Ignore`                          | restarted, resumes: a preemption  |
 //! | exits 78                              | exit 78 → `FailJob`                         | trial failed at once              |
 //! | exits with anything else              | counts against `backoffLimit`               | restarted until `maxRestartsPerTrial` is used up |
+//! | cannot be started (a passing cause)   | container `StartError`: counts against `backoffLimit` | restarted until `maxRestartsPerTrial` is used up |
+//! | cannot ever be started (E2BIG, ENOENT, EACCES, ENOEXEC) | container `StartError` | trial failed at once |
 //! | is stopped by the runner (Ctrl-C)     | (the cluster keeps running)                 | not counted; resumes on the next `local run` |
 //!
 //! One local addition: a process the kernel's OOM killer keeps killing looks exactly like a
@@ -39,6 +41,8 @@ pub enum Exit {
     Code(i32),
     /// A signal killed it.
     Signal(i32),
+    /// It never ran: the OS refused to start it (the attempt's message says why).
+    NotStarted,
 }
 
 impl Exit {
@@ -54,11 +58,13 @@ impl Exit {
         Exit::Code(status.code().unwrap_or(1))
     }
 
-    /// The exit code a container runtime would report (128 + signal for a signal death).
+    /// The exit code a container runtime would report (128 + signal for a signal death, 128
+    /// for a container that could not start, as containerd reports a `StartError`).
     pub fn container_code(self) -> i32 {
         match self {
             Exit::Code(c) => c,
             Exit::Signal(s) => 128 + s,
+            Exit::NotStarted => 128,
         }
     }
 
@@ -67,6 +73,7 @@ impl Exit {
         match self {
             Exit::Code(c) => format!("exit {c} ({})", describe(c)),
             Exit::Signal(s) => format!("killed by signal {s}"),
+            Exit::NotStarted => "could not be started".into(),
         }
     }
 }
@@ -121,7 +128,8 @@ pub enum JobOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialRecord {
-    /// The worker's arguments (after `textrec-worker`), as [`crate::job::build_job`] built them.
+    /// The worker's arguments (after `textrec-worker`): the Job's, with local paths
+    /// ([`crate::local::run_controller::local_train_args`]).
     pub args: Vec<String>,
     /// The running process, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,7 +220,7 @@ pub fn classify(exit: Exit, stopping: bool) -> AttemptOutcome {
         Exit::Code(CONFIG_ERROR) => AttemptOutcome::ConfigError,
         Exit::Code(INTERRUPTED) | Exit::Signal(_) if stopping => AttemptOutcome::Stopped,
         Exit::Code(INTERRUPTED) | Exit::Signal(_) => AttemptOutcome::Preempted,
-        Exit::Code(_) => AttemptOutcome::Failed,
+        Exit::Code(_) | Exit::NotStarted => AttemptOutcome::Failed,
     }
 }
 
@@ -261,21 +269,54 @@ pub fn record_exit(
             });
             Next::Fail
         }
-        AttemptOutcome::Failed => {
-            if rec.failures() as i64 > i64::from(max_restarts.max(0)) {
-                rec.outcome = Some(JobOutcome::Failed {
-                    reason: "BackoffLimitExceeded".into(),
-                    message: format!(
-                        "Job has reached the specified backoff limit ({max_restarts}); last: {}",
-                        exit.describe()
-                    ),
-                });
-                Next::Fail
-            } else {
-                Next::Restart
-            }
-        }
+        AttemptOutcome::Failed => restart_or_fail(rec, &exit.describe(), max_restarts),
     }
+}
+
+/// After a failed attempt: restart, or fail once the failures are over `max_restarts` (the
+/// Job's `backoffLimit`). `last` describes the failure for the message.
+fn restart_or_fail(rec: &mut TrialRecord, last: &str, max_restarts: i32) -> Next {
+    if rec.failures() as i64 > i64::from(max_restarts.max(0)) {
+        rec.outcome = Some(JobOutcome::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: format!(
+                "Job has reached the specified backoff limit ({max_restarts}); last: {last}"
+            ),
+        });
+        Next::Fail
+    } else {
+        Next::Restart
+    }
+}
+
+/// Record that the trial's process could not be started (`error` says why) and decide what
+/// comes next. It is a failed attempt, as a pod whose container cannot start counts against
+/// the Job's `backoffLimit`; when `permanent` (the OS refuses this program or these arguments
+/// for good), the trial fails at once instead of retrying the same refusal.
+pub fn record_start_failure(
+    rec: &mut TrialRecord,
+    error: &str,
+    permanent: bool,
+    max_restarts: i32,
+) -> Next {
+    rec.pid = None;
+    rec.started_at = None;
+    // No progress was made: the step of the attempt before, so no crash-loop check is fooled.
+    let step = rec.attempts.last().map_or(0, |a| a.step);
+    rec.attempts.push(Attempt {
+        exit: Exit::NotStarted,
+        outcome: AttemptOutcome::Failed,
+        step,
+        message: Some(error.to_string()),
+    });
+    if permanent {
+        rec.outcome = Some(JobOutcome::Failed {
+            reason: "StartError".into(),
+            message: format!("{error}; retrying cannot help"),
+        });
+        return Next::Fail;
+    }
+    restart_or_fail(rec, &format!("could not be started: {error}"), max_restarts)
 }
 
 /// Fail a trial that ran past `activeDeadlineSeconds` (the Job's `DeadlineExceeded`).
@@ -516,5 +557,38 @@ mod tests {
         assert_eq!(Exit::Signal(9).container_code(), 137);
         assert_eq!(Exit::Code(78).container_code(), 78);
         assert!(Exit::Code(78).describe().contains("configuration error"));
+    }
+
+    #[test]
+    fn start_failures_count_against_the_restart_limit() {
+        let mut r = TrialRecord::new(vec!["train".into()]);
+        assert_eq!(
+            record_start_failure(&mut r, "EAGAIN", false, 1),
+            Next::Restart
+        );
+        assert_eq!(status(&r).phase, TrialPhase::Restarting);
+        assert_eq!(record_start_failure(&mut r, "EAGAIN", false, 1), Next::Fail);
+        let s = status(&r);
+        assert_eq!((s.phase, s.restarts), (TrialPhase::Failed, 2));
+        let m = s.message.unwrap();
+        assert!(
+            m.starts_with("BackoffLimitExceeded") && m.contains("EAGAIN"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn permanent_start_failures_fail_at_once() {
+        let mut r = TrialRecord::new(vec!["train".into()]);
+        let error = "cannot start w: argument list too long (E2BIG)";
+        assert_eq!(record_start_failure(&mut r, error, true, 5), Next::Fail);
+        let s = status(&r);
+        assert_eq!((s.phase, s.restarts), (TrialPhase::Failed, 1));
+        let m = s.message.unwrap();
+        assert!(
+            m.starts_with("StartError: cannot start w: argument list too long"),
+            "{m}"
+        );
+        assert!(m.contains("retrying cannot help"), "{m}");
     }
 }

@@ -1,0 +1,192 @@
+//! The ModelDeployment reconcile as pure functions: the candidate TrainingRuns and the observed
+//! Deployment → the new status (model, revision history, phase) and the events to record.
+//!
+//! The controller ([`crate::controller::model_deployment`]) and the local runner only gather
+//! inputs and carry out the result, as with [`crate::run_plan`] for TrainingRuns.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::{Selector, SelectorExt};
+use kube::ResourceExt;
+
+use crate::conditions;
+use crate::crd::{DeploymentPhase, ModelDeployment, ModelDeploymentStatus, RunPhase, TrainingRun};
+use crate::promotion::{decide, record_declined, record_revision, RunSummary};
+use crate::run_plan::{PlannedEvent, Severity};
+use crate::serving;
+
+/// The TrainingRuns of `md`'s namespace as promotion inputs.
+pub fn summarize_runs(md: &ModelDeployment, runs: &[Arc<TrainingRun>]) -> Vec<RunSummary> {
+    let ns = md.namespace();
+    // A missing selector selects every TrainingRun of the namespace.
+    let selector: Option<Selector> = md
+        .spec
+        .promotion
+        .selector
+        .clone()
+        .and_then(|s| s.try_into().ok());
+    runs.iter()
+        .filter(|r| r.namespace() == ns)
+        .map(|r| {
+            let st = r.status.clone().unwrap_or_default();
+            RunSummary {
+                name: r.name_any(),
+                succeeded: st.phase == Some(RunPhase::Succeeded),
+                completion_time: st.completion_time.clone(),
+                best: st
+                    .best_model
+                    .map(|b| (b.url, b.sha256, b.metric, b.metric_name)),
+                selected: selector.as_ref().is_none_or(|s| s.matches(r.labels())),
+            }
+        })
+        .collect()
+}
+
+/// The new status and events for `md` (pure apart from reading the caches passed in).
+pub fn plan_status(
+    md: &ModelDeployment,
+    runs: &[RunSummary],
+    deployment: Option<&Deployment>,
+    now: &Time,
+) -> (ModelDeploymentStatus, Vec<PlannedEvent>) {
+    let prev = md.status.clone().unwrap_or_default();
+    let mut st = prev.clone();
+    let g = md.metadata.generation;
+    st.observed_generation = g;
+    let mut events = Vec::new();
+    let d = decide(&md.spec, &prev, runs, now);
+    st.promotion_watermark = d.watermark.clone();
+    st.applied_spec_model = d.spec_model_key.clone();
+    st.applied_rollback_to = d.rollback_applied;
+    for x in &d.declined {
+        events.push(PlannedEvent {
+            severity: Severity::Normal,
+            reason: "PromotionDeclined",
+            message: format!("{}: {}", x.training_run, x.reason),
+        });
+    }
+    record_declined(&mut st, d.declined.clone());
+    match &d.invalid {
+        Some((field, msg)) => {
+            conditions::set(
+                &mut st.conditions,
+                "Valid",
+                false,
+                "InvalidSpec",
+                &format!("{field}: {msg}"),
+                g,
+                now,
+            );
+            if !conditions::is_true(&prev.conditions, "Valid") || prev.observed_generation != g {
+                events.push(PlannedEvent {
+                    severity: Severity::Warning,
+                    reason: "InvalidSpec",
+                    message: format!("{field}: {msg}"),
+                });
+            }
+        }
+        None => conditions::set(&mut st.conditions, "Valid", true, "SpecValid", "", g, now),
+    }
+    if let Some((model, reason)) = d.deploy {
+        let rev = record_revision(
+            &mut st,
+            model.clone(),
+            reason.clone(),
+            md.spec.revision_history_limit,
+            now,
+        );
+        let r = if reason.starts_with("rollback") {
+            "RolledBack"
+        } else if reason.starts_with("automatic") {
+            "Promoted"
+        } else {
+            "ModelDeployed"
+        };
+        events.push(PlannedEvent {
+            severity: Severity::Normal,
+            reason: r,
+            message: format!("revision {rev}: {} ({reason})", model.url),
+        });
+    }
+    match (&st.model, &d.waiting) {
+        (None, Some(w)) => conditions::set(
+            &mut st.conditions,
+            "ModelResolved",
+            false,
+            "WaitingForModel",
+            w,
+            g,
+            now,
+        ),
+        (None, None) => conditions::set(
+            &mut st.conditions,
+            "ModelResolved",
+            false,
+            "NoModel",
+            "no model to deploy",
+            g,
+            now,
+        ),
+        (Some(m), _) => conditions::set(
+            &mut st.conditions,
+            "ModelResolved",
+            true,
+            "Resolved",
+            &format!("{} ({})", m.url, m.sha256),
+            g,
+            now,
+        ),
+    }
+
+    let desired = md
+        .spec
+        .autoscaling
+        .as_ref()
+        .map_or(md.spec.replicas, |a| a.min_replicas);
+    let (ready, updated, stuck, current) = match deployment {
+        Some(dep) => {
+            let s = dep.status.clone().unwrap_or_default();
+            let stuck = s
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Progressing" && c.status == "False");
+            let current = s.observed_generation >= dep.metadata.generation
+                && dep.annotations().get(serving::REVISION_ANNOTATION)
+                    == st.current_revision.map(|r| r.to_string()).as_ref();
+            (
+                s.ready_replicas.unwrap_or(0),
+                s.updated_replicas.unwrap_or(0),
+                stuck,
+                current,
+            )
+        }
+        None => (0, 0, false, false),
+    };
+    st.ready_replicas = ready;
+    st.endpoint = st.model.as_ref().map(|_| serving::endpoint(md));
+    let phase = if d.invalid.is_some() && st.model.is_none() {
+        DeploymentPhase::Invalid
+    } else if st.model.is_none() {
+        DeploymentPhase::Pending
+    } else if stuck {
+        DeploymentPhase::Degraded
+    } else if current && ready >= desired && updated >= desired {
+        DeploymentPhase::Available
+    } else {
+        DeploymentPhase::Progressing
+    };
+    conditions::set(
+        &mut st.conditions,
+        "Available",
+        phase == DeploymentPhase::Available,
+        &format!("{phase:?}"),
+        &format!("{ready}/{desired} replicas ready"),
+        g,
+        now,
+    );
+    st.phase = Some(phase);
+    (st, events)
+}
