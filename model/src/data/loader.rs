@@ -20,11 +20,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use textrec_contract::config::PreprocessConfig;
 
 use super::{Batch, Dataset, Sampler};
 use crate::tokenizer::Tokenizer;
+
+/// How often a wait for the next batch checks whether the caller wants to stop.
+pub const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Loads batches on background threads; dropping it stops them.
 pub struct Loader {
@@ -114,19 +117,28 @@ impl Loader {
     /// The next batch in order. After a data set error every later call fails too (the run
     /// must not continue with a hole in its data).
     pub fn next_batch(&mut self) -> Result<Batch> {
+        Ok(self.next_batch_unless(&|| false)?.expect("never stopped"))
+    }
+
+    /// [`Self::next_batch`], but waiting for a batch still being built gives up with `None` as
+    /// soon as `stopped()` says so (polled every [`STOP_POLL`]): a SIGTERM must not wait for a
+    /// large batch to be decoded and preprocessed. Nothing is consumed then, so a later call
+    /// returns the same batch.
+    pub fn next_batch_unless(&mut self, stopped: &dyn Fn() -> bool) -> Result<Option<Batch>> {
         if self.failed {
             return Err(anyhow!("the data loader stopped after an earlier error"));
         }
         while self.ready.is_empty() {
             let slot = self.turn;
-            let received = self.channels[slot].recv();
-            self.turn = (self.turn + 1) % self.channels.len();
-            let chunk = match received {
+            let chunk = match self.channels[slot].recv_timeout(STOP_POLL) {
                 Ok(c) => c,
-                Err(_) => Err(anyhow!(
+                Err(RecvTimeoutError::Timeout) if stopped() => return Ok(None),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => Err(anyhow!(
                     "data loader thread {slot} stopped unexpectedly (it panicked)"
                 )),
             };
+            self.turn = (self.turn + 1) % self.channels.len();
             match chunk {
                 Ok(mut batches) => {
                     let skip = std::mem::take(&mut self.skip).min(batches.len());
@@ -140,7 +152,7 @@ impl Loader {
                 }
             }
         }
-        Ok(self.ready.pop().expect("not empty"))
+        Ok(self.ready.pop())
     }
 }
 
@@ -401,5 +413,47 @@ mod tests {
             "workers kept loading after drop"
         );
         assert_eq!(Arc::strong_count(&ds), 1, "workers still hold the data set");
+    }
+
+    /// A set whose samples cannot be built until the gate opens: a batch "still being built".
+    struct Gated {
+        open: Arc<AtomicBool>,
+    }
+
+    impl Dataset for Gated {
+        fn len(&self) -> Option<u64> {
+            Some(100)
+        }
+        fn get(&self, index: u64) -> Result<Sample> {
+            while !self.open.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            counting(None, None).get(index)
+        }
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+    }
+
+    #[test]
+    fn a_stop_ends_the_wait_for_a_batch_without_losing_it() {
+        let open = Arc::new(AtomicBool::new(false));
+        let ds = Arc::new(Gated { open: open.clone() });
+        let mut l = Loader::start(
+            ds,
+            Sampler::new(Some(100), 11),
+            Tokenizer::new("0123456789"),
+            pre(),
+            4,
+            1,
+            0,
+            1,
+            2,
+        );
+        assert!(l.next_batch_unless(&|| true).unwrap().is_none());
+        open.store(true, Ordering::Relaxed);
+        let first = l.next_batch_unless(&|| false).unwrap().unwrap();
+        assert_eq!(first.first_position, 0);
+        assert_eq!(l.next_batch().unwrap().first_position, 4);
     }
 }

@@ -183,19 +183,35 @@ async fn read_one(store: &Store, step: u64) -> Result<Option<Loaded>> {
 }
 
 /// The newest complete checkpoint whose files match their digests. Folders without a manifest
-/// (a write that was cut off) are passed over quietly; corrupt ones with a warning.
+/// (a write that was cut off) are passed over quietly; corrupt ones with a warning. When there
+/// are complete checkpoints but every one is corrupt, that is an error, not a fresh start: training
+/// from step 0 would silently throw the run's progress away, and a later prune would delete the
+/// evidence. Nothing is deleted here.
 pub async fn load_newest(store: &Store) -> Result<Option<Loaded>> {
+    let mut corrupt = Vec::new();
     for (step, name) in folders(store).await? {
         match read_one(store, step).await {
             Ok(Some(l)) => return Ok(Some(l)),
             Ok(None) => {
                 tracing::info!("checkpoint {name} is incomplete (no manifest); ignoring it")
             }
-            Err(e) => tracing::warn!(
-                "checkpoint {} is corrupt, skipping it in favour of an older one: {e:#}",
-                store.url_of(&format!("{}/{name}", layout::CHECKPOINTS))
-            ),
+            Err(e) => {
+                let url = store.url_of(&format!("{}/{name}", layout::CHECKPOINTS));
+                tracing::warn!(
+                    "checkpoint {url} is corrupt, skipping it in favour of an older one: {e:#}"
+                );
+                corrupt.push(format!("{url}: {e:#}"));
+            }
         }
+    }
+    if !corrupt.is_empty() {
+        bail!(
+            "all {} complete checkpoint(s) are corrupt, refusing to restart from step 0 over them \
+             (move or delete {} to start the trial afresh):\n  {}",
+            corrupt.len(),
+            store.url_of(layout::CHECKPOINTS),
+            corrupt.join("\n  ")
+        );
     }
     Ok(None)
 }
@@ -290,5 +306,46 @@ mod tests {
         prune(&store, 1, 10).await.unwrap();
         let left = store.list_dirs("checkpoints").await.unwrap();
         assert_eq!(left, vec!["step-0000000010"]);
+    }
+
+    #[tokio::test]
+    async fn all_checkpoints_corrupt_is_an_error_and_nothing_is_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        for s in [5, 10] {
+            save(&store, write(s)).await.unwrap();
+            std::fs::write(
+                tmp.path()
+                    .join(format!("checkpoints/step-{s:010}/optimizer.safetensors")),
+                b"flipped",
+            )
+            .unwrap();
+        }
+        let err = load_newest(&store).await.err().unwrap().to_string();
+        assert!(
+            err.contains("all 2 complete checkpoint(s) are corrupt"),
+            "{err}"
+        );
+        assert!(
+            err.contains("step-0000000010") && err.contains("step-0000000005"),
+            "{err}"
+        );
+        let mut left = store.list_dirs("checkpoints").await.unwrap();
+        left.sort();
+        assert_eq!(left, vec!["step-0000000005", "step-0000000010"]);
+    }
+
+    #[tokio::test]
+    async fn only_incomplete_checkpoints_start_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        store
+            .put(
+                "checkpoints/step-0000000005/weights.safetensors",
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        assert!(load_newest(&store).await.unwrap().is_none());
     }
 }

@@ -696,7 +696,13 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         if t.state.step >= cfg.max_steps {
             break Outcome::Finished;
         }
-        let batch = loader.next_batch().context("loading a training batch")?;
+        let stop = t.ctx.stop.clone();
+        let Some(batch) = loader
+            .next_batch_unless(&|| stop.is_set())
+            .context("loading a training batch")?
+        else {
+            break Outcome::Interrupted;
+        };
         let started = *window.started.get_or_insert_with(Instant::now);
         let n = batch.ids.len() as u64;
         let loss = t.train_step(batch)?;
