@@ -15,11 +15,18 @@
 //!    its noise into ink.
 //!
 //! The settings ([`PreprocessConfig`]) are stored in the model manifest.
+//!
+//! Decoding is split so that nothing is decoded before it is known to be acceptable: an
+//! [`ImageHeader`] is read once, [`check_source`] turns it into a [`CheckedSource`] (size and
+//! shape), and only a [`CheckedSource`] can be decoded ([`decode_checked`]). Callers that hold
+//! a decode budget (the server) charge it by [`CheckedSource::pixels`] between the two steps.
 
 use std::io::Cursor;
 
-use anyhow::{anyhow, bail, Context, Result};
-use image::{imageops::FilterType, DynamicImage, GrayImage, ImageFormat, ImageReader};
+use anyhow::{anyhow, Result};
+use image::{
+    imageops::FilterType, ColorType, DynamicImage, GrayImage, ImageBuffer, ImageFormat, ImageReader,
+};
 use tch::{Device, Tensor};
 pub use textrec_contract::config::PreprocessConfig;
 
@@ -28,6 +35,9 @@ pub const MAX_WIDE_ASPECT: f64 = 100.0;
 /// Tallest accepted source shape (height / width): a single narrow character such as `l` or
 /// `!` cropped tightly stays well below this.
 pub const MAX_TALL_ASPECT: f64 = 25.0;
+/// Bytes a decoder may allocate per source pixel: 16-bit RGBA, the widest sample layout of the
+/// accepted formats. Anything needing more (32-bit float TIFF) is refused rather than decoded.
+pub const MAX_DECODE_BYTES_PER_PIXEL: u64 = 8;
 /// Smallest background-to-ink distance (in 8-bit gray levels) used to stretch contrast.
 const MIN_CONTRAST: f32 = 48.0;
 
@@ -42,10 +52,197 @@ pub struct PreparedImage {
     pub width: u32,
 }
 
+/// What an encoded image says about itself, read without decoding any pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// PNG, JPEG, TIFF or BMP.
+    pub format: ImageFormat,
+    /// Width in pixels, as declared.
+    pub width: u32,
+    /// Height in pixels, as declared.
+    pub height: u32,
+}
+
+impl ImageHeader {
+    /// Read the format and dimensions of an encoded image from its header only.
+    pub fn read(encoded: &[u8]) -> Result<Self, SourceError> {
+        if encoded.is_empty() {
+            return Err(SourceError::Empty);
+        }
+        let reader = ImageReader::new(Cursor::new(encoded))
+            .with_guessed_format()
+            .map_err(|e| SourceError::Header(e.to_string()))?;
+        let Some(format) = reader.format() else {
+            let head: Vec<String> = encoded.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            return Err(SourceError::UnknownFormat(head.join(" ")));
+        };
+        if !matches!(
+            format,
+            ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Tiff | ImageFormat::Bmp
+        ) {
+            return Err(SourceError::Unsupported(format!("{format:?}")));
+        }
+        let (width, height) = reader
+            .into_dimensions()
+            .map_err(|e| SourceError::Header(format!("{:#}", describe_decode_error(format, &e))))?;
+        Ok(Self {
+            format,
+            width,
+            height,
+        })
+    }
+
+    /// Width × height.
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// Why a source image is refused before decoding. Each variant says what is wrong and names
+/// the size where it matters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// No bytes at all.
+    #[error("empty image data (0 bytes)")]
+    Empty,
+    /// Not an image format we know; the leading bytes, in hex.
+    #[error("not a PNG/JPEG/TIFF/BMP image (unrecognised leading bytes {0})")]
+    UnknownFormat(String),
+    /// An image format we recognise but do not decode.
+    #[error("{0} images are not supported (use PNG, JPEG, TIFF or BMP)")]
+    Unsupported(String),
+    /// The header itself is unreadable.
+    #[error("cannot read the image header: {0}")]
+    Header(String),
+    /// Width or height is zero.
+    #[error("image has zero size ({width}x{height})")]
+    ZeroSize {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+    },
+    /// More pixels than allowed (a whole page, or a decompression bomb).
+    #[error(
+        "image is {width}x{height} = {pixels} pixels, more than the limit of {limit} pixels \
+         (preprocess.max_source_pixels); send one cropped text line"
+    )]
+    TooManyPixels {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// Width × height.
+        pixels: u64,
+        /// The limit it exceeds.
+        limit: u64,
+    },
+    /// Wider than [`MAX_WIDE_ASPECT`].
+    #[error(
+        "image is {width}x{height}: wider than {MAX_WIDE_ASPECT}:1 is not a text line (is it a \
+         strip or several lines side by side?)"
+    )]
+    TooWide {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+    },
+    /// Taller than [`MAX_TALL_ASPECT`].
+    #[error(
+        "image is {width}x{height}: taller than 1:{MAX_TALL_ASPECT} is not a horizontal text \
+         line (rotated or vertical text?)"
+    )]
+    TooTall {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+    },
+}
+
+/// A header that passed [`check_source`]. Decoding takes one, so no image is decoded whose size
+/// and shape were not checked first, and nothing is checked twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedSource(ImageHeader);
+
+impl CheckedSource {
+    /// The checked header.
+    pub fn header(&self) -> &ImageHeader {
+        &self.0
+    }
+
+    /// Width × height: what decoding will hold in memory, per sample.
+    pub fn pixels(&self) -> u64 {
+        self.0.pixels()
+    }
+}
+
+/// Check a source's declared shape: non-zero, at most `max_pixels`, and shaped like one
+/// horizontal text line.
+pub fn check_source(header: ImageHeader, max_pixels: u64) -> Result<CheckedSource, SourceError> {
+    match shape_error(header.width, header.height, max_pixels) {
+        Some(e) => Err(e),
+        None => Ok(CheckedSource(header)),
+    }
+}
+
+/// [`ImageHeader::read`] then [`check_source`].
+pub fn inspect(encoded: &[u8], max_pixels: u64) -> Result<CheckedSource, SourceError> {
+    check_source(ImageHeader::read(encoded)?, max_pixels)
+}
+
+fn shape_error(width: u32, height: u32, max_pixels: u64) -> Option<SourceError> {
+    if width == 0 || height == 0 {
+        return Some(SourceError::ZeroSize { width, height });
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Some(SourceError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    let (wf, hf) = (f64::from(width), f64::from(height));
+    if wf / hf > MAX_WIDE_ASPECT {
+        return Some(SourceError::TooWide { width, height });
+    }
+    if hf / wf > MAX_TALL_ASPECT {
+        return Some(SourceError::TooTall { width, height });
+    }
+    None
+}
+
 /// Resize and normalize a decoded grayscale line (either polarity).
 pub fn prepare(image: &GrayImage, cfg: &PreprocessConfig) -> Result<PreparedImage> {
     let (w, h) = image.dimensions();
-    check_shape(w, h, cfg)?;
+    if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
+        return Err(e.into());
+    }
+    Ok(resize_and_normalize(image, cfg))
+}
+
+/// Decode an encoded image (PNG, JPEG, TIFF, BMP) and [`prepare`] it.
+pub fn prepare_bytes(encoded: &[u8], cfg: &PreprocessConfig) -> Result<PreparedImage> {
+    let source = inspect(encoded, cfg.max_source_pixels)?;
+    prepare_checked(encoded, &source, cfg)
+}
+
+/// Decode a checked source and resize and normalize it. The caller checked `source` against a
+/// limit no larger than `cfg.max_source_pixels`.
+pub fn prepare_checked(
+    encoded: &[u8],
+    source: &CheckedSource,
+    cfg: &PreprocessConfig,
+) -> Result<PreparedImage> {
+    let gray = decode_checked(encoded, source)?;
+    Ok(resize_and_normalize(&gray, cfg))
+}
+
+fn resize_and_normalize(image: &GrayImage, cfg: &PreprocessConfig) -> PreparedImage {
+    let (w, h) = image.dimensions();
     let height = cfg.height.max(1);
     let scaled = (f64::from(w) * f64::from(height) / f64::from(h)).round() as u32;
     let width = scaled.clamp(1, cfg.max_width.max(1));
@@ -54,99 +251,151 @@ pub fn prepare(image: &GrayImage, cfg: &PreprocessConfig) -> Result<PreparedImag
     } else {
         image::imageops::resize(image, width, height, FilterType::CatmullRom)
     };
-    Ok(PreparedImage {
+    PreparedImage {
         data: normalize(&resized),
         height,
         width,
-    })
-}
-
-/// Decode an encoded image (PNG, JPEG, TIFF, BMP) and [`prepare`] it.
-pub fn prepare_bytes(encoded: &[u8], cfg: &PreprocessConfig) -> Result<PreparedImage> {
-    let gray = decode_gray(encoded, cfg.max_source_pixels)?;
-    prepare(&gray, cfg)
+    }
 }
 
 /// Decode an encoded image to 8-bit gray, refusing sources of more than `max_source_pixels`
-/// from their header alone. Errors say what is wrong with the data.
+/// or not shaped like a text line from their header alone. Errors say what is wrong with the
+/// data.
 pub fn decode_gray(encoded: &[u8], max_source_pixels: u64) -> Result<GrayImage> {
-    let (format, w, h) = read_dimensions(encoded)?;
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_source_pixels {
-        bail!(
-            "image is {w}x{h} = {pixels} pixels, more than the limit of {max_source_pixels} \
-             pixels (preprocess.max_source_pixels); send one cropped text line"
-        );
+    let source = inspect(encoded, max_source_pixels)?;
+    decode_checked(encoded, &source)
+}
+
+/// Decode a checked source to 8-bit gray (transparency composited on white).
+///
+/// The decoder may allocate at most [`MAX_DECODE_BYTES_PER_PIXEL`] bytes per declared pixel
+/// and may not produce an image larger than the header declared. Non-interlaced PNGs (most
+/// line images) are decoded row by row straight to gray, so the whole decode holds one byte
+/// per pixel however wide the samples are.
+pub fn decode_checked(encoded: &[u8], source: &CheckedSource) -> Result<GrayImage> {
+    let header = *source.header();
+    let max_alloc = header
+        .pixels()
+        .saturating_mul(MAX_DECODE_BYTES_PER_PIXEL)
+        .saturating_add(1 << 20);
+    if header.format == ImageFormat::Png {
+        if let Some(gray) = decode_png_rows(encoded, &header, max_alloc)? {
+            return Ok(gray);
+        }
     }
-    if w == 0 || h == 0 {
-        bail!("image has zero size ({w}x{h})");
-    }
-    let reader = ImageReader::with_format(Cursor::new(encoded), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(header.width);
+    limits.max_image_height = Some(header.height);
+    limits.max_alloc = Some(max_alloc);
+    let mut reader = ImageReader::with_format(Cursor::new(encoded), header.format);
+    reader.limits(limits);
     let decoded = reader
         .decode()
-        .map_err(|e| describe_decode_error(format, &e))?;
-    Ok(to_gray_on_white(decoded))
+        .map_err(|e| describe_decode_error(header.format, &e))?;
+    let gray = to_gray_on_white(decoded);
+    if gray.dimensions() != (header.width, header.height) {
+        return Err(anyhow!(
+            "corrupt {} image: the header says {}x{} but {}x{} pixels were decoded",
+            format_name(header.format),
+            header.width,
+            header.height,
+            gray.width(),
+            gray.height()
+        ));
+    }
+    Ok(gray)
 }
 
-/// The format and dimensions of an encoded image, read from its header only.
-pub fn read_dimensions(encoded: &[u8]) -> Result<(ImageFormat, u32, u32)> {
-    if encoded.is_empty() {
-        bail!("empty image data (0 bytes)");
+/// A non-interlaced PNG, decoded one row at a time into gray; `None` for an interlaced one
+/// (its rows arrive in seven passes), which the caller decodes whole. Each row goes through
+/// the same per-pixel conversion as a whole decoded image, with the same transformations
+/// (`EXPAND`, as the `image` crate sets), so the result is identical.
+fn decode_png_rows(
+    encoded: &[u8],
+    header: &ImageHeader,
+    max_alloc: u64,
+) -> Result<Option<GrayImage>> {
+    let png_error = |e: png::DecodingError| describe_png_error(&e);
+    let bytes = usize::try_from(max_alloc).unwrap_or(usize::MAX);
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(encoded), png::Limits { bytes });
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().map_err(png_error)?;
+    let info = reader.info();
+    if (info.width, info.height) != (header.width, header.height) {
+        return Err(anyhow!(
+            "corrupt PNG image: the header read twice gave two sizes ({}x{} and {}x{})",
+            header.width,
+            header.height,
+            info.width,
+            info.height
+        ));
     }
-    let reader = ImageReader::new(Cursor::new(encoded))
-        .with_guessed_format()
-        .context("cannot read image data")?;
-    let Some(format) = reader.format() else {
-        let head: Vec<String> = encoded.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        bail!(
-            "not a PNG/JPEG/TIFF/BMP image (unrecognised leading bytes {})",
-            head.join(" ")
-        );
+    if info.interlaced {
+        return Ok(None);
+    }
+    let color = match reader.output_color_type() {
+        (png::ColorType::Grayscale, png::BitDepth::Eight) => ColorType::L8,
+        (png::ColorType::Grayscale, png::BitDepth::Sixteen) => ColorType::L16,
+        (png::ColorType::GrayscaleAlpha, png::BitDepth::Eight) => ColorType::La8,
+        (png::ColorType::GrayscaleAlpha, png::BitDepth::Sixteen) => ColorType::La16,
+        (png::ColorType::Rgb, png::BitDepth::Eight) => ColorType::Rgb8,
+        (png::ColorType::Rgb, png::BitDepth::Sixteen) => ColorType::Rgb16,
+        (png::ColorType::Rgba, png::BitDepth::Eight) => ColorType::Rgba8,
+        (png::ColorType::Rgba, png::BitDepth::Sixteen) => ColorType::Rgba16,
+        (color, depth) => {
+            return Err(anyhow!(
+                "unsupported PNG variant: {color:?} at {depth:?} bits after expansion"
+            ))
+        }
     };
-    if !matches!(
-        format,
-        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Tiff | ImageFormat::Bmp
-    ) {
-        bail!("{format:?} images are not supported (use PNG, JPEG, TIFF or BMP)");
+    let (w, h) = (header.width, header.height);
+    let mut gray = Vec::with_capacity(w as usize * h as usize);
+    while let Some(row) = reader.next_row().map_err(png_error)? {
+        let data = row.data();
+        if color == ColorType::L8 {
+            gray.extend_from_slice(data);
+        } else {
+            let row = png_row_image(color, w, data)
+                .ok_or_else(|| anyhow!("corrupt PNG image: a row of {} bytes", data.len()))?;
+            gray.extend_from_slice(to_gray_on_white(row).as_raw());
+        }
     }
-    let (w, h) = reader.into_dimensions().map_err(|e| {
-        let what = describe_decode_error(format, &e);
-        anyhow!("cannot read the image header: {what}")
-    })?;
-    Ok((format, w, h))
+    GrayImage::from_raw(w, h, gray)
+        .map(Some)
+        .ok_or_else(|| anyhow!("truncated PNG image: fewer rows than the header's {h}"))
 }
 
-/// Check a source's shape before resizing; the message names the problem and the size.
-fn check_shape(w: u32, h: u32, cfg: &PreprocessConfig) -> Result<()> {
-    if w == 0 || h == 0 {
-        bail!("image has zero size ({w}x{h})");
-    }
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > cfg.max_source_pixels {
-        bail!(
-            "image is {w}x{h} = {pixels} pixels, more than the limit of {} pixels \
-             (preprocess.max_source_pixels); send one cropped text line",
-            cfg.max_source_pixels
-        );
-    }
-    let (wf, hf) = (f64::from(w), f64::from(h));
-    if wf / hf > MAX_WIDE_ASPECT {
-        bail!(
-            "image is {w}x{h}: wider than {MAX_WIDE_ASPECT}:1 is not a text line (is it a \
-             strip or several lines side by side?)"
-        );
-    }
-    if hf / wf > MAX_TALL_ASPECT {
-        bail!(
-            "image is {w}x{h}: taller than 1:{MAX_TALL_ASPECT} is not a horizontal text line \
-             (rotated or vertical text?)"
-        );
-    }
-    Ok(())
+/// One decoded PNG row as a `width`×1 image of its native sample type (16-bit samples are
+/// big-endian in PNG).
+fn png_row_image(color: ColorType, width: u32, data: &[u8]) -> Option<DynamicImage> {
+    let wide = || -> Vec<u16> {
+        data.chunks_exact(2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .collect()
+    };
+    Some(match color {
+        ColorType::L8 => DynamicImage::ImageLuma8(ImageBuffer::from_raw(width, 1, data.to_vec())?),
+        ColorType::La8 => {
+            DynamicImage::ImageLumaA8(ImageBuffer::from_raw(width, 1, data.to_vec())?)
+        }
+        ColorType::Rgb8 => DynamicImage::ImageRgb8(ImageBuffer::from_raw(width, 1, data.to_vec())?),
+        ColorType::Rgba8 => {
+            DynamicImage::ImageRgba8(ImageBuffer::from_raw(width, 1, data.to_vec())?)
+        }
+        ColorType::L16 => DynamicImage::ImageLuma16(ImageBuffer::from_raw(width, 1, wide())?),
+        ColorType::La16 => DynamicImage::ImageLumaA16(ImageBuffer::from_raw(width, 1, wide())?),
+        ColorType::Rgb16 => DynamicImage::ImageRgb16(ImageBuffer::from_raw(width, 1, wide())?),
+        ColorType::Rgba16 => DynamicImage::ImageRgba16(ImageBuffer::from_raw(width, 1, wide())?),
+        _ => return None,
+    })
+}
+
+fn format_name(format: ImageFormat) -> String {
+    format!("{format:?}").to_uppercase()
 }
 
 fn describe_decode_error(format: ImageFormat, e: &image::ImageError) -> anyhow::Error {
-    let name = format!("{format:?}").to_uppercase();
+    let name = format_name(format);
     if is_truncation(e) {
         return anyhow!("truncated {name} image: the data ends before the image does ({e})");
     }
@@ -157,10 +406,25 @@ fn describe_decode_error(format: ImageFormat, e: &image::ImageError) -> anyhow::
     }
 }
 
-fn is_truncation(e: &image::ImageError) -> bool {
+fn describe_png_error(e: &png::DecodingError) -> anyhow::Error {
+    if is_truncation(e) {
+        return anyhow!("truncated PNG image: the data ends before the image does ({e})");
+    }
+    match e {
+        png::DecodingError::LimitsExceeded => anyhow!("PNG image exceeds decoding limits: {e}"),
+        _ => anyhow!("corrupt PNG image: {e}"),
+    }
+}
+
+fn is_truncation(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                return true;
+            }
+        }
+        if let Some(png::DecodingError::IoError(io)) = s.downcast_ref::<png::DecodingError>() {
             if io.kind() == std::io::ErrorKind::UnexpectedEof {
                 return true;
             }
@@ -190,11 +454,16 @@ fn to_gray_on_white(image: DynamicImage) -> GrayImage {
         return image.into_luma8();
     }
     let la = image.into_luma_alpha8();
-    GrayImage::from_fn(la.width(), la.height(), |x, y| {
-        let [l, a] = la.get_pixel(x, y).0;
-        let (l, a) = (u32::from(l), u32::from(a));
-        image::Luma([((l * a + 255 * (255 - a) + 127) / 255) as u8])
-    })
+    let (w, h) = la.dimensions();
+    let gray = la
+        .as_raw()
+        .chunks_exact(2)
+        .map(|p| {
+            let (l, a) = (u32::from(p[0]), u32::from(p[1]));
+            ((l * a + 255 * (255 - a) + 127) / 255) as u8
+        })
+        .collect();
+    GrayImage::from_raw(w, h, gray).expect("one gray value per pixel")
 }
 
 /// Polarity and contrast normalization (see the module docs for the rule).
@@ -455,6 +724,122 @@ mod tests {
         }
         let err = prepare_bytes(&corrupt, &cfg()).unwrap_err().to_string();
         assert!(err.contains("PNG"), "{err}");
+    }
+
+    /// A PNG whose header claims `w`×`h` pixels over an 8x8 image's data (CRC fixed up), so
+    /// only the header can be read.
+    fn header_only_png(w: u32, h: u32) -> Vec<u8> {
+        let mut bytes = png(&line(8, 8, 250, 10));
+        bytes[16..20].copy_from_slice(&w.to_be_bytes());
+        bytes[20..24].copy_from_slice(&h.to_be_bytes());
+        let mut crc = 0xffff_ffffu32;
+        for &b in &bytes[12..29] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        bytes[29..33].copy_from_slice(&(!crc).to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn shape_is_checked_from_the_header_before_decoding() {
+        // Neither header is followed by pixel data for its size: the errors prove that the
+        // checks ran on the header alone.
+        let err = inspect(&header_only_png(16_000_000, 1), u64::MAX).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SourceError::TooWide {
+                    width: 16_000_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = inspect(&header_only_png(16_000_000, 1), 4_000_000).unwrap_err();
+        assert!(matches!(err, SourceError::TooManyPixels { .. }), "{err}");
+        let err = inspect(&header_only_png(10, 400), u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("taller than"), "{err}");
+        let err = decode_gray(&header_only_png(5_000, 10), u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("5000x10"), "{err}");
+        let ok = inspect(&header_only_png(400, 40), 16_000).unwrap();
+        assert_eq!(ok.pixels(), 16_000);
+        assert_eq!(ok.header().format, ImageFormat::Png);
+        assert!(matches!(
+            ImageHeader::read(b"GIF89a\x01\x00\x01\x00"),
+            Err(SourceError::Unsupported(_))
+        ));
+    }
+
+    /// Every PNG layout decodes row by row to exactly what a whole decode gives.
+    #[test]
+    fn png_rows_decode_like_a_whole_image() {
+        let (w, h) = (37u32, 11u32);
+        let value = |x: u32, y: u32, k: u32| ((x * 53 + y * 31 + k * 97) % 256) as u8;
+        let wide = |x: u32, y: u32, k: u32| (u16::from(value(x, y, k)) << 8) | (x * 7 + k) as u16;
+        let images: Vec<DynamicImage> = vec![
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([value(x, y, 0)]))),
+            DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| {
+                image::LumaA([value(x, y, 0), value(x, y, 1)])
+            })),
+            DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
+                image::Rgb([value(x, y, 0), value(x, y, 1), value(x, y, 2)])
+            })),
+            DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |x, y| {
+                image::Rgba([
+                    value(x, y, 0),
+                    value(x, y, 1),
+                    value(x, y, 2),
+                    value(x, y, 3),
+                ])
+            })),
+            DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| Luma([wide(x, y, 0)]))),
+            DynamicImage::ImageLumaA16(ImageBuffer::from_fn(w, h, |x, y| {
+                image::LumaA([wide(x, y, 0), wide(x, y, 1)])
+            })),
+            DynamicImage::ImageRgb16(ImageBuffer::from_fn(w, h, |x, y| {
+                image::Rgb([wide(x, y, 0), wide(x, y, 1), wide(x, y, 2)])
+            })),
+            DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| {
+                image::Rgba([wide(x, y, 0), wide(x, y, 1), wide(x, y, 2), wide(x, y, 3)])
+            })),
+        ];
+        for img in images {
+            let mut bytes = Vec::new();
+            img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+                .unwrap();
+            let whole = to_gray_on_white(image::load_from_memory(&bytes).unwrap());
+            let rows = decode_gray(&bytes, u64::MAX).unwrap();
+            assert_eq!(rows, whole, "{:?}", img.color());
+        }
+        // A palette image with transparency (tRNS), written by the png crate itself.
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, w, h);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_palette(vec![0, 0, 0, 255, 255, 255, 200, 10, 10]);
+            enc.set_trns(vec![255, 0, 128]);
+            let mut writer = enc.write_header().unwrap();
+            let data: Vec<u8> = (0..w * h).map(|i| (i % 3) as u8).collect();
+            writer.write_image_data(&data).unwrap();
+        }
+        let whole = to_gray_on_white(image::load_from_memory(&bytes).unwrap());
+        assert_eq!(decode_gray(&bytes, u64::MAX).unwrap(), whole);
+    }
+
+    #[test]
+    fn trailing_junk_after_a_png_is_ignored() {
+        let img = line(120, 40, 230, 30);
+        let mut bytes = png(&img);
+        bytes.extend_from_slice(b"junk after IEND");
+        assert_eq!(decode_gray(&bytes, u64::MAX).unwrap(), img);
     }
 
     #[test]

@@ -355,6 +355,38 @@ async fn health_and_reflection_list_the_services() {
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
+    // v1alpha too, for older clients.
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let mut r = ServerReflectionClient::new(s::channel(&server).await);
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = r
+            .server_reflection_info(futures::stream::iter(vec![ask]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = resp.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("{msg:?}")
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        for want in [
+            "textrec.v1.Recognizer",
+            "inference.GRPCInferenceService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.contains(&want),
+                "{want} missing from v1alpha {names:?}"
+            );
+        }
+    }
     // The descriptors are there too, so grpcurl can build requests.
     let ask = ServerReflectionRequest {
         host: String::new(),
@@ -447,5 +479,79 @@ async fn grpc_errors_are_specific() {
     for b in busy {
         b.await.unwrap().unwrap();
     }
+    s::stop(server).await;
+}
+
+/// A stream of `n` requests, one every `gap`, the first at once.
+fn spaced(
+    img: Vec<u8>,
+    n: usize,
+    gap: Duration,
+) -> impl futures::Stream<Item = pb::RecognizeRequest> {
+    futures::stream::iter(0..n).then(move |i| {
+        let img = img.clone();
+        async move {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            req(&img, &format!("s{i}"))
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_items_each_get_the_request_timeout_and_the_stream_its_grpc_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 5);
+    let mut a = s::args(&dir);
+    // A short --request-timeout so that a stream outlives it quickly.
+    a.request_timeout = Duration::from_secs(2);
+    let server = s::start(a).await;
+    let mut c = s::recognizer(&server).await;
+    let img = s::line_png(120, 32);
+    c.recognize(req(&img, "warm-up")).await.unwrap();
+
+    // Seven items half a second apart: the last arrives 3 s after the stream opened, past the
+    // request timeout. With and without a long grpc-timeout, every item is answered.
+    for timeout in [Some(Duration::from_secs(120)), None] {
+        let mut request = tonic::Request::new(spaced(img.clone(), 7, Duration::from_millis(500)));
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let got: Vec<pb::RecognizeStreamItem> = c
+            .recognize_stream(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|x| x.unwrap())
+            .collect()
+            .await;
+        assert_eq!(got.len(), 7, "grpc-timeout {timeout:?}");
+        for item in &got {
+            assert!(
+                matches!(
+                    &item.result,
+                    Some(pb::recognize_stream_item::Result::Response(_))
+                ),
+                "grpc-timeout {timeout:?}: {item:?}"
+            );
+        }
+    }
+
+    // The caller's grpc-timeout bounds the whole stream: once it has passed, the stream ends
+    // with DEADLINE_EXCEEDED.
+    let mut request = tonic::Request::new(spaced(img.clone(), 20, Duration::from_millis(500)));
+    request.set_timeout(Duration::from_secs(3));
+    let mut stream = c.recognize_stream(request).await.unwrap().into_inner();
+    let mut answered = 0;
+    let end = loop {
+        match stream.next().await {
+            Some(Ok(_)) => answered += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error after {answered} items"),
+        }
+    };
+    assert!(answered < 20, "{answered}");
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
     s::stop(server).await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use serve_support as s;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -277,7 +278,11 @@ async fn flag_endpoint_writes_a_tesstrain_pair() {
     let r: Value = resp.json().await.unwrap();
     let name = r["name"].as_str().unwrap();
     let flagged = s::read_flag(&flags, name);
-    assert_eq!(flagged.png, img);
+    // Stored as recognition decodes it: 8-bit gray PNG, the same pixels.
+    assert_eq!(
+        image::load_from_memory(&flagged.png).unwrap().into_luma8(),
+        image::load_from_memory(&img).unwrap().into_luma8()
+    );
     assert_eq!(flagged.truth, "hello\n");
     let rec = flagged.record;
     assert_eq!(rec["model_version"], version.as_str());
@@ -295,5 +300,226 @@ async fn flag_endpoint_writes_a_tesstrain_pair() {
         metrics.contains(r#"textrec_flags_total{outcome="ok"} 1"#),
         "{metrics}"
     );
+    s::stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_are_checked_like_recognition_capped_admitted_and_rate_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 14);
+    let flags = tmp.path().join("flags");
+    let mut a = s::args(&dir);
+    a.flags = Some(flags.to_str().unwrap().into());
+    a.flag_burst = 100;
+    let server = s::start(a).await;
+    let base = s::http_base(&server);
+    let http = reqwest::Client::new();
+    let flag = |image: &[u8], version: String| {
+        http.post(format!("{base}/v1/flag"))
+            .json(&json!({"image": b64(image), "prediction": "a", "corrected_text": "b", "model_version": version}))
+            .send()
+    };
+    let v = || "v1".to_string();
+
+    // What /v1/recognize refuses, /v1/flag refuses too.
+    let (st, msg) = error_of(flag(&s::bomb_png(16_000_000, 1), v()).await.unwrap()).await;
+    assert_eq!(st, 413, "{msg}");
+    let (st, msg) = error_of(flag(&s::bomb_png(200_000, 1), v()).await.unwrap()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("wider than"), "{msg}");
+    let mut cut = s::line_png(200, 32);
+    cut.truncate(cut.len() * 2 / 3);
+    let (st, msg) = error_of(flag(&cut, v()).await.unwrap()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("truncated"), "{msg}");
+    // Capped fields.
+    let (st, msg) = error_of(
+        flag(&s::line_png(64, 32), "x".repeat(5_000_000))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("model_version"), "{msg}");
+    let long = http
+        .post(format!("{base}/v1/flag"))
+        .json(&json!({"image": b64(&s::line_png(64, 32)), "prediction": "a", "corrected_text": "c".repeat(1025)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 400);
+    assert_eq!(
+        std::fs::read_dir(&flags).unwrap().count(),
+        0,
+        "nothing stored"
+    );
+
+    // Trailing junk is accepted, and not stored.
+    let mut junk = s::line_png(64, 32);
+    junk.extend_from_slice(&[0xAB; 4096]);
+    let resp = flag(&junk, v()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let name = resp.json::<Value>().await.unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = s::read_flag(&flags, &name).png;
+    assert!(
+        stored.len() < junk.len() - 4000,
+        "{} bytes stored",
+        stored.len()
+    );
+    image::load_from_memory(&stored).unwrap();
+
+    // Flags count against admission: with every permit taken, a flag is shed like a
+    // recognition.
+    let held = server
+        .state
+        .admission
+        .clone()
+        .try_acquire_many_owned(server.state.max_in_flight as u32)
+        .unwrap();
+    let (st, msg) = error_of(flag(&s::line_png(64, 32), v()).await.unwrap()).await;
+    assert_eq!(st, 429, "{msg}");
+    assert!(msg.contains("--max-queue"), "{msg}");
+    drop(held);
+    s::stop(server).await;
+
+    // Per client: a burst, then 429 with Retry-After.
+    let mut a = s::args(&dir);
+    a.flags = Some(flags.to_str().unwrap().into());
+    a.flag_rate = 1;
+    a.flag_burst = 2;
+    let server = s::start(a).await;
+    let base = s::http_base(&server);
+    let send = || {
+        http.post(format!("{base}/v1/flag"))
+            .json(&json!({"image": b64(&s::line_png(64, 32)), "prediction": "a"}))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 201);
+    assert_eq!(send().await.unwrap().status(), 201);
+    let limited = send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&after), "Retry-After: {after}");
+    let (_, msg) = error_of(limited).await;
+    assert!(msg.contains("--flag-rate"), "{msg}");
+    let metrics = s::metrics(&http, &base).await;
+    assert!(
+        metrics.contains(r#"textrec_flags_total{outcome="rate_limited"} 1"#),
+        "{metrics}"
+    );
+    s::stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_disconnects_are_not_too_large() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 15);
+    let mut a = s::args(&dir);
+    a.header_read_timeout = Duration::from_millis(500);
+    let server = s::start(a).await;
+    let base = s::http_base(&server);
+    let http = reqwest::Client::new();
+
+    // 64 connections that send part of a request line, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..64 {
+        let mut c = tokio::net::TcpStream::connect(server.http_addr)
+            .await
+            .unwrap();
+        c.write_all(b"POST /v1/recognize HT").await.unwrap();
+        slow.push(c);
+    }
+    // Meanwhile a normal request is served.
+    let r = http
+        .post(format!("{base}/v1/recognize"))
+        .body(s::line_png(120, 32))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The server closes every slow connection (hyper may say 408 first). The timeout only
+    // keeps a regression from hanging the test.
+    for (i, mut c) in slow.into_iter().enumerate() {
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut sink))
+            .await
+            .unwrap_or_else(|_| panic!("slow connection {i} is still open"));
+        // EOF, or a reset: either way the server let go.
+        let _ = closed;
+    }
+
+    // A client that goes away mid-upload is counted as incomplete, not as too large.
+    let mut c = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    c.write_all(
+        b"POST /v1/recognize HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    c.write_all(&[0u8; 1000]).await.unwrap();
+    c.flush().await.unwrap();
+    drop(c);
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = s::metrics(&http, &base).await;
+        if metrics.contains(r#"outcome="incomplete""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(r#"outcome="incomplete""#), "{metrics}");
+    assert!(!metrics.contains(r#"outcome="too_large""#), "{metrics}");
+    s::stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_info_hides_credentials_in_urls() {
+    use textrec_worker::serve::proto::textrec::GetModelRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, version) = s::tiny_model(tmp.path(), "m", 16);
+    // A presigned URL with credentials; the loader serves the local model for it.
+    let source = "s3://key:hunter2@bucket/models/m/?X-Amz-Signature=hunter2#frag";
+    let local = dir.to_str().unwrap().to_string();
+    let loader: textrec_worker::serve::reload::Loader = std::sync::Arc::new(move |_url: String| {
+        let local = local.clone();
+        Box::pin(async move {
+            textrec_worker::serve::engine::load_model(&local, tch::Device::Cpu).await
+        })
+    });
+    let mut a = s::args(&dir);
+    a.model = Some(source.into());
+    let server = textrec_worker::serve::start_with_loader(a, loader)
+        .await
+        .unwrap();
+    let base = s::http_base(&server);
+    let m: Value = reqwest::get(format!("{base}/v1/model"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["version"], version.as_str());
+    let text = m.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("frag"),
+        "{text}"
+    );
+    assert_eq!(m["source"], "s3://bucket/models/m/");
+    assert_eq!(m["last_reload"]["source"], "s3://bucket/models/m/");
+    let info = s::recognizer(&server)
+        .await
+        .get_model(GetModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.source, "s3://bucket/models/m/");
     s::stop(server).await;
 }

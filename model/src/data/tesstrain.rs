@@ -2,10 +2,11 @@
 //! `NAME.gt.txt` holding its transcription (one line, UTF-8). Subfolders are searched too.
 //!
 //! An image without a `.gt.txt`, a `.gt.txt` without an image, an image that does not decode
-//! and a transcription that is empty, not UTF-8 or outside the charset are left out, logged
-//! (`tracing::warn`) and listed by [`Dataset::skipped`]. Transcriptions are taken with their
-//! whitespace collapsed (as CER is computed); nothing else is changed. Lines are ordered by
-//! path; `samples` keeps the first N.
+//! or is not shaped like a text line (so that training would refuse it: a flagged 16000000x1
+//! strip, say), and a transcription that is empty, not UTF-8 or outside the charset are left
+//! out, logged (`tracing::warn`) and listed by [`Dataset::skipped`]. Transcriptions are taken
+//! with their whitespace collapsed (as CER is computed); nothing else is changed. Lines are
+//! ordered by path; `samples` keeps the first N.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -213,6 +214,11 @@ mod tests {
         write_png(&d.join("euro.png"), 0);
         std::fs::write(d.join("euro.gt.txt"), "5 \u{20ac}").unwrap();
         std::fs::write(d.join("notes.txt"), "unrelated").unwrap();
+        // Decodes fine, but is no text line (wider than 100:1): training would refuse it.
+        GrayImage::from_pixel(1_000, 4, Luma([255]))
+            .save(d.join("strip.png"))
+            .unwrap();
+        std::fs::write(d.join("strip.gt.txt"), "x").unwrap();
 
         let ds = TesstrainDataset::open(d.to_str().unwrap(), IAM_CHARSET, None).unwrap();
         assert_eq!(ds.len(), Some(3));
@@ -234,11 +240,18 @@ mod tests {
                 "euro.png",
                 "no_image.gt.txt",
                 "no_text.png",
+                "strip.png",
                 "truncated.png"
             ]
         );
+        let strip = ds
+            .skipped()
+            .iter()
+            .find(|s| s.path.ends_with("strip.png"))
+            .unwrap();
+        assert!(strip.reason.contains("wider than"), "{}", strip.reason);
         assert!(
-            ds.describe().contains("5 inputs left out"),
+            ds.describe().contains("6 inputs left out"),
             "{}",
             ds.describe()
         );

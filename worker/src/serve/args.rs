@@ -24,12 +24,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
-    /// gRPC listen address (textrec.v1.Recognizer, KServe V2, health, reflection).
-    #[arg(long, default_value = "0.0.0.0:50051")]
+    /// gRPC listen address (textrec.v1.Recognizer, KServe V2, health, reflection). Loopback by
+    /// default; in a container or pod pass `--grpc-addr 0.0.0.0:50051`.
+    #[arg(long, default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
 
-    /// HTTP listen address (JSON API, /metrics, health probes, demo page).
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// HTTP listen address (JSON API, /metrics, health probes, demo page). Loopback by
+    /// default; in a container or pod pass `--http-addr 0.0.0.0:8080`.
+    #[arg(long, default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
 
     /// Most images coalesced into one forward pass; 1 turns dynamic batching off.
@@ -71,23 +73,56 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 
-    /// Largest accepted encoded image, in bytes.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    /// Largest accepted encoded image, in bytes. A text line of the largest accepted size is
+    /// well under this as PNG or JPEG.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
 
     /// Largest accepted image, in pixels (width × height, read from the header before any
-    /// decoding). The model's own limit applies too; the smaller wins.
-    #[arg(long, default_value_t = 16_000_000)]
+    /// decoding, together with the line's aspect ratio). The default, 4 MiP, holds a line of
+    /// 4096×1024 or 8192×512: far more than a recognizer that resizes every line to 32 rows
+    /// needs, and a bound on what one decode costs. The model's own limit applies too; the
+    /// smaller wins.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
 
-    /// Deadline of a request that brings none (gRPC `grpc-timeout`, HTTP `X-Request-Timeout-Ms`).
+    /// Most pixels (summed over the images' headers) in one RecognizeBatch or KServe
+    /// ModelInfer call; a larger call is refused before any image is decoded.
+    #[arg(long, default_value_t = DEFAULT_MAX_CALL_PIXELS)]
+    pub max_call_pixels: u64,
+
+    /// Source pixels decoded at once over all requests; admitted requests wait for room
+    /// (within their deadline). It bounds decoding memory: 1 to 9 bytes per pixel depending on
+    /// the format (PNG, the usual case, 1). 0: automatic, `--max-pixels` times the cores
+    /// (at least 2, at most 8).
+    #[arg(long, default_value_t = 0)]
+    pub decode_budget_pixels: u64,
+
+    /// Deadline of a request that brings none (gRPC `grpc-timeout`, HTTP
+    /// `X-Request-Timeout-Ms`), and the most a caller's own timeout is granted. Each image of a
+    /// RecognizeStream gets this much from its arrival; a stream's `grpc-timeout` bounds the
+    /// whole stream instead.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// How long an HTTP client may take to send a request's headers; slower connections (and
+    /// idle keep-alive connections) are closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// Where flagged samples go (tesstrain pairs plus a JSONL record each): URL or path.
     /// Without it the demo page's Flag button answers 501.
     #[arg(long, env = "TEXTREC_FLAGS")]
     pub flags: Option<String>,
+
+    /// Flags one client (IP address; IPv6 /64) may send per minute on average; 0: no limit.
+    /// Beyond it `/v1/flag` answers 429 with Retry-After.
+    #[arg(long, default_value_t = 30)]
+    pub flag_rate: u32,
+
+    /// Flags one client may send in a burst before `--flag-rate` applies.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flag_burst: u32,
 
     /// How long a graceful shutdown may take before in-flight work is abandoned.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -110,12 +145,40 @@ impl ServeArgs {
             inference_threads: 0,
             torch_threads: 0,
             device: "cpu".into(),
-            max_request_bytes: 8 * 1024 * 1024,
-            max_pixels: 16_000_000,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_call_pixels: DEFAULT_MAX_CALL_PIXELS,
+            decode_budget_pixels: 0,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             flags: None,
+            flag_rate: 30,
+            flag_burst: 10,
             shutdown_grace: Duration::from_secs(30),
         }
+    }
+}
+
+/// Default `--grpc-addr`: loopback, so a server started by hand is not exposed; pods pass
+/// `0.0.0.0:PORT`.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// Default `--http-addr` (see [`DEFAULT_GRPC_ADDR`]).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default `--max-request-bytes`: 4 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Default `--max-pixels`: 4 MiP (4096×1024).
+pub const DEFAULT_MAX_PIXELS: u64 = 4 * 1024 * 1024;
+/// Default `--max-call-pixels`: 64 MiP, some 250 typical lines (2000×128) per call.
+pub const DEFAULT_MAX_CALL_PIXELS: u64 = 64 * 1024 * 1024;
+
+impl ServeArgs {
+    /// `--decode-budget-pixels`, resolved for a machine with `cores` cores: at least one image
+    /// at the limit must fit.
+    pub fn decode_budget(&self, cores: usize) -> u64 {
+        if self.decode_budget_pixels > 0 {
+            return self.decode_budget_pixels;
+        }
+        self.max_pixels.saturating_mul(cores.clamp(2, 8) as u64)
     }
 }
 
@@ -189,6 +252,32 @@ mod tests {
         assert_eq!(plan(1, 0, false, 8), p(1, 8));
         assert_eq!(plan(0, 3, false, 8), p(4, 3));
         assert_eq!(plan(3, 2, true, 8), p(3, 2));
+    }
+
+    #[test]
+    fn defaults_bind_loopback_and_size_for_lines() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let a = Cli::parse_from(["serve"]).serve;
+        assert!(a.grpc_addr.ip().is_loopback() && a.http_addr.ip().is_loopback());
+        assert_eq!((a.grpc_addr.port(), a.http_addr.port()), (50051, 8080));
+        assert_eq!(a.max_pixels, 4096 * 1024);
+        assert_eq!(a.decode_budget(2), 2 * a.max_pixels);
+        assert_eq!(a.decode_budget(64), 8 * a.max_pixels);
+        let a = Cli::parse_from([
+            "serve",
+            "--decode-budget-pixels",
+            "7",
+            "--http-addr",
+            "0.0.0.0:80",
+        ])
+        .serve;
+        assert_eq!(a.decode_budget(4), 7);
+        assert!(a.http_addr.ip().is_unspecified());
     }
 
     #[test]

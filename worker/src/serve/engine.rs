@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use textrec_contract::{ModelManifest, PreprocessConfig};
 use textrec_model::batching::BatchLimits;
 use textrec_model::inference::{LoadedModel, Prediction};
-use textrec_model::preprocess::{prepare_bytes, PreparedImage};
+use textrec_model::preprocess::{prepare_checked, CheckedSource, PreparedImage};
 
 /// What the server can ask of a model.
 pub trait Engine: Send + Sync + 'static {
@@ -17,9 +17,10 @@ pub trait Engine: Send + Sync + 'static {
     fn manifest(&self) -> &ModelManifest;
     /// The preprocessing the model was trained with.
     fn preprocess(&self) -> &PreprocessConfig;
-    /// Decode and prepare one image (CPU work; called off the async runtime).
-    fn prepare(&self, encoded: &[u8]) -> anyhow::Result<PreparedImage> {
-        prepare_bytes(encoded, self.preprocess())
+    /// Decode and prepare one image whose header was checked (CPU work; called off the async
+    /// runtime).
+    fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedImage> {
+        prepare_checked(encoded, source, self.preprocess())
     }
     /// How this model prefers its input split into forward passes.
     fn batch_limits(&self) -> BatchLimits {
@@ -129,7 +130,11 @@ pub(crate) mod fake {
         fn preprocess(&self) -> &PreprocessConfig {
             &self.manifest.preprocessing
         }
-        fn prepare(&self, encoded: &[u8]) -> anyhow::Result<PreparedImage> {
+        fn prepare(
+            &self,
+            encoded: &[u8],
+            _source: &CheckedSource,
+        ) -> anyhow::Result<PreparedImage> {
             Ok(PreparedImage {
                 data: vec![0.0; encoded.len().min(8)],
                 height: 1,

@@ -5,18 +5,22 @@
 //! Object stores cannot append, and several replicas may flag at once, so every flag is its own
 //! set of objects with a unique name; `cat *.jsonl` gives the whole log.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use textrec_contract::Store;
+use textrec_model::preprocess::decode_checked;
 
-use super::limits::{Limits, ServeError};
+use super::limits::{CheckedImage, ServeError};
+use super::state::ServeState;
 
 /// Longest accepted correction or prediction, in characters (a text line, not a document).
-pub const MAX_TEXT_CHARS: usize = 2000;
+pub const MAX_TEXT_CHARS: usize = 1024;
+/// Longest accepted model version, in characters (a sha256 is 64).
+pub const MAX_VERSION_CHARS: usize = 256;
 
 /// One flag, as written to `NAME.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +46,78 @@ pub struct FlagRecord {
     pub gt_url: String,
 }
 
+/// What a client sends to flag a sample.
+#[derive(Debug, Clone)]
+pub struct FlagInput {
+    /// The encoded image.
+    pub image: Bytes,
+    /// What the model read.
+    pub prediction: String,
+    /// What the user says it reads.
+    pub corrected_text: Option<String>,
+    /// The model version the client saw; the served one when absent.
+    pub model_version: Option<String>,
+}
+
+/// A flag's text fields, checked and cleaned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagText {
+    /// The prediction as sent (the record keeps it as the model wrote it).
+    pub prediction: String,
+    /// The cleaned correction; `None` when absent or blank.
+    pub corrected: Option<String>,
+    /// One clean, non-empty line: the correction, else the prediction.
+    pub ground_truth: String,
+    /// The model version, when the client gave one.
+    pub model_version: Option<String>,
+}
+
+impl FlagText {
+    /// Check the sizes of every field and derive the ground truth. Every field is capped: the
+    /// record is stored forever, and a training run reads every `.gt.txt`.
+    pub fn check(
+        prediction: &str,
+        corrected: Option<&str>,
+        model_version: Option<&str>,
+    ) -> Result<Self, ServeError> {
+        let clean_prediction = one_line(prediction, "prediction")?;
+        let corrected = match corrected
+            .map(|c| one_line(c, "corrected_text"))
+            .transpose()?
+        {
+            Some(c) if !c.is_empty() => Some(c),
+            _ => None,
+        };
+        let ground_truth = corrected.clone().unwrap_or(clean_prediction);
+        if ground_truth.is_empty() {
+            return Err(ServeError::InvalidArgument(
+                "nothing to store as ground truth: both prediction and corrected_text are empty"
+                    .into(),
+            ));
+        }
+        let model_version = match model_version {
+            Some(v) if v.chars().count() > MAX_VERSION_CHARS => {
+                return Err(ServeError::InvalidArgument(format!(
+                    "model_version is longer than {MAX_VERSION_CHARS} characters"
+                )))
+            }
+            Some(v) if v.chars().any(char::is_control) => {
+                return Err(ServeError::InvalidArgument(
+                    "model_version holds control characters".into(),
+                ))
+            }
+            Some(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+            _ => None,
+        };
+        Ok(Self {
+            prediction: prediction.to_string(),
+            corrected,
+            ground_truth,
+            model_version,
+        })
+    }
+}
+
 /// The flags folder.
 pub struct FlagStore {
     store: Store,
@@ -62,49 +138,27 @@ impl FlagStore {
         self.store.url()
     }
 
-    /// Store one flagged sample.
-    pub async fn flag(
+    /// Store one flagged sample: `png` is the image as the recognizer sees it, `image_sha256`
+    /// the hash of the image as received.
+    pub async fn store(
         &self,
-        image: Bytes,
-        prediction: &str,
-        corrected: Option<&str>,
-        model_version: &str,
-        limits: &Limits,
+        png: Bytes,
+        image_sha256: String,
+        text: FlagText,
+        model_version: String,
     ) -> Result<FlagRecord, ServeError> {
-        limits.check(&image, u64::MAX)?;
-        // The record keeps the prediction as the model wrote it; the ground truth is one clean line.
-        let clean_prediction = one_line(prediction, "prediction")?;
-        let prediction = prediction.to_string();
-        let corrected = match corrected
-            .map(|c| one_line(c, "corrected_text"))
-            .transpose()?
-        {
-            Some(c) if !c.is_empty() => Some(c),
-            _ => None,
-        };
-        let ground_truth = corrected.clone().unwrap_or(clean_prediction);
-        if ground_truth.is_empty() {
-            return Err(ServeError::InvalidArgument(
-                "nothing to store as ground truth: both prediction and corrected_text are empty"
-                    .into(),
-            ));
-        }
-        let sha = textrec_contract::manifest::sha256_hex(&image);
         let time = Utc::now();
-        let name = self.unique_name(time, &sha);
-        let png = tokio::task::spawn_blocking(move || to_png(image))
-            .await
-            .map_err(|e| ServeError::Internal(e.to_string()))??;
+        let name = self.unique_name(time, &image_sha256);
         let record = FlagRecord {
             image_url: self.store.url_of(&format!("{name}.png")),
             gt_url: self.store.url_of(&format!("{name}.gt.txt")),
             name: name.clone(),
             time,
-            model_version: model_version.to_string(),
-            prediction,
-            corrected_text: corrected,
-            ground_truth: ground_truth.clone(),
-            image_sha256: sha,
+            model_version,
+            prediction: text.prediction,
+            corrected_text: text.corrected,
+            ground_truth: text.ground_truth.clone(),
+            image_sha256,
         };
         let mut line =
             serde_json::to_vec(&record).map_err(|e| ServeError::Internal(e.to_string()))?;
@@ -119,7 +173,7 @@ impl FlagStore {
         self.store
             .put(
                 &format!("{name}.gt.txt"),
-                Bytes::from(format!("{ground_truth}\n")),
+                Bytes::from(format!("{}\n", text.ground_truth)),
             )
             .await
             .map_err(storage)?;
@@ -145,6 +199,44 @@ impl FlagStore {
     }
 }
 
+/// Flag a sample: the text fields are checked, the request is admitted like a recognition, the
+/// image is checked from its header and decoded within the decode budget exactly as for
+/// recognition, and what is stored is that decoded image re-encoded as PNG. So the folder only
+/// ever holds samples that recognition accepts and training can read (not a truncated PNG,
+/// trailing junk, or a 16000000x1 strip).
+pub async fn flag(
+    state: &ServeState,
+    input: FlagInput,
+    deadline: Instant,
+) -> Result<FlagRecord, ServeError> {
+    let start = Instant::now();
+    let Some(store) = state.flags.as_ref() else {
+        return Err(ServeError::NotFound("flagging is off".into()));
+    };
+    let text = FlagText::check(
+        &input.prediction,
+        input.corrected_text.as_deref(),
+        input.model_version.as_deref(),
+    )?;
+    let _admitted = state.admit()?;
+    let model = state.slot.current();
+    let model_limit = model
+        .as_ref()
+        .map_or(u64::MAX, |m| m.engine.preprocess().max_source_pixels);
+    let image = state.limits.check(input.image, model_limit)?;
+    let version = text
+        .model_version
+        .clone()
+        .or_else(|| model.map(|m| m.engine.version().to_string()))
+        .unwrap_or_default();
+    let sha = textrec_contract::manifest::sha256_hex(&image.bytes);
+    let permit = state.decode_permit(image.pixels(), deadline, start).await?;
+    let png = state
+        .run_decode(permit, deadline, start, move || to_png(&image))
+        .await??;
+    store.store(png, sha, text, version).await
+}
+
 /// A text line for a `.gt.txt`: control characters (newlines included) become spaces, runs of
 /// whitespace collapse, ends are trimmed.
 fn one_line(s: &str, what: &str) -> Result<String, ServeError> {
@@ -160,16 +252,12 @@ fn one_line(s: &str, what: &str) -> Result<String, ServeError> {
     Ok(cleaned.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// PNG bytes of the image: PNGs are kept as sent, other formats are re-encoded (the limits were
-/// checked before decoding).
-fn to_png(image: Bytes) -> Result<Bytes, ServeError> {
-    if image::guess_format(&image).ok() == Some(image::ImageFormat::Png) {
-        return Ok(image);
-    }
-    let img = image::load_from_memory(&image)
-        .map_err(|e| ServeError::InvalidArgument(format!("cannot decode image: {e}")))?;
+/// The image as recognition decodes it (8-bit gray, transparency on white), as PNG.
+fn to_png(image: &CheckedImage) -> Result<Bytes, ServeError> {
+    let gray = decode_checked(&image.bytes, &image.source)
+        .map_err(|e| ServeError::InvalidArgument(format!("cannot decode image: {e:#}")))?;
     let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+    gray.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
         .map_err(|e| ServeError::Internal(format!("cannot encode PNG: {e}")))?;
     Ok(Bytes::from(out))
 }
@@ -181,31 +269,38 @@ mod tests {
     fn image(format: image::ImageFormat) -> Bytes {
         let img = image::GrayImage::from_pixel(16, 8, image::Luma([200]));
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+        img.write_to(&mut std::io::Cursor::new(&mut out), format)
+            .unwrap();
         Bytes::from(out)
+    }
+
+    fn checked(bytes: Bytes) -> CheckedImage {
+        let limits = super::super::limits::Limits {
+            max_request_bytes: 1 << 20,
+            max_pixels: 1 << 20,
+            max_call_pixels: 1 << 20,
+        };
+        limits.check(bytes, u64::MAX).unwrap()
     }
 
     #[tokio::test]
     async fn flags_write_a_tesstrain_pair_and_a_record() {
         let tmp = tempfile::tempdir().unwrap();
         let flags = FlagStore::open(tmp.path().to_str().unwrap()).unwrap();
-        let limits = Limits {
-            max_request_bytes: 1 << 20,
-            max_pixels: 1 << 20,
-        };
+        let bmp = checked(image(image::ImageFormat::Bmp));
+        let png = to_png(&bmp).unwrap();
+        let text = FlagText::check("helo", Some("hello\nworld "), Some("v1")).unwrap();
         let r = flags
-            .flag(
-                image(image::ImageFormat::Bmp),
-                "helo",
-                Some("hello\nworld "),
-                "v1",
-                &limits,
-            )
+            .store(png, "ab".repeat(32), text, "v1".into())
             .await
             .unwrap();
         assert_eq!(r.ground_truth, "hello world");
         let png = std::fs::read(tmp.path().join(format!("{}.png", r.name))).unwrap();
         assert_eq!(image::guess_format(&png).unwrap(), image::ImageFormat::Png);
+        assert_eq!(
+            image::load_from_memory(&png).unwrap().into_luma8(),
+            image::GrayImage::from_pixel(16, 8, image::Luma([200]))
+        );
         let gt = std::fs::read_to_string(tmp.path().join(format!("{}.gt.txt", r.name))).unwrap();
         assert_eq!(gt, "hello world\n");
         let rec: serde_json::Value = serde_json::from_str(
@@ -222,21 +317,43 @@ mod tests {
             r.name
         );
         // Same image, same instant: names still differ.
+        let text = FlagText::check("x", None, None).unwrap();
+        let png = to_png(&checked(image(image::ImageFormat::Png))).unwrap();
         let r2 = flags
-            .flag(image(image::ImageFormat::Png), "x", None, "v1", &limits)
+            .store(png, "ab".repeat(32), text, "v1".into())
             .await
             .unwrap();
         assert_ne!(r.name, r2.name);
         assert_eq!(r2.ground_truth, "x");
-        let e = flags
-            .flag(image(image::ImageFormat::Png), " ", Some(""), "v1", &limits)
-            .await
-            .unwrap_err();
+    }
+
+    #[test]
+    fn every_text_field_is_capped() {
+        let e = FlagText::check(" ", Some(""), None).unwrap_err();
         assert!(matches!(e, ServeError::InvalidArgument(_)));
-        let e = flags
-            .flag(Bytes::from_static(b"nope"), "x", None, "v1", &limits)
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ServeError::InvalidArgument(_)));
+        let long = "a".repeat(MAX_TEXT_CHARS + 1);
+        assert!(FlagText::check(&long, None, None).is_err());
+        assert!(FlagText::check("a", Some(&long), None).is_err());
+        FlagText::check(&"a".repeat(MAX_TEXT_CHARS), None, None).unwrap();
+        let version = "v".repeat(MAX_VERSION_CHARS + 1);
+        assert!(FlagText::check("a", None, Some(&version)).is_err());
+        assert!(FlagText::check("a", None, Some("v1\n")).is_err());
+        let t = FlagText::check("a", Some("   "), Some(" ")).unwrap();
+        assert_eq!((t.corrected, t.model_version), (None, None));
+        assert_eq!(t.ground_truth, "a");
+    }
+
+    #[test]
+    fn stored_images_are_what_recognition_decodes() {
+        // Trailing junk is dropped by re-encoding.
+        let mut junk = image(image::ImageFormat::Png).to_vec();
+        junk.extend_from_slice(b"trailing junk");
+        let png = to_png(&checked(junk.into())).unwrap();
+        assert!(!png.ends_with(b"trailing junk"));
+        // A truncated PNG has a readable header but is refused when decoded.
+        let full = image(image::ImageFormat::Png);
+        let cut = full.slice(..full.len() - 20);
+        let e = to_png(&checked(cut)).unwrap_err();
+        assert!(matches!(e, ServeError::InvalidArgument(_)), "{e:?}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::limits::{deadline, parse_grpc_timeout, ServeError};
+use super::limits::{deadline, item_deadline, parse_grpc_timeout, ServeError};
 use super::proto::textrec as pb;
 use super::state::{Recognition, ServeState};
 
@@ -16,14 +16,24 @@ pub const MAX_BATCH_IMAGES: usize = 256;
 /// Images of one stream recognized at once (answers still come back in order).
 const STREAM_CONCURRENCY: usize = 16;
 
-/// The deadline of a gRPC request: its `grpc-timeout`, capped by the server's default.
-pub fn request_deadline<T>(req: &Request<T>, default: std::time::Duration) -> Instant {
-    let caller = req
-        .metadata()
+/// The caller's `grpc-timeout`, if it sent one.
+fn caller_timeout<T>(req: &Request<T>) -> Option<std::time::Duration> {
+    req.metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
-    deadline(Instant::now(), caller, default)
+        .and_then(parse_grpc_timeout)
+}
+
+/// The deadline of a unary gRPC request: its `grpc-timeout`, capped by the server's default.
+pub fn request_deadline<T>(req: &Request<T>, default: std::time::Duration) -> Instant {
+    deadline(Instant::now(), caller_timeout(req), default)
+}
+
+/// The manifest as JSON, with the URLs inside it redacted (see [`super::redact`]).
+fn redacted_manifest(manifest: &textrec_contract::ModelManifest) -> String {
+    let mut v = serde_json::to_value(manifest).unwrap_or_default();
+    super::redact::redact_json(&mut v);
+    v.to_string()
 }
 
 /// Proto form of a recognition.
@@ -101,14 +111,19 @@ impl pb::recognizer_server::Recognizer for RecognizerService {
             ))
             .into());
         }
-        let state = &self.state;
-        // Each image goes through admission and the batcher on its own, so they share forward
-        // passes with each other and with other callers.
-        let results = futures::future::join_all(images.into_iter().map(|img| async move {
-            let r = state.recognize(img.image, deadline, "grpc_batch").await;
-            to_item(r, img.request_id)
-        }))
-        .await;
+        let (bytes, ids): (Vec<_>, Vec<_>) = images
+            .into_iter()
+            .map(|img| (img.image, img.request_id))
+            .unzip();
+        let results = self
+            .state
+            .recognize_call(bytes, deadline, "grpc_batch")
+            .await?;
+        let results = results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| to_item(r, id))
+            .collect();
         Ok(Response::new(pb::RecognizeBatchResponse { results }))
     }
 
@@ -118,7 +133,10 @@ impl pb::recognizer_server::Recognizer for RecognizerService {
         &self,
         req: Request<Streaming<pb::RecognizeRequest>>,
     ) -> Result<Response<Self::RecognizeStreamStream>, Status> {
-        let deadline = request_deadline(&req, self.state.default_timeout);
+        // The caller's timeout bounds the whole stream, uncapped; each item gets the default
+        // timeout from its own arrival (capping the stream by the default would fail every
+        // item after the first `--request-timeout`).
+        let stream_deadline = caller_timeout(&req).map(|t| Instant::now() + t);
         let default = self.state.default_timeout;
         let state = self.state.clone();
         let out = req
@@ -127,8 +145,14 @@ impl pb::recognizer_server::Recognizer for RecognizerService {
                 let state = state.clone();
                 async move {
                     let msg = msg?;
-                    // Each image gets the default timeout, within the whole stream's deadline.
-                    let d = deadline.min(Instant::now() + default);
+                    let now = Instant::now();
+                    if stream_deadline.is_some_and(|d| now >= d) {
+                        // Ends the stream: the call's deadline is over.
+                        return Err(Status::deadline_exceeded(
+                            "the stream's deadline (grpc-timeout) has passed",
+                        ));
+                    }
+                    let d = item_deadline(now, stream_deadline, default);
                     let r = state.recognize(msg.image, d, "grpc_stream").await;
                     Ok(to_item(r, msg.request_id))
                 }
@@ -148,9 +172,9 @@ impl pb::recognizer_server::Recognizer for RecognizerService {
             .ok_or_else(|| Status::unavailable("no model is loaded yet"))?;
         Ok(Response::new(pb::ModelInfo {
             version: m.engine.version().to_string(),
-            source: m.source.clone(),
+            source: super::redact::redact_url(&m.source),
             loaded_at: m.loaded_at.to_rfc3339(),
-            manifest_json: serde_json::to_string(m.engine.manifest()).unwrap_or_default(),
+            manifest_json: redacted_manifest(m.engine.manifest()),
         }))
     }
 }

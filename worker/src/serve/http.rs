@@ -1,12 +1,15 @@
 //! The HTTP API (axum): recognition as raw bytes or JSON, the classic text-recognizer lambda
-//! shape, flags, model info, probes, metrics, and the demo page.
+//! shape, flags, model info, probes, metrics, and the demo page; and the connection loop that
+//! serves it.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,9 +17,14 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::demo;
+use super::flags::{self, FlagInput};
 use super::limits::{deadline, ServeError};
+use super::ratelimit::retry_after_secs;
+use super::redact::{redact_json, redact_text, redact_url};
 use super::state::ServeState;
 
 /// Header a caller sets to bound how long it waits, in milliseconds.
@@ -40,10 +48,81 @@ pub fn router(state: Arc<ServeState>) -> Router {
         .with_state(state)
 }
 
+/// Serve `app` on `listener` until `stop`, then finish the open connections' requests.
+///
+/// Unlike `axum::serve`, a client must send a request's headers within `header_read_timeout`
+/// (an idle keep-alive connection is closed after it too), so connections that trickle
+/// headers (slowloris) are cut off instead of being held forever; and each request carries
+/// the client's address ([`ConnectInfo`]) for per-client limits.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: transient, and retrying at once
+                    // would spin.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                let app = app.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        tower::ServiceExt::oneshot(app, req.map(Body::new))
+                            .await
+                            .unwrap_or_else(|e| match e {}),
+                    )
+                }
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %remote, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.label(), "message": self.to_string()}});
-        (self.http_status(), Json(body)).into_response()
+        let mut response = (self.http_status(), Json(body)).into_response();
+        if let ServeError::RateLimited(_, after) = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*after)),
+            );
+        }
+        response
     }
 }
 
@@ -84,15 +163,36 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
-/// Read a body, refusing more than the image limit allows (with room for base64 and JSON).
-async fn read_body(state: &ServeState, body: Body) -> Result<Bytes, ServeError> {
+/// Read a body before `deadline`, refusing more than the image limit allows (with room for
+/// base64 and JSON). Only a body over the limit is `TooLarge`: a client that disconnects or
+/// stalls mid-upload is `Incomplete`, so the metrics do not blame the size limit for it.
+async fn read_body(state: &ServeState, body: Body, deadline: Instant) -> Result<Bytes, ServeError> {
     let limit = state.limits.max_request_bytes / 3 * 4 + 64 * 1024;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ServeError::TooLarge(format!(
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Err(_) => Err(ServeError::Incomplete(
+            "the request body did not arrive before the request's deadline".into(),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ServeError::TooLarge(format!(
             "request body is larger than {limit} bytes (images up to {} bytes, --max-request-bytes)",
             state.limits.max_request_bytes
-        ))
-    })
+        ))),
+        Ok(Err(e)) => Err(ServeError::Incomplete(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Decode base64, with or without a `data:image/...;base64,` prefix.
@@ -129,8 +229,9 @@ async fn image_of(
     state: &ServeState,
     headers: &HeaderMap,
     body: Body,
+    deadline: Instant,
 ) -> Result<Bytes, ServeError> {
-    let body = read_body(state, body).await?;
+    let body = read_body(state, body, deadline).await?;
     if is_json(headers) {
         decode_image_field(&parse_json::<ImageJson>(&body)?.image)
     } else {
@@ -145,11 +246,13 @@ async fn recognize(
     body: Body,
 ) -> Result<Response, ServeError> {
     let deadline = caller_deadline(&state, &headers);
-    let image = image_of(&state, &headers, body).await.inspect_err(|e| {
-        state
-            .metrics
-            .observe_request("http_recognize", e.label(), Duration::ZERO);
-    })?;
+    let image = image_of(&state, &headers, body, deadline)
+        .await
+        .inspect_err(|e| {
+            state
+                .metrics
+                .observe_request("http_recognize", e.label(), Duration::ZERO);
+        })?;
     let r = state.recognize(image, deadline, "http_recognize").await?;
     Ok(Json(r).into_response())
 }
@@ -162,36 +265,50 @@ async fn predict(
     body: Body,
 ) -> Result<Response, ServeError> {
     let deadline = caller_deadline(&state, &headers);
-    let body = read_body(&state, body).await?;
+    let body = read_body(&state, body, deadline).await?;
     let image = decode_image_field(&parse_json::<ImageJson>(&body)?.image)?;
     let r = state.recognize(image, deadline, "http_predict").await?;
     Ok(Json(json!({"pred": r.text})).into_response())
 }
 
-/// `POST /v1/flag`: store a sample and its corrected text as a tesstrain pair.
-async fn flag(State(state): State<Arc<ServeState>>, body: Body) -> Result<Response, ServeError> {
-    let Some(flags) = state.flags.as_ref() else {
+/// `POST /v1/flag`: store a sample and its corrected text as a tesstrain pair. Limited per
+/// client (`--flag-rate`), admitted and decoded like a recognition.
+async fn flag(
+    State(state): State<Arc<ServeState>>,
+    request: Request,
+) -> Result<Response, ServeError> {
+    if state.flags.is_none() {
         state.metrics.observe_flag("disabled");
         let body = json!({"error": {"code": "not_implemented", "message": "flagging is off: start serve with --flags URL"}});
         return Ok((StatusCode::NOT_IMPLEMENTED, Json(body)).into_response());
-    };
+    }
+    let (parts, body) = request.into_parts();
+    let deadline = caller_deadline(&state, &parts.headers);
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let result = async {
-        let body = read_body(&state, body).await?;
+        if let (Some(limiter), Some(client)) = (state.flag_limiter.as_ref(), client) {
+            limiter.check(client, Instant::now()).map_err(|after| {
+                ServeError::RateLimited(
+                    format!(
+                        "too many flags from {client}; retry in {} s (--flag-rate)",
+                        retry_after_secs(after)
+                    ),
+                    after,
+                )
+            })?;
+        }
+        let body = read_body(&state, body, deadline).await?;
         let f: FlagJson = parse_json(&body)?;
-        let image = decode_image_field(&f.image)?;
-        let version = f
-            .model_version
-            .or_else(|| state.slot.current().map(|m| m.engine.version().to_string()))
-            .unwrap_or_default();
-        flags
-            .flag(
-                image,
-                &f.prediction,
-                f.corrected_text.as_deref(),
-                &version,
-                &state.limits,
-            )
-            .await
+        let input = FlagInput {
+            image: decode_image_field(&f.image)?,
+            prediction: f.prediction,
+            corrected_text: f.corrected_text,
+            model_version: f.model_version,
+        };
+        flags::flag(&state, input, deadline).await
     }
     .await;
     match result {
@@ -206,23 +323,36 @@ async fn flag(State(state): State<Arc<ServeState>>, body: Body) -> Result<Respon
     }
 }
 
-/// `GET /v1/model`: the model in service and the latest reload outcome.
+/// `GET /v1/model`: the model in service and the latest reload outcome. URLs are shown without
+/// credentials or query strings (see [`super::redact`]).
 async fn model(State(state): State<Arc<ServeState>>) -> Response {
     let current = state.slot.current();
+    let manifest = current.as_ref().map(|m| {
+        let mut v = serde_json::to_value(m.engine.manifest()).unwrap_or_default();
+        redact_json(&mut v);
+        v
+    });
+    let last_reload = state.slot.last_reload().map(|mut r| {
+        r.source = redact_url(&r.source);
+        r.error = r.error.map(|e| redact_text(&e));
+        r
+    });
     let body = json!({
         "ready": state.ready(),
         "version": current.as_ref().map(|m| m.engine.version().to_string()),
-        "source": current.as_ref().map(|m| m.source.clone()),
+        "source": current.as_ref().map(|m| redact_url(&m.source)),
         "loaded_at": current.as_ref().map(|m| m.loaded_at),
-        "manifest": current.as_ref().map(|m| m.engine.manifest().clone()),
-        "last_reload": state.slot.last_reload(),
+        "manifest": manifest,
+        "last_reload": last_reload,
         "batching": {"max_batch": state.max_batch, "max_wait_ms": state.max_wait.as_millis() as u64},
         "limits": {
             "max_request_bytes": state.limits.max_request_bytes,
             "max_pixels": state.limits.max_pixels,
+            "max_call_pixels": state.limits.max_call_pixels,
+            "decode_budget_pixels": state.decode_budget_pixels,
             "max_queue": state.max_in_flight,
         },
-        "flags": state.flags.as_ref().map(|f| f.url().to_string()),
+        "flags": state.flags.as_ref().map(|f| redact_url(f.url())),
     });
     Json(body).into_response()
 }

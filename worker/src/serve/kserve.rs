@@ -204,13 +204,10 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                 "unknown output `{bad}` (outputs: {OUTPUT_TEXT}, {OUTPUT_CONFIDENCE})"
             )));
         }
-        let state = &self.state;
-        let results = futures::future::join_all(
-            images
-                .into_iter()
-                .map(|img| state.recognize(img, deadline, "kserve")),
-        )
-        .await;
+        let results = self
+            .state
+            .recognize_call(images, deadline, "kserve")
+            .await?;
         // The protocol has one status per call: the first failure fails it.
         let results = results
             .into_iter()

@@ -1,10 +1,11 @@
 //! Request protection: the error kinds a request can end in, their gRPC and HTTP mappings,
 //! deadlines, and the checks made before an image is decoded.
 
-use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use bytes::Bytes;
+use textrec_model::preprocess::{self, CheckedSource, SourceError};
 
 /// Why a request did not produce a recognition. Every variant maps to one gRPC code and one
 /// HTTP status, so both APIs answer the same failure the same way.
@@ -22,6 +23,13 @@ pub enum ServeError {
     /// Too many requests admitted; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// This client sent too many requests of a rate-limited kind; retry after the duration.
+    #[error("{0}")]
+    RateLimited(String, Duration),
+    /// The client went away or stopped sending before the request was complete. Nobody may be
+    /// left to read the answer; it is counted apart from requests that were too large.
+    #[error("{0}")]
+    Incomplete(String),
     /// The request's deadline passed before it was answered.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -44,6 +52,8 @@ impl ServeError {
             ServeError::TooLarge(_) => "too_large",
             ServeError::TooManyPixels(_) => "too_many_pixels",
             ServeError::Overloaded(_) => "overloaded",
+            ServeError::RateLimited(..) => "rate_limited",
+            ServeError::Incomplete(_) => "incomplete",
             ServeError::DeadlineExceeded(_) => "deadline_exceeded",
             ServeError::Unavailable(_) => "unavailable",
             ServeError::NotFound(_) => "not_found",
@@ -57,7 +67,10 @@ impl ServeError {
             ServeError::InvalidArgument(_)
             | ServeError::TooLarge(_)
             | ServeError::TooManyPixels(_) => tonic::Code::InvalidArgument,
-            ServeError::Overloaded(_) => tonic::Code::ResourceExhausted,
+            ServeError::Overloaded(_) | ServeError::RateLimited(..) => {
+                tonic::Code::ResourceExhausted
+            }
+            ServeError::Incomplete(_) => tonic::Code::Cancelled,
             ServeError::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
             ServeError::Unavailable(_) => tonic::Code::Unavailable,
             ServeError::NotFound(_) => tonic::Code::NotFound,
@@ -70,7 +83,10 @@ impl ServeError {
         match self {
             ServeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ServeError::TooLarge(_) | ServeError::TooManyPixels(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Overloaded(_) | ServeError::RateLimited(..) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ServeError::Incomplete(_) => StatusCode::REQUEST_TIMEOUT,
             ServeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -92,12 +108,33 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest image, pixels.
     pub max_pixels: u64,
+    /// Most pixels of one call's images together (RecognizeBatch, KServe ModelInfer), read
+    /// from their headers before any is decoded.
+    pub max_call_pixels: u64,
+}
+
+/// An encoded image whose size and header passed [`Limits::check`]: what decoding takes.
+#[derive(Debug, Clone)]
+pub struct CheckedImage {
+    /// The image as received.
+    pub bytes: Bytes,
+    /// Its checked header.
+    pub source: CheckedSource,
+}
+
+impl CheckedImage {
+    /// Declared width × height.
+    pub fn pixels(&self) -> u64 {
+        self.source.pixels()
+    }
 }
 
 impl Limits {
-    /// Reject an image by its encoded size, then by the dimensions in its header, before any
-    /// pixel is decoded. `model_max_pixels` is the model's own limit (from its manifest).
-    pub fn check(&self, image: &[u8], model_max_pixels: u64) -> Result<(u32, u32), ServeError> {
+    /// Reject an image by its encoded size, then by its header (format, dimensions, aspect
+    /// ratio), before any pixel is decoded. `model_max_pixels` is the model's own limit (from
+    /// its manifest); the smaller one applies. The header is read here once and travels on
+    /// with the image.
+    pub fn check(&self, image: Bytes, model_max_pixels: u64) -> Result<CheckedImage, ServeError> {
         if image.is_empty() {
             return Err(ServeError::InvalidArgument(
                 "empty image: send PNG, JPEG, TIFF or BMP bytes".into(),
@@ -110,30 +147,56 @@ impl Limits {
                 self.max_request_bytes
             )));
         }
-        let reader = image::ImageReader::new(Cursor::new(image))
-            .with_guessed_format()
-            .map_err(|e| ServeError::InvalidArgument(format!("cannot read image: {e}")))?;
-        if reader.format().is_none() {
-            return Err(ServeError::InvalidArgument(
-                "cannot decode image: unknown format (send PNG, JPEG, TIFF or BMP)".into(),
-            ));
-        }
-        let (w, h) = reader
-            .into_dimensions()
-            .map_err(|e| ServeError::InvalidArgument(format!("cannot decode image header: {e}")))?;
-        let pixels = u64::from(w) * u64::from(h);
         let limit = self.max_pixels.min(model_max_pixels);
-        if pixels > limit {
+        let source = preprocess::inspect(&image, limit).map_err(source_error)?;
+        Ok(CheckedImage {
+            bytes: image,
+            source,
+        })
+    }
+
+    /// Refuse a call whose checked images hold more than `--max-call-pixels` together.
+    pub fn check_call(&self, pixels: u64, images: usize) -> Result<(), ServeError> {
+        if pixels > self.max_call_pixels {
             return Err(ServeError::TooManyPixels(format!(
-                "image is {w}x{h} = {pixels} pixels; the limit is {limit} pixels"
+                "the call's {images} images hold {pixels} pixels together; the limit is {} \
+                 pixels per call (--max-call-pixels): send fewer or smaller images per call",
+                self.max_call_pixels
             )));
         }
-        if w == 0 || h == 0 {
-            return Err(ServeError::InvalidArgument(format!(
-                "image is {w}x{h}: nothing to recognize"
-            )));
+        Ok(())
+    }
+}
+
+/// The server's answer for an image refused from its header.
+fn source_error(e: SourceError) -> ServeError {
+    match e {
+        SourceError::Empty => {
+            ServeError::InvalidArgument("empty image: send PNG, JPEG, TIFF or BMP bytes".into())
         }
-        Ok((w, h))
+        SourceError::UnknownFormat(_) => ServeError::InvalidArgument(
+            "cannot decode image: unknown format (send PNG, JPEG, TIFF or BMP)".into(),
+        ),
+        SourceError::Unsupported(_) => {
+            ServeError::InvalidArgument(format!("cannot decode image: {e}"))
+        }
+        SourceError::Header(m) => {
+            ServeError::InvalidArgument(format!("cannot decode image header: {m}"))
+        }
+        SourceError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit,
+        } => ServeError::TooManyPixels(format!(
+            "image is {width}x{height} = {pixels} pixels; the limit is {limit} pixels"
+        )),
+        SourceError::ZeroSize { width, height } => {
+            ServeError::InvalidArgument(format!("image is {width}x{height}: nothing to recognize"))
+        }
+        SourceError::TooWide { .. } | SourceError::TooTall { .. } => {
+            ServeError::InvalidArgument(format!("cannot recognize image: {e}"))
+        }
     }
 }
 
@@ -141,6 +204,14 @@ impl Limits {
 /// server's default.
 pub fn deadline(now: Instant, caller: Option<Duration>, default: Duration) -> Instant {
     now + caller.map_or(default, |c| c.min(default))
+}
+
+/// The deadline of one item of a stream, arriving at `now`: the server's default counted from
+/// its own arrival, within the whole stream's deadline when the caller set one. The stream's
+/// deadline is the caller's timeout uncapped: a stream may rightly outlive any one request.
+pub fn item_deadline(now: Instant, stream: Option<Instant>, default: Duration) -> Instant {
+    let own = now + default;
+    stream.map_or(own, |s| s.min(own))
 }
 
 /// Parse a gRPC `grpc-timeout` header value (`<digits><unit>`, unit one of H M S m u n).
@@ -171,45 +242,62 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    fn png(w: u32, h: u32) -> Vec<u8> {
+    fn png(w: u32, h: u32) -> Bytes {
         let img = image::GrayImage::from_pixel(w, h, image::Luma([255]));
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
             .unwrap();
-        out
+        out.into()
     }
 
     #[test]
-    fn limits_check_size_format_and_pixels() {
+    fn limits_check_size_format_pixels_and_shape() {
         let l = Limits {
             max_request_bytes: 10_000,
             max_pixels: 1_000,
+            max_call_pixels: 1_500,
         };
-        assert_eq!(l.check(&png(20, 10), u64::MAX).unwrap(), (20, 10));
-        let e = l.check(&png(50, 50), u64::MAX).unwrap_err();
+        let ok = l.check(png(20, 10), u64::MAX).unwrap();
+        let h = ok.source.header();
+        assert_eq!((h.width, h.height, ok.pixels()), (20, 10, 200));
+        let e = l.check(png(50, 50), u64::MAX).unwrap_err();
         assert!(
             matches!(e, ServeError::TooManyPixels(ref m) if m.contains("50x50 = 2500")),
             "{e:?}"
         );
         // The model's limit applies when it is the smaller one.
         assert!(matches!(
-            l.check(&png(20, 10), 100),
+            l.check(png(20, 10), 100),
             Err(ServeError::TooManyPixels(_))
         ));
-        let e = l.check(b"definitely not an image", u64::MAX).unwrap_err();
+        // Not a text line: refused from the header too.
+        let e = l.check(png(500, 2), u64::MAX).unwrap_err();
+        assert!(
+            matches!(e, ServeError::InvalidArgument(ref m) if m.contains("wider than")),
+            "{e:?}"
+        );
+        let e = l
+            .check(Bytes::from_static(b"definitely not an image"), u64::MAX)
+            .unwrap_err();
         assert!(
             matches!(e, ServeError::InvalidArgument(ref m) if m.contains("unknown format")),
             "{e:?}"
         );
-        let e = l.check(&vec![0u8; 20_000], u64::MAX).unwrap_err();
+        let e = l.check(vec![0u8; 20_000].into(), u64::MAX).unwrap_err();
         assert!(
             matches!(e, ServeError::TooLarge(ref m) if m.contains("20000 bytes")),
             "{e:?}"
         );
         assert!(matches!(
-            l.check(b"", u64::MAX),
+            l.check(Bytes::new(), u64::MAX),
             Err(ServeError::InvalidArgument(_))
         ));
+        l.check_call(1_500, 8).unwrap();
+        let e = l.check_call(1_501, 8).unwrap_err();
+        assert!(
+            matches!(e, ServeError::TooManyPixels(ref m) if m.contains("--max-call-pixels")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -225,6 +313,22 @@ mod tests {
     }
 
     #[test]
+    fn stream_items_get_their_own_deadline_within_the_stream() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        // Long after the stream began, an item still gets the whole default.
+        let late = t0 + Duration::from_secs(100);
+        assert_eq!(item_deadline(late, None, second), late + second);
+        assert_eq!(
+            item_deadline(late, Some(t0 + Duration::from_secs(120)), second),
+            late + second
+        );
+        // The caller's deadline for the stream bounds every item.
+        let stream_end = late + Duration::from_millis(300);
+        assert_eq!(item_deadline(late, Some(stream_end), second), stream_end);
+    }
+
+    #[test]
     fn errors_map_to_grpc_and_http() {
         let e = ServeError::Overloaded("full".into());
         assert_eq!(e.grpc_code(), tonic::Code::ResourceExhausted);
@@ -235,5 +339,11 @@ mod tests {
             tonic::Code::DeadlineExceeded
         );
         assert_eq!(e.http_status(), StatusCode::GATEWAY_TIMEOUT);
+        let e = ServeError::Incomplete("gone".into());
+        assert_eq!(e.http_status(), StatusCode::REQUEST_TIMEOUT);
+        assert_ne!(e.label(), ServeError::TooLarge(String::new()).label());
+        let e = ServeError::RateLimited("slow down".into(), Duration::from_secs(3));
+        assert_eq!(e.grpc_code(), tonic::Code::ResourceExhausted);
+        assert_eq!(e.http_status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }

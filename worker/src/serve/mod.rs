@@ -6,10 +6,11 @@
 //!   text-recognizer lambda shape), `POST /v1/flag`, `GET /v1/model`, `/healthz`, `/readyz`,
 //!   `/metrics`, and the demo page at `/`.
 //!
-//! Every API feeds the same path ([`state::ServeState::recognize`]): admission (bounded; beyond
-//! it load is shed), limits checked before decoding, preprocessing on the blocking pool, then
-//! the dynamic [`batcher`] whose inference threads run the forward passes. The model sits in a
-//! [`reload::ModelSlot`] and is swapped atomically on SIGHUP or when `--model-pointer` changes.
+//! Every API feeds the same path ([`state::ServeState::recognize`]): limits checked from the
+//! image's header, admission (bounded; beyond it load is shed), a pixel budget for decoding,
+//! preprocessing on the blocking pool, then the dynamic [`batcher`] whose inference threads
+//! run the forward passes. The model sits in a [`reload::ModelSlot`] and is swapped atomically
+//! on SIGHUP or when `--model-pointer` changes.
 //! SIGTERM/SIGINT: readiness and gRPC health go NOT_SERVING, listeners stop accepting,
 //! in-flight requests finish, the queue drains, the process exits 0.
 
@@ -26,16 +27,21 @@ pub mod kserve;
 pub mod limits;
 pub mod metrics;
 pub mod proto;
+pub mod ratelimit;
+pub mod redact;
 pub mod reload;
 pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
+use tonic_health::server::HealthReporter;
 
 pub use args::{ServeArgs, ThreadPlan};
 
@@ -48,7 +54,7 @@ use metrics::Metrics;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use proto::textrec::recognizer_server::RecognizerServer;
 use reload::{Loader, ModelSlot, Reloader};
-use state::ServeState;
+use state::{ServeState, StateSettings};
 
 /// A started server.
 pub struct RunningServer {
@@ -60,7 +66,7 @@ pub struct RunningServer {
     pub state: Arc<ServeState>,
     reloader: Arc<Reloader>,
     shutdown: CancellationToken,
-    done: tokio::task::JoinHandle<Result<()>>,
+    done: JoinHandle<Result<()>>,
 }
 
 impl RunningServer {
@@ -85,6 +91,37 @@ impl RunningServer {
     }
 }
 
+/// What `serve` works out from its arguments and the machine, once: the device (selecting it
+/// may initialize CUDA), the thread plan that depends on it, and the cores.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    /// The device models are loaded onto.
+    pub device: tch::Device,
+    /// Inference and libtorch threads.
+    pub threads: ThreadPlan,
+    /// Usable cores.
+    pub cores: usize,
+}
+
+impl Resolved {
+    /// Resolve `--device`, `--inference-threads` and `--torch-threads` on this machine.
+    pub fn from_args(args: &ServeArgs) -> Result<Self> {
+        let device = parse_device(&args.device)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = ThreadPlan::resolve(
+            args.inference_threads,
+            args.torch_threads,
+            device.is_cuda(),
+            cores,
+        );
+        Ok(Self {
+            device,
+            threads,
+            cores,
+        })
+    }
+}
+
 /// The tch device named by `--device`.
 fn parse_device(s: &str) -> Result<tch::Device> {
     let d: textrec_contract::config::Device =
@@ -94,14 +131,22 @@ fn parse_device(s: &str) -> Result<tch::Device> {
     crate::device::select(d)
 }
 
+/// The loader of real models: storage, verification, libtorch on `device`.
+fn torch_loader(device: tch::Device) -> Loader {
+    Arc::new(move |url: String| Box::pin(async move { engine::load_model(&url, device).await }))
+}
+
 /// Start a server loading models with libtorch on `--device`; returns once the first model is
 /// in service (or, with `--model-pointer`, once the first attempt has been made).
 pub async fn start(args: ServeArgs) -> Result<RunningServer> {
-    let device = parse_device(&args.device)?;
-    let loader: Loader = Arc::new(move |url: String| {
-        Box::pin(async move { engine::load_model(&url, device).await })
-    });
-    start_with_loader(args, loader).await
+    let resolved = Resolved::from_args(&args)?;
+    start_resolved(args, resolved, torch_loader(resolved.device)).await
+}
+
+/// [`start`] with a custom model loader.
+pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<RunningServer> {
+    let resolved = Resolved::from_args(&args)?;
+    start_resolved(args, resolved, loader).await
 }
 
 fn service_names() -> [&'static str; 3] {
@@ -112,58 +157,26 @@ fn service_names() -> [&'static str; 3] {
     ]
 }
 
-/// [`start`] with a custom model loader.
-pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<RunningServer> {
+async fn set_health(health: &HealthReporter, status: tonic_health::ServingStatus) {
+    for name in service_names() {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Start with the device and threads already resolved: the state, both listeners, the
+/// reloader and the supervisor that runs the shutdown; then load the first model.
+async fn start_resolved(
+    args: ServeArgs,
+    resolved: Resolved,
+    loader: Loader,
+) -> Result<RunningServer> {
     if args.model.is_none() && args.model_pointer.is_none() {
         return Err(textrec_contract::exit::ConfigError::new(
             "serve needs --model URL or --model-pointer FILE_OR_URL",
         )
         .into());
     }
-    let threads = thread_plan(&args)?;
-    tracing::info!(
-        inference_threads = threads.inference,
-        torch_threads = threads.torch,
-        max_batch = args.max_batch,
-        max_batch_columns = args.max_batch_columns,
-        "inference configured"
-    );
-    let metrics = Arc::new(Metrics::new());
-    let slot = Arc::new(ModelSlot::new(metrics.clone()));
-    let max_batch = args.max_batch as usize;
-    let max_queue = args.max_queue as usize;
-    let batcher = Batcher::start(
-        BatchConfig {
-            max_batch,
-            max_wait: std::time::Duration::from_millis(args.max_wait_ms),
-            queue_capacity: max_queue,
-            threads: threads.inference,
-            max_columns: args.max_batch_columns.map(|c| c as usize),
-        },
-        metrics.clone(),
-    );
-    let flags = args
-        .flags
-        .as_deref()
-        .map(FlagStore::open)
-        .transpose()
-        .context("cannot open the --flags folder")?;
-    let limits = Limits {
-        max_request_bytes: args.max_request_bytes,
-        max_pixels: args.max_pixels,
-    };
-    let state = Arc::new(ServeState::new(
-        slot.clone(),
-        batcher.clone(),
-        max_queue,
-        limits,
-        args.request_timeout,
-        metrics,
-        flags,
-        max_batch,
-        std::time::Duration::from_millis(args.max_wait_ms),
-    ));
-
+    let state = build_state(&args, &resolved)?;
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
@@ -174,66 +187,29 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
     let http_addr = http_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in service_names() {
-        health
-            .set_service_status(name, tonic_health::ServingStatus::NotServing)
-            .await;
-    }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build the reflection service")?;
-    // Room for a batch of images at the size limit; single images are checked precisely later,
-    // with a specific message.
-    let message_limit = args.max_request_bytes.saturating_mul(4).max(4 << 20);
-    let recognizer = RecognizerServer::new(RecognizerService::new(state.clone()))
-        .max_decoding_message_size(message_limit)
-        .max_encoding_message_size(usize::MAX);
-    let kserve = GrpcInferenceServiceServer::new(KServeService::new(state.clone()))
-        .max_decoding_message_size(message_limit);
-
+    set_health(&health, tonic_health::ServingStatus::NotServing).await;
+    // `shutdown` asks for a shutdown; `stop_listening` is what the supervisor cancels once it
+    // has marked the server unready.
     let shutdown = CancellationToken::new();
     let stop_listening = CancellationToken::new();
-    let grpc_task = {
-        let stop = stop_listening.clone();
-        let shutdown = shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-        let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(recognizer)
-            .add_service(kserve);
-        tokio::spawn(async move {
-            let r = server
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-            if let Err(e) = &r {
-                tracing::error!("gRPC server failed: {e}");
-                shutdown.cancel();
-            }
-            r.map_err(anyhow::Error::from)
-        })
-    };
-    let http_task = {
-        let stop = stop_listening.clone();
-        let shutdown = shutdown.clone();
-        let app = http::router(state.clone());
-        tokio::spawn(async move {
-            let r = axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = &r {
-                tracing::error!("HTTP server failed: {e}");
-                shutdown.cancel();
-            }
-            r.map_err(anyhow::Error::from)
-        })
-    };
+    let grpc_task = spawn_grpc(
+        grpc_listener,
+        &state,
+        &args,
+        health_service,
+        stop_listening.clone(),
+        shutdown.clone(),
+    )?;
+    let http_task = spawn_http(
+        http_listener,
+        &state,
+        args.header_read_timeout,
+        stop_listening.clone(),
+        shutdown.clone(),
+    );
 
     let reloader = Arc::new(Reloader::new(
-        slot.clone(),
+        state.slot.clone(),
         loader,
         args.model.clone(),
         args.model_pointer.clone(),
@@ -241,70 +217,16 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
     let reload_task = reloader
         .clone()
         .spawn(args.reload_interval, stop_listening.clone());
-
-    // gRPC health follows the model slot: SERVING from the first model on.
-    let health_at_start = health.clone();
-    let health_task = {
-        let health = health.clone();
-        let mut versions = slot.watch_version();
-        let stop = stop_listening.clone();
-        tokio::spawn(async move {
-            loop {
-                if versions.borrow_and_update().is_some() {
-                    for name in service_names() {
-                        health
-                            .set_service_status(name, tonic_health::ServingStatus::Serving)
-                            .await;
-                    }
-                }
-                tokio::select! {
-                    r = versions.changed() => if r.is_err() { break },
-                    _ = stop.cancelled() => break,
-                }
-            }
-        })
-    };
-
-    let done = {
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        let grace = args.shutdown_grace;
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            state.begin_shutdown();
-            for name in service_names() {
-                health
-                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
-            stop_listening.cancel();
-            let servers = async {
-                let (g, h) = tokio::join!(grpc_task, http_task);
-                g.context("gRPC server task")??;
-                h.context("HTTP server task")??;
-                anyhow::Ok(())
-            };
-            let result = match tokio::time::timeout(grace, servers).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(
-                        ?grace,
-                        "shutdown grace period over; abandoning open connections"
-                    );
-                    Ok(())
-                }
-            };
-            let _ = health_task.await;
-            let _ = reload_task.await;
-            let b = state.batcher.clone();
-            tokio::task::spawn_blocking(move || b.close())
-                .await
-                .context("inference threads")?;
-            tracing::info!("shut down");
-            result
-        })
-    };
+    let health_task = spawn_health_follower(&state, health.clone(), stop_listening.clone());
+    let done = spawn_supervisor(Supervised {
+        state: state.clone(),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        stop_listening,
+        servers: [grpc_task, http_task],
+        helpers: [health_task, reload_task],
+        grace: args.shutdown_grace,
+    });
 
     let server = RunningServer {
         grpc_addr,
@@ -329,14 +251,206 @@ pub async fn start_with_loader(args: ServeArgs, loader: Loader) -> Result<Runnin
     if server.state.slot.current().is_some() && !server.shutdown.is_cancelled() {
         // Said here as well as by the health task, so a caller that sees `start` return finds
         // the server SERVING however the tasks were scheduled.
-        for name in service_names() {
-            health_at_start
-                .set_service_status(name, tonic_health::ServingStatus::Serving)
-                .await;
-        }
+        set_health(&health, tonic_health::ServingStatus::Serving).await;
     }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
     Ok(server)
+}
+
+/// Metrics, the model slot, the batcher and its inference threads, the flags folder, and the
+/// limits, as one [`ServeState`].
+fn build_state(args: &ServeArgs, resolved: &Resolved) -> Result<Arc<ServeState>> {
+    let threads = resolved.threads;
+    let decode_budget_pixels = args.decode_budget(resolved.cores);
+    tracing::info!(
+        inference_threads = threads.inference,
+        torch_threads = threads.torch,
+        max_batch = args.max_batch,
+        max_batch_columns = args.max_batch_columns,
+        decode_budget_pixels,
+        "inference configured"
+    );
+    let metrics = Arc::new(Metrics::new());
+    let slot = Arc::new(ModelSlot::new(metrics.clone()));
+    let max_batch = args.max_batch as usize;
+    let max_queue = args.max_queue as usize;
+    let max_wait = Duration::from_millis(args.max_wait_ms);
+    let batcher = Batcher::start(
+        BatchConfig {
+            max_batch,
+            max_wait,
+            queue_capacity: max_queue,
+            threads: threads.inference,
+            max_columns: args.max_batch_columns.map(|c| c as usize),
+        },
+        metrics.clone(),
+    );
+    let flags = args
+        .flags
+        .as_deref()
+        .map(FlagStore::open)
+        .transpose()
+        .context("cannot open the --flags folder")?;
+    let settings = StateSettings {
+        max_in_flight: max_queue,
+        limits: Limits {
+            max_request_bytes: args.max_request_bytes,
+            max_pixels: args.max_pixels,
+            max_call_pixels: args.max_call_pixels,
+        },
+        decode_budget_pixels,
+        default_timeout: args.request_timeout,
+        max_batch,
+        max_wait,
+        flag_rate_per_minute: args.flag_rate,
+        flag_burst: args.flag_burst,
+    };
+    Ok(Arc::new(ServeState::new(
+        slot, batcher, metrics, flags, settings,
+    )))
+}
+
+/// The gRPC server (Recognizer, KServe, health, reflection v1 and v1alpha) until
+/// `stop_listening`; a failure asks for a shutdown.
+fn spawn_grpc(
+    listener: TcpListener,
+    state: &Arc<ServeState>,
+    args: &ServeArgs,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop_listening: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<Result<()>>> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    // v1alpha too: grpcurl before 1.9, Postman and most other tools still ask for it.
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("cannot build the v1alpha reflection service")?;
+    // Room for a batch of images at the size limit; single images are checked precisely later,
+    // with a specific message.
+    let message_limit = args.max_request_bytes.saturating_mul(4).max(4 << 20);
+    let recognizer = RecognizerServer::new(RecognizerService::new(state.clone()))
+        .max_decoding_message_size(message_limit)
+        .max_encoding_message_size(usize::MAX);
+    let kserve = GrpcInferenceServiceServer::new(KServeService::new(state.clone()))
+        .max_decoding_message_size(message_limit);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(recognizer)
+        .add_service(kserve);
+    Ok(tokio::spawn(async move {
+        let r = server
+            .serve_with_incoming_shutdown(incoming, stop_listening.cancelled_owned())
+            .await;
+        if let Err(e) = &r {
+            tracing::error!("gRPC server failed: {e}");
+            shutdown.cancel();
+        }
+        r.map_err(anyhow::Error::from)
+    }))
+}
+
+/// The HTTP server until `stop_listening`; a failure asks for a shutdown.
+fn spawn_http(
+    listener: TcpListener,
+    state: &Arc<ServeState>,
+    header_read_timeout: Duration,
+    stop_listening: CancellationToken,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<()>> {
+    let app = http::router(state.clone());
+    tokio::spawn(async move {
+        let r = http::serve(listener, app, header_read_timeout, stop_listening).await;
+        if let Err(e) = &r {
+            tracing::error!("HTTP server failed: {e}");
+            shutdown.cancel();
+        }
+        r.map_err(anyhow::Error::from)
+    })
+}
+
+/// gRPC health follows the model slot: SERVING from the first model on.
+fn spawn_health_follower(
+    state: &ServeState,
+    health: HealthReporter,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let mut versions = state.slot.watch_version();
+    tokio::spawn(async move {
+        loop {
+            if versions.borrow_and_update().is_some() {
+                set_health(&health, tonic_health::ServingStatus::Serving).await;
+            }
+            tokio::select! {
+                r = versions.changed() => if r.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+        }
+    })
+}
+
+/// What the shutdown supervisor takes down.
+struct Supervised {
+    state: Arc<ServeState>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+    stop_listening: CancellationToken,
+    /// gRPC and HTTP.
+    servers: [JoinHandle<Result<()>>; 2],
+    /// The health follower and the reloader.
+    helpers: [JoinHandle<()>; 2],
+    grace: Duration,
+}
+
+/// On shutdown: unready and NOT_SERVING first, then stop accepting, let in-flight requests
+/// finish within the grace period, drain the inference queue, and report how it went.
+fn spawn_supervisor(s: Supervised) -> JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        s.shutdown.cancelled().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        s.state.begin_shutdown();
+        set_health(&s.health, tonic_health::ServingStatus::NotServing).await;
+        s.stop_listening.cancel();
+        let [grpc_task, http_task] = s.servers;
+        let servers = async {
+            let (g, h) = tokio::join!(grpc_task, http_task);
+            g.context("gRPC server task")??;
+            h.context("HTTP server task")??;
+            anyhow::Ok(())
+        };
+        let grace = s.grace;
+        let result = match tokio::time::timeout(grace, servers).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "shutdown grace period over; abandoning open connections"
+                );
+                Ok(())
+            }
+        };
+        for helper in s.helpers {
+            let _ = helper.await;
+        }
+        let b = s.state.batcher.clone();
+        tokio::task::spawn_blocking(move || b.close())
+            .await
+            .context("inference threads")?;
+        tracing::info!("shut down");
+        result
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -350,18 +464,6 @@ async fn termination_signal() {
     }
 }
 
-/// The inference and libtorch thread counts for `args` on this machine.
-fn thread_plan(args: &ServeArgs) -> Result<ThreadPlan> {
-    let cuda = parse_device(&args.device)?.is_cuda();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(ThreadPlan::resolve(
-        args.inference_threads,
-        args.torch_threads,
-        cuda,
-        cores,
-    ))
-}
-
 /// Run `serve`; returns the process exit code.
 pub fn run(mut args: ServeArgs) -> Result<i32> {
     if args.model.is_none() && args.model_pointer.is_none() {
@@ -371,7 +473,8 @@ pub fn run(mut args: ServeArgs) -> Result<i32> {
         );
         args.model = Some(crate::model_source::DEFAULT_MODEL.to_string());
     }
-    crate::device::set_threads(thread_plan(&args)?.torch);
+    let resolved = Resolved::from_args(&args)?;
+    crate::device::set_threads(resolved.threads.torch);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("textrec-serve")
@@ -379,7 +482,7 @@ pub fn run(mut args: ServeArgs) -> Result<i32> {
     rt.block_on(async move {
         // Install the handlers before loading, so a SIGTERM during a slow load is graceful too.
         let signal = tokio::spawn(termination_signal());
-        let server = start(args).await?;
+        let server = start_resolved(args, resolved, torch_loader(resolved.device)).await?;
         tokio::select! {
             _ = signal => server.shutdown(),
             _ = server.shutdown_requested() => {}

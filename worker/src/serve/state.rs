@@ -1,17 +1,24 @@
 //! What every API shares: the model slot, the batcher, admission control and limits; and the one
 //! recognition path all of them call, so that gRPC, KServe and HTTP behave the same.
+//!
+//! A request's memory is bounded in two steps. Admission (`--max-queue`) bounds how many
+//! requests are held at all. Decoding, whose memory grows with the image's pixels, also needs
+//! room in a pixel budget (`--decode-budget-pixels`), taken after the header was checked and
+//! before any pixel is decoded, and given back when the decode ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{Batcher, Job};
+use super::engine::ServedModel;
 use super::flags::FlagStore;
-use super::limits::{Limits, ServeError};
+use super::limits::{CheckedImage, Limits, ServeError};
 use super::metrics::Metrics;
+use super::ratelimit::KeyedRateLimiter;
 use super::reload::ModelSlot;
 
 /// The answer for one image.
@@ -48,17 +55,49 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Pixels per permit of the decode budget: the semaphore counts in `u32` units, and an
+/// image's pixels may not fit one.
+const DECODE_UNIT_PIXELS: u64 = 4096;
+
+/// Settings of [`ServeState`] beyond its parts.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Requests admitted at once (`--max-queue`).
+    pub max_in_flight: usize,
+    /// Size and pixel limits.
+    pub limits: Limits,
+    /// Source pixels being decoded at once, over all requests.
+    pub decode_budget_pixels: u64,
+    /// Deadline of a request that brings none.
+    pub default_timeout: Duration,
+    /// Batching settings, for `/v1/model`.
+    pub max_batch: usize,
+    /// Batching window, for `/v1/model`.
+    pub max_wait: Duration,
+    /// Flags per client per minute (0: no limit).
+    pub flag_rate_per_minute: u32,
+    /// Flags one client may send at once.
+    pub flag_burst: u32,
+}
+
 /// Shared server state.
 pub struct ServeState {
     /// The model in service.
     pub slot: Arc<ModelSlot>,
     /// The queue in front of the inference threads.
     pub batcher: Arc<Batcher>,
-    /// Admission: one permit per request being decoded, queued or run. Bounds memory: beyond
-    /// it requests are shed at once instead of piling up.
+    /// Admission: one permit per request being decoded, queued or run. Bounds the number of
+    /// requests held: beyond it requests are shed at once instead of piling up.
     pub admission: Arc<Semaphore>,
     /// Capacity of `admission`.
     pub max_in_flight: usize,
+    /// Decode budget in units of [`DECODE_UNIT_PIXELS`]: bounds the memory of decoding, which
+    /// grows with an image's pixels, not with the number of requests. Admitted requests wait
+    /// for it (within their deadline) rather than being shed.
+    decode_budget: Arc<Semaphore>,
+    decode_budget_units: u32,
+    /// Source pixels being decoded at once, over all requests.
+    pub decode_budget_pixels: u64,
     /// Size and pixel limits.
     pub limits: Limits,
     /// Deadline of a request that brings none.
@@ -67,6 +106,8 @@ pub struct ServeState {
     pub metrics: Arc<Metrics>,
     /// Where flagged samples go.
     pub flags: Option<FlagStore>,
+    /// Flags per client; `None`: no limit.
+    pub flag_limiter: Option<KeyedRateLimiter>,
     /// Batching settings, for `/v1/model`.
     pub max_batch: usize,
     /// Batching window, for `/v1/model`.
@@ -74,40 +115,53 @@ pub struct ServeState {
     shutting_down: AtomicBool,
 }
 
-/// Releases the in-flight gauge when a request ends, however it ends.
-struct InFlight<'a>(&'a Metrics);
+/// An admitted request's permit and its share of the in-flight gauge, released together
+/// however the request ends.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.in_flight.dec();
+        self.metrics.in_flight.dec();
     }
+}
+
+/// Room in the decode budget, held by the blocking task that decodes, so the budget bounds the
+/// decodes actually running even after their callers stopped waiting.
+pub struct DecodePermit {
+    _held: OwnedSemaphorePermit,
 }
 
 impl ServeState {
     /// Shared state over the given parts.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: Arc<ModelSlot>,
         batcher: Arc<Batcher>,
-        max_in_flight: usize,
-        limits: Limits,
-        default_timeout: Duration,
         metrics: Arc<Metrics>,
         flags: Option<FlagStore>,
-        max_batch: usize,
-        max_wait: Duration,
+        settings: StateSettings,
     ) -> Self {
+        let units = settings
+            .decode_budget_pixels
+            .div_ceil(DECODE_UNIT_PIXELS)
+            .clamp(1, u64::from(u32::MAX)) as u32;
         Self {
             slot,
             batcher,
-            admission: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            limits,
-            default_timeout,
+            admission: Arc::new(Semaphore::new(settings.max_in_flight)),
+            max_in_flight: settings.max_in_flight,
+            decode_budget: Arc::new(Semaphore::new(units as usize)),
+            decode_budget_units: units,
+            decode_budget_pixels: settings.decode_budget_pixels,
+            limits: settings.limits,
+            default_timeout: settings.default_timeout,
             metrics,
             flags,
-            max_batch,
-            max_wait,
+            flag_limiter: KeyedRateLimiter::new(settings.flag_rate_per_minute, settings.flag_burst),
+            max_batch: settings.max_batch,
+            max_wait: settings.max_wait,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -127,6 +181,71 @@ impl ServeState {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// The model in service.
+    pub fn model(&self) -> Result<Arc<ServedModel>, ServeError> {
+        self.slot
+            .current()
+            .ok_or_else(|| ServeError::Unavailable("no model is loaded yet".into()))
+    }
+
+    /// Admit one request, or shed it at once when `--max-queue` requests are in.
+    pub fn admit(&self) -> Result<Admitted, ServeError> {
+        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
+            ServeError::Overloaded(format!(
+                "server busy: {} requests in flight (--max-queue); retry with backoff",
+                self.max_in_flight
+            ))
+        })?;
+        self.metrics.in_flight.inc();
+        Ok(Admitted {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Wait until `pixels` fit the decode budget, or until `deadline`. An image larger than
+    /// the whole budget waits for all of it.
+    pub async fn decode_permit(
+        &self,
+        pixels: u64,
+        deadline: Instant,
+        start: Instant,
+    ) -> Result<DecodePermit, ServeError> {
+        let units = pixels
+            .div_ceil(DECODE_UNIT_PIXELS)
+            .clamp(1, u64::from(self.decode_budget_units)) as u32;
+        let acquire = self.decode_budget.clone().acquire_many_owned(units);
+        match tokio::time::timeout_at(deadline.into(), acquire).await {
+            Err(_) => Err(deadline_error(start)),
+            Ok(Err(_)) => Err(ServeError::Unavailable(
+                "the server is shutting down".into(),
+            )),
+            Ok(Ok(p)) => Ok(DecodePermit { _held: p }),
+        }
+    }
+
+    /// Run `work` (decoding) on the blocking pool, holding `permit` until it ends; the caller
+    /// waits until `deadline`.
+    pub async fn run_decode<T: Send + 'static>(
+        &self,
+        permit: DecodePermit,
+        deadline: Instant,
+        start: Instant,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServeError> {
+        let task = tokio::task::spawn_blocking(move || {
+            let _held = permit;
+            work()
+        });
+        match tokio::time::timeout_at(deadline.into(), task).await {
+            Err(_) => Err(deadline_error(start)),
+            Ok(Err(join)) => Err(ServeError::Internal(format!(
+                "preprocessing failed: {join}"
+            ))),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
     /// Recognize one encoded image before `deadline`; `api` labels the metrics.
     pub async fn recognize(
         &self,
@@ -135,59 +254,107 @@ impl ServeState {
         api: &'static str,
     ) -> Result<Recognition, ServeError> {
         let start = Instant::now();
-        let result = self.recognize_inner(image, deadline, start).await;
-        let outcome = match &result {
+        let result = async {
+            let model = self.model()?;
+            let checked = self
+                .limits
+                .check(image, model.engine.preprocess().max_source_pixels)?;
+            self.recognize_checked(&model, checked, deadline, start)
+                .await
+        }
+        .await;
+        self.observe(api, &result, start);
+        result
+    }
+
+    /// Recognize the images of one call (RecognizeBatch, KServe ModelInfer) before `deadline`.
+    ///
+    /// Every header is checked first, and the call's pixels together against
+    /// `--max-call-pixels`, before any image is decoded; a call over that budget fails as a
+    /// whole. Then each image goes through admission and the batcher on its own, so they share
+    /// forward passes with each other and with other callers. All run on the model in service
+    /// when the call arrived. One answer per image, in order.
+    pub async fn recognize_call(
+        &self,
+        images: Vec<Bytes>,
+        deadline: Instant,
+        api: &'static str,
+    ) -> Result<Vec<Result<Recognition, ServeError>>, ServeError> {
+        let start = Instant::now();
+        let n = images.len();
+        let model = match self.model() {
+            Ok(m) => m,
+            Err(e) => {
+                let results: Vec<_> = (0..n).map(|_| Err(e.clone())).collect();
+                for r in &results {
+                    self.observe(api, r, start);
+                }
+                return Ok(results);
+            }
+        };
+        let model_limit = model.engine.preprocess().max_source_pixels;
+        let checked: Vec<Result<CheckedImage, ServeError>> = images
+            .into_iter()
+            .map(|image| self.limits.check(image, model_limit))
+            .collect();
+        let pixels = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(CheckedImage::pixels)
+            .fold(0u64, u64::saturating_add);
+        if let Err(e) = self.limits.check_call(pixels, n) {
+            self.metrics
+                .observe_request(api, e.label(), start.elapsed());
+            return Err(e);
+        }
+        let model = &model;
+        Ok(
+            futures::future::join_all(checked.into_iter().map(|c| async move {
+                let result = match c {
+                    Ok(c) => self.recognize_checked(model, c, deadline, start).await,
+                    Err(e) => Err(e),
+                };
+                self.observe(api, &result, start);
+                result
+            }))
+            .await,
+        )
+    }
+
+    fn observe(&self, api: &'static str, result: &Result<Recognition, ServeError>, start: Instant) {
+        let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.label(),
         };
         self.metrics.observe_request(api, outcome, start.elapsed());
-        result
     }
 
-    async fn recognize_inner(
+    /// Admission, decode budget, decoding and the batcher, for an image already checked.
+    async fn recognize_checked(
         &self,
-        image: Bytes,
+        model: &Arc<ServedModel>,
+        image: CheckedImage,
         deadline: Instant,
         start: Instant,
     ) -> Result<Recognition, ServeError> {
-        if start >= deadline {
+        if Instant::now() >= deadline {
             return Err(ServeError::DeadlineExceeded(
                 "the deadline had passed when the request arrived".into(),
             ));
         }
-        let _permit = self.admission.clone().try_acquire_owned().map_err(|_| {
-            ServeError::Overloaded(format!(
-                "server busy: {} requests in flight (--max-queue); retry with backoff",
-                self.max_in_flight
-            ))
-        })?;
-        self.metrics.in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
-        let model = self
-            .slot
-            .current()
-            .ok_or_else(|| ServeError::Unavailable("no model is loaded yet".into()))?;
+        let _admitted = self.admit()?;
         let engine = model.engine.clone();
-        // Count this request before decoding, so the batcher knows company is coming.
+        let permit = self.decode_permit(image.pixels(), deadline, start).await?;
+        // Counted once decoding starts, so the batcher knows company is coming (and does not
+        // wait for requests still waiting for decode budget).
         let pending = self.batcher.pending().enter();
-        self.limits
-            .check(&image, engine.preprocess().max_source_pixels)?;
         let prep_engine = engine.clone();
-        let prepare = tokio::task::spawn_blocking(move || prep_engine.prepare(&image));
-        let prepared = match tokio::time::timeout_at(deadline.into(), prepare).await {
-            Err(_) => return Err(deadline_error(start)),
-            Ok(Err(join)) => {
-                return Err(ServeError::Internal(format!(
-                    "preprocessing failed: {join}"
-                )))
-            }
-            Ok(Ok(Err(e))) => {
-                return Err(ServeError::InvalidArgument(format!(
-                    "cannot decode image: {e:#}"
-                )))
-            }
-            Ok(Ok(Ok(p))) => p,
-        };
+        let prepared = self
+            .run_decode(permit, deadline, start, move || {
+                prep_engine.prepare(&image.bytes, &image.source)
+            })
+            .await?
+            .map_err(|e| ServeError::InvalidArgument(format!("cannot decode image: {e:#}")))?;
         let preprocess = start.elapsed();
         let (job, rx) = Job::new(engine, prepared, deadline, pending);
         self.batcher.submit(job)?;
@@ -216,9 +383,92 @@ impl ServeState {
     }
 }
 
-fn deadline_error(start: Instant) -> ServeError {
+/// The error of a request whose deadline passed while it waited.
+pub fn deadline_error(start: Instant) -> ServeError {
     ServeError::DeadlineExceeded(format!(
         "deadline exceeded after {} ms",
         start.elapsed().as_millis()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batcher::BatchConfig;
+    use super::*;
+
+    fn state(decode_budget_pixels: u64) -> ServeState {
+        let metrics = Arc::new(Metrics::new());
+        let slot = Arc::new(ModelSlot::new(metrics.clone()));
+        let batcher = Batcher::start(
+            BatchConfig {
+                max_batch: 1,
+                max_wait: Duration::ZERO,
+                queue_capacity: 4,
+                threads: 1,
+                max_columns: None,
+            },
+            metrics.clone(),
+        );
+        let settings = StateSettings {
+            max_in_flight: 4,
+            limits: Limits {
+                max_request_bytes: 1 << 20,
+                max_pixels: 1 << 20,
+                max_call_pixels: 1 << 20,
+            },
+            decode_budget_pixels,
+            default_timeout: Duration::from_secs(5),
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            flag_rate_per_minute: 0,
+            flag_burst: 1,
+        };
+        ServeState::new(slot, batcher, metrics, None, settings)
+    }
+
+    #[tokio::test]
+    async fn decodes_wait_for_room_in_the_pixel_budget() {
+        let unit = DECODE_UNIT_PIXELS;
+        let s = state(3 * unit);
+        let start = Instant::now();
+        let far = start + Duration::from_secs(30);
+        let first = s.decode_permit(2 * unit, far, start).await.unwrap();
+        // A second image that does not fit beside the first waits, here until its deadline.
+        let soon = Instant::now() + Duration::from_millis(30);
+        let e = s.decode_permit(2 * unit, soon, start).await.err().unwrap();
+        assert!(matches!(e, ServeError::DeadlineExceeded(_)), "{e:?}");
+        // A small one fits beside it.
+        let small = s.decode_permit(1, far, start).await.unwrap();
+        drop((first, small));
+        // An image larger than the whole budget waits for all of it, and then runs.
+        let huge = s.decode_permit(100 * unit, far, start).await.unwrap();
+        assert_eq!(s.decode_budget.available_permits(), 0);
+        drop(huge);
+        assert_eq!(s.decode_budget.available_permits(), 3);
+        s.batcher.close();
+    }
+
+    #[tokio::test]
+    async fn a_decode_keeps_its_budget_until_it_ends_even_after_the_deadline() {
+        let s = state(DECODE_UNIT_PIXELS);
+        let start = Instant::now();
+        let permit = s
+            .decode_permit(DECODE_UNIT_PIXELS, start + Duration::from_secs(30), start)
+            .await
+            .unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let soon = Instant::now() + Duration::from_millis(20);
+        let e = s
+            .run_decode(permit, soon, start, move || wait.recv().unwrap())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, ServeError::DeadlineExceeded(_)), "{e:?}");
+        // The caller has given up, but the decode still runs and still holds the budget.
+        assert_eq!(s.decode_budget.available_permits(), 0);
+        release.send(()).unwrap();
+        let again = s.decode_permit(DECODE_UNIT_PIXELS, start + Duration::from_secs(30), start);
+        drop(again.await.unwrap());
+        s.batcher.close();
+    }
 }

@@ -146,3 +146,160 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A mostly white `w`×`h` PNG with a little ink, as a scanner or a camera would send a page:
+/// tiny when encoded (a 4000×4000 one is some tens of KB) however many pixels it declares.
+pub fn white_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_fn(w, h, |x, y| {
+        let ink = y % 97 == 0 && x % 5 < 3;
+        image::Luma([if ink { 30 } else { 250 }])
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// A `w`×`h` text-line-like PNG in 16-bit RGBA, the costliest sample layout to decode (8 bytes
+/// per pixel when decoded whole).
+pub fn rgba16_line_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
+        let stroke = (x / 9) % 4 == 0 && y > h / 4 && y < h * 3 / 4;
+        let v = if stroke { 5_000 } else { 60_000 };
+        image::Rgba([v, v, v, 65_535])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgba16(img)
+        .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// The real `textrec-worker serve` binary in a child process: for tests that measure the
+/// server alone (its memory), apart from the test's own allocations.
+pub struct ServerProcess {
+    child: tokio::process::Child,
+    /// The child's process id.
+    pub pid: u32,
+    /// Where gRPC listens.
+    pub grpc_addr: std::net::SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Start `serve --model DIR` on ephemeral loopback ports with `extra` arguments, and wait
+    /// until it serves.
+    pub async fn spawn(model: &Path, extra: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_textrec-worker"))
+            .args(["serve", "--model", model.to_str().unwrap()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker binary starts");
+        let pid = child.id().expect("a running child");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let addr_after = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
+            let i = line.find(key)?;
+            line[i + key.len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let (grpc_addr, http_addr) = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if let (Some(g), Some(h)) = (addr_after(&line, "grpc="), addr_after(&line, "http="))
+                {
+                    return (g, h);
+                }
+            }
+            panic!("the server exited before serving:\n{}", log.lock().unwrap());
+        })
+        .await
+        .expect("the server announces its addresses");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap();
+                // Keep the tail only: a hostile test makes the server log a lot.
+                if log.len() > 1 << 20 {
+                    let cut = log.len() - (1 << 19);
+                    let cut = (cut..log.len()).find(|&i| log.is_char_boundary(i)).unwrap();
+                    log.drain(..cut);
+                }
+                log.push_str(&l);
+                log.push('\n');
+            }
+        });
+        Self {
+            child,
+            pid,
+            grpc_addr,
+            http_addr,
+            log,
+        }
+    }
+
+    /// Base URL of the HTTP port.
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// A connected Recognizer client.
+    pub async fn recognizer(&self) -> RecognizerClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("gRPC connects");
+        RecognizerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// A field of `/proc/PID/status`, in bytes (`VmHWM`: peak resident memory; `VmRSS`: now).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("the server process is alive");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid));
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read {line:?}"));
+        kb * 1024
+    }
+
+    /// What the server has logged (the tail, for a long run).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub async fn stop(mut self) {
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "log:\n{}", self.log());
+    }
+}
