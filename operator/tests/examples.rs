@@ -84,15 +84,17 @@ fn every_textrec_object_passes_cluster_admission_and_plans_its_trials() {
             }
             if kind == "TrainingRun" {
                 let run: TrainingRun = serde_json::from_value(doc.clone()).unwrap();
-                let trials = plan_trials(name, &run.spec).unwrap_or_else(|e| {
-                    panic!("{} TrainingRun/{name}: {e:?}", path.display())
-                });
+                let trials = plan_trials(name, &run.spec)
+                    .unwrap_or_else(|e| panic!("{} TrainingRun/{name}: {e:?}", path.display()));
                 assert!(!trials.is_empty(), "{}: no trials", path.display());
             }
             checked += 1;
         }
     }
-    assert!(checked >= 4, "only {checked} textrec.dev objects in examples/");
+    assert!(
+        checked >= 4,
+        "only {checked} textrec.dev objects in examples/"
+    );
 }
 
 /// What `textrec-operator local run -f FILE --storage DIR` loads: every example runs locally,

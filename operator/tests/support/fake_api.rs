@@ -1,6 +1,10 @@
-//! An in-memory fake of the Kubernetes API for controller tests and the benchmark: a tower
+//! An in-memory fake of the Kubernetes API for controller tests and the benchmarks: a tower
 //! service behind a real `kube::Client` that records every request and answers like an API
 //! server would for the calls the operator makes (server-side apply, status patches, events).
+//! Served over HTTP ([`serve_http`]) it also answers watches: every write gets a
+//! resourceVersion and is streamed to the watches of its collection, and a watch from an older
+//! resourceVersion first replays what it missed, so kube's watchers and reflectors run against
+//! it as against an API server.
 
 #![allow(dead_code)]
 
@@ -34,6 +38,154 @@ pub struct FakeState {
     pub log: Vec<Recorded>,
     /// Skip recording bodies (benchmark: keep memory flat).
     pub quiet: bool,
+    /// The last resourceVersion handed out.
+    pub resource_version: u64,
+    /// Every write as a watch event, oldest first (only while [`FakeState::watchable`]).
+    pub history: Vec<WatchEvent>,
+    /// Keep [`FakeState::history`] and stream writes to watches ([`serve_http`] turns it on).
+    pub watchable: bool,
+    /// Open watches.
+    pub watches: Vec<OpenWatch>,
+    /// Watches opened so far.
+    pub watches_opened: usize,
+}
+
+/// One write, as a watch delivers it.
+pub struct WatchEvent {
+    /// Its resourceVersion.
+    pub resource_version: u64,
+    /// Path of the object written.
+    pub path: String,
+    /// `{"type": "ADDED"|"MODIFIED", "object": ...}` as one JSON line.
+    pub line: Vec<u8>,
+}
+
+/// A watch streaming to a client.
+pub struct OpenWatch {
+    /// The collection watched (namespaced or across namespaces).
+    pub collection: String,
+    /// Its query (label selector).
+    pub query: String,
+    /// Where its event lines go.
+    pub tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// Whether the object at `object_path` belongs to `collection`, which is either its own
+/// collection or the same collection across namespaces.
+fn in_collection(collection: &str, object_path: &str) -> bool {
+    let Some((parent, _)) = object_path.rsplit_once('/') else {
+        return false;
+    };
+    if parent == collection {
+        return true;
+    }
+    // `/apis/g/v/namespaces/ns/jobs` belongs to `/apis/g/v/jobs`.
+    match parent.split_once("/namespaces/") {
+        Some((head, rest)) => rest
+            .split_once('/')
+            .is_some_and(|(_, plural)| format!("{head}/{plural}") == collection),
+        None => false,
+    }
+}
+
+impl FakeState {
+    /// Give the object at `path` the next resourceVersion and tell the watches.
+    fn written(&mut self, path: &str, kind: &str) {
+        if !self.watchable {
+            return;
+        }
+        self.resource_version += 1;
+        let rv = self.resource_version;
+        let Some(obj) = self.objects.get_mut(path) else {
+            return;
+        };
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap();
+        line.push(b'\n');
+        let obj = obj.clone();
+        self.watches.retain(|w| {
+            if !in_collection(&w.collection, path) || !selected(&obj, &w.query) {
+                return !w.tx.is_closed();
+            }
+            w.tx.send(line.clone()).is_ok()
+        });
+        self.history.push(WatchEvent {
+            resource_version: rv,
+            path: path.to_string(),
+            line,
+        });
+    }
+
+    /// Open a watch on `collection`: replays the writes after the query's resourceVersion,
+    /// then streams new ones.
+    pub fn watch(
+        &mut self,
+        collection: &str,
+        query: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+        let since: u64 = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for ev in self.history.iter().filter(|e| e.resource_version > since) {
+            let obj = &self.objects[&ev.path];
+            if in_collection(collection, &ev.path) && selected(obj, query) {
+                let _ = tx.send(ev.line.clone());
+            }
+        }
+        self.watches.push(OpenWatch {
+            collection: collection.to_string(),
+            query: query.to_string(),
+            tx,
+        });
+        self.watches_opened += 1;
+        rx
+    }
+}
+
+/// Whether a query asks for a watch.
+pub fn is_watch(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1")
+}
+
+/// Serve the fake over HTTP on `listener` until the process ends, with watches.
+pub async fn serve_http(state: Arc<Mutex<FakeState>>, listener: tokio::net::TcpListener) {
+    state.lock().unwrap().watchable = true;
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let state = state.clone();
+        async move {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or_default().to_string();
+            if method == "GET" && is_watch(&query) {
+                let rx = state.lock().unwrap().watch(&path, &query);
+                let lines = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+                });
+                return axum::response::Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from_stream(lines))
+                    .unwrap();
+            }
+            let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let (code, body) = handle_raw(&state, &method, &path, &query, &bytes);
+            axum::response::Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        }
+    });
+    axum::serve(listener, app).await.unwrap();
 }
 
 /// A client talking to a fresh fake, and the fake's state.
@@ -113,6 +265,8 @@ fn stats(st: &FakeState) -> Value {
         "requests": st.log.len(),
         "jobWrites": st.log.iter().filter(|r| r.path.contains("/jobs/")).count(),
         "statusWrites": st.log.iter().filter(|r| r.path.ends_with("/status")).count(),
+        "watchesOpened": st.watches_opened,
+        "watchesOpen": st.watches.iter().filter(|w| !w.tx.is_closed()).count(),
         "vmRssKiB": kib("VmRSS:"),
         "vmHwmKiB": kib("VmHWM:"),
     })
@@ -177,12 +331,16 @@ fn answer(
                     })
                     .map(|(_, v)| v.clone())
                     .collect();
-                if items.is_empty() && !query.contains("labelSelector") {
+                // A list call (a watcher's pages carry `limit`) may be empty; a GET of a
+                // single missing object is a 404.
+                if items.is_empty() && !query.contains("labelSelector") && !query.contains("limit=")
+                {
                     return not_found(path);
                 }
+                let rv = st.resource_version.max(1).to_string();
                 (
                     StatusCode::OK,
-                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}),
                 )
             }
         },
@@ -192,14 +350,22 @@ fn answer(
                 .unwrap_or("generated")
                 .to_string();
             let key = format!("{path}/{name}");
-            if !path.contains("/events") {
-                st.objects.insert(key, body.clone());
+            if path.contains("/events") {
+                return (StatusCode::CREATED, body);
             }
-            (StatusCode::CREATED, body)
+            st.objects.insert(key.clone(), body);
+            st.written(&key, "ADDED");
+            (StatusCode::CREATED, st.objects[&key].clone())
         }
         "PUT" => {
-            st.objects.insert(path.to_string(), body.clone());
-            (StatusCode::OK, body)
+            let kind = if st.objects.contains_key(path) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            st.objects.insert(path.to_string(), body);
+            st.written(path, kind);
+            (StatusCode::OK, st.objects[path].clone())
         }
         "PATCH" => {
             if let Some(main) = path.strip_suffix("/status") {
@@ -207,14 +373,21 @@ fn answer(
                     return not_found(main);
                 };
                 obj["status"] = body["status"].clone();
-                (StatusCode::OK, obj.clone())
+                st.written(main, "MODIFIED");
+                (StatusCode::OK, st.objects[main].clone())
             } else {
+                let kind = if st.objects.contains_key(path) {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
                 let entry = st
                     .objects
                     .entry(path.to_string())
                     .or_insert(Value::Object(Default::default()));
                 merge(entry, &body);
-                (StatusCode::OK, entry.clone())
+                st.written(path, kind);
+                (StatusCode::OK, st.objects[path].clone())
             }
         }
         _ => not_found(path),
