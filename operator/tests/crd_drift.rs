@@ -104,3 +104,56 @@ fn model_deployment_schema_has_exclusive_model_source() {
         serde_json::json!(["RollingUpdate", "HotReload"])
     );
 }
+
+/// Every `format` in `v`, with the path to it.
+fn formats(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(f)) = m.get("format") {
+                out.push((path.to_string(), f.clone()));
+            }
+            for (k, v) in m {
+                formats(v, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                formats(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The API server warns ("unrecognized format") on every apply of a CRD whose schema uses a
+/// format outside its registry, such as schemars' `uint64` for Rust's `u64`.
+#[test]
+fn schemas_use_only_formats_kubernetes_knows() {
+    for (file, yaml) in textrec_operator::crd::crd_files() {
+        let v: Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut found = Vec::new();
+        formats(&v["spec"]["versions"], "", &mut found);
+        assert!(
+            !found.is_empty(),
+            "{file}: no formats at all (walk broken?)"
+        );
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|(_, f)| !textrec_operator::crd::KUBERNETES_FORMATS.contains(&f.as_str()))
+            .collect();
+        assert!(unknown.is_empty(), "{file}: unknown formats {unknown:?}");
+    }
+    // Unsigned fields keep refusing negative values.
+    let v = schema("trainingruns.textrec.dev.yaml");
+    let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let seed = &spec["search"]["properties"]["seed"];
+    assert_eq!(
+        (seed["format"].as_str(), seed["minimum"].as_f64()),
+        (Some("int64"), Some(0.0))
+    );
+    let steps = &spec["training"]["properties"]["maxSteps"];
+    assert_eq!(
+        (steps["format"].as_str(), steps["minimum"].as_f64()),
+        (Some("int64"), Some(1.0))
+    );
+}

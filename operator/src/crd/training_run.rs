@@ -56,6 +56,8 @@ pub const MAX_TRIALS_CAP: i32 = 256;
 )]
 #[x_kube(validation = Rule::new("self.search.parallelism <= self.search.maxTrials").message("spec.search.parallelism must not exceed spec.search.maxTrials").field_path(".search.parallelism"))]
 #[x_kube(validation = Rule::new("!self.storage.url.startsWith('file://') || has(self.storage.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".storage.pvc"))]
+// Kubernetes knows no `uint64` format: see `kubernetes_formats`.
+#[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingRunSpec {
     /// Worker image (runs `textrec-worker train`).
@@ -506,6 +508,8 @@ pub enum SpotProvider {
 
 /// Observed state of a TrainingRun.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+// Kubernetes knows no `uint64` format: see `kubernetes_formats`.
+#[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingRunStatus {
     /// `Pending`, `Running`, `Suspended`, `Succeeded`, `Failed` or `Invalid`.
