@@ -4,8 +4,8 @@
 //! Everything that decides (search-space expansion, trial naming, spec validation, Job and
 //! Deployment construction, status aggregation, promotion) is a pure function in a module that
 //! needs no Kubernetes client, so the local runner reuses it: [`search`], [`naming`],
-//! [`validate`], [`job`], [`trial_state`], [`run_plan`], [`promotion`], [`serving`],
-//! [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
+//! [`validate`], [`job`], [`pod_security`], [`trial_state`], [`run_plan`], [`promotion`],
+//! [`serving`], [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
 //! [`local`] runs the same decisions over local processes instead of Kubernetes objects.
 
 pub mod conditions;
@@ -18,6 +18,7 @@ pub mod local;
 pub mod manager;
 pub mod metrics;
 pub mod naming;
+pub mod pod_security;
 pub mod progress;
 pub mod promotion;
 pub mod run_plan;

@@ -157,3 +157,127 @@ fn schemas_use_only_formats_kubernetes_knows() {
         (Some("int64"), Some(1.0))
     );
 }
+
+/// One RBAC grant: (apiGroup, resource, verb, resourceNames).
+type Grant = (String, String, String, Vec<String>);
+
+fn grants(rules: &Value) -> std::collections::BTreeSet<Grant> {
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for rule in rules.as_array().expect("rules is a list") {
+        let mut names = strs(&rule["resourceNames"]);
+        names.sort();
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                for v in strs(&rule["verbs"]) {
+                    out.insert((g.clone(), r.clone(), v, names.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path),
+    )
+    .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The rules of the Role or ClusterRole named `name` (operator/rbac.yaml).
+fn rbac_yaml_rules(kind: &str, name: &str) -> Value {
+    let text = repo_file("operator/rbac.yaml");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == kind && v["metadata"]["name"] == name {
+            return v["rules"].clone();
+        }
+    }
+    panic!("operator/rbac.yaml has no {kind} {name}");
+}
+
+/// The chart's rules as its default values render them, read from the template's text (Helm is
+/// not needed): the `textrec.operatorRules` block, with the `rbac.readSecrets` part left out
+/// (off by default), and the leader-election Role's rules with the default Lease name.
+fn chart_rules() -> (Value, Value) {
+    let text = repo_file("charts/textrec/templates/rbac.yaml");
+    let values: Value = serde_yaml::from_str(&repo_file("charts/textrec/values.yaml")).unwrap();
+    assert_eq!(
+        values["rbac"]["readSecrets"], false,
+        "the comparison assumes the default"
+    );
+    let lease = values["leaderElection"]["leaseName"].as_str().unwrap();
+
+    let define = text
+        .split("{{- define \"textrec.operatorRules\" -}}")
+        .nth(1)
+        .expect("textrec.operatorRules is defined");
+    let mut operator = String::new();
+    let mut skipping = false;
+    for line in define.lines() {
+        let t = line.trim();
+        if t.starts_with("{{- if .Values.rbac.readSecrets") {
+            skipping = true;
+        } else if t.starts_with("{{- end") && skipping {
+            skipping = false;
+        } else if t.starts_with("{{- end") {
+            break;
+        } else if !skipping {
+            assert!(!t.contains("{{"), "unexpected template in the rules: {t}");
+            operator.push_str(line);
+            operator.push('\n');
+        }
+    }
+
+    let role = text
+        .split("name: {{ $fullname }}-leader-election\n")
+        .nth(1)
+        .expect("a leader-election Role");
+    let body = role.split("rules:\n").nth(1).unwrap();
+    let leader: String = body
+        .lines()
+        .take_while(|l| !l.starts_with("---"))
+        .map(|l| {
+            l.replace(
+                "{{ .Values.leaderElection.leaseName | quote }}",
+                &format!("{lease:?}"),
+            ) + "\n"
+        })
+        .collect();
+    assert!(!leader.contains("{{"), "unexpected template: {leader}");
+    (
+        serde_yaml::from_str(&operator).unwrap(),
+        serde_yaml::from_str(&leader).unwrap(),
+    )
+}
+
+/// The chart grants what operator/rbac.yaml grants, no more (controllers.rs checks rbac.yaml
+/// against the calls the code makes).
+#[test]
+fn chart_rbac_equals_operator_rbac_yaml() {
+    let (operator, leader) = chart_rules();
+    let want = grants(&rbac_yaml_rules("ClusterRole", "textrec-operator"));
+    let have = grants(&operator);
+    assert_eq!(
+        have.difference(&want).collect::<Vec<_>>(),
+        Vec::<&Grant>::new(),
+        "the chart grants more than operator/rbac.yaml"
+    );
+    assert_eq!(
+        want.difference(&have).collect::<Vec<_>>(),
+        Vec::<&Grant>::new(),
+        "the chart lacks grants of operator/rbac.yaml"
+    );
+    assert_eq!(
+        grants(&leader),
+        grants(&rbac_yaml_rules("Role", "textrec-operator-leader-election")),
+        "leader-election Role"
+    );
+}

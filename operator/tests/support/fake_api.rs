@@ -164,6 +164,8 @@ fn answer(
     match method {
         "GET" => match st.objects.get(path) {
             Some(v) => (StatusCode::OK, v.clone()),
+            // A watch: no events (the watcher sees a broken stream and starts over).
+            None if query.contains("watch=true") => (StatusCode::OK, Value::Null),
             None => {
                 // A collection: list the objects directly under it (label selector honoured).
                 let prefix = format!("{path}/");
@@ -177,7 +179,11 @@ fn answer(
                     })
                     .map(|(_, v)| v.clone())
                     .collect();
-                if items.is_empty() && !query.contains("labelSelector") {
+                // A GET without list parameters is of one object, which does not exist.
+                let list = ["labelSelector", "limit=", "resourceVersion="]
+                    .iter()
+                    .any(|p| query.contains(p));
+                if items.is_empty() && !list {
                     return not_found(path);
                 }
                 (
