@@ -536,6 +536,8 @@ NEEDED = {
     ("textrec.dev", "modeldeployments/status"): {"patch"},
     ("batch", "jobs"): {"list", "watch", "create", "patch"},
     ("", "pods"): {"list", "watch"},
+    ("", "persistentvolumeclaims"): {"get"},
+    ("", "serviceaccounts"): {"get"},
     ("apps", "deployments"): {"list", "watch", "create", "patch"},
     ("", "services"): {"create", "patch"},
     ("", "configmaps"): {"create", "patch"},

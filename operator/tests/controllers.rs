@@ -65,6 +65,11 @@ fn harness(run: &Value) -> Harness {
         run["metadata"]["name"].as_str().unwrap()
     );
     state.lock().unwrap().objects.insert(path, run.clone());
+    // The Secret `run_json` names: the controller looks it up before creating Jobs.
+    state.lock().unwrap().objects.insert(
+        "/api/v1/namespaces/ml/secrets/s3-creds".into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "ml"}}),
+    );
     let (jobs_r, jobs) = reflector::store();
     let (pods_r, pods) = reflector::store();
     let events = Arc::new(MemoryEvents::default());
@@ -93,12 +98,14 @@ fn harness(run: &Value) -> Harness {
     }
 }
 
+/// The requests that change something (not the lookups).
 fn writes(state: &Mutex<FakeState>) -> Vec<(String, String, Value)> {
     state
         .lock()
         .unwrap()
         .log
         .iter()
+        .filter(|r| r.method != "GET")
         .map(|r| (r.method.clone(), r.path.clone(), r.body.clone()))
         .collect()
 }
@@ -139,7 +146,17 @@ async fn new_run_creates_parallelism_jobs_with_failure_policy_and_status() {
             ),
         ]
     );
-    let q = &h.state.lock().unwrap().log[0].query;
+    // The first write (a lookup of the Secret the run names comes before it).
+    let q = h
+        .state
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .find(|r| r.method == "PATCH")
+        .unwrap()
+        .query
+        .clone();
     assert!(
         q.contains("fieldManager=textrec-operator") && q.contains("force=true"),
         "{q}"
@@ -451,6 +468,331 @@ async fn suspend_suspends_unfinished_jobs_and_a_second_reconcile_is_a_no_op() {
         .await
         .unwrap();
     assert!(writes(&h.state).is_empty(), "{:?}", writes(&h.state));
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+        .clone()
+}
+
+/// The run as stored by the fake (what the next reconcile sees).
+fn stored_run(state: &Mutex<FakeState>, name: &str) -> TrainingRun {
+    let path = format!("/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/{name}");
+    serde_json::from_value(state.lock().unwrap().objects[&path].clone()).unwrap()
+}
+
+/// A pod as the scheduler leaves it when its PersistentVolumeClaim does not exist.
+fn unschedulable_pod(name: &str, trial: &str) -> Pod {
+    pod_obj(
+        name,
+        trial,
+        "Pending",
+        json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": UNSCHEDULABLE, "lastTransitionTime": "2027-01-15T07:59:00Z"}]}),
+    )
+}
+
+const UNSCHEDULABLE: &str = "0/3 nodes are available: persistentvolumeclaim \"textrec-runs\" not found. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+
+fn waiting_pod(name: &str, trial: &str, reason: &str, message: &str) -> Pod {
+    pod_obj(
+        name,
+        trial,
+        "Pending",
+        json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": message}}}]}),
+    )
+}
+
+fn cannot_start_events(events: &MemoryEvents) -> Vec<String> {
+    events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| e.reason == "TrialCannotStart")
+        .map(|(_, e)| e.message.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason() {
+    // The incident: every pod Pending, `persistentvolumeclaim "textrec-runs" not found`, while
+    // the run said Running, "2 running, 0 pending".
+    let run = run_json("ocr", json!({}));
+    let mut h = harness(&run);
+    for t in ["ocr-t0", "ocr-t1"] {
+        apply(&mut h.jobs, job_obj(t, json!([]), 1));
+        apply(&mut h.pods, unschedulable_pod(&format!("{t}-a"), t));
+    }
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert!(
+        !w.iter().any(|(_, p, _)| p.contains("/jobs/")),
+        "blocked trials keep their slots: no more Jobs: {w:?}"
+    );
+    let status = &w.last().unwrap().2["status"];
+    assert_eq!(status["phase"], "Pending");
+    for i in 0..2 {
+        let t = &status["trials"][i];
+        assert_eq!(
+            (t["phase"].as_str(), t["reason"].as_str()),
+            (Some("Pending"), Some("Unschedulable"))
+        );
+        assert!(
+            t["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"textrec-runs\" not found"),
+            "{t}"
+        );
+    }
+    assert_eq!(status["trials"][2]["phase"], "Pending");
+    assert!(status["trials"][2].get("reason").is_none());
+    assert_eq!(
+        status["counts"],
+        json!({"total": 4, "pending": 4, "running": 0, "succeeded": 0, "failed": 0})
+    );
+    let running = condition(status, "Running");
+    assert_eq!(
+        (running["status"].as_str(), running["reason"].as_str()),
+        (Some("False"), Some("Unschedulable"))
+    );
+    let msg = running["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("0 running, 0 starting or restarting, 4 pending; 2 cannot start: Unschedulable: 0/3 nodes"),
+        "{msg}"
+    );
+    // What `kubectl get trainingruns` prints (Reason column; Message with -o wide).
+    assert_eq!(status["reason"], "Unschedulable");
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("2 of 4 trials cannot start: Unschedulable: 0/3 nodes"));
+    // One Warning event for the one cause, naming both trials.
+    let ev = cannot_start_events(&h.events);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(
+        ev[0].starts_with("trials ocr-t0, ocr-t1 cannot start: Unschedulable: 0/3 nodes"),
+        "{ev:?}"
+    );
+
+    // Nothing changed: no new event, no write.
+    h.state.lock().unwrap().log.clear();
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    assert!(writes(&h.state).is_empty(), "{:?}", writes(&h.state));
+    assert_eq!(cannot_start_events(&h.events).len(), 1);
+
+    // t1 gets scheduled but its image cannot be pulled: a new cause, one more event.
+    apply(
+        &mut h.pods,
+        waiting_pod(
+            "ocr-t1-a",
+            "ocr-t1",
+            "ImagePullBackOff",
+            "Back-off pulling image \"ghcr.io/textrec/worker:1\"",
+        ),
+    );
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert_eq!(st.trials[1].reason.as_deref(), Some("ImagePullBackOff"));
+    let ev = cannot_start_events(&h.events);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(
+        ev[1].starts_with("trial ocr-t1 cannot start: ImagePullBackOff: Back-off pulling image")
+    );
+
+    // t0's PVC appears and its pod runs: the run is Running again, t0 without a reason.
+    apply(
+        &mut h.pods,
+        pod_obj(
+            "ocr-t0-a",
+            "ocr-t0",
+            "Running",
+            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+        ),
+    );
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert_eq!(st.phase, Some(textrec_operator::crd::RunPhase::Running));
+    assert_eq!(
+        st.trials[0].phase,
+        textrec_operator::crd::TrialPhase::Running
+    );
+    assert_eq!(st.trials[0].reason, None);
+    assert_eq!(
+        st.reason.as_deref(),
+        Some("ImagePullBackOff"),
+        "t1 still cannot start"
+    );
+    let running = st.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert_eq!(running.status, "True");
+    assert!(
+        running.message.starts_with(
+            "1 running, 0 starting or restarting, 3 pending; 1 cannot start: ImagePullBackOff"
+        ),
+        "{}",
+        running.message
+    );
+}
+
+#[tokio::test]
+async fn an_image_that_can_never_be_pulled_fails_the_trial_and_stops_its_job() {
+    let run = run_json("ocr", json!({"search": {"maxTrials": 4, "parallelism": 1}}));
+    let mut h = harness(&run);
+    apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 1));
+    apply(
+        &mut h.pods,
+        waiting_pod(
+            "ocr-t0-a",
+            "ocr-t0",
+            "InvalidImageName",
+            "Failed to apply default image tag \"Bad:Image\": invalid reference format",
+        ),
+    );
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    let suspend = w
+        .iter()
+        .find(|(_, p, _)| p.ends_with("/jobs/ocr-t0"))
+        .expect("the Job of the failed trial is stopped");
+    assert_eq!(suspend.2, json!({"spec": {"suspend": true}}));
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert_eq!(
+        st.trials[0].phase,
+        textrec_operator::crd::TrialPhase::Failed
+    );
+    assert_eq!(st.trials[0].reason.as_deref(), Some("InvalidImageName"));
+    assert!(reasons(&h.events).contains(&"TrialFailed"));
+    // Its slot is free: the next trial starts.
+    assert!(
+        w.iter().any(|(_, p, _)| p.ends_with("/jobs/ocr-t1")),
+        "{w:?}"
+    );
+
+    // Suspended and without pods, it does not come back as restarting.
+    let mut j = job_obj("ocr-t0", json!([]), 0);
+    j.spec.as_mut().unwrap().suspend = Some(true);
+    apply(&mut h.jobs, j);
+    h.pods
+        .apply_watcher_event(&watcher::Event::Delete(waiting_pod(
+            "ocr-t0-a",
+            "ocr-t0",
+            "InvalidImageName",
+            "",
+        )));
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert_eq!(
+        st.trials[0].phase,
+        textrec_operator::crd::TrialPhase::Failed
+    );
+    assert_eq!(st.trials[0].reason.as_deref(), Some("InvalidImageName"));
+}
+
+#[tokio::test]
+async fn a_missing_storage_claim_or_secret_is_reported_before_any_job() {
+    let run = run_json(
+        "ocr",
+        json!({"storage": {"url": "file:///runs", "pvc": {"claimName": "textrec-runs"}, "secretRef": "nope"}}),
+    );
+    let h = harness(&run);
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    let action = controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    // Nothing watches claims: look again soon.
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(30))
+    );
+    let w = writes(&h.state);
+    let changed: Vec<&str> = w
+        .iter()
+        .filter(|(m, _, _)| m != "GET")
+        .map(|(_, p, _)| p.as_str())
+        .collect();
+    assert_eq!(
+        changed,
+        ["/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/ocr/status"],
+        "no Job before the claim exists"
+    );
+    let status = &w.last().unwrap().2["status"];
+    assert_eq!(status["phase"], "Pending");
+    let valid = condition(status, "Valid");
+    assert_eq!(
+        (valid["status"].as_str(), valid["reason"].as_str()),
+        (Some("False"), Some("PersistentVolumeClaimNotFound"))
+    );
+    let msg = valid["message"].as_str().unwrap();
+    assert!(
+        msg.contains(
+            "spec.storage.pvc.claimName: PersistentVolumeClaim \"textrec-runs\" not found"
+        ) && msg.contains("spec.storage.secretRef: Secret \"nope\" not found"),
+        "{msg}"
+    );
+    assert_eq!(status["reason"], "PersistentVolumeClaimNotFound");
+    assert_eq!(
+        condition(status, "Running")["reason"],
+        "PersistentVolumeClaimNotFound"
+    );
+    assert_eq!(reasons(&h.events), vec!["ReferenceNotFound"]);
+
+    // Again: no second event.
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(reasons(&h.events), vec!["ReferenceNotFound"]);
+
+    // Both appear: the trials start.
+    for (path, kind, name) in [
+        (
+            "/api/v1/namespaces/ml/persistentvolumeclaims/textrec-runs",
+            "PersistentVolumeClaim",
+            "textrec-runs",
+        ),
+        ("/api/v1/namespaces/ml/secrets/nope", "Secret", "nope"),
+    ] {
+        h.state.lock().unwrap().objects.insert(
+            path.into(),
+            json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "ml"}}),
+        );
+    }
+    h.state.lock().unwrap().log.clear();
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert_eq!(
+        w.iter().filter(|(_, p, _)| p.contains("/jobs/")).count(),
+        2,
+        "{w:?}"
+    );
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert!(textrec_operator::conditions::is_true(
+        &st.conditions,
+        "Valid"
+    ));
+    assert_eq!(st.reason, None);
 }
 
 #[tokio::test]
@@ -821,6 +1163,19 @@ async fn every_call() -> Vec<support::fake_api::Recorded> {
         .unwrap();
     log.append(&mut h.state.lock().unwrap().log);
 
+    // A run naming every kind of object it needs (the lookups before any Job).
+    let run = run_json(
+        "refs",
+        json!({"storage": {"url": "file:///runs", "pvc": {"claimName": "runs"},
+            "secretRef": "s3-creds", "serviceAccountName": "trainer"}}),
+    );
+    let h = harness(&run);
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    log.append(&mut h.state.lock().unwrap().log);
+
     let md = md_json(
         json!({"strategy": "HotReload", "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
     );
@@ -920,6 +1275,13 @@ async fn rbac_yaml_grants_exactly_the_calls_the_operator_makes() {
             }
         }
     }
+    // Reading Secrets is opt-in (the chart's rbac.readSecrets): the operator tries, and does
+    // without when it may not.
+    let secrets = (String::new(), "secrets".to_string(), "get".to_string());
+    assert!(
+        cluster.remove(&secrets),
+        "the Secret lookup was not exercised"
+    );
     let want = rbac_yaml("ClusterRole", "textrec-operator");
     assert_eq!(
         cluster.difference(&want).collect::<Vec<_>>(),

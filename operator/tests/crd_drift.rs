@@ -63,7 +63,19 @@ fn training_run_schema_has_limits_rules_columns_and_status() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(cols, vec!["Phase", "Trials", "Best", "Best-Trial", "Age"]);
+    assert_eq!(
+        cols,
+        vec![
+            "Phase",
+            "Trials",
+            "Running",
+            "Best",
+            "Reason",
+            "Best-Trial",
+            "Message",
+            "Age"
+        ]
+    );
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(
         spec["properties"]["search"]["properties"]["maxTrials"]["maximum"],

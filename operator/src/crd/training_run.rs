@@ -37,16 +37,34 @@ pub const MAX_TRIALS_CAP: i32 = 256;
         json_path = ".status.trialsDone"
     ),
     printcolumn(
+        name = "Running",
+        type_ = "integer",
+        description = "trials whose pod runs (or is starting)",
+        json_path = ".status.counts.running"
+    ),
+    printcolumn(
         name = "Best",
         type_ = "number",
         description = "best objective value",
         json_path = ".status.bestModel.metric"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        description = "what keeps the run from progressing, if anything",
+        json_path = ".status.reason"
+    ),
+    printcolumn(
         name = "Best-Trial",
         type_ = "string",
         priority = 1,
         json_path = ".status.bestTrial"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.message"
     ),
     printcolumn(
         name = "Age",
@@ -521,6 +539,14 @@ pub struct TrainingRunStatus {
     /// `Ready`-style conditions: `Valid`, `Running`, `Succeeded`, `Failed`, `Suspended`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What keeps the run from progressing, when something does (CamelCase, for printing): an
+    /// invalid spec, a referenced object that does not exist (`PersistentVolumeClaimNotFound`),
+    /// or trials whose pods cannot start (`Unschedulable`, `ImagePullBackOff`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The explanation of `reason`: the validation error, or the scheduler's or kubelet's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// `done/total`, for printing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trials_done: Option<String>,
@@ -548,7 +574,8 @@ pub struct TrainingRunStatus {
 /// Phase of a run.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 pub enum RunPhase {
-    /// No trial started yet.
+    /// No trial runs yet: none started, or their pods cannot start (see `reason`), or an object
+    /// the spec names does not exist.
     Pending,
     /// Trials are running or queued.
     Running,
@@ -578,9 +605,9 @@ impl RunPhase {
 pub struct TrialCounts {
     /// Trials in the search.
     pub total: i32,
-    /// Not started yet.
+    /// Not started yet, or started but their pod cannot start.
     pub pending: i32,
-    /// Job created and running (or restarting).
+    /// Job created and its pod running, starting or restarting.
     pub running: i32,
     /// Finished with a model.
     pub succeeded: i32,
@@ -591,7 +618,8 @@ pub struct TrialCounts {
 /// Phase of one trial.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 pub enum TrialPhase {
-    /// Not started (waiting for a parallelism slot).
+    /// Not started: waiting for a parallelism slot, or (with a `reason`) its Job exists but its
+    /// pod cannot start (unschedulable, image pull, missing Secret, stuck terminating).
     Pending,
     /// Job created; no pod running yet.
     Starting,
@@ -653,7 +681,11 @@ pub struct TrialStatus {
     /// Checkpoint a restarted pod resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointStatus>,
-    /// Why it failed, or other short detail (≤ 256 characters).
+    /// Why its pod cannot start or why it failed, as the scheduler or kubelet put it
+    /// (`Unschedulable`, `ImagePullBackOff`, `InvalidImageName`, `PodStuckTerminating`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why it failed or cannot start, or other short detail (≤ 256 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
