@@ -208,14 +208,16 @@ pub async fn run_controllers(
     tokio::join!(drain(run_ctrl), drain(md_ctrl));
 }
 
-/// Install JSON logs (level from `RUST_LOG`, default `info`).
+/// Install JSON logs (level from `RUST_LOG`, default `info`). A line logged inside a reconcile
+/// carries that reconcile's span (`span`: controller, namespace, object, generation, trace_id).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .try_init();
 }
 

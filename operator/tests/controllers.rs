@@ -1298,3 +1298,72 @@ async fn rbac_yaml_grants_exactly_the_calls_the_operator_makes() {
         rbac_yaml("Role", "textrec-operator-leader-election")
     );
 }
+
+// ---- Tracing ----
+
+/// A log sink the test can read.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_reconcile_runs_in_a_span_naming_the_object_its_generation_and_a_trace_id() {
+    let logs = LogBuffer::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || sink.clone())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests, on other threads and without a subscriber, may have registered the
+    // reconcilers' callsites first; make them ask this thread's subscriber again.
+    tracing::callsite::rebuild_interest_cache();
+
+    let run = run_json("ocr", json!({}));
+    let h = harness(&run);
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let md = md_json(json!({}));
+    let mh = md_harness(&md);
+    reconcile_md(&mh, md).await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let spans: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["span"]["name"] == "reconcile")
+        .map(|v| v["span"].clone())
+        .collect();
+    assert_eq!(spans.len(), 3, "{text}");
+    for (s, controller, name) in [
+        (&spans[0], "trainingrun", "ocr"),
+        (&spans[2], "modeldeployment", "reader"),
+    ] {
+        assert_eq!(s["controller"], controller, "{s}");
+        assert_eq!(
+            (s["namespace"].as_str(), s["object"].as_str()),
+            (Some("ml"), Some(name))
+        );
+        assert_eq!(s["generation"], 1);
+        assert_eq!(s["trace_id"].as_str().unwrap().len(), 16, "{s}");
+    }
+    assert_ne!(
+        spans[0]["trace_id"], spans[1]["trace_id"],
+        "one id per reconcile"
+    );
+}

@@ -112,7 +112,19 @@ async fn missing_references(
     Ok(missing)
 }
 
-/// Reconcile one TrainingRun.
+/// Reconcile one TrainingRun. Runs in a span naming the run, its generation and a fresh trace
+/// id, which the JSON logs attach to every line logged during it.
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        controller = NAME,
+        namespace = run.metadata.namespace.as_deref().unwrap_or_default(),
+        object = run.metadata.name.as_deref().unwrap_or_default(),
+        generation = run.metadata.generation.unwrap_or_default(),
+        trace_id = %super::trace_id(),
+    )
+)]
 pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = run.namespace().ok_or(Error::Malformed("namespace"))?;
