@@ -53,6 +53,19 @@ fn waiting_problem(reason: &str) -> Option<bool> {
     })
 }
 
+/// Whether two reasons name the same cause. The kubelet alternates `ErrImagePull` (at each
+/// attempt) and `ImagePullBackOff` (between attempts) for one image that cannot be pulled: one
+/// cause, one event.
+pub fn same_cause(a: &str, b: &str) -> bool {
+    fn cause(r: &str) -> &str {
+        match r {
+            "ErrImagePull" | "ImagePullBackOff" => "ImagePull",
+            r => r,
+        }
+    }
+    cause(a) == cause(b)
+}
+
 /// What keeps `pod` from running, if anything does (`now` decides "stuck terminating").
 pub fn pod_problem(pod: &Pod, now: &Time) -> Option<PodProblem> {
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -225,6 +238,14 @@ mod tests {
             {"name": "proxy", "image": "p", "imageID": "", "ready": false, "restartCount": 0,
              "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}));
         assert_eq!(pod_problem(&sidecar, &t(0)), None);
+    }
+
+    #[test]
+    fn pull_errors_and_their_back_off_are_one_cause() {
+        assert!(same_cause("ErrImagePull", "ImagePullBackOff"));
+        assert!(same_cause("Unschedulable", "Unschedulable"));
+        assert!(!same_cause("ImagePullBackOff", "InvalidImageName"));
+        assert!(!same_cause("Unschedulable", "CrashLoopBackOff"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::crd::{
     BestModel, RunPhase, TrainingRun, TrainingRunStatus, TrialCounts, TrialPhase, TrialStatus,
 };
 use crate::job::build_job;
-use crate::pod_problems::{trial_problem, PodProblem};
+use crate::pod_problems::{same_cause, trial_problem, PodProblem};
 use crate::references::Reference;
 use crate::trial_state::{job_finished, observe, TrialObservation, MAX_MESSAGE};
 use crate::util::truncate;
@@ -216,7 +216,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                     &format!("{}: {} (pod {})", p.reason, p.message, p.pod),
                     MAX_MESSAGE,
                 ));
-                let new_cause = before.is_none_or(|b| b.reason != entry.reason);
+                let new_cause = before
+                    .and_then(|b| b.reason.as_deref())
+                    .is_none_or(|r| !same_cause(r, &p.reason));
                 if !p.permanent && new_cause {
                     match cannot_start
                         .iter_mut()

@@ -613,6 +613,22 @@ async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason()
     assert!(
         ev[1].starts_with("trial ocr-t1 cannot start: ImagePullBackOff: Back-off pulling image")
     );
+    // The kubelet's next attempt reads ErrImagePull: the same cause, no new event.
+    apply(
+        &mut h.pods,
+        waiting_pod(
+            "ocr-t1-a",
+            "ocr-t1",
+            "ErrImagePull",
+            "failed to resolve reference",
+        ),
+    );
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert_eq!(st.trials[1].reason.as_deref(), Some("ErrImagePull"));
+    assert_eq!(cannot_start_events(&h.events).len(), 2);
 
     // t0's PVC appears and its pod runs: the run is Running again, t0 without a reason.
     apply(
@@ -636,14 +652,14 @@ async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason()
     assert_eq!(st.trials[0].reason, None);
     assert_eq!(
         st.reason.as_deref(),
-        Some("ImagePullBackOff"),
+        Some("ErrImagePull"),
         "t1 still cannot start"
     );
     let running = st.conditions.iter().find(|c| c.type_ == "Running").unwrap();
     assert_eq!(running.status, "True");
     assert!(
         running.message.starts_with(
-            "1 running, 0 starting or restarting, 3 pending; 1 cannot start: ImagePullBackOff"
+            "1 running, 0 starting or restarting, 3 pending; 1 cannot start: ErrImagePull"
         ),
         "{}",
         running.message
