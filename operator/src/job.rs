@@ -14,10 +14,9 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecretEnvSource, SecurityContext, Toleration, Volume, VolumeMount,
+    Affinity, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SecretEnvSource, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,6 +25,7 @@ use textrec_contract::exit::{CONFIG_ERROR, INTERRUPTED};
 
 use crate::crd::{Scheduling, SpotProvider, TrainingRun};
 use crate::naming::{label_value, MANAGED_BY, MANAGER, OWNER_ANNOTATION, RUN_LABEL, TRIAL_LABEL};
+use crate::pod_security;
 use crate::validate::PlannedTrial;
 use crate::worker_args::{train_args, POD_TERMINATION_LOG};
 
@@ -175,7 +175,9 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
             value: Some(trial.name.clone()),
             ..Default::default()
         },
+        pod_security::tmpdir_env(),
     ];
+    // After ours, so that a run's own `env` wins (the last of duplicate names applies).
     env.extend(spec.env.iter().cloned());
 
     let mut volumes = vec![
@@ -254,14 +256,7 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
         termination_message_path: Some(POD_TERMINATION_LOG.into()),
         // The worker writes its final progress.json there; on a crash the log tail explains it.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security::container_security_context()),
         ..Default::default()
     };
 
@@ -321,18 +316,15 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
                     containers: vec![container],
                     termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
                     service_account_name: spec.storage.service_account_name.clone(),
+                    automount_service_account_token: Some(
+                        pod_security::AUTOMOUNT_SERVICE_ACCOUNT_TOKEN,
+                    ),
                     node_selector: (!node_selector.is_empty()).then_some(node_selector),
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     affinity,
                     priority_class_name: spec.scheduling.priority_class_name.clone(),
                     volumes: Some(volumes),
-                    security_context: Some(PodSecurityContext {
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_security::pod_security_context()),
                     ..Default::default()
                 }),
             },

@@ -52,6 +52,58 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction
     }
 }
 
+/// What to do after trying for the Lease failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorAction {
+    /// Retrying cannot help until someone acts: stop, with this explanation.
+    Fail(String),
+    /// Try again later. `log` is false while the error is the one already logged, so a lasting
+    /// problem is reported once with what to do about it, not at every attempt.
+    Retry {
+        /// Whether to log it (a new error).
+        log: bool,
+        /// What to do about it, when known.
+        hint: Option<String>,
+    },
+}
+
+/// Decide what to do about `err`, an error of [`LeaderElector::try_acquire_or_renew`] for a
+/// Lease in `namespace`; `previous` is the last error seen (its `to_string()`), if the last
+/// attempt failed too.
+///
+/// A Lease that does not exist is created, so a 404 means its namespace does not exist: common
+/// out of cluster, where `--lease-namespace` defaults to `textrec-system`. Nothing fixes that by
+/// waiting, so it fails at once and says how to proceed.
+pub fn on_error(err: &kube::Error, namespace: &str, previous: Option<&str>) -> ErrorAction {
+    if let kube::Error::Api(status) = err {
+        let namespace_missing = status.code == 404
+            && (status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.kind == "namespaces")
+                || status.message.starts_with("namespaces "));
+        if namespace_missing {
+            return ErrorAction::Fail(format!(
+                "leader election: the Lease's namespace {namespace:?} does not exist. Create it \
+                 (`kubectl create namespace {namespace}`), choose another with \
+                 --lease-namespace (or POD_NAMESPACE), or run a single replica with \
+                 --no-leader-election"
+            ));
+        }
+    }
+    let hint = match err {
+        kube::Error::Api(s) if s.code == 403 => Some(format!(
+            "the operator may not get, create or update Leases in namespace {namespace:?}: \
+             grant it the leader-election Role of operator/rbac.yaml there"
+        )),
+        _ => None,
+    };
+    ErrorAction::Retry {
+        log: previous != Some(err.to_string().as_str()),
+        hint,
+    }
+}
+
 /// A Lease-based lock.
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -165,6 +217,63 @@ mod tests {
             lease_duration_seconds: Some(dur),
             ..Default::default()
         }
+    }
+
+    fn api_error(code: u16, message: &str, kind: Option<&str>) -> kube::Error {
+        let v = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "code": code, "message": message, "reason": "NotFound",
+            "details": kind.map(|k| serde_json::json!({"name": "textrec-system", "kind": k}))});
+        kube::Error::Api(Box::new(serde_json::from_value(v).unwrap()))
+    }
+
+    #[test]
+    fn a_missing_lease_namespace_fails_at_once_saying_what_to_do() {
+        let err = api_error(
+            404,
+            "namespaces \"textrec-system\" not found",
+            Some("namespaces"),
+        );
+        let ErrorAction::Fail(msg) = on_error(&err, "textrec-system", None) else {
+            panic!("not fatal")
+        };
+        for want in [
+            "kubectl create namespace textrec-system",
+            "--lease-namespace",
+            "--no-leader-election",
+        ] {
+            assert!(msg.contains(want), "{want} missing from {msg}");
+        }
+        // The message alone is enough (no details).
+        let err = api_error(404, "namespaces \"textrec-system\" not found", None);
+        assert!(matches!(
+            on_error(&err, "textrec-system", None),
+            ErrorAction::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn other_errors_are_retried_and_logged_once_while_they_last() {
+        // The Lease vanished between read and write: a race, not a namespace problem.
+        let gone = api_error(404, "leases \"l\" not found", Some("leases"));
+        assert_eq!(
+            on_error(&gone, "ns", None),
+            ErrorAction::Retry {
+                log: true,
+                hint: None
+            }
+        );
+        let forbidden = api_error(403, "leases is forbidden", None);
+        let first = on_error(&forbidden, "ns", Some(&gone.to_string()));
+        let ErrorAction::Retry {
+            log: true,
+            hint: Some(hint),
+        } = first
+        else {
+            panic!("{first:?}")
+        };
+        assert!(hint.contains("leader-election Role"), "{hint}");
+        let again = on_error(&forbidden, "ns", Some(&forbidden.to_string()));
+        assert!(matches!(again, ErrorAction::Retry { log: false, .. }));
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! Everything that decides (search-space expansion, trial naming, spec validation, Job and
 //! Deployment construction, status aggregation, promotion) is a pure function in a module that
 //! needs no Kubernetes client, so the local runner reuses it: [`search`], [`naming`],
-//! [`validate`], [`worker_args`], [`job`], [`trial_state`], [`run_plan`], [`deployment_plan`],
-//! [`promotion`], [`serving`], [`conditions`]. The [`controller`] modules only gather inputs
-//! and apply the results, and [`local`] runs the same decisions over local processes instead of
-//! Kubernetes objects.
+//! [`validate`], [`references`], [`worker_args`], [`job`], [`pod_security`], [`trial_state`],
+//! [`pod_problems`], [`run_plan`], [`deployment_plan`], [`promotion`], [`serving`],
+//! [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
+//! [`local`] runs the same decisions over local processes instead of Kubernetes objects.
 
 pub mod conditions;
 pub mod controller;
@@ -20,8 +20,11 @@ pub mod local;
 pub mod manager;
 pub mod metrics;
 pub mod naming;
+pub mod pod_problems;
+pub mod pod_security;
 pub mod progress;
 pub mod promotion;
+pub mod references;
 pub mod run_plan;
 pub mod search;
 pub mod serving;

@@ -25,7 +25,7 @@ use crate::controller::cache::{slim_deployment, slim_job, slim_pod, slim_run};
 use crate::controller::{self, KubeEvents, Shared};
 use crate::crd::{ModelDeployment, TrainingRun};
 use crate::http::{router, Health};
-use crate::leader::LeaderElector;
+use crate::leader::{on_error, ErrorAction, LeaderElector};
 use crate::metrics::Metrics;
 use crate::naming::{MANAGED_SELECTOR, RUN_LABEL};
 use crate::progress::{NoProgress, ProgressSource, StorageProgress};
@@ -208,14 +208,16 @@ pub async fn run_controllers(
     tokio::join!(drain(run_ctrl), drain(md_ctrl));
 }
 
-/// Install JSON logs (level from `RUST_LOG`, default `info`).
+/// Install JSON logs (level from `RUST_LOG`, default `info`). A line logged inside a reconcile
+/// carries that reconcile's span (`span`: controller, namespace, object, generation, trace_id).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .try_init();
 }
 
@@ -287,11 +289,29 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     tokio::pin!(sig);
     if let Some(e) = &elector {
         tracing::info!(lease = %opts.lease_name, identity = %identity, "waiting for leadership");
+        let mut last_error: Option<String> = None;
         loop {
             match e.try_acquire_or_renew().await {
                 Ok(true) => break,
-                Ok(false) => {}
-                Err(err) => tracing::warn!(error = %err, "leader election"),
+                Ok(false) => last_error = None,
+                Err(err) => {
+                    match on_error(&err, &opts.lease_namespace, last_error.as_deref()) {
+                        ErrorAction::Fail(msg) => {
+                            let _ = stop_tx.send(true);
+                            let _ = http.await;
+                            bail!(msg);
+                        }
+                        ErrorAction::Retry { log: true, hint } => tracing::warn!(
+                            error = %err,
+                            hint = hint.as_deref().unwrap_or(""),
+                            "leader election failed; retrying (logged again only if the error changes)"
+                        ),
+                        ErrorAction::Retry { log: false, .. } => {
+                            tracing::debug!(error = %err, "leader election")
+                        }
+                    }
+                    last_error = Some(err.to_string());
+                }
             }
             tokio::select! {
                 _ = &mut sig => { let _ = stop_tx.send(true); let _ = http.await; return Ok(()); }

@@ -15,7 +15,10 @@ use crate::crd::{
     BestModel, RunPhase, TrainingRun, TrainingRunStatus, TrialCounts, TrialPhase, TrialStatus,
 };
 use crate::job::build_job;
-use crate::trial_state::{observe, TrialObservation};
+use crate::pod_problems::{same_cause, trial_problem, PodProblem};
+use crate::references::Reference;
+use crate::trial_state::{job_finished, observe, TrialObservation, MAX_MESSAGE};
+use crate::util::truncate;
 use crate::validate::{plan_trials, PlannedTrial};
 
 /// Severity of an event.
@@ -71,7 +74,13 @@ pub struct Observed<'a> {
     pub pods: BTreeMap<String, Vec<&'a Pod>>,
     /// Latest progress read from storage, by trial name.
     pub progress: BTreeMap<String, TrialProgress>,
+    /// Objects the spec names that were looked up and do not exist (no trial starts until they
+    /// do). Those that could not be looked up (no permission) are not here.
+    pub missing: Vec<Reference>,
 }
+
+/// Longest `status.message` of a run (a scheduler's message about many nodes is long).
+pub const MAX_RUN_MESSAGE: usize = 1024;
 
 fn event(severity: Severity, reason: &'static str, message: String) -> PlannedEvent {
     PlannedEvent {
@@ -114,6 +123,8 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                 now,
             );
             status.phase = Some(RunPhase::Invalid);
+            status.reason = Some("InvalidSpec".into());
+            status.message = Some(truncate(&e.to_string(), MAX_RUN_MESSAGE));
             let mut events = Vec::new();
             if prev.phase != Some(RunPhase::Invalid) || prev.observed_generation != generation {
                 events.push(event(Severity::Warning, "InvalidSpec", e.to_string()));
@@ -129,22 +140,62 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             };
         }
     };
-    conditions::set(
-        &mut status.conditions,
-        "Valid",
-        true,
-        "SpecValid",
-        &format!("{} trials planned", trials.len()),
-        generation,
-        now,
-    );
+    let mut events = Vec::new();
+    match observed.missing.first() {
+        None => conditions::set(
+            &mut status.conditions,
+            "Valid",
+            true,
+            "SpecValid",
+            &format!("{} trials planned", trials.len()),
+            generation,
+            now,
+        ),
+        Some(first) => {
+            let reason = first.kind.not_found_reason();
+            let message = format!(
+                "{}; no trial starts until {}",
+                observed
+                    .missing
+                    .iter()
+                    .map(Reference::not_found)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                if observed.missing.len() == 1 {
+                    "it exists"
+                } else {
+                    "they exist"
+                }
+            );
+            let before = prev.conditions.iter().find(|c| c.type_ == "Valid");
+            if before.is_none_or(|c| c.status != "False" || c.message != message) {
+                events.push(event(
+                    Severity::Warning,
+                    "ReferenceNotFound",
+                    message.clone(),
+                ));
+            }
+            conditions::set(
+                &mut status.conditions,
+                "Valid",
+                false,
+                reason,
+                &message,
+                generation,
+                now,
+            );
+            status.reason = Some(reason.into());
+            status.message = Some(message.clone());
+        }
+    }
 
     let metric = run.spec.objective.metric;
     let direction = run.spec.objective.direction;
     let prev_by_name: BTreeMap<&str, &TrialStatus> =
         prev.trials.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut events = Vec::new();
     let mut entries = Vec::with_capacity(trials.len());
+    // Trials whose pods cannot start, by cause: one event per cause, naming the trials.
+    let mut cannot_start: Vec<(PodProblem, Vec<String>)> = Vec::new();
     let mut best_model: Option<BestModel> = prev.best_model.clone();
     let empty = Vec::new();
     for t in &trials {
@@ -154,7 +205,40 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             progress: observed.progress.get(&t.name),
         };
         let before = prev_by_name.get(t.name.as_str()).copied();
-        let (entry, progress) = observe(&t.name, &t.params, before, &obs, metric);
+        let (mut entry, progress) = observe(&t.name, &t.params, before, &obs, metric);
+        if let Some(b) = before.filter(|b| b.phase.is_terminal() && !entry.phase.is_terminal()) {
+            // Failed because its pod could never start (below): its Job was suspended, which
+            // alone would read as a restart. A trial that ended stays ended.
+            entry.phase = b.phase;
+            entry.reason = b.reason.clone();
+            entry.message = b.message.clone();
+        }
+        if matches!(entry.phase, TrialPhase::Starting | TrialPhase::Restarting) {
+            if let Some(p) = trial_problem(&obs.pods, now) {
+                entry.phase = if p.permanent {
+                    TrialPhase::Failed
+                } else {
+                    TrialPhase::Pending
+                };
+                entry.reason = Some(p.reason.clone());
+                entry.message = Some(truncate(
+                    &format!("{}: {} (pod {})", p.reason, p.message, p.pod),
+                    MAX_MESSAGE,
+                ));
+                let new_cause = before
+                    .and_then(|b| b.reason.as_deref())
+                    .is_none_or(|r| !same_cause(r, &p.reason));
+                if !p.permanent && new_cause {
+                    match cannot_start
+                        .iter_mut()
+                        .find(|(q, _)| q.reason == p.reason && q.message == p.message)
+                    {
+                        Some((_, names)) => names.push(t.name.clone()),
+                        None => cannot_start.push((p, vec![t.name.clone()])),
+                    }
+                }
+            }
+        }
         trial_events(before, &entry, &mut events);
         if entry.phase == TrialPhase::Succeeded {
             if let Some(m) = progress.as_ref().and_then(|p| p.model.as_ref()) {
@@ -178,6 +262,19 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         }
         entries.push(entry);
     }
+    for (p, names) in &cannot_start {
+        events.push(event(
+            Severity::Warning,
+            "TrialCannotStart",
+            format!(
+                "{} {} cannot start: {}: {}",
+                if names.len() == 1 { "trial" } else { "trials" },
+                names.join(", "),
+                p.reason,
+                p.message
+            ),
+        ));
+    }
     if best_model != prev.best_model {
         if let Some(b) = &best_model {
             events.push(event(
@@ -197,11 +294,18 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     let too_many_failures = failed > run.spec.max_failed_trials;
     let suspend = run.spec.suspend;
 
-    // Start trials while slots are free.
+    // Start trials while slots are free. A trial whose Job exists holds its slot even while its
+    // pod cannot start: more Jobs would only wait the same way.
     let mut create = Vec::new();
-    let active = entries.iter().filter(|e| e.phase.is_active()).count() as i32;
-    let mut slots = (run.spec.search.parallelism - active).max(0);
-    if !suspend && !too_many_failures {
+    let blocked = |e: &TrialStatus| {
+        e.phase == TrialPhase::Pending && observed.jobs.contains_key(e.name.as_str())
+    };
+    let occupied = entries
+        .iter()
+        .filter(|e| e.phase.is_active() || blocked(e))
+        .count() as i32;
+    let mut slots = (run.spec.search.parallelism - occupied).max(0);
+    if !suspend && !too_many_failures && observed.missing.is_empty() {
         for (t, e) in trials.iter().zip(entries.iter_mut()) {
             if slots == 0 {
                 break;
@@ -230,6 +334,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             let is = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
             if !e.phase.is_terminal() && is != want_suspended {
                 set_suspend.push((t.name.clone(), want_suspended));
+            } else if e.phase == TrialPhase::Failed && !job_finished(job) && !is {
+                // Failed here because its pod can never start: stop the Job's waiting pod.
+                set_suspend.push((t.name.clone(), true));
             }
         }
     }
@@ -275,12 +382,46 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         g,
         now,
     );
+    // What keeps trials from running: the most common cause among them.
+    let mut causes: Vec<(&str, usize, &TrialStatus)> = Vec::new();
+    for e in entries.iter().filter(|e| blocked(e)) {
+        let r = e.reason.as_deref().unwrap_or("CannotStart");
+        match causes.iter_mut().find(|(c, _, _)| *c == r) {
+            Some((_, n, _)) => *n += 1,
+            None => causes.push((r, 1, e)),
+        }
+    }
+    causes.sort_by_key(|(_, n, _)| std::cmp::Reverse(*n));
+    let n_blocked = entries.iter().filter(|e| blocked(e)).count();
+    let training = count_in(&entries, TrialPhase::Running);
+    let mut running_msg = format!(
+        "{training} running, {} starting or restarting, {} pending",
+        counts.running - training,
+        counts.pending
+    );
+    if let Some((reason, _, example)) = causes.first() {
+        // The trial's message starts with the reason: "Unschedulable: 0/3 nodes are …".
+        let detail = example.message.as_deref().unwrap_or(reason);
+        running_msg.push_str(&format!("; {n_blocked} cannot start: {detail}"));
+        if status.reason.is_none() {
+            status.reason = Some(reason.to_string());
+            status.message = Some(format!(
+                "{n_blocked} of {total} trials cannot start: {detail}"
+            ));
+        }
+    }
+    let running_reason = match (phase, causes.first(), observed.missing.first()) {
+        (RunPhase::Running, _, _) => "Running".to_string(),
+        (_, Some((reason, _, _)), _) if !phase.is_terminal() => reason.to_string(),
+        (_, _, Some(m)) if !phase.is_terminal() => m.kind.not_found_reason().to_string(),
+        _ => format!("{phase:?}"),
+    };
     conditions::set(
         &mut status.conditions,
         "Running",
         phase == RunPhase::Running,
-        &format!("{phase:?}"),
-        &format!("{} running, {} pending", counts.running, counts.pending),
+        &running_reason,
+        &running_msg,
         g,
         now,
     );
@@ -361,7 +502,11 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         None
     };
     status.trials = entries;
-    let active = status.counts.running > 0 && !want_suspended;
+    // Look again soon while trials hold slots (progress, pods stuck terminating) or a referenced
+    // object is missing (nothing watches it: the run starts once a reconcile finds it).
+    let active =
+        ((occupied > 0 || !create.is_empty()) && !want_suspended) || !observed.missing.is_empty();
+    status.message = status.message.map(|m| truncate(&m, MAX_RUN_MESSAGE));
     RunPlan {
         create,
         set_suspend,
@@ -489,6 +634,7 @@ mod tests {
             restarts: 0,
             preemptions: 0,
             checkpoint: None,
+            reason: None,
             message: None,
         }
     }
@@ -546,6 +692,56 @@ mod tests {
         };
         let size = serde_json::to_vec(&st).unwrap().len();
         assert!(size < 300_000, "{size} bytes");
+    }
+
+    fn job(name: &str) -> Job {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"suspend": false, "template": {}}, "status": {}}))
+            .unwrap()
+    }
+
+    fn pod(status: serde_json::Value, deleted: Option<&str>) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "r-t0-x", "deletionTimestamp": deleted}, "status": status}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_stuck_terminating_makes_its_trial_pending_and_it_keeps_its_slot() {
+        let r = run(json!({"search": {"maxTrials": 3, "parallelism": 1}}));
+        let j = job("r-t0");
+        // Deleted (spot reclaim) 10 minutes before `now`, its node gone.
+        let stuck = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "worker", "image": "", "imageID": "",
+                "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+            Some("1970-01-12T13:36:40Z"),
+        );
+        let mut obs = Observed::default();
+        obs.jobs.insert("r-t0".into(), &j);
+        obs.pods.insert("r-t0".into(), vec![&stuck]);
+        let p = plan(&r, &obs, &now());
+        let t0 = &p.status.trials[0];
+        assert_eq!(t0.phase, TrialPhase::Pending);
+        assert_eq!(
+            t0.reason.as_deref(),
+            Some(crate::pod_problems::STUCK_TERMINATING)
+        );
+        assert!(p.create.is_empty(), "the stuck trial holds the only slot");
+        assert!(p.active, "looked at again soon");
+        assert_eq!(p.status.phase, Some(RunPhase::Pending));
+        assert_eq!(
+            p.events
+                .iter()
+                .filter(|e| e.reason == "TrialCannotStart")
+                .count(),
+            1
+        );
+        // Deleted only a minute ago: a disruption in progress, not a problem.
+        let recent = pod(json!({"phase": "Running"}), Some("1970-01-12T13:45:40Z"));
+        obs.pods.insert("r-t0".into(), vec![&recent]);
+        let p = plan(&r, &obs, &now());
+        assert_eq!(p.status.trials[0].reason, None);
+        assert_eq!(p.status.trials[0].phase, TrialPhase::Restarting);
     }
 
     proptest! {

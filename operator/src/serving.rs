@@ -19,10 +19,9 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, GRPCAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, GRPCAction, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,6 +33,7 @@ use crate::naming::{
     label_value, pointer_configmap_name, serving_name, DEPLOYMENT_LABEL, MANAGED_BY, MANAGER,
     OWNER_ANNOTATION,
 };
+use crate::pod_security;
 
 /// Where the pointer ConfigMap is mounted.
 pub const POINTER_DIR: &str = "/etc/textrec/model";
@@ -45,8 +45,8 @@ pub const POINTER_SHA_KEY: &str = "model-sha256";
 pub const REVISION_ANNOTATION: &str = "textrec.dev/revision";
 /// Annotation with the deployed model version.
 pub const MODEL_SHA_ANNOTATION: &str = "textrec.dev/model-sha256";
-/// Non-root user of the serving container.
-pub const RUN_AS_USER: i64 = 65532;
+/// Non-root user of the serving container (the same as every worker pod's).
+pub use crate::pod_security::RUN_AS_USER;
 
 /// Selector labels of the serving pods.
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
@@ -203,11 +203,7 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
                 ..Default::default()
             }]
         }),
-        env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
-            name: "TMPDIR".into(),
-            value: Some("/tmp".into()),
-            ..Default::default()
-        }]),
+        env: Some(vec![pod_security::tmpdir_env()]),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
             limits: Some(limits),
@@ -219,17 +215,7 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         startup_probe: Some(grpc_probe(2, 5, 60)),
         liveness_probe: Some(grpc_probe(0, 10, 6)),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security::container_security_context()),
         ..Default::default()
     };
     let mut template_annotations = BTreeMap::new();
@@ -273,19 +259,10 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
                     containers: vec![container],
                     service_account_name: spec.credentials.service_account_name.clone(),
                     automount_service_account_token: Some(
-                        spec.credentials.service_account_name.is_some(),
+                        pod_security::AUTOMOUNT_SERVICE_ACCOUNT_TOKEN,
                     ),
                     volumes: Some(volumes),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        fs_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_security::pod_security_context()),
                     ..Default::default()
                 }),
             },

@@ -105,6 +105,11 @@ fn job_condition<'a>(
         .find(|c| c.type_ == type_ && c.status == "True")
 }
 
+/// Whether `job` has finished (`Complete` or `Failed`).
+pub fn job_finished(job: &Job) -> bool {
+    job_condition(job, "Complete").is_some() || job_condition(job, "Failed").is_some()
+}
+
 /// The objective metric of an evaluation.
 pub fn metric_of(p: &EvalPoint, m: ObjectiveMetric) -> f64 {
     match m {
@@ -269,6 +274,13 @@ pub fn observe(
         restarts,
         preemptions,
         checkpoint,
+        // Why its pod cannot start is the run plan's to say (crate::pod_problems); a failed
+        // trial keeps the reason it failed with.
+        reason: if phase == TrialPhase::Failed {
+            prev.and_then(|p| p.reason.clone())
+        } else {
+            None
+        },
         message: message.or_else(|| {
             if phase == TrialPhase::Failed {
                 prev.and_then(|p| p.message.clone())
@@ -342,6 +354,7 @@ mod tests {
             restarts: 2,
             preemptions: 3,
             checkpoint: None,
+            reason: None,
             message: None,
         };
         let j = job(json!([]));

@@ -10,6 +10,11 @@
 //!   `textrec-e2e`, which the test creates).
 //! - `TEXTREC_E2E_NO_KUBELET=1` — the cluster has no kubelets (kwok, envtest-style API server):
 //!   pod outcomes are simulated by patching pod status instead of running the worker.
+//!
+//! Tests that start an operator of their own use a namespace of their own (`textrec-e2e`,
+//! `textrec-e2e-refs`, `textrec-e2e-image`, `textrec-e2e-gpus`), since they run concurrently. The
+//! operator runs in the test process with the kubeconfig's credentials, so the chart's RBAC is
+//! not what is exercised here (it may read Secrets, for instance).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +65,19 @@ where
 }
 
 async fn setup(client: &Client) {
+    setup_namespace(client, NS).await;
+    let ssa = PatchParams::apply("textrec-e2e").force();
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), NS);
+    let _ = pvcs
+        .patch("textrec-e2e", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "textrec-e2e"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
+        .await;
+}
+
+/// The CRDs and namespace `ns` (each test with an operator of its own uses its own namespace:
+/// tests run concurrently, and two operators watching one namespace would both reconcile it).
+async fn setup_namespace(client: &Client, ns: &str) {
     let ssa = PatchParams::apply("textrec-e2e").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [TrainingRun::crd(), ModelDeployment::crd()] {
@@ -71,30 +89,32 @@ async fn setup(client: &Client) {
         .await
         .expect("CRD installs");
     }
-    let ns: Api<Namespace> = Api::all(client.clone());
-    ns.patch(
-        NS,
-        &ssa,
-        &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})),
-    )
-    .await
-    .unwrap();
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), NS);
-    let _ = pvcs
-        .patch("textrec-e2e", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "textrec-e2e"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
-        .await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            ns,
+            &ssa,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
+        .await
+        .unwrap();
     // CRDs take a moment to be served.
     tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
 fn start_operator(client: &Client) -> tokio::sync::watch::Sender<bool> {
+    start_operator_in(client, NS)
+}
+
+/// An operator watching only `ns`, in this process, with the test's credentials.
+fn start_operator_in(client: &Client, ns: &str) -> tokio::sync::watch::Sender<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let opts = RunOptions {
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        namespace: Some(NS.into()),
-        lease_namespace: NS.into(),
+        namespace: Some(ns.into()),
+        lease_namespace: ns.into(),
         lease_name: "e2e".into(),
         identity: None,
         lease_duration_s: 15,
@@ -411,4 +431,363 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
     let _ = stop.send(true);
     let _ = runs.delete("grid", &Default::default()).await;
     let _ = mds.delete("reader", &Default::default()).await;
+}
+
+// ---- Truthful status: trials whose pods cannot start, missing referenced objects ----
+
+fn worker_image() -> String {
+    std::env::var("TEXTREC_E2E_WORKER_IMAGE").unwrap_or_else(|_| "textrec-worker:e2e".into())
+}
+
+async fn status_in(client: &Client, ns: &str, name: &str) -> serde_json::Value {
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    match runs.get_opt(name).await {
+        Ok(Some(r)) => serde_json::to_value(r.status).unwrap(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Condition `type_` of a status as JSON (`Null` when absent).
+fn condition(status: &serde_json::Value, type_: &str) -> serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn jobs_of(client: &Client, ns: &str, run: &str) -> Vec<Job> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.list(&ListParams::default().labels(&format!("textrec.dev/run={run}")))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Reasons of the events recorded on TrainingRun `run` in `ns`.
+async fn event_reasons(client: &Client, ns: &str, run: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(run))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// A fresh TrainingRun `name` in `ns` (an earlier one of that name is deleted first).
+async fn create_run(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    if runs.get_opt(name).await.unwrap().is_some() {
+        let _ = runs.delete(name, &Default::default()).await;
+        eventually("the earlier run gone", Duration::from_secs(60), || async {
+            runs.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    let run: TrainingRun = serde_json::from_value(json!({
+        "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    runs.create(&PostParams::default(), &run)
+        .await
+        .expect("TrainingRun accepted");
+}
+
+/// Simulate a kubelet's waiting reason (clusters without kubelets).
+async fn set_pod_waiting(client: &Client, ns: &str, pod: &str, reason: &str, message: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let status = json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "image": "x", "imageID": "",
+        "ready": false, "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]}});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
+/// A run whose storage claim and credentials Secret do not exist: `Valid=False` and no Job; each
+/// object that appears clears its part, and once both exist the trial's Job is created.
+#[tokio::test]
+async fn missing_storage_claim_and_secret_are_reported_before_any_job() {
+    let Some(client) = client().await else { return };
+    let ns = "textrec-e2e-refs";
+    setup_namespace(&client, ns).await;
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), ns);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    // Left over from an earlier run of this test: both must be missing at the start.
+    let _ = pvcs.delete("textrec-e2e-later", &Default::default()).await;
+    let _ = secrets
+        .delete("textrec-e2e-later", &Default::default())
+        .await;
+    eventually(
+        "no claim textrec-e2e-later",
+        Duration::from_secs(120),
+        || async {
+            pvcs.get_opt("textrec-e2e-later")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let stop = start_operator_in(&client, ns);
+    create_run(
+        &client,
+        ns,
+        "noclaim",
+        json!({
+            "image": worker_image(), "imagePullPolicy": "IfNotPresent",
+            "storage": {"url": "file:///e2e", "pvc": {"claimName": "textrec-e2e-later"},
+                        "secretRef": "textrec-e2e-later"},
+            "model": {"preset": "tiny"},
+            "search": {"maxTrials": 1, "parallelism": 1},
+            "training": {"maxSteps": 20, "evalInterval": 10}
+        }),
+    )
+    .await;
+
+    let s = eventually("Valid=False", Duration::from_secs(60), || async {
+        let s = status_in(&client, ns, "noclaim").await;
+        (condition(&s, "Valid")["status"] == "False").then_some(s)
+    })
+    .await;
+    let valid = condition(&s, "Valid");
+    assert_eq!(valid["reason"], "PersistentVolumeClaimNotFound", "{valid}");
+    let msg = valid["message"].as_str().unwrap();
+    assert!(
+        msg.contains("PersistentVolumeClaim \"textrec-e2e-later\" not found")
+            && msg.contains("Secret \"textrec-e2e-later\" not found"),
+        "{msg}"
+    );
+    assert_eq!(s["phase"], "Pending");
+    assert_eq!(s["reason"], "PersistentVolumeClaimNotFound");
+    // Several reconciles later (requeued every progress interval), still no Job.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(jobs_of(&client, ns, "noclaim").await.is_empty());
+    let reasons = event_reasons(&client, ns, "noclaim").await;
+    assert!(
+        reasons.iter().any(|r| r == "ReferenceNotFound"),
+        "{reasons:?}"
+    );
+
+    // The claim appears: only the Secret is missing now.
+    let ssa = PatchParams::apply("textrec-e2e").force();
+    pvcs.patch("textrec-e2e-later", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "textrec-e2e-later"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
+        .await
+        .unwrap();
+    eventually("SecretNotFound alone", Duration::from_secs(60), || async {
+        let s = status_in(&client, ns, "noclaim").await;
+        (condition(&s, "Valid")["reason"] == "SecretNotFound").then_some(())
+    })
+    .await;
+    assert!(jobs_of(&client, ns, "noclaim").await.is_empty());
+
+    // The Secret appears: the trial starts.
+    secrets
+        .patch(
+            "textrec-e2e-later",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "textrec-e2e-later"}, "stringData": {"E2E": "1"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the trial's Job", Duration::from_secs(60), || async {
+        (jobs_of(&client, ns, "noclaim").await.len() == 1).then_some(())
+    })
+    .await;
+    let s = status_in(&client, ns, "noclaim").await;
+    assert_eq!(condition(&s, "Valid")["status"], "True", "{s}");
+
+    let _ = stop.send(true);
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    let _ = runs.delete("noclaim", &Default::default()).await;
+    let _ = secrets
+        .delete("textrec-e2e-later", &Default::default())
+        .await;
+    let _ = pvcs.delete("textrec-e2e-later", &Default::default()).await;
+}
+
+/// A run whose image cannot be pulled: its trial is `Pending` with the kubelet's reason, the run
+/// is not `Running`, the trial keeps its slot (no second Job), and a Warning event says why.
+#[tokio::test]
+async fn unpullable_image_leaves_the_trial_pending_with_the_kubelets_reason() {
+    let Some(client) = client().await else { return };
+    let ns = "textrec-e2e-image";
+    setup_namespace(&client, ns).await;
+    let stop = start_operator_in(&client, ns);
+    // `.invalid` never resolves (RFC 2606): every pull fails, then backs off.
+    let image = "registry.invalid/textrec/worker:does-not-exist";
+    create_run(
+        &client,
+        ns,
+        "nopull",
+        json!({
+            "image": image, "imagePullPolicy": "Always",
+            "storage": {"url": "s3://textrec-e2e/nopull"},
+            "model": {"preset": "tiny"},
+            "hyperparameters": {"optimizer": {"lr": [0.001, 0.002]}},
+            "search": {"maxTrials": 2, "parallelism": 1},
+            "training": {"maxSteps": 20}
+        }),
+    )
+    .await;
+    if no_kubelet() {
+        let pod = eventually("a pod of nopull-t0", Duration::from_secs(60), || async {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            pods.list(&ListParams::default().labels("textrec.dev/trial=nopull-t0"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        })
+        .await;
+        set_pod_waiting(
+            &client,
+            ns,
+            pod.metadata.name.as_deref().unwrap(),
+            "ImagePullBackOff",
+            &format!("Back-off pulling image \"{image}\""),
+        )
+        .await;
+    }
+    // The kubelet alternates ErrImagePull (each attempt) and ImagePullBackOff (between them).
+    let s = eventually(
+        "trial Pending with ImagePullBackOff",
+        Duration::from_secs(300),
+        || async {
+            let s = status_in(&client, ns, "nopull").await;
+            let t = &s["trials"][0];
+            (t["phase"] == "Pending" && t["reason"] == "ImagePullBackOff").then_some(s)
+        },
+    )
+    .await;
+    let t0 = &s["trials"][0];
+    assert!(
+        t0["message"].as_str().unwrap_or_default().contains(image),
+        "{t0}"
+    );
+    assert_eq!(s["phase"], "Pending", "{s}");
+    assert_eq!(s["counts"]["running"], 0, "{s}");
+    assert_eq!(s["reason"], "ImagePullBackOff");
+    let running = condition(&s, "Running");
+    assert_eq!(running["status"], "False", "{running}");
+    assert!(
+        running["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 cannot start: ImagePullBackOff"),
+        "{running}"
+    );
+    assert_eq!(
+        jobs_of(&client, ns, "nopull").await.len(),
+        1,
+        "the blocked trial keeps its slot"
+    );
+    let reasons = eventually(
+        "a TrialCannotStart event",
+        Duration::from_secs(30),
+        || async {
+            let r = event_reasons(&client, ns, "nopull").await;
+            r.iter().any(|r| r == "TrialCannotStart").then_some(r)
+        },
+    )
+    .await;
+    assert!(reasons.iter().any(|r| r == "TrialStarted"), "{reasons:?}");
+
+    let _ = stop.send(true);
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    let _ = runs.delete("nopull", &Default::default()).await;
+}
+
+/// More GPUs than any node has: the API server refuses more than the schema's 16; 16 is
+/// accepted and the trial is `Pending`, unschedulable, with the scheduler's message. (A cluster
+/// with a 16-GPU node would schedule it: this suite runs on ordinary test clusters.)
+#[tokio::test]
+async fn more_gpus_than_any_node_has_leave_the_trial_pending_with_the_schedulers_message() {
+    let Some(client) = client().await else { return };
+    let ns = "textrec-e2e-gpus";
+    setup_namespace(&client, ns).await;
+    let stop = start_operator_in(&client, ns);
+    let spec = |gpus: i32| {
+        json!({
+            "image": worker_image(), "imagePullPolicy": "IfNotPresent",
+            "storage": {"url": "s3://textrec-e2e/gpus"},
+            "model": {"preset": "tiny"},
+            "resources": {"gpus": gpus},
+            "search": {"maxTrials": 1, "parallelism": 1},
+            "training": {"maxSteps": 20}
+        })
+    };
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    let too_many: TrainingRun = serde_json::from_value(json!({
+        "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+        "metadata": {"name": "gpus64"}, "spec": spec(64)
+    }))
+    .unwrap();
+    let err = runs
+        .create(&PostParams::default(), &too_many)
+        .await
+        .expect_err("the schema caps resources.gpus at 16");
+    assert!(err.to_string().contains("gpus"), "{err}");
+
+    create_run(&client, ns, "gpus", spec(16)).await;
+    if no_kubelet() {
+        // Without a scheduler nothing marks the pod: do what kube-scheduler would.
+        let pod = eventually("a pod of gpus-t0", Duration::from_secs(60), || async {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            pods.list(&ListParams::default().labels("textrec.dev/trial=gpus-t0"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        })
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        pods.patch_status(
+            pod.metadata.name.as_deref().unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+                "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let s = eventually(
+        "trial Pending as Unschedulable",
+        Duration::from_secs(120),
+        || async {
+            let s = status_in(&client, ns, "gpus").await;
+            let t = &s["trials"][0];
+            (t["phase"] == "Pending" && t["reason"] == "Unschedulable").then_some(s)
+        },
+    )
+    .await;
+    let message = s["trials"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("nvidia.com/gpu") && message.contains("nodes are available"),
+        "{message}"
+    );
+    assert_eq!(s["phase"], "Pending", "{s}");
+    assert_eq!(s["reason"], "Unschedulable");
+    assert_eq!(condition(&s, "Running")["reason"], "Unschedulable");
+    assert!(s["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("nvidia.com/gpu"));
+
+    let _ = stop.send(true);
+    let _ = runs.delete("gpus", &Default::default()).await;
 }

@@ -11,9 +11,10 @@
 //! Kept, by cache:
 //! - Job: name, namespace, labels, owner references, uid, resourceVersion, `spec.suspend`, and
 //!   the status conditions (the trial phase comes from them).
-//! - Pod: name, namespace, labels, deletion timestamp, uid, resourceVersion, `status.phase`, the
-//!   `DisruptionTarget` condition, and the worker container's state (exit code, termination
-//!   message, running).
+//! - Pod: name, namespace, labels, creation and deletion timestamps, uid, resourceVersion,
+//!   `status.phase`, the `DisruptionTarget` condition, a `PodScheduled` condition that says the
+//!   pod cannot be scheduled (and why), and the worker container's state (exit code, termination
+//!   message, running, or why it is waiting).
 //! - TrainingRun: everything but `managedFields` and the `kubectl apply` annotation (the
 //!   reconciler reads spec and status).
 //! - Deployment: metadata (annotations included: they hold the revision), `spec.replicas`,
@@ -76,7 +77,10 @@ pub fn slim_pod(p: &mut Pod) {
         conditions: s.conditions.and_then(|cs| {
             let kept: Vec<_> = cs
                 .into_iter()
-                .filter(|c| c.type_ == "DisruptionTarget")
+                .filter(|c| {
+                    c.type_ == "DisruptionTarget"
+                        || (c.type_ == "PodScheduled" && c.status == "False")
+                })
                 .collect();
             (!kept.is_empty()).then_some(kept)
         }),
@@ -118,6 +122,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::pod_problems::pod_problem;
     use crate::trial_state::{pod_outcome, termination_message};
 
     fn pod(phase: &str, state: serde_json::Value, disrupted: bool) -> Pod {
@@ -142,6 +147,21 @@ mod tests {
         .unwrap()
     }
 
+    fn unschedulable() -> Pod {
+        let mut p = pod(
+            "Pending",
+            json!({"waiting": {"reason": "ContainerCreating"}}),
+            false,
+        );
+        let st = p.status.as_mut().unwrap();
+        st.container_statuses = None;
+        st.conditions = Some(vec![serde_json::from_value(json!({"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: persistentvolumeclaim \"textrec-runs\" not found."}))
+        .unwrap()]);
+        p
+    }
+
     #[test]
     fn slim_pods_keep_what_the_reconciler_reads() {
         let cases = [
@@ -156,18 +176,32 @@ mod tests {
             pod("Failed", json!({"terminated": {"exitCode": 1}}), false),
             pod("Succeeded", json!({"terminated": {"exitCode": 0}}), false),
             pod("Pending", json!({"waiting": {}}), false),
+            pod(
+                "Pending",
+                json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}),
+                false,
+            ),
+            unschedulable(),
         ];
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        let mut problems = 0;
         for full in cases {
             let mut slim = full.clone();
             slim_pod(&mut slim);
             assert_eq!(pod_outcome(&slim), pod_outcome(&full));
+            assert_eq!(pod_problem(&slim, &now), pod_problem(&full, &now));
+            problems += usize::from(pod_problem(&full, &now).is_some());
             assert_eq!(termination_message(&slim), termination_message(&full));
             assert_eq!(slim.metadata.labels, full.metadata.labels);
             assert!(slim.metadata.managed_fields.is_none() && slim.spec.is_none());
             let st = slim.status.unwrap();
-            assert_eq!(st.container_statuses.unwrap().len(), 1);
+            // Only the worker's (an unscheduled pod has none).
+            assert!(st.container_statuses.is_none_or(|c| c.len() == 1));
             assert!(st.pod_ip.is_none());
         }
+        assert_eq!(problems, 2, "the image pull and the unschedulable pod");
     }
 
     #[test]

@@ -112,6 +112,12 @@ pub struct Shared {
     pub backoff: Backoff,
 }
 
+/// A fresh id for one reconcile, recorded in its span: every log line of that reconcile carries
+/// it, so one reconcile's lines can be picked out of many concurrent ones.
+pub fn trace_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// The `error_policy` of both controllers.
 pub fn backoff_action(shared: &Shared, ctrl: &str, key: &str, err: &Error) -> Action {
     shared.metrics.failed(ctrl);
@@ -135,5 +141,13 @@ mod tests {
         assert_eq!(b.fail("a"), Duration::from_secs(300));
         b.succeed("a");
         assert_eq!(b.fail("a"), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn trace_ids_are_16_hex_digits_and_differ() {
+        let (a, b) = (trace_id(), trace_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 }

@@ -52,7 +52,18 @@ pub fn deployments_for_run(
         .collect()
 }
 
-/// Reconcile one ModelDeployment.
+/// Reconcile one ModelDeployment, in a span like the TrainingRun reconcile's.
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        controller = NAME,
+        namespace = md.metadata.namespace.as_deref().unwrap_or_default(),
+        object = md.metadata.name.as_deref().unwrap_or_default(),
+        generation = md.metadata.generation.unwrap_or_default(),
+        trace_id = %super::trace_id(),
+    )
+)]
 pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = md.namespace().ok_or(Error::Malformed("namespace"))?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -16,10 +16,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{backoff_action, Error, Shared};
-use crate::crd::TrainingRun;
+use crate::crd::{RunPhase, TrainingRun, TrainingRunSpec};
 use crate::job::trial_output;
 use crate::naming::{label_value, FIELD_MANAGER, RUN_LABEL, TRIAL_LABEL};
 use crate::progress::ProgressSource;
+use crate::references::{references, RefKind, Reference};
 use crate::run_plan::{plan, Observed};
 
 /// Controller name (metrics label, event reporter).
@@ -69,7 +70,61 @@ fn finished(job: &Job) -> bool {
         })
 }
 
-/// Reconcile one TrainingRun.
+/// Whether `name` exists: `None` when the operator may not look (RBAC: reading Secrets is
+/// opt-in, and a pod's `CreateContainerConfigError` reports a missing one anyway).
+async fn exists<K>(api: Api<K>, name: &str) -> Result<Option<bool>, kube::Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    match api.get_metadata_opt(name).await {
+        Ok(found) => Ok(Some(found.is_some())),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The objects `spec` names that do not exist in `ns`.
+async fn missing_references(
+    client: &Client,
+    ns: &str,
+    spec: &TrainingRunSpec,
+) -> Result<Vec<Reference>, kube::Error> {
+    let mut missing = Vec::new();
+    for r in references(spec) {
+        let c = client.clone();
+        let found = match r.kind {
+            RefKind::PersistentVolumeClaim => {
+                exists(Api::<PersistentVolumeClaim>::namespaced(c, ns), &r.name).await?
+            }
+            RefKind::Secret => exists(Api::<Secret>::namespaced(c, ns), &r.name).await?,
+            RefKind::ServiceAccount => {
+                exists(Api::<ServiceAccount>::namespaced(c, ns), &r.name).await?
+            }
+        };
+        match found {
+            Some(true) => {}
+            Some(false) => missing.push(r),
+            None => {
+                tracing::debug!(kind = r.kind.as_str(), name = %r.name, "may not check that it exists")
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Reconcile one TrainingRun. Runs in a span naming the run, its generation and a fresh trace
+/// id, which the JSON logs attach to every line logged during it.
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        controller = NAME,
+        namespace = run.metadata.namespace.as_deref().unwrap_or_default(),
+        object = run.metadata.name.as_deref().unwrap_or_default(),
+        generation = run.metadata.generation.unwrap_or_default(),
+        trace_id = %super::trace_id(),
+    )
+)]
 pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = run.namespace().ok_or(Error::Malformed("namespace"))?;
@@ -116,8 +171,20 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         .filter_map(|(t, p)| p.map(|p| (t, p)))
         .collect();
 
+    // A finished run starts nothing more: its references no longer matter.
+    let finished_run = run
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| matches!(p, RunPhase::Succeeded | RunPhase::Failed));
+    let missing = if finished_run {
+        Vec::new()
+    } else {
+        missing_references(&ctx.client, &ns, &run.spec).await?
+    };
     let mut observed = Observed {
         progress,
+        missing,
         ..Default::default()
     };
     for j in &jobs {

@@ -44,6 +44,8 @@ use super::training_run::{PullPolicy, PvcMount};
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("spec.autoscaling.minReplicas must not exceed maxReplicas").field_path(".autoscaling.minReplicas"))]
 #[x_kube(validation = Rule::new("self.ports.grpc != self.ports.http").message("spec.ports.grpc and spec.ports.http must differ").field_path(".ports.http"))]
+// Kubernetes knows no `uint64` format: see `kubernetes_formats`.
+#[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentSpec {
     /// The model to serve.
@@ -234,6 +236,8 @@ pub struct ServingCredentials {
 
 /// Observed state of a ModelDeployment.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+// Kubernetes knows no `uint64` format: see `kubernetes_formats`.
+#[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentStatus {
     /// `Pending`, `Progressing`, `Available`, `Degraded` or `Invalid`.

@@ -37,16 +37,34 @@ pub const MAX_TRIALS_CAP: i32 = 256;
         json_path = ".status.trialsDone"
     ),
     printcolumn(
+        name = "Running",
+        type_ = "integer",
+        description = "trials whose pod runs (or is starting)",
+        json_path = ".status.counts.running"
+    ),
+    printcolumn(
         name = "Best",
         type_ = "number",
         description = "best objective value",
         json_path = ".status.bestModel.metric"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        description = "what keeps the run from progressing, if anything",
+        json_path = ".status.reason"
+    ),
+    printcolumn(
         name = "Best-Trial",
         type_ = "string",
         priority = 1,
         json_path = ".status.bestTrial"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.message"
     ),
     printcolumn(
         name = "Age",
@@ -56,6 +74,8 @@ pub const MAX_TRIALS_CAP: i32 = 256;
 )]
 #[x_kube(validation = Rule::new("self.search.parallelism <= self.search.maxTrials").message("spec.search.parallelism must not exceed spec.search.maxTrials").field_path(".search.parallelism"))]
 #[x_kube(validation = Rule::new("!self.storage.url.startsWith('file://') || has(self.storage.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".storage.pvc"))]
+// Kubernetes knows no `uint64` format: see `kubernetes_formats`.
+#[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingRunSpec {
     /// Worker image (runs `textrec-worker train`).
@@ -509,6 +529,8 @@ pub enum SpotProvider {
 
 /// Observed state of a TrainingRun.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+// Kubernetes knows no `uint64` format: see `kubernetes_formats`.
+#[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingRunStatus {
     /// `Pending`, `Running`, `Suspended`, `Succeeded`, `Failed` or `Invalid`.
@@ -520,6 +542,14 @@ pub struct TrainingRunStatus {
     /// `Ready`-style conditions: `Valid`, `Running`, `Succeeded`, `Failed`, `Suspended`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What keeps the run from progressing, when something does (CamelCase, for printing): an
+    /// invalid spec, a referenced object that does not exist (`PersistentVolumeClaimNotFound`),
+    /// or trials whose pods cannot start (`Unschedulable`, `ImagePullBackOff`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The explanation of `reason`: the validation error, or the scheduler's or kubelet's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// `done/total`, for printing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trials_done: Option<String>,
@@ -547,7 +577,8 @@ pub struct TrainingRunStatus {
 /// Phase of a run.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 pub enum RunPhase {
-    /// No trial started yet.
+    /// No trial runs yet: none started, or their pods cannot start (see `reason`), or an object
+    /// the spec names does not exist.
     Pending,
     /// Trials are running or queued.
     Running,
@@ -577,9 +608,9 @@ impl RunPhase {
 pub struct TrialCounts {
     /// Trials in the search.
     pub total: i32,
-    /// Not started yet.
+    /// Not started yet, or started but their pod cannot start.
     pub pending: i32,
-    /// Job created and running (or restarting).
+    /// Job created and its pod running, starting or restarting.
     pub running: i32,
     /// Finished with a model.
     pub succeeded: i32,
@@ -590,7 +621,8 @@ pub struct TrialCounts {
 /// Phase of one trial.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 pub enum TrialPhase {
-    /// Not started (waiting for a parallelism slot).
+    /// Not started: waiting for a parallelism slot, or (with a `reason`) its Job exists but its
+    /// pod cannot start (unschedulable, image pull, missing Secret, stuck terminating).
     Pending,
     /// Job created; no pod running yet.
     Starting,
@@ -652,7 +684,11 @@ pub struct TrialStatus {
     /// Checkpoint a restarted pod resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointStatus>,
-    /// Why it failed, or other short detail (≤ 256 characters).
+    /// Why its pod cannot start or why it failed, as the scheduler or kubelet put it
+    /// (`Unschedulable`, `ImagePullBackOff`, `InvalidImageName`, `PodStuckTerminating`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why it failed or cannot start, or other short detail (≤ 256 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -516,7 +516,10 @@ mod tests {
         let t = table(&TrainingRun::crd(), std::slice::from_ref(&run), false);
         let mut lines = t.lines();
         let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(head, ["NAME", "PHASE", "TRIALS", "BEST", "AGE"]);
+        assert_eq!(
+            head,
+            ["NAME", "PHASE", "TRIALS", "RUNNING", "BEST", "REASON", "AGE"]
+        );
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(&row[..4], ["lr", "Running", "1/2", "0.25"]);
         assert!(row[4].ends_with('s'));

@@ -318,6 +318,8 @@ fn answer(
     match method {
         "GET" => match st.objects.get(path) {
             Some(v) => (StatusCode::OK, v.clone()),
+            // A watch: no events (the watcher sees a broken stream and starts over).
+            None if query.contains("watch=true") => (StatusCode::OK, Value::Null),
             None => {
                 // A collection: list the objects directly under it (label selector honoured).
                 let prefix = format!("{path}/");
@@ -331,10 +333,11 @@ fn answer(
                     })
                     .map(|(_, v)| v.clone())
                     .collect();
-                // A list call (a watcher's pages carry `limit`) may be empty; a GET of a
-                // single missing object is a 404.
-                if items.is_empty() && !query.contains("labelSelector") && !query.contains("limit=")
-                {
+                // A GET without list parameters is of one object, which does not exist.
+                let list = ["labelSelector", "limit=", "resourceVersion="]
+                    .iter()
+                    .any(|p| query.contains(p));
+                if items.is_empty() && !list {
                     return not_found(path);
                 }
                 let rv = st.resource_version.max(1).to_string();
