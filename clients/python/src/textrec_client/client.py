@@ -14,11 +14,13 @@ from typing import (
     Iterable,
     Iterator,
     List,
+    Literal,
     Optional,
     Sequence,
     Tuple,
     TypeVar,
     Union,
+    overload,
 )
 
 import grpc
@@ -227,6 +229,26 @@ class Recognizer:
         resp = self._call(self._stub.Recognize, req, timeout)
         return Prediction.from_proto(resp)
 
+    @overload
+    def recognize_batch(
+        self,
+        images: Iterable[ImageLike],
+        *,
+        request_ids: Optional[Sequence[str]] = ...,
+        timeout: Optional[float] = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> List[Prediction]: ...
+
+    @overload
+    def recognize_batch(
+        self,
+        images: Iterable[ImageLike],
+        *,
+        request_ids: Optional[Sequence[str]] = ...,
+        timeout: Optional[float] = ...,
+        return_exceptions: bool,
+    ) -> List[Union[Prediction, TextrecError]]: ...
+
     def recognize_batch(
         self,
         images: Iterable[ImageLike],
@@ -234,7 +256,7 @@ class Recognizer:
         request_ids: Optional[Sequence[str]] = None,
         timeout: Optional[float] = None,
         return_exceptions: bool = False,
-    ) -> List[Any]:
+    ) -> Union[List[Prediction], List[Union[Prediction, TextrecError]]]:
         """Recognizes several line images in one call; results come back in the same order.
 
         The server recognizes each image on its own: one bad image does not fail the others.
@@ -270,7 +292,7 @@ class Recognizer:
                 grpc.StatusCode.INTERNAL,
                 f"the server answered {len(resp.results)} results for {len(blobs)} images",
             )
-        out: List[Any] = []
+        out: List[Union[Prediction, TextrecError]] = []
         for index, item in enumerate(resp.results):
             result = _item_result(item, index)
             if isinstance(result, TextrecError) and not return_exceptions:
