@@ -202,3 +202,36 @@ def test_context_manager_closes_the_channel(server, lines) -> None:
 def test_round_robin_option_builds_a_working_channel(server, lines) -> None:
     with Recognizer(f"dns:///{server.grpc_target}", load_balancing="round_robin") as rec:
         assert rec.recognize(lines[0][0]).text
+
+
+def test_wait_ready(server) -> None:
+    with Recognizer(server.grpc_target) as rec:
+        rec.wait_ready(timeout=10)
+    with Recognizer(f"127.0.0.1:{closed_port()}") as rec:
+        with pytest.raises(Unavailable):
+            rec.wait_ready(timeout=0.5)
+
+
+def test_example_script(server, tmp_path, lines) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "recognize.py"
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    good.write_bytes(lines[0][0])
+    bad.write_bytes(b"not an image")
+    with Recognizer(server.grpc_target) as rec:
+        expected = rec.recognize(lines[0][0]).text
+    for mode in ([], ["--batch"]):
+        run = subprocess.run(
+            [sys.executable, str(script), str(good), str(bad), "--target", server.grpc_target]
+            + mode,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 1, run.stderr  # one image failed
+        out = run.stdout.splitlines()
+        assert out[0].startswith(f"{good}\t") and out[0].endswith(f"\t{expected}")
+        assert out[1].startswith(f"{bad}\terror\tINVALID_ARGUMENT: ")
