@@ -17,6 +17,8 @@ echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace -- --test-threads=2
+echo "==> python client (clients/python) against the worker cargo test just built"
+TEXTREC_WORKER="${TEXTREC_WORKER:-$CARGO_TARGET_DIR/debug/textrec-worker}" scripts/test-python-client.sh
 echo "==> parity: PyTorch reference vs textrec (benches/reference)"
 scripts/parity.sh
 if [ -x scripts/check-manifests.sh ]; then
