@@ -30,6 +30,10 @@ use crate::metrics::Metrics;
 use crate::naming::{MANAGED_SELECTOR, RUN_LABEL};
 use crate::progress::{NoProgress, ProgressSource, StorageProgress};
 
+/// TrainingRun events buffered for each controller subscribed to the shared watch; a slow
+/// subscriber holds the watch back once its buffer is full.
+const RUN_SUBSCRIBE_BUFFER: usize = 1024;
+
 /// Options of `textrec-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
@@ -128,14 +132,24 @@ pub async fn run_controllers(
         progress_interval: Duration::from_secs(opts.progress_interval_s),
         clock: controller::training_run::now,
     });
-    // The runs themselves, through the same kind of slimmed cache (no managedFields).
-    let (run_store, run_store_writer) = reflector::store();
-    let run_self = watcher(api::<TrainingRun>(&client, ns), watcher::Config::default())
+    // One watch of TrainingRuns, one slimmed cache (no managedFields), shared by both
+    // controllers: each subscribes to the objects the reflector applies. Deletions are not
+    // broadcast; the TrainingRun controller never needed them (finished Jobs are garbage
+    // collected through owner references) and a ModelDeployment notices a deleted run at its
+    // next periodic reconcile.
+    let (run_store, run_writer) = reflector::store_shared(RUN_SUBSCRIBE_BUFFER);
+    let run_events_for_runs = run_writer
+        .subscribe()
+        .expect("a shared store hands out subscriptions");
+    let run_events_for_deployments = run_writer
+        .subscribe()
+        .expect("a shared store hands out subscriptions");
+    let run_watch = watcher(api::<TrainingRun>(&client, ns), watcher::Config::default())
         .default_backoff()
         .modify(slim_run)
-        .reflect(run_store_writer)
-        .applied_objects();
-    let run_ctrl = Controller::for_stream(run_self, run_store)
+        .reflect_shared(run_writer)
+        .take_until(shutdown_future(&stop));
+    let run_ctrl = Controller::for_shared_stream(run_events_for_runs, run_store.clone())
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(opts.concurrency)
@@ -167,13 +181,7 @@ pub async fn run_controllers(
             run_ctx,
         );
 
-    // ModelDeployment controller, with caches of TrainingRuns (candidates) and Deployments.
-    let (runs, run_writer) = reflector::store();
-    let run_stream = watcher(api::<TrainingRun>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .modify(slim_run)
-        .reflect(run_writer)
-        .touched_objects();
+    // ModelDeployment controller, with the shared TrainingRun cache (candidates) and Deployments.
     let (deployments, dep_writer) = reflector::store();
     let dep_stream = watcher(api::<Deployment>(&client, ns), managed)
         .default_backoff()
@@ -182,7 +190,7 @@ pub async fn run_controllers(
         .touched_objects();
     let md_ctx = Arc::new(controller::model_deployment::Context {
         client: client.clone(),
-        runs,
+        runs: run_store,
         deployments,
         shared,
         clock: controller::training_run::now,
@@ -195,7 +203,7 @@ pub async fn run_controllers(
     let md_store = md_ctrl.store();
     let md_ctrl = md_ctrl
         .owns_stream(dep_stream)
-        .watches_stream(run_stream, move |run: TrainingRun| {
+        .watches_shared_stream(run_events_for_deployments, move |run: Arc<TrainingRun>| {
             controller::model_deployment::deployments_for_run(&md_store, &run)
         })
         .graceful_shutdown_on(shutdown_future(&stop))
@@ -205,7 +213,7 @@ pub async fn run_controllers(
             md_ctx,
         );
 
-    tokio::join!(drain(run_ctrl), drain(md_ctrl));
+    tokio::join!(drain(run_watch), drain(run_ctrl), drain(md_ctrl));
 }
 
 /// Install JSON logs (level from `RUST_LOG`, default `info`). A line logged inside a reconcile
