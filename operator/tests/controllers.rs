@@ -1337,7 +1337,12 @@ impl std::io::Write for LogBuffer {
 #[test]
 fn each_reconcile_runs_in_a_span_naming_the_object_its_generation_and_a_trace_id() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["reconcile_spans_alone", "--exact", "--ignored", "--test-threads=1"])
+        .args([
+            "reconcile_spans_alone",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
         .output()
         .unwrap();
     assert!(
