@@ -207,8 +207,6 @@ def test_chart_passes_only_flags_the_operator_has(rendered: Rendered) -> None:
     assert not unknown, f"`textrec-operator run` has no flag for {unknown}: the operator would exit at startup"
 
 
-@pytest.mark.xfail(strict=True, reason="the operator does not read the chart's TEXTREC_DEFAULT_* and "
-                   "TEXTREC_LOG_FORMAT environment yet")
 def test_chart_sets_only_environment_the_operator_reads(rendered: Rendered) -> None:
     _, envs = run_help()
     (c,) = operator_pod(rendered)["containers"]

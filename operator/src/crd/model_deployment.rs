@@ -50,7 +50,10 @@ use super::training_run::{PullPolicy, PvcMount};
 pub struct ModelDeploymentSpec {
     /// The model to serve.
     pub model: ModelSource,
-    /// Worker image (runs `textrec-worker serve`).
+    /// Worker image (runs `textrec-worker serve`). Left out: the operator's default worker
+    /// image (the chart's `defaults.workerImage`, or `defaults.workerGpuImage` when
+    /// `resources.gpus` > 0); with no default configured the deployment is invalid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy.

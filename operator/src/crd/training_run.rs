@@ -73,18 +73,22 @@ pub const MAX_TRIALS_CAP: i32 = 256;
     )
 )]
 #[x_kube(validation = Rule::new("self.search.parallelism <= self.search.maxTrials").message("spec.search.parallelism must not exceed spec.search.maxTrials").field_path(".search.parallelism"))]
-#[x_kube(validation = Rule::new("!self.storage.url.startsWith('file://') || has(self.storage.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".storage.pvc"))]
 // Kubernetes knows no `uint64` format: see `kubernetes_formats`.
 #[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingRunSpec {
-    /// Worker image (runs `textrec-worker train`).
+    /// Worker image (runs `textrec-worker train`). Left out: the operator's default worker
+    /// image (the chart's `defaults.workerImage`, or `defaults.workerGpuImage` when
+    /// `resources.gpus` > 0); with no default configured the run is invalid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
-    /// Where trials write checkpoints, metrics and models, and how pods get credentials.
+    /// Where trials write checkpoints, metrics and models, and how pods get credentials. Each
+    /// field left out takes the operator's default (the chart's `defaults.storage`), if any.
+    #[serde(default)]
     pub storage: StorageSpec,
     /// Training and validation data.
     #[serde(default)]
@@ -169,9 +173,11 @@ impl PullPolicy {
 /// Storage of a run and the credentials pods use for it.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.url) || !self.url.startsWith('file://') || has(self.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".pvc"))]
 pub struct StorageSpec {
     /// Prefix URL: `s3://bucket/prefix`, `gs://…`, `az://…` or `file:///path` (with `pvc`).
-    /// Trials write to `<url>/<run>/<trial>/`.
+    /// Trials write to `<url>/<run>/<trial>/`. Left out: the operator's default storage URL.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|file)://.+')").message("must be an s3://, gs://, az:// or file:// URL"))]
     #[schemars(length(max = 2048))]
     pub url: String,
