@@ -100,6 +100,10 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         "--http-addr".into(),
         format!("0.0.0.0:{}", spec.ports.http),
     ]);
+    if spec.resources.gpus > 0 {
+        // The server defaults to the CPU: a pod holding a GPU must ask for it.
+        args.extend(["--device".into(), "cuda".into()]);
+    }
 
     let mut volumes = vec![Volume {
         name: "tmp".into(),
@@ -357,4 +361,56 @@ pub fn endpoint(md: &ModelDeployment) -> String {
         .clone()
         .unwrap_or_else(|| "default".into());
     format!("{}.{ns}.svc:{}", serving_name(&name), md.spec.ports.grpc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ModelDeploymentSpec;
+
+    pub(super) fn md(spec: serde_json::Value) -> ModelDeployment {
+        let spec: ModelDeploymentSpec = serde_json::from_value(spec).unwrap();
+        let mut md = ModelDeployment::new("reader", spec);
+        md.metadata.namespace = Some("ml".into());
+        md.metadata.uid = Some("uid-md".into());
+        md
+    }
+
+    pub(super) fn model() -> DeployedModel {
+        DeployedModel {
+            url: "s3://b/m/".into(),
+            sha256: "a".repeat(64),
+            metric: None,
+            metric_name: None,
+            training_run: None,
+        }
+    }
+
+    pub(super) fn pod(md: &ModelDeployment) -> PodSpec {
+        deployment(md, &model(), 1)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn gpu_serving_runs_on_cuda_and_cpu_serving_on_the_default() {
+        let gpu = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1-cuda", "resources": {"gpus": 1}
+        })));
+        let c = &gpu.containers[0];
+        let args = c.args.clone().unwrap();
+        let at = args.iter().position(|a| a == "--device").expect("--device");
+        assert_eq!(args[at + 1], "cuda");
+        let limits = c.resources.as_ref().unwrap().limits.clone().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+
+        let cpu = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1"
+        })));
+        let args = cpu.containers[0].args.clone().unwrap();
+        assert!(!args.contains(&"--device".to_string()), "{args:?}");
+    }
 }
