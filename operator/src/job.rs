@@ -16,10 +16,11 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SecretEnvSource, Toleration, Volume, VolumeMount,
+    PodTemplateSpec, ResourceRequirements, SecretEnvSource, Toleration, TopologySpreadConstraint,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Resource;
 use textrec_contract::exit::{CONFIG_ERROR, INTERRUPTED};
 
@@ -75,6 +76,29 @@ fn term(key: &str, value: &str) -> NodeSelectorTerm {
         }]),
         ..Default::default()
     }
+}
+
+/// `s`'s topology spread constraints, those without a `labelSelector` given `own` (the labels
+/// that select the pods of the object itself).
+pub fn spread(
+    s: &Scheduling,
+    own: &BTreeMap<String, String>,
+) -> Option<Vec<TopologySpreadConstraint>> {
+    let out: Vec<TopologySpreadConstraint> = s
+        .topology_spread_constraints
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if c.label_selector.is_none() {
+                c.label_selector = Some(LabelSelector {
+                    match_labels: Some(own.clone()),
+                    ..Default::default()
+                });
+            }
+            c
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
 }
 
 /// Node selector, tolerations and affinity of a pod, with the `spot` shortcut applied.
@@ -323,6 +347,10 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     affinity,
                     priority_class_name: spec.scheduling.priority_class_name.clone(),
+                    topology_spread_constraints: spread(
+                        &spec.scheduling,
+                        &BTreeMap::from([(RUN_LABEL.to_string(), label_value(&run_name))]),
+                    ),
                     volumes: Some(volumes),
                     security_context: Some(pod_security::pod_security_context()),
                     ..Default::default()

@@ -222,6 +222,8 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         security_context: Some(pod_security::container_security_context()),
         ..Default::default()
     };
+    let (node_selector, tolerations, affinity) =
+        crate::job::placement(&spec.scheduling, spec.resources.gpus, "nvidia.com/gpu");
     let mut template_annotations = BTreeMap::new();
     if !hot {
         // Changing these rolls the pods; HotReload keeps the template stable on purpose.
@@ -265,6 +267,14 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
                     automount_service_account_token: Some(
                         pod_security::AUTOMOUNT_SERVICE_ACCOUNT_TOKEN,
                     ),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    affinity,
+                    topology_spread_constraints: crate::job::spread(
+                        &spec.scheduling,
+                        &selector_labels(&name),
+                    ),
+                    priority_class_name: spec.scheduling.priority_class_name.clone(),
                     volumes: Some(volumes),
                     security_context: Some(pod_security::pod_security_context()),
                     ..Default::default()
@@ -412,5 +422,58 @@ mod tests {
         })));
         let args = cpu.containers[0].args.clone().unwrap();
         assert!(!args.contains(&"--device".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn serving_pods_take_the_placement_of_the_spec() {
+        let p = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1-cuda", "resources": {"gpus": 1},
+            "scheduling": {
+                "nodeSelector": {"pool": "inference"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ocr", "effect": "NoSchedule"}],
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                    {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                     "labelSelector": {"matchLabels": {"app": "mine"}}}
+                ],
+                "priorityClassName": "serving-high"
+            }
+        })));
+        assert_eq!(p.node_selector.unwrap()["pool"], "inference");
+        let keys: Vec<String> = p
+            .tolerations
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.key.clone())
+            .collect();
+        // The user's toleration, and the GPU pools' taint as trial pods get it.
+        assert_eq!(keys, ["dedicated", "nvidia.com/gpu"]);
+        assert!(p.affinity.unwrap().pod_anti_affinity.is_some());
+        let tsc = p.topology_spread_constraints.unwrap();
+        assert_eq!(
+            tsc[0].label_selector.as_ref().unwrap().match_labels,
+            Some(selector_labels("reader")),
+            "a constraint without a selector spreads this deployment's replicas"
+        );
+        assert_eq!(
+            tsc[1]
+                .label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app"],
+            "mine"
+        );
+        assert_eq!(p.priority_class_name.as_deref(), Some("serving-high"));
+
+        // CPU serving with no scheduling: nothing added.
+        let p = pod(&md(
+            serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}),
+        ));
+        assert!(p.node_selector.is_none() && p.tolerations.is_none() && p.affinity.is_none());
+        assert!(p.topology_spread_constraints.is_none() && p.priority_class_name.is_none());
     }
 }

@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::training_run::{PullPolicy, PvcMount};
+use super::training_run::{PullPolicy, PvcMount, Scheduling};
 
 /// Desired state of a ModelDeployment.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -89,6 +89,11 @@ pub struct ModelDeploymentSpec {
     /// How pods read the model from storage.
     #[serde(default)]
     pub credentials: ServingCredentials,
+    /// Where serving pods may run: nodeSelector, tolerations, affinity,
+    /// topologySpreadConstraints, priorityClassName, and the `spot` shortcut. Pods with
+    /// `resources.gpus` also tolerate the `nvidia.com/gpu` taint of GPU node pools.
+    #[serde(default)]
+    pub scheduling: Scheduling,
 }
 
 fn default_replicas() -> i32 {

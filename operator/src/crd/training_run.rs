@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -494,7 +494,7 @@ pub struct TrialResources {
     pub memory: Option<String>,
 }
 
-/// Placement of trial pods.
+/// Placement of pods: a TrainingRun's trial pods, a ModelDeployment's serving pods.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scheduling {
@@ -520,6 +520,11 @@ pub struct Scheduling {
     /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Topology spread constraints of the pods. A constraint without a `labelSelector` spreads
+    /// the pods of this object (its run's trials, or its serving replicas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 /// Which cloud's spot node labels to select.
