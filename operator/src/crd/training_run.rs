@@ -498,14 +498,17 @@ pub struct TrialResources {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scheduling {
-    /// Run on spot/preemptible nodes: adds GKE's `cloud.google.com/gke-spot=true` selector and
-    /// toleration and EKS's `eks.amazonaws.com/capacityType=SPOT` selector. Preempted trials
-    /// resume from their last checkpoint.
+    /// Run on spot/preemptible nodes (see `spotProvider`). Preempted trials resume from their
+    /// last checkpoint; a preempted serving replica is replaced.
     #[serde(default)]
     pub spot: bool,
-    /// Which cloud's spot settings `spot` adds: `GKE`, `EKS`, or `Any` (the default): a required
-    /// node affinity matching GKE's, EKS's or AKS's spot label (a pod cannot carry both clouds'
-    /// labels as a plain nodeSelector), plus the GKE and AKS spot tolerations.
+    /// Which spot nodes `spot` selects: `GKE` (`cloud.google.com/gke-spot=true` selector and
+    /// toleration), `EKS` (a required node affinity matching EKS managed node groups'
+    /// `eks.amazonaws.com/capacityType=SPOT` or Karpenter's `karpenter.sh/capacity-type=spot`),
+    /// `Karpenter` (`karpenter.sh/capacity-type=spot` selector, any cloud), or `Any` (the
+    /// default): a required node affinity matching GKE's, EKS's, Karpenter's or AKS's spot label,
+    /// plus the GKE and AKS spot tolerations. A required node affinity of your own is combined
+    /// with (ANDed into) the spot terms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_provider: Option<SpotProvider>,
     /// Node labels the pods require.
@@ -532,9 +535,11 @@ pub struct Scheduling {
 pub enum SpotProvider {
     /// Google Kubernetes Engine.
     GKE,
-    /// Amazon EKS (managed node groups).
+    /// Amazon EKS: managed node groups or Karpenter.
     EKS,
-    /// Any cloud's spot nodes (node affinity over the GKE, EKS and AKS labels).
+    /// Karpenter-provisioned nodes (`karpenter.sh/capacity-type`).
+    Karpenter,
+    /// Any cloud's spot nodes (node affinity over the GKE, EKS, Karpenter and AKS labels).
     Any,
 }
 
