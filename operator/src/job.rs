@@ -190,126 +190,6 @@ fn require_one_of(affinity: &mut Option<Affinity>, alternatives: Vec<NodeSelecto
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scheduling(v: serde_json::Value) -> Scheduling {
-        serde_json::from_value(v).unwrap()
-    }
-
-    /// The required terms as `key=value` lists, one per term.
-    fn required(a: &Option<Affinity>) -> Vec<Vec<String>> {
-        a.as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| {
-                n.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .map(|n| {
-                n.node_selector_terms
-                    .iter()
-                    .map(|t| {
-                        t.match_expressions
-                            .iter()
-                            .flatten()
-                            .map(|e| format!("{}={}", e.key, e.values.clone().unwrap().join("|")))
-                            .collect()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn eks_spot_matches_managed_node_groups_and_karpenter() {
-        let (sel, tol, aff) = placement(
-            &scheduling(serde_json::json!({"spot": true, "spotProvider": "EKS"})),
-            0,
-            "nvidia.com/gpu",
-        );
-        assert!(sel.is_empty(), "{sel:?}");
-        assert!(tol.is_empty(), "{tol:?}");
-        assert_eq!(
-            required(&aff),
-            [
-                vec!["eks.amazonaws.com/capacityType=SPOT"],
-                vec!["karpenter.sh/capacity-type=spot"]
-            ]
-        );
-    }
-
-    #[test]
-    fn karpenter_spot_is_a_node_selector() {
-        let (sel, _, aff) = placement(
-            &scheduling(serde_json::json!({"spot": true, "spotProvider": "Karpenter"})),
-            0,
-            "nvidia.com/gpu",
-        );
-        assert_eq!(sel[KARPENTER_CAPACITY], "spot");
-        assert!(aff.is_none());
-    }
-
-    #[test]
-    fn any_spot_covers_every_cloud_and_keeps_the_users_required_affinity() {
-        let (_, tol, aff) = placement(
-            &scheduling(serde_json::json!({"spot": true})),
-            0,
-            "nvidia.com/gpu",
-        );
-        assert_eq!(required(&aff).len(), 4);
-        assert!(required(&aff).contains(&vec!["karpenter.sh/capacity-type=spot".to_string()]));
-        assert_eq!(tol.len(), 2);
-
-        // A required affinity of the user's own is ANDed with the spot terms, not dropped.
-        let s = scheduling(serde_json::json!({
-            "spot": true, "spotProvider": "EKS",
-            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
-                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
-                ]}}}
-        }));
-        let (_, _, aff) = placement(&s, 0, "nvidia.com/gpu");
-        assert_eq!(
-            required(&aff),
-            [
-                vec!["zone=a", "eks.amazonaws.com/capacityType=SPOT"],
-                vec!["zone=a", "karpenter.sh/capacity-type=spot"],
-                vec!["zone=b", "eks.amazonaws.com/capacityType=SPOT"],
-                vec!["zone=b", "karpenter.sh/capacity-type=spot"],
-            ]
-        );
-    }
-
-    #[test]
-    fn spread_constraints_without_a_selector_spread_the_objects_own_pods() {
-        let s = scheduling(serde_json::json!({"topologySpreadConstraints": [
-            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
-        ]}));
-        let own = BTreeMap::from([(RUN_LABEL.to_string(), "r".to_string())]);
-        let c = spread(&s, &own).unwrap();
-        assert_eq!(
-            c[0].label_selector.as_ref().unwrap().match_labels,
-            Some(own)
-        );
-        assert!(spread(&Scheduling::default(), &BTreeMap::new()).is_none());
-    }
-
-    #[test]
-    fn gke_spot_and_gpus_add_selector_and_tolerations() {
-        let (sel, tol, aff) = placement(
-            &scheduling(serde_json::json!({"spot": true, "spotProvider": "GKE"})),
-            1,
-            "nvidia.com/gpu",
-        );
-        assert_eq!(sel[GKE_SPOT], "true");
-        let keys: Vec<_> = tol.iter().filter_map(|t| t.key.as_deref()).collect();
-        assert_eq!(keys, ["nvidia.com/gpu", GKE_SPOT]);
-        assert!(aff.is_none());
-    }
-}
-
 fn quantity(s: &str) -> Quantity {
     Quantity(s.to_string())
 }
@@ -523,5 +403,125 @@ pub fn file_url_path(url: &str) -> String {
         "/".into()
     } else {
         p.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduling(v: serde_json::Value) -> Scheduling {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The required terms as `key=value` lists, one per term.
+    fn required(a: &Option<Affinity>) -> Vec<Vec<String>> {
+        a.as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|n| {
+                n.node_selector_terms
+                    .iter()
+                    .map(|t| {
+                        t.match_expressions
+                            .iter()
+                            .flatten()
+                            .map(|e| format!("{}={}", e.key, e.values.clone().unwrap().join("|")))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn eks_spot_matches_managed_node_groups_and_karpenter() {
+        let (sel, tol, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true, "spotProvider": "EKS"})),
+            0,
+            "nvidia.com/gpu",
+        );
+        assert!(sel.is_empty(), "{sel:?}");
+        assert!(tol.is_empty(), "{tol:?}");
+        assert_eq!(
+            required(&aff),
+            [
+                vec!["eks.amazonaws.com/capacityType=SPOT"],
+                vec!["karpenter.sh/capacity-type=spot"]
+            ]
+        );
+    }
+
+    #[test]
+    fn karpenter_spot_is_a_node_selector() {
+        let (sel, _, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true, "spotProvider": "Karpenter"})),
+            0,
+            "nvidia.com/gpu",
+        );
+        assert_eq!(sel[KARPENTER_CAPACITY], "spot");
+        assert!(aff.is_none());
+    }
+
+    #[test]
+    fn any_spot_covers_every_cloud_and_keeps_the_users_required_affinity() {
+        let (_, tol, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true})),
+            0,
+            "nvidia.com/gpu",
+        );
+        assert_eq!(required(&aff).len(), 4);
+        assert!(required(&aff).contains(&vec!["karpenter.sh/capacity-type=spot".to_string()]));
+        assert_eq!(tol.len(), 2);
+
+        // A required affinity of the user's own is ANDed with the spot terms, not dropped.
+        let s = scheduling(serde_json::json!({
+            "spot": true, "spotProvider": "EKS",
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
+                ]}}}
+        }));
+        let (_, _, aff) = placement(&s, 0, "nvidia.com/gpu");
+        assert_eq!(
+            required(&aff),
+            [
+                vec!["zone=a", "eks.amazonaws.com/capacityType=SPOT"],
+                vec!["zone=a", "karpenter.sh/capacity-type=spot"],
+                vec!["zone=b", "eks.amazonaws.com/capacityType=SPOT"],
+                vec!["zone=b", "karpenter.sh/capacity-type=spot"],
+            ]
+        );
+    }
+
+    #[test]
+    fn spread_constraints_without_a_selector_spread_the_objects_own_pods() {
+        let s = scheduling(serde_json::json!({"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+        ]}));
+        let own = BTreeMap::from([(RUN_LABEL.to_string(), "r".to_string())]);
+        let c = spread(&s, &own).unwrap();
+        assert_eq!(
+            c[0].label_selector.as_ref().unwrap().match_labels,
+            Some(own)
+        );
+        assert!(spread(&Scheduling::default(), &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn gke_spot_and_gpus_add_selector_and_tolerations() {
+        let (sel, tol, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true, "spotProvider": "GKE"})),
+            1,
+            "nvidia.com/gpu",
+        );
+        assert_eq!(sel[GKE_SPOT], "true");
+        let keys: Vec<_> = tol.iter().filter_map(|t| t.key.as_deref()).collect();
+        assert_eq!(keys, ["nvidia.com/gpu", GKE_SPOT]);
+        assert!(aff.is_none());
     }
 }
