@@ -145,6 +145,7 @@ fn main() {
             metrics: Arc::new(Metrics::new()),
             events: Arc::new(MemoryEvents::default()),
             backoff: Default::default(),
+            defaults: Default::default(),
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let started = Instant::now();

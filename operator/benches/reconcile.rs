@@ -192,6 +192,7 @@ fn main() {
             metrics: Arc::new(Metrics::new()),
             events: Arc::new(MemoryEvents::default()),
             backoff: Default::default(),
+            defaults: Default::default(),
         });
         let ctx = Arc::new(controller::training_run::Context {
             client: client.clone(),

@@ -56,6 +56,45 @@ pub fn plan_status(
     let g = md.metadata.generation;
     st.observed_generation = g;
     let mut events = Vec::new();
+    if md.spec.image.is_empty() {
+        // No image set and no default: nothing can be served, so nothing is decided (a model
+        // promoted now would be recorded as deployed without ever running).
+        let msg = format!(
+            "spec.image: {}",
+            crate::defaults::missing_image_message(md.spec.resources.gpus)
+        );
+        conditions::set(
+            &mut st.conditions,
+            "Valid",
+            false,
+            "InvalidSpec",
+            &msg,
+            g,
+            now,
+        );
+        let was_invalid = prev
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Valid" && c.status == "False");
+        if !was_invalid || prev.observed_generation != g {
+            events.push(PlannedEvent {
+                severity: Severity::Warning,
+                reason: "InvalidSpec",
+                message: msg,
+            });
+        }
+        conditions::set(
+            &mut st.conditions,
+            "Available",
+            false,
+            "Invalid",
+            "no image to serve with",
+            g,
+            now,
+        );
+        st.phase = Some(DeploymentPhase::Invalid);
+        return (st, events);
+    }
     let d = decide(&md.spec, &prev, runs, now);
     st.promotion_watermark = d.watermark.clone();
     st.applied_spec_model = d.spec_model_key.clone();

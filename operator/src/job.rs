@@ -16,10 +16,11 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SecretEnvSource, Toleration, Volume, VolumeMount,
+    PodTemplateSpec, ResourceRequirements, SecretEnvSource, Toleration, TopologySpreadConstraint,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Resource;
 use textrec_contract::exit::{CONFIG_ERROR, INTERRUPTED};
 
@@ -37,6 +38,8 @@ pub const PARAMS_ANNOTATION: &str = "textrec.dev/params";
 pub const GKE_SPOT: &str = "cloud.google.com/gke-spot";
 /// EKS managed node groups' capacity type label.
 pub const EKS_CAPACITY: &str = "eks.amazonaws.com/capacityType";
+/// Karpenter's capacity type label (`spot` or `on-demand`), on EKS and wherever it provisions.
+pub const KARPENTER_CAPACITY: &str = "karpenter.sh/capacity-type";
 /// AKS spot node label and taint key.
 pub const AKS_SPOT: &str = "kubernetes.azure.com/scalesetpriority";
 
@@ -77,6 +80,29 @@ fn term(key: &str, value: &str) -> NodeSelectorTerm {
     }
 }
 
+/// `s`'s topology spread constraints, those without a `labelSelector` given `own` (the labels
+/// that select the pods of the object itself).
+pub fn spread(
+    s: &Scheduling,
+    own: &BTreeMap<String, String>,
+) -> Option<Vec<TopologySpreadConstraint>> {
+    let out: Vec<TopologySpreadConstraint> = s
+        .topology_spread_constraints
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if c.label_selector.is_none() {
+                c.label_selector = Some(LabelSelector {
+                    match_labels: Some(own.clone()),
+                    ..Default::default()
+                });
+            }
+            c
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
 /// Node selector, tolerations and affinity of a pod, with the `spot` shortcut applied.
 pub fn placement(
     s: &Scheduling,
@@ -106,31 +132,62 @@ pub fn placement(
                 tolerations.push(toleration(GKE_SPOT, "true"));
             }
             SpotProvider::EKS => {
-                selector.insert(EKS_CAPACITY.into(), "SPOT".into());
+                // Managed node groups or Karpenter NodePools: either label qualifies.
+                require_one_of(
+                    &mut affinity,
+                    vec![term(EKS_CAPACITY, "SPOT"), term(KARPENTER_CAPACITY, "spot")],
+                );
+            }
+            SpotProvider::Karpenter => {
+                selector.insert(KARPENTER_CAPACITY.into(), "spot".into());
             }
             SpotProvider::Any => {
                 tolerations.push(toleration(GKE_SPOT, "true"));
                 tolerations.push(toleration(AKS_SPOT, "spot"));
-                let a = affinity.get_or_insert_with(Affinity::default);
-                let na = a.node_affinity.get_or_insert_with(NodeAffinity::default);
-                // Terms are ORed: any cloud's spot nodes qualify. A user's own required node
-                // affinity wins (ANDing would need the cross product of terms).
-                if na
-                    .required_during_scheduling_ignored_during_execution
-                    .is_none()
-                {
-                    na.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
-                        node_selector_terms: vec![
-                            term(GKE_SPOT, "true"),
-                            term(EKS_CAPACITY, "SPOT"),
-                            term(AKS_SPOT, "spot"),
-                        ],
-                    });
-                }
+                require_one_of(
+                    &mut affinity,
+                    vec![
+                        term(GKE_SPOT, "true"),
+                        term(EKS_CAPACITY, "SPOT"),
+                        term(KARPENTER_CAPACITY, "spot"),
+                        term(AKS_SPOT, "spot"),
+                    ],
+                );
             }
         }
     }
     (selector, tolerations, affinity)
+}
+
+/// Require a node matching one of `alternatives` (node selector terms are ORed), on top of any
+/// required node affinity `affinity` already has: each of its terms is ANDed with each
+/// alternative (the cross product), so both the user's rule and the spot rule hold.
+fn require_one_of(affinity: &mut Option<Affinity>, alternatives: Vec<NodeSelectorTerm>) {
+    let a = affinity.get_or_insert_with(Affinity::default);
+    let na = a.node_affinity.get_or_insert_with(NodeAffinity::default);
+    let required = &mut na.required_during_scheduling_ignored_during_execution;
+    let own = required
+        .take()
+        .map(|n| n.node_selector_terms)
+        .unwrap_or_default();
+    let node_selector_terms = if own.is_empty() {
+        alternatives
+    } else {
+        own.iter()
+            .flat_map(|t| {
+                alternatives.iter().map(move |alt| {
+                    let mut both = t.clone();
+                    both.match_expressions
+                        .get_or_insert_with(Vec::new)
+                        .extend(alt.match_expressions.clone().unwrap_or_default());
+                    both
+                })
+            })
+            .collect()
+    };
+    *required = Some(NodeSelector {
+        node_selector_terms,
+    });
 }
 
 fn quantity(s: &str) -> Quantity {
@@ -323,6 +380,10 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     affinity,
                     priority_class_name: spec.scheduling.priority_class_name.clone(),
+                    topology_spread_constraints: spread(
+                        &spec.scheduling,
+                        &BTreeMap::from([(RUN_LABEL.to_string(), label_value(&run_name))]),
+                    ),
                     volumes: Some(volumes),
                     security_context: Some(pod_security::pod_security_context()),
                     ..Default::default()
@@ -342,5 +403,125 @@ pub fn file_url_path(url: &str) -> String {
         "/".into()
     } else {
         p.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduling(v: serde_json::Value) -> Scheduling {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The required terms as `key=value` lists, one per term.
+    fn required(a: &Option<Affinity>) -> Vec<Vec<String>> {
+        a.as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|n| {
+                n.node_selector_terms
+                    .iter()
+                    .map(|t| {
+                        t.match_expressions
+                            .iter()
+                            .flatten()
+                            .map(|e| format!("{}={}", e.key, e.values.clone().unwrap().join("|")))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn eks_spot_matches_managed_node_groups_and_karpenter() {
+        let (sel, tol, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true, "spotProvider": "EKS"})),
+            0,
+            "nvidia.com/gpu",
+        );
+        assert!(sel.is_empty(), "{sel:?}");
+        assert!(tol.is_empty(), "{tol:?}");
+        assert_eq!(
+            required(&aff),
+            [
+                vec!["eks.amazonaws.com/capacityType=SPOT"],
+                vec!["karpenter.sh/capacity-type=spot"]
+            ]
+        );
+    }
+
+    #[test]
+    fn karpenter_spot_is_a_node_selector() {
+        let (sel, _, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true, "spotProvider": "Karpenter"})),
+            0,
+            "nvidia.com/gpu",
+        );
+        assert_eq!(sel[KARPENTER_CAPACITY], "spot");
+        assert!(aff.is_none());
+    }
+
+    #[test]
+    fn any_spot_covers_every_cloud_and_keeps_the_users_required_affinity() {
+        let (_, tol, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true})),
+            0,
+            "nvidia.com/gpu",
+        );
+        assert_eq!(required(&aff).len(), 4);
+        assert!(required(&aff).contains(&vec!["karpenter.sh/capacity-type=spot".to_string()]));
+        assert_eq!(tol.len(), 2);
+
+        // A required affinity of the user's own is ANDed with the spot terms, not dropped.
+        let s = scheduling(serde_json::json!({
+            "spot": true, "spotProvider": "EKS",
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
+                ]}}}
+        }));
+        let (_, _, aff) = placement(&s, 0, "nvidia.com/gpu");
+        assert_eq!(
+            required(&aff),
+            [
+                vec!["zone=a", "eks.amazonaws.com/capacityType=SPOT"],
+                vec!["zone=a", "karpenter.sh/capacity-type=spot"],
+                vec!["zone=b", "eks.amazonaws.com/capacityType=SPOT"],
+                vec!["zone=b", "karpenter.sh/capacity-type=spot"],
+            ]
+        );
+    }
+
+    #[test]
+    fn spread_constraints_without_a_selector_spread_the_objects_own_pods() {
+        let s = scheduling(serde_json::json!({"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+        ]}));
+        let own = BTreeMap::from([(RUN_LABEL.to_string(), "r".to_string())]);
+        let c = spread(&s, &own).unwrap();
+        assert_eq!(
+            c[0].label_selector.as_ref().unwrap().match_labels,
+            Some(own)
+        );
+        assert!(spread(&Scheduling::default(), &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn gke_spot_and_gpus_add_selector_and_tolerations() {
+        let (sel, tol, aff) = placement(
+            &scheduling(serde_json::json!({"spot": true, "spotProvider": "GKE"})),
+            1,
+            "nvidia.com/gpu",
+        );
+        assert_eq!(sel[GKE_SPOT], "true");
+        let keys: Vec<_> = tol.iter().filter_map(|t| t.key.as_deref()).collect();
+        assert_eq!(keys, ["nvidia.com/gpu", GKE_SPOT]);
+        assert!(aff.is_none());
     }
 }

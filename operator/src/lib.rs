@@ -12,6 +12,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod defaults;
 pub mod deployment_plan;
 pub mod http;
 pub mod job;

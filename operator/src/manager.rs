@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::controller::cache::{slim_deployment, slim_job, slim_pod, slim_run};
 use crate::controller::{self, KubeEvents, Shared};
 use crate::crd::{ModelDeployment, TrainingRun};
+use crate::defaults::Defaults;
 use crate::http::{router, Health};
 use crate::leader::{on_error, ErrorAction, LeaderElector};
 use crate::metrics::Metrics;
@@ -67,6 +68,22 @@ pub struct RunOptions {
     /// Reconciles running at once per controller.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// Log lines as JSON objects (for log pipelines) or as text (for humans).
+    #[arg(long, env = "TEXTREC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Defaults for TrainingRuns and ModelDeployments that leave a field unset.
+    #[command(flatten)]
+    pub defaults: Defaults,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -216,17 +233,21 @@ pub async fn run_controllers(
     tokio::join!(drain(run_watch), drain(run_ctrl), drain(md_ctrl));
 }
 
-/// Install JSON logs (level from `RUST_LOG`, default `info`). A line logged inside a reconcile
-/// carries that reconcile's span (`span`: controller, namespace, object, generation, trace_id).
-pub fn init_logging() {
+/// Install logging (level from `RUST_LOG`, default `info`): JSON lines or text. A line logged
+/// inside a reconcile carries that reconcile's span (JSON: `span` with controller, namespace,
+/// object, generation, trace_id; text: the same fields before the message).
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .try_init();
+    let _ = match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
+    };
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -242,7 +263,7 @@ async fn signal() {
 
 /// `textrec-operator run`.
 pub async fn run(opts: RunOptions) -> Result<()> {
-    init_logging();
+    init_logging(opts.log_format);
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client")?;
@@ -280,6 +301,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         metrics: metrics.clone(),
         events: Arc::new(KubeEvents(Recorder::new(client.clone(), reporter))),
         backoff: Default::default(),
+        defaults: opts.defaults.clone(),
     });
 
     let lease_duration = Duration::from_secs(opts.lease_duration_s.max(5));

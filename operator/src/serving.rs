@@ -100,6 +100,10 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         "--http-addr".into(),
         format!("0.0.0.0:{}", spec.ports.http),
     ]);
+    if spec.resources.gpus > 0 {
+        // The server defaults to the CPU: a pod holding a GPU must ask for it.
+        args.extend(["--device".into(), "cuda".into()]);
+    }
 
     let mut volumes = vec![Volume {
         name: "tmp".into(),
@@ -218,6 +222,8 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         security_context: Some(pod_security::container_security_context()),
         ..Default::default()
     };
+    let (node_selector, tolerations, affinity) =
+        crate::job::placement(&spec.scheduling, spec.resources.gpus, "nvidia.com/gpu");
     let mut template_annotations = BTreeMap::new();
     if !hot {
         // Changing these rolls the pods; HotReload keeps the template stable on purpose.
@@ -261,6 +267,14 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
                     automount_service_account_token: Some(
                         pod_security::AUTOMOUNT_SERVICE_ACCOUNT_TOKEN,
                     ),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    affinity,
+                    topology_spread_constraints: crate::job::spread(
+                        &spec.scheduling,
+                        &selector_labels(&name),
+                    ),
+                    priority_class_name: spec.scheduling.priority_class_name.clone(),
                     volumes: Some(volumes),
                     security_context: Some(pod_security::pod_security_context()),
                     ..Default::default()
@@ -357,4 +371,109 @@ pub fn endpoint(md: &ModelDeployment) -> String {
         .clone()
         .unwrap_or_else(|| "default".into());
     format!("{}.{ns}.svc:{}", serving_name(&name), md.spec.ports.grpc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ModelDeploymentSpec;
+
+    pub(super) fn md(spec: serde_json::Value) -> ModelDeployment {
+        let spec: ModelDeploymentSpec = serde_json::from_value(spec).unwrap();
+        let mut md = ModelDeployment::new("reader", spec);
+        md.metadata.namespace = Some("ml".into());
+        md.metadata.uid = Some("uid-md".into());
+        md
+    }
+
+    pub(super) fn model() -> DeployedModel {
+        DeployedModel {
+            url: "s3://b/m/".into(),
+            sha256: "a".repeat(64),
+            metric: None,
+            metric_name: None,
+            training_run: None,
+        }
+    }
+
+    pub(super) fn pod(md: &ModelDeployment) -> PodSpec {
+        deployment(md, &model(), 1)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn gpu_serving_runs_on_cuda_and_cpu_serving_on_the_default() {
+        let gpu = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1-cuda", "resources": {"gpus": 1}
+        })));
+        let c = &gpu.containers[0];
+        let args = c.args.clone().unwrap();
+        let at = args.iter().position(|a| a == "--device").expect("--device");
+        assert_eq!(args[at + 1], "cuda");
+        let limits = c.resources.as_ref().unwrap().limits.clone().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+
+        let cpu = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1"
+        })));
+        let args = cpu.containers[0].args.clone().unwrap();
+        assert!(!args.contains(&"--device".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn serving_pods_take_the_placement_of_the_spec() {
+        let p = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1-cuda", "resources": {"gpus": 1},
+            "scheduling": {
+                "nodeSelector": {"pool": "inference"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ocr", "effect": "NoSchedule"}],
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                    {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                     "labelSelector": {"matchLabels": {"app": "mine"}}}
+                ],
+                "priorityClassName": "serving-high"
+            }
+        })));
+        assert_eq!(p.node_selector.unwrap()["pool"], "inference");
+        let keys: Vec<String> = p
+            .tolerations
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.key.clone())
+            .collect();
+        // The user's toleration, and the GPU pools' taint as trial pods get it.
+        assert_eq!(keys, ["dedicated", "nvidia.com/gpu"]);
+        assert!(p.affinity.unwrap().pod_anti_affinity.is_some());
+        let tsc = p.topology_spread_constraints.unwrap();
+        assert_eq!(
+            tsc[0].label_selector.as_ref().unwrap().match_labels,
+            Some(selector_labels("reader")),
+            "a constraint without a selector spreads this deployment's replicas"
+        );
+        assert_eq!(
+            tsc[1]
+                .label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app"],
+            "mine"
+        );
+        assert_eq!(p.priority_class_name.as_deref(), Some("serving-high"));
+
+        // CPU serving with no scheduling: nothing added.
+        let p = pod(&md(
+            serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}),
+        ));
+        assert!(p.node_selector.is_none() && p.tolerations.is_none() && p.affinity.is_none());
+        assert!(p.topology_spread_constraints.is_none() && p.priority_class_name.is_none());
+    }
 }

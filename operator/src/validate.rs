@@ -179,7 +179,20 @@ pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<Planned
             "must be in 1..=spec.search.maxTrials",
         ));
     }
+    // Left out and not filled by the operator's defaults (crate::defaults).
+    if spec.image.is_empty() {
+        return Err(invalid(
+            "spec.image",
+            crate::defaults::missing_image_message(spec.resources.gpus),
+        ));
+    }
     let url = spec.storage.url.as_str();
+    if url.is_empty() {
+        return Err(invalid(
+            "spec.storage.url",
+            crate::defaults::MISSING_STORAGE_MESSAGE,
+        ));
+    }
     if !["s3://", "gs://", "az://", "file://"]
         .iter()
         .any(|p| url.starts_with(p) && url.len() > p.len())
@@ -275,6 +288,20 @@ mod tests {
             .unwrap_err()
             .message
             .contains("optimizer.lr"));
+    }
+
+    #[test]
+    fn image_or_storage_left_without_a_default_is_invalid() {
+        let mut s = spec();
+        s.image.clear();
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.image");
+        assert!(e.message.contains("TEXTREC_DEFAULT_WORKER_IMAGE"), "{e}");
+        let mut s = spec();
+        s.storage.url.clear();
+        let e = plan_trials("r", &s).unwrap_err();
+        assert_eq!(e.field, "spec.storage.url");
+        assert!(e.message.contains("defaults.storage.url"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use support::fake_api::{fake_client, FakeState};
 use textrec_operator::controller::{self, MemoryEvents, Shared};
 use textrec_operator::crd::{ModelDeployment, TrainingRun};
+use textrec_operator::defaults::Defaults;
 use textrec_operator::metrics::Metrics;
 use textrec_operator::progress::StaticProgress;
 
@@ -59,6 +60,10 @@ struct Harness {
 }
 
 fn harness(run: &Value) -> Harness {
+    harness_with(run, Defaults::default())
+}
+
+fn harness_with(run: &Value, defaults: Defaults) -> Harness {
     let (client, state) = fake_client();
     let path = format!(
         "/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/{}",
@@ -78,6 +83,7 @@ fn harness(run: &Value) -> Harness {
         metrics: Arc::new(Metrics::new()),
         events: events.clone(),
         backoff: Default::default(),
+        defaults,
     });
     let ctx = Arc::new(controller::training_run::Context {
         client,
@@ -424,6 +430,71 @@ async fn invalid_spec_writes_only_a_status_naming_the_field() {
         "{valid}"
     );
     assert_eq!(reasons(&h.events), vec!["InvalidSpec"]);
+}
+
+fn chart_defaults() -> Defaults {
+    Defaults {
+        worker_image: Some("reg/textrec-worker:2".into()),
+        worker_gpu_image: Some("reg/textrec-worker:2-cuda".into()),
+        storage_url: Some("s3://default-bucket/runs".into()),
+        storage_secret: Some("s3-creds".into()),
+        service_account: Some("textrec-worker".into()),
+    }
+}
+
+#[tokio::test]
+async fn the_operator_defaults_fill_a_run_without_image_or_storage() {
+    let mut run = run_json("ocr", json!({}));
+    let spec = run["spec"].as_object_mut().unwrap();
+    spec.remove("image");
+    spec.remove("storage");
+    let h = harness_with(&run, chart_defaults());
+    // The default ServiceAccount exists (the controller checks it before creating Jobs).
+    h.state.lock().unwrap().objects.insert(
+        "/api/v1/namespaces/ml/serviceaccounts/textrec-worker".into(),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "textrec-worker", "namespace": "ml"}}),
+    );
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    let job = &w[0].2;
+    assert!(w[0].1.ends_with("/jobs/ocr-t0"), "{w:?}");
+    let pod = &job["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    // One GPU per trial: the GPU image.
+    assert_eq!(c["image"], "reg/textrec-worker:2-cuda");
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "s3-creds");
+    assert_eq!(pod["serviceAccountName"], "textrec-worker");
+    let args = c["args"].to_string();
+    assert!(args.contains("s3://default-bucket/runs"), "{args}");
+    // What the run sets wins over the defaults; the run itself is not rewritten.
+    assert!(w
+        .iter()
+        .all(|(m, p, _)| m != "PUT" && !p.ends_with("trainingruns/ocr")));
+}
+
+#[tokio::test]
+async fn a_run_without_image_and_no_default_is_invalid_naming_the_default() {
+    let mut run = run_json("ocr", json!({}));
+    run["spec"].as_object_mut().unwrap().remove("image");
+    let h = harness(&run);
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert_eq!(w.len(), 1, "only the status: {w:?}");
+    let status = &w[0].2["status"];
+    assert_eq!(status["phase"], "Invalid");
+    let valid = condition(status, "Valid");
+    assert_eq!(valid["status"], "False");
+    let msg = valid["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.image") && msg.contains("TEXTREC_DEFAULT_WORKER_GPU_IMAGE"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -879,6 +950,10 @@ struct MdHarness {
 }
 
 fn md_harness(md: &Value) -> MdHarness {
+    md_harness_with(md, Defaults::default())
+}
+
+fn md_harness_with(md: &Value, defaults: Defaults) -> MdHarness {
     let (client, state) = fake_client();
     state.lock().unwrap().objects.insert(
         "/apis/textrec.dev/v1alpha1/namespaces/ml/modeldeployments/reader".into(),
@@ -891,6 +966,7 @@ fn md_harness(md: &Value) -> MdHarness {
         metrics: Arc::new(Metrics::new()),
         events: events.clone(),
         backoff: Default::default(),
+        defaults,
     });
     let ctx = Arc::new(controller::model_deployment::Context {
         client,
@@ -1032,6 +1108,49 @@ async fn model_deployment_rolls_out_promotes_declines_and_rolls_back() {
             "RolledBack"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_deployment_without_image_serves_the_default_or_is_invalid() {
+    let mut md = md_json(json!({}));
+    md["spec"].as_object_mut().unwrap().remove("image");
+    let mut h = md_harness_with(&md, chart_defaults());
+    apply(
+        &mut h.runs,
+        finished_run("ocr", 0.10, "s1", "2027-01-01T00:00:00Z", json!({})),
+    );
+    reconcile_md(&h, md.clone()).await;
+    let w = writes(&h.state);
+    assert!(w[0].1.ends_with("/deployments/reader"), "{w:?}");
+    let pod = &w[0].2["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], "reg/textrec-worker:2");
+    assert_eq!(
+        pod["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "s3-creds"
+    );
+    assert_eq!(pod["serviceAccountName"], "textrec-worker");
+
+    // No default configured: nothing is deployed, and the status says which default is missing.
+    let mut h = md_harness(&md);
+    apply(
+        &mut h.runs,
+        finished_run("ocr", 0.10, "s1", "2027-01-01T00:00:00Z", json!({})),
+    );
+    let obj = reconcile_md(&h, md).await;
+    let w = writes(&h.state);
+    assert_eq!(w.len(), 1, "only the status: {w:?}");
+    assert_eq!(obj["status"]["phase"], "Invalid");
+    assert!(obj["status"].get("currentRevision").is_none(), "{obj}");
+    let valid = condition(&obj["status"], "Valid");
+    assert_eq!(valid["status"], "False");
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap()
+            .contains("TEXTREC_DEFAULT_WORKER_IMAGE"),
+        "{valid}"
+    );
+    assert_eq!(reasons(&h.events), vec!["InvalidSpec"]);
 }
 
 #[tokio::test]
@@ -1245,11 +1364,14 @@ async fn every_call() -> Vec<support::fake_api::Recorded> {
         progress_interval_s: 30,
         no_progress: true,
         concurrency: 1,
+        log_format: Default::default(),
+        defaults: Default::default(),
     };
     let shared = Arc::new(Shared {
         metrics: Arc::new(Metrics::new()),
         events: Arc::new(MemoryEvents::default()),
         backoff: Default::default(),
+        defaults: Default::default(),
     });
     let (stop, rx) = tokio::sync::watch::channel(false);
     let c = client.clone();

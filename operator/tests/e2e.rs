@@ -122,6 +122,8 @@ fn start_operator_in(client: &Client, ns: &str) -> tokio::sync::watch::Sender<bo
         progress_interval_s: 5,
         no_progress: true,
         concurrency: 4,
+        log_format: Default::default(),
+        defaults: Default::default(),
     };
     let reporter = kube::runtime::events::Reporter {
         controller: "textrec-operator-e2e".into(),
@@ -134,6 +136,7 @@ fn start_operator_in(client: &Client, ns: &str) -> tokio::sync::watch::Sender<bo
             reporter,
         ))),
         backoff: Default::default(),
+        defaults: Default::default(),
     });
     let c = client.clone();
     tokio::spawn(async move { run_controllers(c, &opts, shared, rx).await });

@@ -54,6 +54,8 @@ BUILTIN_RESOURCES: list[Resource] = [
     ("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", False),
     # prometheus-operator's ServiceMonitor (the chart's optional one)
     ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
+    # and its optional PodMonitor of the serving pods
+    ("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor", True),
 ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from conftest import Rendered, all_options
+from conftest import Rendered, all_options, render
 from support import (BUILTIN_RESOURCES, CHART, NAMESPACE, RELEASE, ROOT, crd_resources, ident, is_builtin,
                      kubectl_dry_run, load_docs, validate_builtin)
 
@@ -207,11 +207,30 @@ def test_chart_passes_only_flags_the_operator_has(rendered: Rendered) -> None:
     assert not unknown, f"`textrec-operator run` has no flag for {unknown}: the operator would exit at startup"
 
 
-@pytest.mark.xfail(strict=True, reason="the operator does not read the chart's TEXTREC_DEFAULT_* and "
-                   "TEXTREC_LOG_FORMAT environment yet")
 def test_chart_sets_only_environment_the_operator_reads(rendered: Rendered) -> None:
     _, envs = run_help()
     (c,) = operator_pod(rendered)["containers"]
     ignored = [e["name"] for e in c.get("env") or [] if e["name"].startswith("TEXTREC_") and e["name"] not in envs]
     assert not ignored, f"the chart sets environment the operator never reads: {ignored}"
 
+
+
+def test_serving_pod_monitor_selects_the_pods_and_port_the_operator_makes() -> None:
+    """The PodMonitor's selector and port are what operator/src/serving.rs puts on serving pods."""
+    assert not render("default values", {}).of_kind("PodMonitor"), "the PodMonitor is opt-in"
+    (pm,) = render("all options", all_options()).of_kind("PodMonitor")
+    serving = (ROOT / "operator/src/serving.rs").read_text()
+    naming = (ROOT / "operator/src/naming.rs").read_text()
+    manager = re.search(r'pub const MANAGER: &str = "([^"]+)"', naming).group(1)
+    for key, value in pm["spec"]["selector"]["matchLabels"].items():
+        if key == "app.kubernetes.io/managed-by":
+            assert value == manager
+        else:
+            assert f'("{key}".into(), "{value}".into())' in serving, f"serving pods lack {key}={value}"
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert f'name: Some("{endpoint["port"]}".into())' in serving, "serving pods have no such port name"
+    assert endpoint["path"] == "/metrics"
+    # One watched namespace there; every namespace when the operator watches all of them.
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": all_options()["watchNamespaces"][:1]}
+    (everywhere,) = render("all namespaces", {**all_options(), "watchNamespaces": []}).of_kind("PodMonitor")
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}

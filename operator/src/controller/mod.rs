@@ -110,6 +110,8 @@ pub struct Shared {
     pub events: Arc<dyn EventSink>,
     /// Error backoff.
     pub backoff: Backoff,
+    /// Defaults for unset fields, applied to every object before it is reconciled.
+    pub defaults: crate::defaults::Defaults,
 }
 
 /// A fresh id for one reconcile, recorded in its span: every log line of that reconcile carries

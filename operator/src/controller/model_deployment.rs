@@ -72,6 +72,8 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
     if md.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // The chart's defaults (image, credentials) fill what the spec leaves out.
+    let md = ctx.shared.defaults.deployment(md);
     let runs = summarize_runs(&md, &ctx.runs.state());
     let dep_ref = ObjectRef::<Deployment>::new(&serving_name(&name)).within(&ns);
     let existing = ctx.deployments.get(&dep_ref);
@@ -79,7 +81,9 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
     let (status, events) = plan_status(&md, &runs, existing.as_deref(), &now);
 
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    if let (Some(model), Some(rev)) = (&status.model, status.current_revision) {
+    // Without an image (none set, no default) nothing can be served: the status says why.
+    let servable = !md.spec.image.is_empty();
+    if let (true, Some(model), Some(rev)) = (servable, &status.model, status.current_revision) {
         if md.spec.strategy == RolloutStrategy::HotReload {
             let cm = serving::pointer_configmap(&md, model);
             Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)

@@ -135,6 +135,8 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         ctx.shared.metrics.set_trials(&key, None);
         return Ok(Action::await_change());
     }
+    // The chart's defaults (image, storage) fill what the spec leaves out, for everything below.
+    let run = ctx.shared.defaults.run(run);
     let label = label_value(&name);
     let uid = run.uid();
 

@@ -187,6 +187,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn image_and_storage_may_be_left_to_the_operator_defaults() {
+        let run = json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "r"},
+            "spec": {"search": {"maxTrials": 2, "parallelism": 1}}
+        });
+        admit("TrainingRun", &run).unwrap();
+        let mut only_secret = run.clone();
+        only_secret["spec"]["storage"] = json!({"secretRef": "s"});
+        admit("TrainingRun", &only_secret).unwrap();
+        let md = json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m"},
+            "spec": {"model": {"fromTrainingRun": "r"}}
+        });
+        admit("ModelDeployment", &md).unwrap();
+        // Set, they must still be meaningful.
+        let mut empty = run.clone();
+        empty["spec"]["image"] = json!("");
+        let v = admit("TrainingRun", &empty).unwrap_err();
+        assert_eq!(v[0].field, "spec.image", "{v:?}");
+    }
+
     /// (kind, schema path, rule, the mutations that break it).
     type RuleCase = (
         &'static str,
@@ -270,7 +294,7 @@ mod tests {
         let cases: Vec<RuleCase> = vec![
             ("TrainingRun", ".spec", "self.search.parallelism <= self.search.maxTrials",
              vec![("spec.search", json!({"maxTrials": 2, "parallelism": 3}))]),
-            ("TrainingRun", ".spec", "!self.storage.url.startsWith('file://') || has(self.storage.pvc)",
+            ("TrainingRun", ".spec.storage", "!has(self.url) || !self.url.startsWith('file://') || has(self.pvc)",
              vec![("spec.storage", json!({"url": "file:///runs"}))]),
             ("TrainingRun", ".spec.storage.url", "self.matches('^(s3|gs|az|file)://.+')",
              vec![("spec.storage", json!({"url": "http://runs"}))]),

@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::training_run::{PullPolicy, PvcMount};
+use super::training_run::{PullPolicy, PvcMount, Scheduling};
 
 /// Desired state of a ModelDeployment.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -50,7 +50,10 @@ use super::training_run::{PullPolicy, PvcMount};
 pub struct ModelDeploymentSpec {
     /// The model to serve.
     pub model: ModelSource,
-    /// Worker image (runs `textrec-worker serve`).
+    /// Worker image (runs `textrec-worker serve`). Left out: the operator's default worker
+    /// image (the chart's `defaults.workerImage`, or `defaults.workerGpuImage` when
+    /// `resources.gpus` > 0); with no default configured the deployment is invalid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy.
@@ -86,6 +89,11 @@ pub struct ModelDeploymentSpec {
     /// How pods read the model from storage.
     #[serde(default)]
     pub credentials: ServingCredentials,
+    /// Where serving pods may run: nodeSelector, tolerations, affinity,
+    /// topologySpreadConstraints, priorityClassName, and the `spot` shortcut. Pods with
+    /// `resources.gpus` also tolerate the `nvidia.com/gpu` taint of GPU node pools.
+    #[serde(default)]
+    pub scheduling: Scheduling,
 }
 
 fn default_replicas() -> i32 {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -73,18 +73,22 @@ pub const MAX_TRIALS_CAP: i32 = 256;
     )
 )]
 #[x_kube(validation = Rule::new("self.search.parallelism <= self.search.maxTrials").message("spec.search.parallelism must not exceed spec.search.maxTrials").field_path(".search.parallelism"))]
-#[x_kube(validation = Rule::new("!self.storage.url.startsWith('file://') || has(self.storage.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".storage.pvc"))]
 // Kubernetes knows no `uint64` format: see `kubernetes_formats`.
 #[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingRunSpec {
-    /// Worker image (runs `textrec-worker train`).
+    /// Worker image (runs `textrec-worker train`). Left out: the operator's default worker
+    /// image (the chart's `defaults.workerImage`, or `defaults.workerGpuImage` when
+    /// `resources.gpus` > 0); with no default configured the run is invalid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
-    /// Where trials write checkpoints, metrics and models, and how pods get credentials.
+    /// Where trials write checkpoints, metrics and models, and how pods get credentials. Each
+    /// field left out takes the operator's default (the chart's `defaults.storage`), if any.
+    #[serde(default)]
     pub storage: StorageSpec,
     /// Training and validation data.
     #[serde(default)]
@@ -169,9 +173,11 @@ impl PullPolicy {
 /// Storage of a run and the credentials pods use for it.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.url) || !self.url.startsWith('file://') || has(self.pvc)").message("spec.storage.pvc is required for file:// storage (pods need the volume)").field_path(".pvc"))]
 pub struct StorageSpec {
     /// Prefix URL: `s3://bucket/prefix`, `gs://…`, `az://…` or `file:///path` (with `pvc`).
-    /// Trials write to `<url>/<run>/<trial>/`.
+    /// Trials write to `<url>/<run>/<trial>/`. Left out: the operator's default storage URL.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|file)://.+')").message("must be an s3://, gs://, az:// or file:// URL"))]
     #[schemars(length(max = 2048))]
     pub url: String,
@@ -488,18 +494,21 @@ pub struct TrialResources {
     pub memory: Option<String>,
 }
 
-/// Placement of trial pods.
+/// Placement of pods: a TrainingRun's trial pods, a ModelDeployment's serving pods.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scheduling {
-    /// Run on spot/preemptible nodes: adds GKE's `cloud.google.com/gke-spot=true` selector and
-    /// toleration and EKS's `eks.amazonaws.com/capacityType=SPOT` selector. Preempted trials
-    /// resume from their last checkpoint.
+    /// Run on spot/preemptible nodes (see `spotProvider`). Preempted trials resume from their
+    /// last checkpoint; a preempted serving replica is replaced.
     #[serde(default)]
     pub spot: bool,
-    /// Which cloud's spot settings `spot` adds: `GKE`, `EKS`, or `Any` (the default): a required
-    /// node affinity matching GKE's, EKS's or AKS's spot label (a pod cannot carry both clouds'
-    /// labels as a plain nodeSelector), plus the GKE and AKS spot tolerations.
+    /// Which spot nodes `spot` selects: `GKE` (`cloud.google.com/gke-spot=true` selector and
+    /// toleration), `EKS` (a required node affinity matching EKS managed node groups'
+    /// `eks.amazonaws.com/capacityType=SPOT` or Karpenter's `karpenter.sh/capacity-type=spot`),
+    /// `Karpenter` (`karpenter.sh/capacity-type=spot` selector, any cloud), or `Any` (the
+    /// default): a required node affinity matching GKE's, EKS's, Karpenter's or AKS's spot label,
+    /// plus the GKE and AKS spot tolerations. A required node affinity of your own is combined
+    /// with (ANDed into) the spot terms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_provider: Option<SpotProvider>,
     /// Node labels the pods require.
@@ -514,6 +523,11 @@ pub struct Scheduling {
     /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Topology spread constraints of the pods. A constraint without a `labelSelector` spreads
+    /// the pods of this object (its run's trials, or its serving replicas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 /// Which cloud's spot node labels to select.
@@ -521,9 +535,11 @@ pub struct Scheduling {
 pub enum SpotProvider {
     /// Google Kubernetes Engine.
     GKE,
-    /// Amazon EKS (managed node groups).
+    /// Amazon EKS: managed node groups or Karpenter.
     EKS,
-    /// Any cloud's spot nodes (node affinity over the GKE, EKS and AKS labels).
+    /// Karpenter-provisioned nodes (`karpenter.sh/capacity-type`).
+    Karpenter,
+    /// Any cloud's spot nodes (node affinity over the GKE, EKS, Karpenter and AKS labels).
     Any,
 }
 

@@ -200,7 +200,7 @@ impl Servers {
         let (grpc, http) = addresses(settings, rec.deployment.spec.ports, rec.server.as_ref())?;
         write_atomic(pointer, url.as_bytes())?;
         write_atomic(&pointer.with_file_name(POINTER_SHA_KEY), sha.as_bytes())?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "serve".into(),
             "--model-pointer".into(),
             pointer.display().to_string(),
@@ -211,6 +211,10 @@ impl Servers {
             "--http-addr".into(),
             http.clone(),
         ];
+        if rec.deployment.spec.resources.gpus > 0 {
+            // As in the cluster (crate::serving): GPUs requested, GPU used.
+            args.extend(["--device".into(), "cuda".into()]);
+        }
         let child = process::spawn(
             &settings.worker,
             &args,
