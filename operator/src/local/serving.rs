@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{json, Value};
 
 use crate::crd::{ModelDeploymentStatus, ServingPorts};
-use crate::local::process;
+use crate::local::process::{self, SpawnError};
 use crate::local::state::{write_atomic, DeploymentRecord, LocalPaths, ServerRecord};
 use crate::serving::{POINTER_SHA_KEY, REVISION_ANNOTATION};
 
@@ -57,6 +57,10 @@ struct Proc {
 pub struct Servers {
     procs: BTreeMap<String, Proc>,
     not_before: BTreeMap<String, Instant>,
+    /// Deployments whose server cannot start until something changes (the worker binary is
+    /// missing or not executable, ...), with the model URL it was asked to serve: a new model
+    /// tries again.
+    given_up: BTreeMap<String, String>,
 }
 
 /// What happened to a server during a tick, for the log.
@@ -172,11 +176,23 @@ impl Servers {
                     .not_before
                     .get(name)
                     .is_some_and(|t| Instant::now() < *t)
+                    || self.given_up.get(name) == Some(&model.url)
                 {
                     return events;
                 }
+                self.given_up.remove(name);
                 match self.start(name, rec, settings, &model.url, &model.sha256, &pointer) {
                     Ok(e) => events.push(e),
+                    Err(e)
+                        if e.downcast_ref::<SpawnError>()
+                            .is_some_and(SpawnError::is_permanent) =>
+                    {
+                        self.given_up.insert(name.into(), model.url.clone());
+                        events.push(ServerEvent::Failed(format!(
+                            "{e:#}; retrying cannot help: fix it and restart `local run` \
+                             (a new model also tries again)"
+                        )));
+                    }
                     Err(e) => {
                         self.not_before
                             .insert(name.into(), Instant::now() + Duration::from_secs(10));
@@ -333,7 +349,7 @@ pub fn synth_deployment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DeployedModel, Revision};
+    use crate::crd::{DeployedModel, ModelDeployment, Revision};
     use crate::local::now;
 
     fn status() -> ModelDeploymentStatus {
@@ -354,6 +370,41 @@ mod tests {
             history: vec![rev(1, "a"), rev(2, "b"), rev(3, "a")],
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_start_is_not_retried_until_the_model_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ServeSettings {
+            worker: dir.path().join("no-such-worker"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            ports: PortMode::Auto,
+            paths: LocalPaths {
+                dir: dir.path().join("local"),
+            },
+        };
+        let mut deployment: ModelDeployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m"}, "spec": {"model": {"url": "file:///m/a"}}
+        }))
+        .unwrap();
+        let mut st = status();
+        st.model = Some(st.history[0].model.clone());
+        deployment.status = Some(st);
+        let mut rec = DeploymentRecord {
+            deployment,
+            server: None,
+        };
+        let mut servers = Servers::default();
+        let events = servers.ensure("m", &mut rec, &settings);
+        assert!(
+            matches!(&events[..], [ServerEvent::Failed(why)] if why.contains("ENOENT") && why.contains("retrying cannot help")),
+            "{events:?}"
+        );
+        assert!(servers.ensure("m", &mut rec, &settings).is_empty());
+        let st = rec.deployment.status.as_mut().unwrap();
+        st.model = Some(st.history[1].model.clone());
+        assert_eq!(servers.ensure("m", &mut rec, &settings).len(), 1);
     }
 
     #[test]
