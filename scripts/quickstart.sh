@@ -7,17 +7,9 @@
 # Rerunning continues where it stopped: finished trials are kept, interrupted ones resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-. scripts/env.sh
-
-BIN="$CARGO_TARGET_DIR/release"
-export TEXTREC_WORKER="$BIN/textrec-worker"
-STORAGE="${TEXTREC_STORAGE:-file://$PWD/textrec-data}"
-SAMPLES="$PWD/textrec-data/quickstart-samples"
-HTTP="http://127.0.0.1:8080"
-GRPC="grpc://127.0.0.1:50051"
 
 # The server the runner starts listens on these; something else there would answer in its place.
+# Checked first, so a taken port fails in a second rather than after the setup.
 for port in 8080 50051; do
   if ! python3 - "$port" <<'PY'
 import socket, sys
@@ -33,6 +25,16 @@ PY
     exit 1
   fi
 done
+
+scripts/setup.sh
+. scripts/env.sh
+
+BIN="$CARGO_TARGET_DIR/release"
+export TEXTREC_WORKER="$BIN/textrec-worker"
+STORAGE="${TEXTREC_STORAGE:-file://$PWD/textrec-data}"
+SAMPLES="$PWD/textrec-data/quickstart-samples"
+HTTP="http://127.0.0.1:8080"
+GRPC="grpc://127.0.0.1:50051"
 
 mkdir -p "$(dirname "$SAMPLES")"
 echo "==> textrec-operator local run examples/quickstart.yaml (storage $STORAGE)"

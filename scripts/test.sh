@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what is missing, then formatting, lints, the whole
 # Rust test suite (unit, integration, exact-resume, serving, operator against a mocked API) and
-# the chart/Dockerfile/manifest checks.
+# the chart/Dockerfile/manifest checks, the Python client against the built worker, and the
+# scripts' own tests (tests/scripts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-build
@@ -25,3 +26,5 @@ if [ -x scripts/check-manifests.sh ]; then
   echo "==> chart, Dockerfile and manifest checks"
   scripts/check-manifests.sh
 fi
+echo "==> scripts (tests/scripts)"
+python -m pytest -p no:cacheprovider -q tests/scripts
