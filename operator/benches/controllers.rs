@@ -15,9 +15,7 @@
 mod fake_api;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -34,7 +32,6 @@ use textrec_operator::metrics::Metrics;
 const RUNS: usize = 100;
 const TRIALS: usize = 8;
 const NS: &str = "bench";
-const CHILD_ENV: &str = "TEXTREC_BENCH_FAKE_API_CHILD";
 
 fn mb(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -54,46 +51,6 @@ fn run(i: usize) -> TrainingRun {
         }
     }))
     .unwrap()
-}
-
-/// The child: serve the fake API (with watches) on 127.0.0.1 until stdin closes.
-fn serve_fake() {
-    let state = Arc::new(Mutex::new(fake_api::FakeState {
-        quiet: true,
-        ..Default::default()
-    }));
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(0);
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("PORT {}", listener.local_addr().unwrap().port());
-        fake_api::serve_http(state, listener).await;
-    });
-}
-
-fn spawn_fake() -> (Child, u16) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the fake API server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .expect("fake API server port");
-    (child, port)
 }
 
 /// A running pod for `job`, as the Job controller and the kubelet would make it.
@@ -117,15 +74,15 @@ fn pod_of(job: &Job) -> Pod {
 }
 
 fn main() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return serve_fake();
+    if std::env::var_os(fake_api::CHILD_ENV).is_some() {
+        return fake_api::serve_child(true);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (mut child, port) = spawn_fake();
+    let (mut child, port) = fake_api::spawn_child();
     rt.block_on(async {
         let url = format!("http://127.0.0.1:{port}").parse().unwrap();
         let client = Client::try_from(kube::Config::new(url)).unwrap();

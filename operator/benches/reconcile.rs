@@ -23,9 +23,7 @@
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
@@ -44,7 +42,6 @@ use textrec_operator::progress::NoProgress;
 
 const RUNS: usize = 100;
 const NS: &str = "bench";
-const CHILD_ENV: &str = "TEXTREC_BENCH_FAKE_API_CHILD";
 
 fn mb(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -93,66 +90,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// The child: serve the fake API over HTTP on 127.0.0.1 until stdin closes.
-fn serve_fake() {
-    let state = Arc::new(Mutex::new(fake_api::FakeState {
-        quiet: true,
-        ..Default::default()
-    }));
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(0);
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let state = state.clone();
-            async move {
-                let method = req.method().to_string();
-                let path = req.uri().path().to_string();
-                let query = req.uri().query().unwrap_or_default().to_string();
-                let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
-                    .await
-                    .unwrap();
-                let (code, body) = fake_api::handle_raw(&state, &method, &path, &query, &bytes);
-                axum::response::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(body))
-                    .unwrap()
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("PORT {}", listener.local_addr().unwrap().port());
-        axum::serve(listener, app).await.unwrap();
-    });
-}
-
-fn spawn_fake() -> (Child, u16) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the fake API server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .expect("fake API server port");
-    (child, port)
-}
-
 fn main() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return serve_fake();
+    if std::env::var_os(fake_api::CHILD_ENV).is_some() {
+        return fake_api::serve_child(false);
     }
     let in_process = match std::env::var("TEXTREC_BENCH_FAKE").as_deref() {
         Ok("in-process") => true,
@@ -172,7 +112,7 @@ fn main() {
             state.lock().unwrap().quiet = true;
             client
         } else {
-            let (c, port) = spawn_fake();
+            let (c, port) = fake_api::spawn_child();
             child = Some(c);
             let url = format!("http://127.0.0.1:{port}").parse().unwrap();
             Client::try_from(kube::Config::new(url)).unwrap()

@@ -152,9 +152,9 @@ pub fn is_watch(query: &str) -> bool {
         .any(|kv| kv == "watch=true" || kv == "watch=1")
 }
 
-/// Serve the fake over HTTP on `listener` until the process ends, with watches.
+/// Serve the fake over HTTP on `listener` until the process ends; watches are answered when
+/// the state is [`FakeState::watchable`].
 pub async fn serve_http(state: Arc<Mutex<FakeState>>, listener: tokio::net::TcpListener) {
-    state.lock().unwrap().watchable = true;
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let state = state.clone();
         async move {
@@ -395,4 +395,54 @@ fn answer(
         }
         _ => not_found(path),
     }
+}
+
+/// Set in a benchmark binary re-executed by [`spawn_child`]: it serves the fake instead.
+pub const CHILD_ENV: &str = "TEXTREC_BENCH_FAKE_API_CHILD";
+
+/// The child side of [`spawn_child`]: serve the fake (quiet; with watches when `watchable`) on
+/// 127.0.0.1, print `PORT n`, and exit when stdin closes.
+pub fn serve_child(watchable: bool) {
+    let state = Arc::new(Mutex::new(FakeState {
+        quiet: true,
+        watchable,
+        ..Default::default()
+    }));
+    std::thread::spawn(|| {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("PORT {}", listener.local_addr().unwrap().port());
+        serve_http(state, listener).await;
+    });
+}
+
+/// Run the fake API in a child process (this binary, re-executed with [`CHILD_ENV`] set, must
+/// call [`serve_child`]), so the parent's memory is the operator's alone. Returns the child
+/// (closing its stdin stops it) and its port.
+pub fn spawn_child() -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the fake API server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .expect("fake API server port");
+    (child, port)
 }

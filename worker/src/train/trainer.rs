@@ -684,6 +684,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     t.publish(WorkerPhase::Running)?;
 
     let mut window = Window::default();
+    let stop = t.ctx.stop.clone();
     let outcome = loop {
         // An evaluation due at this step that has not happened (resumed right after a cut-short
         // one, or the first iteration after a checkpoint at an eval step).
@@ -696,7 +697,6 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         if t.state.step >= cfg.max_steps {
             break Outcome::Finished;
         }
-        let stop = t.ctx.stop.clone();
         let Some(batch) = loader
             .next_batch_unless(&|| stop.is_set())
             .context("loading a training batch")?
