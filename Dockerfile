@@ -76,8 +76,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir ${TORCH_CUDA_INDEX_URL:+--index-url "${TORCH_CUDA_INDEX_URL}"} "torch==${TORCH_VERSION}"
 
 # ---------------------------------------------------------------------------------------------
-# The worker, built once per torch flavour (the CUDA build links libtorch_cuda; a binary built
-# against the CPU wheel cannot use a GPU). Separate target caches: the two must not mix.
+# The worker, built once per torch flavour (the CUDA image ships libtorch_cuda, which the worker
+# loads at start-up where an NVIDIA driver is present; the CPU wheel has none, so that image
+# cannot use a GPU). Separate target caches: the two must not mix.
 # The runtime layout keeps the wheel's relative paths (torch/lib next to nvidia/), because the
 # wheel's libraries find the NVIDIA ones through RPATH $ORIGIN/../../nvidia/*/lib.
 FROM torch-cpu AS worker-build-cpu

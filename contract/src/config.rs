@@ -89,16 +89,15 @@ pub enum Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// On CUDA, libtorch's default autocast (fp16) with dynamic loss scaling; tch exposes no
-    /// way to pick the autocast type, so this is what `bf16` runs too (with a warning). The
-    /// CPU always trains in fp32.
+    /// fp32 everywhere for now: on an H200 the `small` network trained 5x faster in fp32
+    /// than under autocast (see BENCHMARKS.md, "GPU").
     Auto,
     /// Full fp32.
     Fp32,
-    /// Asks for bf16 autocast; runs as `auto` (fp16 with loss scaling) until tch can select
-    /// the autocast type, and says so in the log.
+    /// bf16 autocast on CUDA (fp32's exponent range, so no loss scaling); needs an Ampere
+    /// or newer GPU to be fast.
     Bf16,
-    /// fp16 autocast.
+    /// fp16 autocast on CUDA, with dynamic loss scaling.
     Fp16,
 }
 

@@ -4,6 +4,7 @@
 //!
 //! No Kubernetes and no networking here.
 
+pub mod autocast;
 pub mod batching;
 pub mod data;
 pub mod inference;

@@ -29,6 +29,8 @@
 //! per inference thread and inference threads of every server, and libtorch threads per caller
 //! of (a); default: what `serve` picks by itself), `TEXTREC_BENCH_MAX_BATCH` (32), `TEXTREC_BENCH_MAX_BATCH_COLUMNS` (textrec's
 //! `--max-batch-columns`; default: the server's), `TEXTREC_BENCH_MAX_WAIT_MS` (5),
+//! `TEXTREC_BENCH_DEVICE` (`cpu` or `cuda`: where textrec's servers and (a) run the model),
+//! `TEXTREC_BENCH_WORKER` (the worker binary to serve with; default: this build's),
 //! `TEXTREC_BENCH_SEED` (1), `TEXTREC_BENCH_PAIRED_ROUNDS` (8; rounds of the
 //! interleaved concurrency-1 comparison, 0 to skip it), `TEXTREC_BENCH_PAIRED_BLOCK` (8; images
 //! per mode before the comparison switches to the next mode), `TEXTREC_BENCH_MODES` (comma list of `inproc`, `rust-off`,
@@ -290,6 +292,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The worker binary the servers run: this build's, or `TEXTREC_BENCH_WORKER` (a copy of the
+/// bench run on another machine, such as a GPU host, next to its own worker).
+fn worker_binary() -> String {
+    std::env::var("TEXTREC_BENCH_WORKER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_textrec-worker").to_string())
+}
+
+/// `TEXTREC_BENCH_DEVICE`: where textrec's servers and (a) run the model (`cpu`, `cuda`).
+fn bench_device_name() -> String {
+    std::env::var("TEXTREC_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
+fn bench_device() -> tch::Device {
+    match bench_device_name().as_str() {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => {
+            assert!(
+                textrec_worker::device::cuda_available(),
+                "TEXTREC_BENCH_DEVICE=cuda: no CUDA device"
+            );
+            tch::Device::Cuda(0)
+        }
+        other => panic!("TEXTREC_BENCH_DEVICE: `cpu` or `cuda`, not {other:?}"),
+    }
+}
+
 /// Limits shared by every server.
 struct Limits {
     /// libtorch intra-op threads per inference thread (and per caller of (a)).
@@ -302,8 +330,9 @@ struct Limits {
 
 fn start_rust(mode: &'static str, model: &std::path::Path, batch: u32, l: &Limits) -> ServerProc {
     let (g, h) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_textrec-worker"))
+    let child = Command::new(worker_binary())
         .args(["serve", "--model", model.to_str().unwrap()])
+        .args(["--device", &bench_device_name()])
         .args([
             "--grpc-addr",
             &format!("127.0.0.1:{g}"),
@@ -565,7 +594,7 @@ fn main() {
     };
     let (images, images_desc) = image_set();
     tch::set_num_threads(limits.threads as i32);
-    let model = Arc::new(LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap());
+    let model = Arc::new(LoadedModel::load_dir(&dir, bench_device()).unwrap());
     let prepared: Vec<_> = images
         .iter()
         .map(|i| prepare_bytes(i, model.preprocess()).unwrap())
@@ -575,8 +604,9 @@ fn main() {
     println!(
         "model: {model_desc}; images: {images_desc}; characters emitted per image: {chars:?}; \
          {} inference threads × {} libtorch threads for every server (and {} libtorch threads per caller of (a)); \
-         max batch {}, max wait {} ms; {requests} requests per run; {cpus} CPUs",
-        limits.inference_threads, limits.threads, limits.threads, limits.max_batch, limits.max_wait_ms
+         max batch {}, max wait {} ms; {requests} requests per run; {cpus} CPUs; device {}",
+        limits.inference_threads, limits.threads, limits.threads, limits.max_batch, limits.max_wait_ms,
+        bench_device_name()
     );
 
     let mut rows = Vec::new();
@@ -661,7 +691,7 @@ fn main() {
     let mut paired_top = None;
     let mut paired_report = Vec::new();
     if rounds > 0 && has("inproc") && has("rust-off") {
-        let model = Arc::new(LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap());
+        let model = Arc::new(LoadedModel::load_dir(&dir, bench_device()).unwrap());
         let mut servers: Vec<ServerProc> =
             vec![start_rust("textrec gRPC, batching off", &dir, 1, &limits)];
         if has("rust-on") {

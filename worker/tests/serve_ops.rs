@@ -358,3 +358,68 @@ async fn binary_reloads_on_sighup_and_shuts_down_gracefully_on_sigterm() {
         log.lock().unwrap()
     );
 }
+
+/// With info logging off the server still waits for SIGTERM: the signal wait must not sit
+/// inside a log macro, which evaluates nothing when its level is disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keeps_serving_with_logging_at_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, version) = s::tiny_model(tmp.path(), "quiet", 43);
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let http = reqwest::Client::new();
+    // A port found free can be taken again before the server binds it (by another test's
+    // client connection); the server then exits with an error and is started on new ports.
+    let mut child = 'found: {
+        'attempts: for _attempt in 0..5 {
+            let (grpc, http_port) = (free_port(), free_port());
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_textrec-worker"))
+                .args(["serve", "--model", dir.to_str().unwrap()])
+                .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+                .args(["--max-batch", "1", "--torch-threads", "1"])
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let url = format!("http://127.0.0.1:{http_port}/v1/model");
+            for _ in 0..600 {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        !status.success(),
+                        "the server exited on its own, successfully, before any signal"
+                    );
+                    continue 'attempts;
+                }
+                if let Ok(r) = http.get(&url).send().await {
+                    if let Ok(v) = r.json::<Value>().await {
+                        if v["version"] == version.as_str() {
+                            break 'found child;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the server never answered");
+        }
+        panic!("no free ports after 5 attempts");
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "still serving");
+    let pid = child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -456,7 +456,11 @@ fn spawn_supervisor(s: Supervised) -> JoinHandle<Result<()>> {
 /// Resolves on SIGTERM or SIGINT.
 async fn termination_signal() {
     match textrec_contract::signals::Termination::install() {
-        Ok(mut t) => tracing::info!("{}", t.recv().await.describe()),
+        Ok(mut t) => {
+            // Awaited outside the log macro: a macro whose level is off evaluates nothing.
+            let signal = t.recv().await;
+            tracing::info!("{}", signal.describe());
+        }
         Err(e) => {
             tracing::warn!("cannot listen for SIGTERM: {e}; stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;

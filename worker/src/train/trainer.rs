@@ -20,6 +20,7 @@ use textrec_contract::metrics::{
     OBJECTIVE_SET,
 };
 use textrec_contract::{layout, Store, TrainConfig};
+use textrec_model::autocast::Autocast;
 use textrec_model::data::{open_dataset, Loader, Sampler};
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
@@ -122,7 +123,7 @@ struct Trial<'a> {
     session_start: Instant,
     elapsed_at_start: f64,
     last_checkpoint: Instant,
-    autocast: bool,
+    autocast: Autocast,
     scaler: Option<LossScaler>,
     display: Display,
 }
@@ -187,7 +188,7 @@ impl Trial<'_> {
         let tgt_in = batch.tgt_in.to_device(d);
         let tgt_out = batch.tgt_out.to_device(d);
         let lengths = batch.target_lengths.to_device(d);
-        let loss = tch::autocast(self.autocast, || {
+        let loss = self.autocast.run(|| {
             let out = self.net.forward_t(&images, &widths, &tgt_in, true);
             self.net
                 .loss(&out, &tgt_out, &lengths, self.cfg.optimizer.label_smoothing)
@@ -503,7 +504,10 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     let arch = cfg.model.resolve()?;
     let tokenizer = Tokenizer::new(IAM_CHARSET);
     let device = ctx.device;
-    let autocast = device.is_cuda() && cfg.precision != textrec_contract::config::Precision::Fp32;
+    let autocast = Autocast::for_precision(cfg.precision, device);
+    autocast
+        .verify(device)
+        .map_err(|e| ConfigError::new(format!("precision: {e:#}")))?;
 
     // Data first: a missing font or corpus is a config error and should cost no model build.
     let train_ds = open_dataset(&cfg.data.train, cfg.seed, IAM_CHARSET)
@@ -637,11 +641,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         opt.len(),
         opt.decayed_names().len(),
         vs.trainable_variables().iter().map(|t| t.numel()).sum::<usize>() as f64 / 1e6,
-        if autocast { "fp16" } else { "off" }
+        autocast.label()
     );
-    if autocast && cfg.precision == textrec_contract::config::Precision::Bf16 {
-        tracing::warn!("precision bf16: tch exposes only libtorch's default CUDA autocast (fp16); using fp16 with loss scaling");
-    }
 
     let metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
     let sampler = Sampler::new(train_ds.len(), cfg.seed);
@@ -657,7 +658,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         cfg.data.prefetch_batches.max(1),
     );
 
-    let scaler = autocast.then(|| LossScaler {
+    let scaler = autocast.needs_loss_scaling().then(|| LossScaler {
         scale: state.loss_scale.unwrap_or(65536.0),
         good_steps: 0,
     });

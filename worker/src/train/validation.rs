@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tch::Device;
 use textrec_contract::config::PreprocessConfig;
+use textrec_model::autocast::Autocast;
 use textrec_model::data::Dataset;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
@@ -90,7 +91,7 @@ impl ValidationSet {
         device: Device,
         batch_size: usize,
         max_len: i64,
-        autocast: bool,
+        autocast: Autocast,
         mode: DecodeMode,
         stop: &StopFlag,
     ) -> Result<Option<ScoreCard>> {
@@ -104,9 +105,8 @@ impl ValidationSet {
                 return Ok(None);
             }
             let (images, widths) = preprocess::collate(chunk, pre, device);
-            let decoded = tch::no_grad(|| {
-                tch::autocast(autocast, || net.decode(&images, &widths, max_len, mode))
-            });
+            let decoded =
+                tch::no_grad(|| autocast.run(|| net.decode(&images, &widths, max_len, mode)));
             for (tokens, reference) in decoded.tokens.iter().zip(texts) {
                 card.add(reference, &tokenizer.decode(tokens));
             }
