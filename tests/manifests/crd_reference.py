@@ -115,6 +115,11 @@ def validation_of(s: dict[str, Any], required: bool) -> str:
             parts.append(f"{word} {_number(s[key])}")
     if "pattern" in s:
         parts.append(f"matches {_code(s['pattern'])}")
+    items = s.get("items")
+    if isinstance(items, dict) and not items.get("properties"):
+        each = validation_of(items, False)
+        if each:
+            parts.append(f"each item: {each}")
     for rule in s.get("x-kubernetes-validations") or []:
         msg = rule.get("message") or "must hold"
         where = f" (on `{rule['fieldPath'].lstrip('.')}`)" if rule.get("fieldPath") else ""
