@@ -56,6 +56,8 @@ BUILTIN_RESOURCES: list[Resource] = [
     ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
     # and its optional PodMonitor of the serving pods
     ("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor", True),
+    # and its optional PrometheusRule with textrec's alerts
+    ("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule", True),
 ]
 
 

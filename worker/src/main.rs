@@ -5,7 +5,7 @@ use textrec_contract::exit;
 #[derive(Parser)]
 #[command(name = "textrec-worker", version, about, long_about = None)]
 struct Cli {
-    /// Log as JSON lines instead of human-readable text (the default inside Kubernetes).
+    /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "TEXTREC_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]

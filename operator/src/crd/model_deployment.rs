@@ -254,7 +254,7 @@ pub struct ModelDeploymentStatus {
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Available`, `Progressing`, `ModelResolved`.
+    /// `Valid`, `ModelResolved`, `Available`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Revision now deployed.
