@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of everything the cluster side ships: the Helm chart (lint, render, schema,
-# security, RBAC), the CRD copies in the chart, examples/*.yaml, and the Dockerfile (hadolint).
+# security, RBAC), the CRD copies in the chart, examples/*.yaml and examples/ci/*.yaml, and the
+# Dockerfile (hadolint).
 # No cluster, Docker engine or network is needed beyond PyPI for the first install.
 #
 #   scripts/check-manifests.sh            # run all checks (pytest, tests/manifests/)

@@ -8,6 +8,7 @@
 //! [`pod_problems`], [`run_plan`], [`deployment_plan`], [`promotion`], [`serving`],
 //! [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
 //! [`local`] runs the same decisions over local processes instead of Kubernetes objects.
+//! [`submit`] is the CI client: it creates a TrainingRun and waits for its outcome.
 
 pub mod conditions;
 pub mod controller;
@@ -29,6 +30,7 @@ pub mod references;
 pub mod run_plan;
 pub mod search;
 pub mod serving;
+pub mod submit;
 pub mod trial_state;
 pub mod util;
 pub mod validate;

@@ -1,5 +1,6 @@
-//! `textrec-operator`: `run` (the controller manager), `crd` (prints the CRDs) and `local`
-//! (runs the same manifests on this machine).
+//! `textrec-operator`: `run` (the controller manager), `crd` (prints the CRDs), `local`
+//! (runs the same manifests on this machine) and `submit` (creates a TrainingRun and waits for
+//! its outcome, for CI).
 
 use std::path::PathBuf;
 
@@ -34,6 +35,14 @@ enum Command {
     /// `local rollback NAME N` and `local stop`.
     #[command(subcommand)]
     Local(textrec_operator::local::cli::LocalCommand),
+    /// Create a TrainingRun from a manifest; with --wait, follow it and exit by its outcome.
+    ///
+    /// For CI: `submit run.yaml --generate-name --wait --timeout 2h --require 'cer<=0.05'`
+    /// creates the run (the API server validates it), prints a line per trial as it
+    /// progresses, then the best model (URL, sha256, metric), and exits 0 only if the run
+    /// succeeded and every requirement holds. Uses the kubeconfig (KUBECONFIG, ~/.kube/config)
+    /// or the in-cluster ServiceAccount.
+    Submit(textrec_operator::submit::SubmitArgs),
 }
 
 fn main() -> Result<()> {
@@ -58,6 +67,7 @@ fn main() -> Result<()> {
                 std::process::exit(1)
             }
         },
+        Command::Submit(args) => std::process::exit(textrec_operator::submit::main(args)),
         Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

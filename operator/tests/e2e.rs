@@ -12,9 +12,10 @@
 //!   pod outcomes are simulated by patching pod status instead of running the worker.
 //!
 //! Tests that start an operator of their own use a namespace of their own (`textrec-e2e`,
-//! `textrec-e2e-refs`, `textrec-e2e-image`, `textrec-e2e-gpus`), since they run concurrently. The
-//! operator runs in the test process with the kubeconfig's credentials, so the chart's RBAC is
-//! not what is exercised here (it may read Secrets, for instance).
+//! `textrec-e2e-refs`, `textrec-e2e-image`, `textrec-e2e-gpus`, `textrec-e2e-submit`), since
+//! they run concurrently. The operator runs in the test process with the kubeconfig's
+//! credentials, so the chart's RBAC is not what is exercised here (it may read Secrets, for
+//! instance); `submit` runs as the built binary with the same kubeconfig.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -793,4 +794,105 @@ async fn more_gpus_than_any_node_has_leave_the_trial_pending_with_the_schedulers
 
     let _ = stop.send(true);
     let _ = runs.delete("gpus", &Default::default()).await;
+}
+
+/// `textrec-operator submit --wait` as a CI job runs it: the binary creates a one-trial run with
+/// the kubeconfig's credentials, follows it to `Succeeded`, checks a requirement and exits 0 with
+/// the best model in its JSON report.
+#[tokio::test]
+async fn submit_waits_for_a_tiny_run_and_exits_zero() {
+    let Some(client) = client().await else { return };
+    let ns = "textrec-e2e-submit";
+    setup_namespace(&client, ns).await;
+    let ssa = PatchParams::apply("textrec-e2e").force();
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), ns);
+    let _ = pvcs
+        .patch("textrec-e2e", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "textrec-e2e"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
+        .await;
+    let stop = start_operator_in(&client, ns);
+    let storage = std::env::var("TEXTREC_E2E_STORAGE").unwrap_or_else(|_| "file:///e2e".into());
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    if runs.get_opt("submitted").await.unwrap().is_some() {
+        let _ = runs.delete("submitted", &Default::default()).await;
+        eventually("the earlier run gone", Duration::from_secs(60), || async {
+            runs.get_opt("submitted")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    // JSON is YAML: the manifest file `submit` reads.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("run.yaml");
+    let run = json!({
+        "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+        "metadata": {"name": "submitted"},
+        "spec": {
+            "image": worker_image(), "imagePullPolicy": "IfNotPresent",
+            "storage": {"url": storage, "pvc": {"claimName": "textrec-e2e"}},
+            "model": {"preset": "tiny"},
+            "search": {"maxTrials": 1, "parallelism": 1},
+            "training": {"maxSteps": 20, "evalInterval": 10, "checkpointEverySteps": 10}
+        }
+    });
+    std::fs::write(&manifest, run.to_string()).unwrap();
+    let kubeconfig = std::env::var_os("TEXTREC_E2E_KUBECONFIG").unwrap();
+    let submit = tokio::process::Command::new(env!("CARGO_BIN_EXE_textrec-operator"))
+        .arg("submit")
+        .arg(&manifest)
+        .args(["--namespace", ns, "--wait", "--timeout", "10m"])
+        .args(["--require", "cer>=0", "--output", "json"])
+        .env("KUBECONFIG", kubeconfig)
+        .kill_on_drop(true)
+        .output();
+    // Without kubelets, do what the worker's pod would: finish with its termination message.
+    let finish_pod = async {
+        if !no_kubelet() {
+            return;
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let pod = eventually(
+            "a pod of submitted-t0",
+            Duration::from_secs(120),
+            || async {
+                pods.list(&ListParams::default().labels("textrec.dev/trial=submitted-t0"))
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .next()
+            },
+        )
+        .await;
+        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9},
+            "model": {"url": format!("{storage}/submitted/submitted-t0/model/"), "sha256": "a".repeat(64), "cer": 0.5}, "updated": "2030-01-01T00:00:00Z"});
+        let status = json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "worker", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "message": done.to_string()}}}]}});
+        pods.patch_status(
+            pod.metadata.name.as_deref().unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
+        .await
+        .unwrap();
+    };
+    let (out, ()) = tokio::join!(submit, finish_pod);
+    let out = out.expect("textrec-operator submit runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    assert_eq!(report["phase"], "Succeeded");
+    assert_eq!(report["requirements"][0]["met"], true, "{report}");
+    assert!(report["bestModel"]["url"]
+        .as_str()
+        .is_some_and(|u| u.contains("submitted-t0")));
+    assert!(stderr.contains("trial submitted-t0: "), "{stderr}");
+
+    let _ = stop.send(true);
+    let _ = runs.delete("submitted", &Default::default()).await;
 }

@@ -16,8 +16,10 @@ from support import BUILTIN_RESOURCES, EXAMPLES, crd_resources, is_builtin, kube
 
 
 def manifest_files() -> list[Path]:
-    """Files with Kubernetes objects; worker trial configs (no apiVersion) belong to the worker."""
-    return [f for f in sorted(EXAMPLES.glob("*.yaml"))
+    """Files with Kubernetes objects, in examples/ and examples/ci/; worker trial configs (no
+    apiVersion) belong to the worker, and the CI workflow file is no Kubernetes object."""
+    files = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("ci/*.yaml"))
+    return [f for f in files
             if any("apiVersion" in d and "kind" in d for d in load_docs(f.read_text(), str(f)))]
 
 
@@ -25,13 +27,13 @@ def objects(f: Path) -> list[dict[str, Any]]:
     return load_docs(f.read_text(), str(f))
 
 
-@pytest.mark.parametrize("f", manifest_files(), ids=lambda f: f.name)
+@pytest.mark.parametrize("f", manifest_files(), ids=lambda f: str(f.relative_to(EXAMPLES)))
 def test_builtin_objects_match_kubernetes_schemas(f: Path) -> None:
     problems = [p for o in objects(f) if is_builtin(o) for p in validate_builtin(o)]
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("f", manifest_files(), ids=lambda f: f.name)
+@pytest.mark.parametrize("f", manifest_files(), ids=lambda f: str(f.relative_to(EXAMPLES)))
 def test_kubectl_accepts_the_example(f: Path, crds: list[dict[str, Any]]) -> None:
     kubectl_dry_run(objects(f), BUILTIN_RESOURCES + crd_resources(crds))
 
@@ -57,3 +59,21 @@ def test_auto_promotion_example_promotes_automatically() -> None:
     docs = objects(EXAMPLES / "auto-promotion.yaml")
     promotion = [((d.get("spec") or {}).get("promotion") or {}) for d in docs if d.get("kind") == "ModelDeployment"]
     assert any(p.get("policy") == "Automatic" and "minImprovement" in p for p in promotion)
+
+
+def test_ci_rbac_grants_only_what_submit_needs(crds: list[dict[str, Any]]) -> None:
+    """examples/ci/rbac.yaml: create, get, list and watch on the CRD's TrainingRuns, in one
+    namespace, bound to the CI's ServiceAccount; nothing else."""
+    docs = {d["kind"]: d for d in objects(EXAMPLES / "ci" / "rbac.yaml")}
+    assert sorted(docs) == ["Role", "RoleBinding", "ServiceAccount"]
+    run_crd = next(c for c in crds if c["spec"]["names"]["kind"] == "TrainingRun")
+    role, binding, account = docs["Role"], docs["RoleBinding"], docs["ServiceAccount"]
+    assert role["rules"] == [{"apiGroups": [run_crd["spec"]["group"]],
+                              "resources": [run_crd["spec"]["names"]["plural"]],
+                              "verbs": ["create", "get", "list", "watch"]}]
+    namespace = account["metadata"]["namespace"]
+    assert {role["metadata"]["namespace"], binding["metadata"]["namespace"]} == {namespace}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": namespace}]

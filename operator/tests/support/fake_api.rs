@@ -4,7 +4,9 @@
 //! Served over HTTP ([`serve_http`]) it also answers watches: every write gets a
 //! resourceVersion and is streamed to the watches of its collection, and a watch from an older
 //! resourceVersion first replays what it missed, so kube's watchers and reflectors run against
-//! it as against an API server.
+//! it as against an API server. A create completes `metadata.generateName` and, with
+//! [`FakeState::admission`], refuses textrec.dev objects the API server would (422 Invalid with
+//! the fields as `details.causes`).
 
 #![allow(dead_code)]
 
@@ -48,6 +50,11 @@ pub struct FakeState {
     pub watches: Vec<OpenWatch>,
     /// Watches opened so far.
     pub watches_opened: usize,
+    /// Check created textrec.dev objects with the CRD schema and CEL rules, as the API server
+    /// does (`textrec_operator::crd::admission::admit`).
+    pub admission: bool,
+    /// Names completed from `generateName` so far (the next suffix).
+    pub generated: u64,
 }
 
 /// One write, as a watch delivers it.
@@ -348,13 +355,25 @@ fn answer(
             }
         },
         "POST" => {
-            let name = body["metadata"]["name"]
-                .as_str()
-                .unwrap_or("generated")
-                .to_string();
-            let key = format!("{path}/{name}");
             if path.contains("/events") {
                 return (StatusCode::CREATED, body);
+            }
+            if st.admission && path.starts_with("/apis/textrec.dev/") {
+                if let Err(refusal) = admit(&body) {
+                    return refusal;
+                }
+            }
+            let mut body = body;
+            let name = created_name(st, &mut body);
+            let key = format!("{path}/{name}");
+            if let Some(ns) = path
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+            {
+                if body["metadata"]["namespace"].is_null() {
+                    body["metadata"]["namespace"] = json!(ns);
+                }
             }
             st.objects.insert(key.clone(), body);
             st.written(&key, "ADDED");
@@ -395,6 +414,46 @@ fn answer(
         }
         _ => not_found(path),
     }
+}
+
+/// The name a create gives the object: its `metadata.name`, or its `generateName` completed as
+/// the API server does (with a counter instead of random characters), written into the body.
+fn created_name(st: &mut FakeState, body: &mut Value) -> String {
+    if let Some(name) = body["metadata"]["name"].as_str() {
+        return name.to_string();
+    }
+    let Some(prefix) = body["metadata"]["generateName"].as_str() else {
+        return "generated".into();
+    };
+    st.generated += 1;
+    let name = format!("{prefix}{:05}", st.generated);
+    body["metadata"]["name"] = json!(name);
+    name
+}
+
+/// The API server's answer to a textrec.dev object its CRD refuses: 422 Invalid, one cause per
+/// field.
+fn admit(body: &Value) -> Result<(), (StatusCode, Value)> {
+    let kind = body["kind"].as_str().unwrap_or_default();
+    let violations = match textrec_operator::crd::admission::admit(kind, body) {
+        Ok(()) => return Ok(()),
+        Err(v) => v,
+    };
+    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+    let causes: Vec<Value> = violations
+        .iter()
+        .map(|v| json!({"reason": "FieldValueInvalid", "field": v.field, "message": format!("Invalid value: {}", v.message)}))
+        .collect();
+    let summary: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: Invalid value: {}", v.field, v.message))
+        .collect();
+    Err((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+            "message": format!("{kind}.textrec.dev {name:?} is invalid: {}", summary.join(", ")),
+            "details": {"name": name, "group": "textrec.dev", "kind": kind, "causes": causes}}),
+    ))
 }
 
 /// Set in a benchmark binary re-executed by [`spawn_child`]: it serves the fake instead.
