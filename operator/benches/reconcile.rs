@@ -139,6 +139,7 @@ fn main() {
             jobs: jobs_r,
             pods: pods_r,
             progress: Arc::new(NoProgress),
+            history: Default::default(),
             shared,
             progress_interval: Duration::from_secs(30),
             clock: controller::training_run::now,

@@ -5,7 +5,7 @@
 //! Deployment construction, status aggregation, promotion) is a pure function in a module that
 //! needs no Kubernetes client, so the local runner reuses it: [`search`], [`naming`],
 //! [`validate`], [`references`], [`worker_args`], [`job`], [`pod_security`], [`trial_state`],
-//! [`pod_problems`], [`run_plan`], [`deployment_plan`], [`promotion`], [`serving`],
+//! [`pod_problems`], [`early_stopping`], [`run_plan`], [`deployment_plan`], [`promotion`], [`serving`],
 //! [`conditions`]. The [`controller`] modules only gather inputs and apply the results, and
 //! [`local`] runs the same decisions over local processes instead of Kubernetes objects.
 //! [`submit`] is the CI client: it creates a TrainingRun and waits for its outcome.
@@ -15,6 +15,7 @@ pub mod controller;
 pub mod crd;
 pub mod defaults;
 pub mod deployment_plan;
+pub mod early_stopping;
 pub mod http;
 pub mod job;
 pub mod leader;

@@ -145,6 +145,7 @@ pub async fn run_controllers(
         jobs,
         pods,
         progress,
+        history: Default::default(),
         shared: shared.clone(),
         progress_interval: Duration::from_secs(opts.progress_interval_s),
         clock: controller::training_run::now,

@@ -105,12 +105,14 @@ impl Metrics {
             sum.running += c.running;
             sum.succeeded += c.succeeded;
             sum.failed += c.failed;
+            sum.early_stopped += c.early_stopped;
         }
         for (phase, v) in [
             ("Pending", sum.pending),
             ("Running", sum.running),
             ("Succeeded", sum.succeeded),
             ("Failed", sum.failed),
+            ("EarlyStopped", sum.early_stopped),
         ] {
             self.trials
                 .get_or_create(&vec![("phase".into(), phase.into())])
@@ -148,6 +150,7 @@ mod tests {
                 running: 2,
                 succeeded: 1,
                 failed: 0,
+                early_stopped: 1,
             }),
         );
         m.set_trials(
@@ -158,6 +161,7 @@ mod tests {
                 running: 1,
                 succeeded: 0,
                 failed: 0,
+                early_stopped: 0,
             }),
         );
         let text = m.render();
@@ -167,6 +171,10 @@ mod tests {
         );
         assert!(
             text.contains("textrec_operator_trials{phase=\"Running\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("textrec_operator_trials{phase=\"EarlyStopped\"} 1"),
             "{text}"
         );
         m.set_trials("ns/b", None);

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
+use textrec_contract::metrics::EvalPoint;
 use textrec_contract::{layout, Store, TrialProgress};
 
 /// Where the operator reads trial progress from.
@@ -15,6 +16,13 @@ pub trait ProgressSource: Send + Sync {
     /// The trial's latest `progress.json`, if readable. Failures are logged, not fatal: the
     /// status then lags until the next read or the pod's termination message.
     fn read<'a>(&'a self, trial_url: &'a str) -> BoxFuture<'a, Option<TrialProgress>>;
+
+    /// Every evaluation the trial recorded (its `metrics.jsonl`), oldest first, if readable:
+    /// the history early stopping compares trials on. A source that cannot tell returns `None`
+    /// and the history is built from the `progress.json` snapshots alone.
+    fn read_evals<'a>(&'a self, _trial_url: &'a str) -> BoxFuture<'a, Option<Vec<EvalPoint>>> {
+        Box::pin(async { None })
+    }
 }
 
 /// Reads `progress.json` through `object_store` (credentials from the operator's environment:
@@ -76,6 +84,31 @@ impl ProgressSource for StorageProgress {
             }
         })
     }
+
+    fn read_evals<'a>(&'a self, trial_url: &'a str) -> BoxFuture<'a, Option<Vec<EvalPoint>>> {
+        Box::pin(self.evals(trial_url))
+    }
+}
+
+impl StorageProgress {
+    /// `metrics.jsonl`'s evaluations (see [`ProgressSource::read_evals`]).
+    async fn evals(&self, trial_url: &str) -> Option<Vec<EvalPoint>> {
+        let store = self.store(trial_url).ok()?;
+        match store.get_opt(layout::METRICS).await {
+            Ok(Some(bytes)) => Some(crate::early_stopping::evals_of_metrics(
+                &String::from_utf8_lossy(&bytes),
+            )),
+            Ok(None) => Some(Vec::new()),
+            Err(e) => {
+                tracing::warn!(
+                    url = trial_url,
+                    error = format!("{e:#}"),
+                    "cannot read metrics.jsonl"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// A source that knows nothing (tests, benchmarks, `--no-progress`).
@@ -118,5 +151,14 @@ mod tests {
             .read(&format!("file://{}/missing", dir.path().display()))
             .await
             .is_none());
+        // No metrics.jsonl yet: an empty history; then its eval records.
+        assert_eq!(src.read_evals(&url).await, Some(vec![]));
+        std::fs::write(
+            trial.join("metrics.jsonl"),
+            r#"{"kind":"eval","step":250,"time":"2026-01-01T00:00:00Z","elapsed_s":2.0,"cer":0.3,"wer":0.6}"#,
+        )
+        .unwrap();
+        let evals = src.read_evals(&url).await.unwrap();
+        assert_eq!((evals[0].step, evals[0].cer), (250, 0.3));
     }
 }

@@ -8,16 +8,19 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use textrec_contract::metrics::EvalPoint;
 use textrec_contract::TrialProgress;
 
 use crate::conditions;
 use crate::crd::{
-    BestModel, RunPhase, TrainingRun, TrainingRunStatus, TrialCounts, TrialPhase, TrialStatus,
+    BestModel, EarlyStopStatus, RunPhase, TrainingRun, TrainingRunStatus, TrialCounts, TrialPhase,
+    TrialStatus,
 };
+use crate::early_stopping::median_stop;
 use crate::job::build_job;
 use crate::pod_problems::{same_cause, trial_problem, PodProblem};
 use crate::references::Reference;
-use crate::trial_state::{job_finished, observe, TrialObservation, MAX_MESSAGE};
+use crate::trial_state::{job_finished, metric_of, observe, TrialObservation, MAX_MESSAGE};
 use crate::util::truncate;
 use crate::validate::{plan_trials, PlannedTrial};
 
@@ -57,6 +60,8 @@ pub struct RunPlan {
     pub create: Vec<NewTrial>,
     /// Existing Jobs whose `spec.suspend` must change: (name, suspend).
     pub set_suspend: Vec<(String, bool)>,
+    /// Jobs to delete (with their pods): trials stopped early, once their checkpoint is safe.
+    pub delete: Vec<String>,
     /// The new status.
     pub status: TrainingRunStatus,
     /// Events to record.
@@ -74,6 +79,9 @@ pub struct Observed<'a> {
     pub pods: BTreeMap<String, Vec<&'a Pod>>,
     /// Latest progress read from storage, by trial name.
     pub progress: BTreeMap<String, TrialProgress>,
+    /// Every evaluation of each trial known so far, oldest first, by trial name (finished
+    /// trials too): what `spec.earlyStopping` compares trials on. Empty when it is off.
+    pub history: BTreeMap<String, Vec<EvalPoint>>,
     /// Objects the spec names that were looked up and do not exist (no trial starts until they
     /// do). Those that could not be looked up (no permission) are not here.
     pub missing: Vec<Reference>,
@@ -198,6 +206,19 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     let mut cannot_start: Vec<(PodProblem, Vec<String>)> = Vec::new();
     let mut best_model: Option<BestModel> = prev.best_model.clone();
     let empty = Vec::new();
+    // Early stopping: each trial's (step, objective) history, and what to do about it.
+    let histories: BTreeMap<&str, Vec<(u64, f64)>> = observed
+        .history
+        .iter()
+        .map(|(t, h)| {
+            (
+                t.as_str(),
+                h.iter().map(|e| (e.step, metric_of(e, metric))).collect(),
+            )
+        })
+        .collect();
+    let mut set_suspend_early = Vec::new();
+    let mut delete = Vec::new();
     for t in &trials {
         let obs = TrialObservation {
             job: observed.jobs.get(&t.name).copied(),
@@ -237,6 +258,22 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                         None => cannot_start.push((p, vec![t.name.clone()])),
                     }
                 }
+            }
+        }
+        if let Some((action, decided)) =
+            early_stop(run, t.name.as_str(), &mut entry, observed, &histories)
+        {
+            if let Some(message) = decided {
+                events.push(event(Severity::Normal, "TrialEarlyStopped", message));
+            }
+            match action {
+                EarlyStop::Suspend => set_suspend_early.push(t.name.clone()),
+                EarlyStop::Delete => delete.push(t.name.clone()),
+                EarlyStop::Wait => {}
+            }
+            if let Some(b) = before {
+                // Its pod is being stopped on purpose: no preemption.
+                entry.preemptions = b.preemptions;
             }
         }
         trial_events(before, &entry, &mut events);
@@ -291,6 +328,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     let count = |p: TrialPhase| entries.iter().filter(|e| e.phase == p).count() as i32;
     let failed = count(TrialPhase::Failed);
     let succeeded = count(TrialPhase::Succeeded);
+    let early_stopped = count(TrialPhase::EarlyStopped);
     let too_many_failures = failed > run.spec.max_failed_trials;
     let suspend = run.spec.suspend;
 
@@ -332,7 +370,12 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     for (t, e) in trials.iter().zip(entries.iter()) {
         if let Some(job) = observed.jobs.get(&t.name) {
             let is = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
-            if !e.phase.is_terminal() && is != want_suspended {
+            if e.early_stopping.is_some() {
+                // Being stopped early: suspended (below) until deleted.
+                if set_suspend_early.contains(&t.name) && !is {
+                    set_suspend.push((t.name.clone(), true));
+                }
+            } else if !e.phase.is_terminal() && is != want_suspended {
                 set_suspend.push((t.name.clone(), want_suspended));
             } else if e.phase == TrialPhase::Failed && !job_finished(job) && !is {
                 // Failed here because its pod can never start: stop the Job's waiting pod.
@@ -348,6 +391,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         running: entries.iter().filter(|e| e.phase.is_active()).count() as i32,
         succeeded,
         failed,
+        early_stopped,
     };
     let all_done = entries.iter().all(|e| e.phase.is_terminal());
     let phase = if too_many_failures {
@@ -488,9 +532,16 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     }
 
     status.phase = Some(phase);
-    status.trials_done = Some(format!("{}/{}", succeeded + failed, total));
+    status.trials_done = Some(format!("{}/{}", succeeded + failed + early_stopped, total));
     status.counts = counts;
-    status.best_trial = best_trial(&entries, direction).or(prev.best_trial);
+    let stopped = |n: &String| {
+        entries
+            .iter()
+            .any(|e| &e.name == n && e.early_stopping.is_some())
+    };
+    status.best_trial = best_trial(&entries, direction)
+        .or(prev.best_trial)
+        .filter(|n| !stopped(n));
     status.best_model = best_model;
     status.start_time = prev
         .start_time
@@ -510,20 +561,144 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     RunPlan {
         create,
         set_suspend,
+        delete,
         status,
         events,
         active,
     }
 }
 
+/// What early stopping does about one trial's Job in this reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyStop {
+    /// Suspend it: the pod gets SIGTERM and the worker writes a checkpoint.
+    Suspend,
+    /// The checkpoint is safe: delete it.
+    Delete,
+    /// Nothing (waiting for the worker to checkpoint and exit, or the Job is gone).
+    Wait,
+}
+
+/// Apply `spec.earlyStopping` to one trial's new status `entry`: decide (once) whether to stop
+/// it, and carry out a decision. `None`: early stopping leaves it alone; otherwise what to do
+/// with its Job, and the event to record when the rule decided just now.
+///
+/// A stopped trial loses nothing: its Job is deleted only once the trial reported a checkpoint
+/// at or after the deciding step. Until then its Job is suspended: that is the graceful stop a
+/// run's `suspend` uses (the pod gets SIGTERM, the worker checkpoints at once and exits 75),
+/// rather than waiting for the next periodic checkpoint, which may be far away. When the
+/// worker has exited and no such checkpoint was reported (it could not write one), the Job is
+/// deleted all the same: what it saved is all there will be. Meanwhile the trial shows
+/// `Running` with reason `EarlyStopping` and keeps its parallelism slot; once its Job is being
+/// deleted it is `EarlyStopped`, which frees the slot and counts as finished.
+fn early_stop(
+    run: &TrainingRun,
+    name: &str,
+    entry: &mut TrialStatus,
+    observed: &Observed<'_>,
+    histories: &BTreeMap<&str, Vec<(u64, f64)>>,
+) -> Option<(EarlyStop, Option<String>)> {
+    let job = observed.jobs.get(name).copied();
+    if entry.phase == TrialPhase::EarlyStopped {
+        // Its deletion did not go through (or has not reached the cache yet): delete again.
+        return job
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .map(|_| (EarlyStop::Delete, None));
+    }
+    let metric = run.spec.objective.metric.as_str();
+    let why = |d: &EarlyStopStatus| {
+        format!(
+            "stopped early at step {}: best {metric} {:.4} is worse than {:.4}, the median of {} other trials' running averages",
+            d.step, d.best, d.median, d.trials
+        )
+    };
+    let mut event = None;
+    if entry.early_stopping.is_none() {
+        let spec = run.spec.early_stopping.as_ref()?;
+        if entry.phase != TrialPhase::Running || run.spec.suspend || job.is_none_or(job_finished) {
+            return None;
+        }
+        let mine = histories.get(name)?;
+        let others: Vec<&[(u64, f64)]> = histories
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .map(|(_, h)| h.as_slice())
+            .collect();
+        let d = median_stop(
+            mine,
+            &others,
+            run.spec.objective.direction,
+            spec.start_step,
+            spec.min_trials_required.max(1) as usize,
+        )?;
+        let d = EarlyStopStatus {
+            step: d.step,
+            best: d.best,
+            median: d.median,
+            trials: d.trials as i32,
+        };
+        event = Some(format!("trial {name} {}", why(&d)));
+        entry.early_stopping = Some(d);
+    }
+    let d = entry.early_stopping?;
+    if entry.phase.is_terminal() {
+        // It finished on its own before the stop took effect: that stands.
+        entry.early_stopping = None;
+        return None;
+    }
+    let checkpointed = entry.checkpoint.as_ref().is_some_and(|c| c.step >= d.step);
+    let suspended = job.is_some_and(|j| j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false));
+    // A pod that has not ended, terminating ones included (the worker checkpoints during its
+    // grace period), unless it is stuck terminating on a lost node.
+    let stuck = entry.reason.as_deref() == Some(crate::pod_problems::STUCK_TERMINATING);
+    let live = !stuck
+        && observed.pods.get(name).is_some_and(|ps| {
+            ps.iter().any(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+        });
+    let action = if job.is_none() || checkpointed || (suspended && !live) {
+        entry.phase = TrialPhase::EarlyStopped;
+        entry.reason = Some("EarlyStopped".into());
+        let kept = match &entry.checkpoint {
+            Some(c) => format!("; checkpoint at step {} kept", c.step),
+            None => String::new(),
+        };
+        entry.message = Some(truncate(&format!("{}{kept}", why(&d)), MAX_MESSAGE));
+        if job.is_some() {
+            EarlyStop::Delete
+        } else {
+            EarlyStop::Wait
+        }
+    } else {
+        entry.phase = TrialPhase::Running;
+        entry.reason = Some("EarlyStopping".into());
+        entry.message = Some(truncate(
+            &format!("{}; waiting for its checkpoint", why(&d)),
+            MAX_MESSAGE,
+        ));
+        if suspended {
+            EarlyStop::Wait
+        } else {
+            EarlyStop::Suspend
+        }
+    };
+    Some((action, event))
+}
+
 fn count_in(entries: &[TrialStatus], p: TrialPhase) -> i32 {
     entries.iter().filter(|e| e.phase == p).count() as i32
 }
 
-/// Name of the trial with the best objective so far.
+/// Name of the trial with the best objective so far. Trials stopped early (or being stopped)
+/// are left out: they end without a model, so the best trial is one whose model can become the
+/// run's best model.
 pub fn best_trial(entries: &[TrialStatus], direction: crate::crd::Direction) -> Option<String> {
     let mut best: Option<(&str, f64)> = None;
-    for e in entries {
+    for e in entries.iter().filter(|e| e.early_stopping.is_none()) {
         if let Some(v) = e.best_metric.filter(|v| v.is_finite()) {
             if best.is_none_or(|(_, b)| direction.better(v, b)) {
                 best = Some((&e.name, v));
@@ -636,6 +811,7 @@ mod tests {
             checkpoint: None,
             reason: None,
             message: None,
+            early_stopping: None,
         }
     }
 
@@ -742,6 +918,190 @@ mod tests {
         let p = plan(&r, &obs, &now());
         assert_eq!(p.status.trials[0].reason, None);
         assert_eq!(p.status.trials[0].phase, TrialPhase::Restarting);
+    }
+
+    fn running_pod() -> Pod {
+        pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "worker", "image": "", "imageID": "",
+                "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+            None,
+        )
+    }
+
+    fn evals(values: &[f64]) -> Vec<EvalPoint> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| EvalPoint {
+                step: (i as u64 + 1) * 100,
+                cer: *v,
+                wer: 1.0,
+                extra_cer: Default::default(),
+            })
+            .collect()
+    }
+
+    fn progress(step: u64, checkpoint: Option<u64>) -> TrialProgress {
+        serde_json::from_value(json!({"phase": "Running", "step": step, "max_steps": 1000,
+            "latest": {"step": step, "cer": 0.9, "wer": 1.0},
+            "checkpoint": checkpoint.map(|c| json!({"step": c, "url": format!("s3://b/p/r/r-t0/checkpoints/step-{c}")})),
+            "updated": "2026-01-01T00:00:00Z"}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_trial_worse_than_the_median_is_suspended_then_deleted_once_checkpointed() {
+        let mut r = run(json!({"earlyStopping": {"startStep": 200, "minTrialsRequired": 2}}));
+        let jobs = [job("r-t0"), job("r-t1"), job("r-t2")];
+        let live = running_pod();
+        let mut obs = Observed::default();
+        for j in &jobs {
+            let n = j.metadata.name.clone().unwrap();
+            obs.jobs.insert(n.clone(), j);
+            obs.pods.insert(n, vec![&live]);
+        }
+        obs.history.insert("r-t0".into(), evals(&[0.95, 0.9]));
+        obs.history.insert("r-t1".into(), evals(&[0.6, 0.3, 0.2]));
+        obs.history.insert("r-t2".into(), evals(&[0.7, 0.4]));
+        obs.progress.insert("r-t0".into(), progress(200, Some(100)));
+
+        // Before startStep nothing is decided, whatever the numbers.
+        let mut early = Observed::default();
+        for (k, v) in &obs.jobs {
+            early.jobs.insert(k.clone(), v);
+        }
+        early.pods = obs.pods.clone();
+        for (k, v) in &obs.history {
+            early.history.insert(k.clone(), v[..1].to_vec());
+        }
+        let p = plan(&r, &early, &now());
+        assert!(p.status.trials.iter().all(|t| t.early_stopping.is_none()));
+        assert!(p.set_suspend.is_empty() && p.delete.is_empty());
+
+        // At step 200: best 0.9 against the median of 0.45 and 0.55. Its checkpoint (step 100)
+        // is older: its Job is suspended so that the worker checkpoints.
+        let p = plan(&r, &obs, &now());
+        let t0 = &p.status.trials[0];
+        assert_eq!(t0.phase, TrialPhase::Running);
+        assert_eq!(t0.reason.as_deref(), Some("EarlyStopping"));
+        let d = t0.early_stopping.unwrap();
+        assert_eq!((d.step, d.best, d.trials), (200, 0.9, 2));
+        assert!((d.median - 0.5).abs() < 1e-12);
+        assert_eq!(p.set_suspend, vec![("r-t0".to_string(), true)]);
+        assert!(p.delete.is_empty());
+        let ev: Vec<_> = p
+            .events
+            .iter()
+            .filter(|e| e.reason == "TrialEarlyStopped")
+            .collect();
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].message.contains("best cer 0.9000"), "{:?}", ev[0]);
+        assert_eq!(p.status.trials[1].early_stopping, None);
+        assert_ne!(p.status.best_trial.as_deref(), Some("r-t0"));
+
+        // Next reconcile: suspended, its pod stopping (being deleted), the new checkpoint not
+        // reported yet: wait; no preemption is counted.
+        r.status = Some(p.status.clone());
+        let mut suspended = job("r-t0");
+        suspended.spec.as_mut().unwrap().suspend = Some(true);
+        let stopping = pod(json!({"phase": "Running"}), Some("1970-01-12T13:46:30Z"));
+        obs.jobs.insert("r-t0".into(), &suspended);
+        obs.pods.insert("r-t0".into(), vec![&stopping]);
+        let p = plan(&r, &obs, &now());
+        let t0 = &p.status.trials[0];
+        assert_eq!((t0.phase, t0.preemptions), (TrialPhase::Running, 0));
+        assert!(p.set_suspend.is_empty() && p.delete.is_empty());
+        assert!(!p
+            .events
+            .iter()
+            .any(|e| e.reason == "TrialEarlyStopped" || e.reason == "TrialPreempted"));
+
+        // The worker checkpointed at step 230: its Job is deleted, the trial is EarlyStopped
+        // and its slot is free (the run has no more trials to start).
+        r.status = Some(p.status.clone());
+        obs.progress.insert("r-t0".into(), progress(230, Some(230)));
+        let p = plan(&r, &obs, &now());
+        let t0 = &p.status.trials[0];
+        assert_eq!(t0.phase, TrialPhase::EarlyStopped);
+        assert!(t0
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("checkpoint at step 230 kept"));
+        assert_eq!(p.delete, vec!["r-t0".to_string()]);
+        assert_eq!(p.status.counts.early_stopped, 1);
+        assert_eq!(p.status.counts.running, 2);
+        assert_eq!(p.status.trials_done.as_deref(), Some("1/3"));
+
+        // The Job is gone: it stays EarlyStopped and is not started again.
+        r.status = Some(p.status.clone());
+        obs.jobs.remove("r-t0");
+        obs.pods.remove("r-t0");
+        obs.progress.remove("r-t0");
+        let p = plan(&r, &obs, &now());
+        assert_eq!(p.status.trials[0].phase, TrialPhase::EarlyStopped);
+        assert!(p.create.is_empty() && p.delete.is_empty());
+        assert_eq!(p.status.trials[0].step, 230);
+
+        // The other two succeed: so does the run, with the best of them.
+        r.status = Some(p.status.clone());
+        let done: Job =
+            serde_json::from_value(json!({"metadata": {"name": "x"}, "spec": {"template": {}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]}}))
+            .unwrap();
+        obs.jobs.insert("r-t1".into(), &done);
+        obs.jobs.insert("r-t2".into(), &done);
+        obs.pods.clear();
+        for (t, cer) in [("r-t1", 0.2), ("r-t2", 0.4)] {
+            obs.progress.insert(
+                t.into(),
+                serde_json::from_value(
+                    json!({"phase": "Succeeded", "step": 1000, "max_steps": 1000,
+                    "best": {"step": 300, "cer": cer, "wer": 0.5},
+                    "model": {"url": format!("s3://b/p/r/{t}/model"), "sha256": "ab", "cer": cer},
+                    "updated": "2026-01-01T00:00:00Z"}),
+                )
+                .unwrap(),
+            );
+        }
+        let p = plan(&r, &obs, &now());
+        assert_eq!(p.status.phase, Some(RunPhase::Succeeded));
+        assert_eq!(p.status.trials_done.as_deref(), Some("3/3"));
+        assert_eq!(p.status.best_model.as_ref().unwrap().trial, "r-t1");
+    }
+
+    #[test]
+    fn a_stopped_trial_whose_checkpoint_is_already_safe_is_deleted_at_once() {
+        let r = run(
+            json!({"earlyStopping": {"minTrialsRequired": 1}, "search": {"maxTrials": 3, "parallelism": 2}}),
+        );
+        let jobs = [job("r-t0"), job("r-t1")];
+        let live = running_pod();
+        let mut obs = Observed::default();
+        for j in &jobs {
+            let n = j.metadata.name.clone().unwrap();
+            obs.jobs.insert(n.clone(), j);
+            obs.pods.insert(n, vec![&live]);
+        }
+        obs.history.insert("r-t0".into(), evals(&[0.95]));
+        obs.history.insert("r-t1".into(), evals(&[0.5]));
+        obs.progress.insert("r-t0".into(), progress(100, Some(100)));
+        let p = plan(&r, &obs, &now());
+        assert_eq!(p.status.trials[0].phase, TrialPhase::EarlyStopped);
+        assert_eq!(p.delete, vec!["r-t0".to_string()]);
+        assert!(p.set_suspend.is_empty());
+        // Its slot is free: the third trial starts.
+        assert_eq!(p.create.len(), 1);
+        // Without spec.earlyStopping the same numbers stop nothing.
+        let p = plan(
+            &run(json!({"search": {"maxTrials": 3, "parallelism": 2}})),
+            &obs,
+            &now(),
+        );
+        assert!(p.status.trials[..2]
+            .iter()
+            .all(|t| t.phase == TrialPhase::Running));
+        assert!(p.delete.is_empty() && p.create.is_empty());
     }
 
     proptest! {

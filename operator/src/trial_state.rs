@@ -274,20 +274,22 @@ pub fn observe(
         restarts,
         preemptions,
         checkpoint,
-        // Why its pod cannot start is the run plan's to say (crate::pod_problems); a failed
-        // trial keeps the reason it failed with.
-        reason: if phase == TrialPhase::Failed {
+        // Why its pod cannot start is the run plan's to say (crate::pod_problems); a failed or
+        // early-stopped trial keeps the reason it ended with.
+        reason: if matches!(phase, TrialPhase::Failed | TrialPhase::EarlyStopped) {
             prev.and_then(|p| p.reason.clone())
         } else {
             None
         },
         message: message.or_else(|| {
-            if phase == TrialPhase::Failed {
+            if matches!(phase, TrialPhase::Failed | TrialPhase::EarlyStopped) {
                 prev.and_then(|p| p.message.clone())
             } else {
                 None
             }
         }),
+        // A decision to stop early stands (the run plan carries it out).
+        early_stopping: prev.and_then(|p| p.early_stopping),
     };
     (status, progress)
 }
@@ -356,6 +358,7 @@ mod tests {
             checkpoint: None,
             reason: None,
             message: None,
+            early_stopping: None,
         };
         let j = job(json!([]));
         let obs = TrialObservation {

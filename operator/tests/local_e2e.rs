@@ -434,3 +434,90 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
     assert!(served(&env.state()).is_none());
     eprintln!("local e2e took {:.0?}", started.elapsed());
 }
+
+/// `spec.earlyStopping` locally: a grid with one absurd learning rate (its CER stays far above
+/// 1: the decoder inserts garbage) next to a sane one. The median stopping rule stops the bad
+/// trial after `startStep` (SIGTERM: it checkpoints), it ends `EarlyStopped`, `local status`
+/// shows it, and the run succeeds with the other trial's model. Prints the share of the grid's
+/// steps the rule saved.
+#[test]
+fn local_runner_stops_a_hopeless_trial_early_and_the_run_succeeds() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        worker: worker(),
+    };
+    let steps = 80u64;
+    let manifest = run_manifest("grid", "[0.005, 5.0]", steps, 10).replace(
+        "  search:",
+        "  earlyStopping: {algorithm: MedianStop, startStep: 20, minTrialsRequired: 1}\n  search:",
+    );
+    let path = env.dir.path().join("grid.yaml");
+    std::fs::write(&path, &manifest).unwrap();
+    let started = Instant::now();
+    let out = env
+        .local(&["run", path.to_str().unwrap(), "--plain"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "local run failed:\n{log}");
+
+    let s = env.state();
+    let st = status(&s, "grid");
+    assert_eq!(st["phase"], "Succeeded", "{st:#}\n{log}");
+    let trials = st["trials"].as_array().unwrap();
+    let (good, bad) = (&trials[0], &trials[1]);
+    assert_eq!(good["phase"], "Succeeded", "{good:#}");
+    assert_eq!(bad["phase"], "EarlyStopped", "{bad:#}\n{log}");
+    let decision = &bad["earlyStopping"];
+    let at = decision["step"].as_u64().unwrap();
+    assert!(at >= 20 && at < steps, "{decision}");
+    assert!(
+        decision["best"].as_f64().unwrap() > decision["median"].as_f64().unwrap(),
+        "{decision}"
+    );
+    assert_eq!(bad["preemptions"], 0, "{bad:#}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("stopped early at step {at}: best cer")),
+        "{bad:#}"
+    );
+    // Nothing is lost: it checkpointed on SIGTERM, at or after the deciding step.
+    let ckpt = bad["checkpoint"]["step"].as_u64().unwrap();
+    assert!(ckpt >= at, "{bad:#}");
+    let bad_dir = env.data().join("grid/grid-t1");
+    assert!(bad_dir
+        .join(textrec_contract::layout::checkpoint_dir(ckpt))
+        .join("manifest.json")
+        .exists());
+    assert!(!bad_dir.join("model/manifest.json").exists());
+    assert!(log.contains("TrialEarlyStopped"), "{log}");
+    assert_eq!(st["bestModel"]["trial"], "grid-t0");
+    assert_eq!(st["counts"]["earlyStopped"], 1);
+    assert_eq!(st["trialsDone"], "2/2");
+
+    // `local status -o wide` shows the phase and the numbers.
+    let out = env.local(&["status", "-o", "wide"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("EarlyStopped") && table.contains("stopped early at step"),
+        "{table}"
+    );
+
+    // The steps it ran: its final progress.json (written on its way out).
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(bad_dir.join("progress.json")).unwrap()).unwrap();
+    let ran = last["step"].as_u64().unwrap().max(ckpt);
+    assert!(ran < steps, "{last}");
+    let saved = steps - ran;
+    eprintln!(
+        "early stopping: grid-t1 stopped at step {ran} of {steps} (decided at {at}: best {} vs median {}); \
+         saved {saved} of the grid's {} steps ({:.0}%); took {:.0?}",
+        decision["best"],
+        decision["median"],
+        2 * steps,
+        100.0 * saved as f64 / (2 * steps) as f64,
+        started.elapsed()
+    );
+}

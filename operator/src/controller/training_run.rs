@@ -9,7 +9,7 @@ use futures::future::join_all;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::{backoff_action, Error, Shared};
 use crate::crd::{RunPhase, TrainingRun, TrainingRunSpec};
+use crate::early_stopping::EvalHistory;
 use crate::job::trial_output;
 use crate::naming::{label_value, FIELD_MANAGER, RUN_LABEL, TRIAL_LABEL};
 use crate::progress::ProgressSource;
@@ -36,6 +37,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Trial progress.
     pub progress: Arc<dyn ProgressSource>,
+    /// Trials' evaluation histories, for `spec.earlyStopping` (kept across reconciles).
+    pub history: Arc<EvalHistory>,
     /// Metrics, events, backoff.
     pub shared: Arc<Shared>,
     /// How often runs with active trials are re-read for progress.
@@ -133,6 +136,7 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     if run.meta().deletion_timestamp.is_some() {
         // Owner references delete the Jobs; nothing to do.
         ctx.shared.metrics.set_trials(&key, None);
+        ctx.history.forget(&history_key(&run, &key));
         return Ok(Action::await_change());
     }
     // The chart's defaults (image, storage) fill what the spec leaves out, for everything below.
@@ -184,8 +188,14 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     } else {
         missing_references(&ctx.client, &ns, &run.spec).await?
     };
+    let history = if run.spec.early_stopping.is_some() {
+        read_history(&ctx, &history_key(&run, &key), &run, &jobs, &progress).await
+    } else {
+        BTreeMap::new()
+    };
     let mut observed = Observed {
         progress,
+        history,
         missing,
         ..Default::default()
     };
@@ -221,6 +231,15 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
             )
             .await?;
     }
+    // Trials stopped early, their checkpoint safe: their pods go with them (SIGTERM: the worker
+    // checkpoints once more on its way out).
+    for job in &plan.delete {
+        match job_api.delete(job, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     if run.status.as_ref() != Some(&plan.status) {
         let api: Api<TrainingRun> = Api::namespaced(ctx.client.clone(), &ns);
         let body = json!({
@@ -245,6 +264,58 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     } else {
         Action::requeue(Duration::from_secs(600))
     })
+}
+
+/// Prefix of the run's trials in [`Context::history`]: its uid, so that a run deleted and
+/// created again under the same name starts afresh.
+fn history_key(run: &TrainingRun, key: &str) -> String {
+    format!("{}/", run.uid().unwrap_or_else(|| key.to_string()))
+}
+
+/// The evaluation histories of the run's trials (see [`crate::early_stopping`]): every trial
+/// that has a Job or a status entry beyond `Pending`. `metrics.jsonl` is read when the history
+/// of a trial is unknown or its `progress.json` shows a newer evaluation; the `progress.json`
+/// snapshots just read are added either way.
+async fn read_history(
+    ctx: &Context,
+    key: &str,
+    run: &TrainingRun,
+    jobs: &[Arc<Job>],
+    progress: &BTreeMap<String, textrec_contract::TrialProgress>,
+) -> BTreeMap<String, Vec<textrec_contract::metrics::EvalPoint>> {
+    let name = run.name_any();
+    let mut trials: std::collections::BTreeSet<String> =
+        jobs.iter().map(|j| j.name_any()).collect();
+    if let Some(st) = &run.status {
+        trials.extend(
+            st.trials
+                .iter()
+                .filter(|t| t.phase != crate::crd::TrialPhase::Pending)
+                .map(|t| t.name.clone()),
+        );
+    }
+    let cache_key = |trial: &str| format!("{key}{trial}");
+    let reads = trials
+        .iter()
+        .filter(|t| ctx.history.needs_read(&cache_key(t), progress.get(*t)))
+        .map(|t| {
+            let url = trial_output(&run.spec.storage.url, &name, t);
+            let src = ctx.progress.clone();
+            async move { (t.clone(), src.read_evals(&url).await) }
+        });
+    for (t, evals) in join_all(reads).await {
+        ctx.history.replace(&cache_key(&t), evals);
+    }
+    let mut out = BTreeMap::new();
+    for t in &trials {
+        if let Some(p) = progress.get(t) {
+            ctx.history.observe(&cache_key(t), p);
+        }
+        if let Some(h) = ctx.history.get(&cache_key(t)).filter(|h| !h.is_empty()) {
+            out.insert(t.clone(), h);
+        }
+    }
+    out
 }
 
 /// Error policy: exponential backoff per run.

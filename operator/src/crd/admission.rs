@@ -211,6 +211,57 @@ mod tests {
         assert_eq!(v[0].field, "spec.image", "{v:?}");
     }
 
+    #[test]
+    fn early_stopping_is_optional_and_bounded() {
+        let run = json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "r"},
+            "spec": {"image": "w:1", "storage": {"url": "s3://b/p"},
+                     "search": {"maxTrials": 4, "parallelism": 1}}
+        });
+        admit("TrainingRun", &run).unwrap();
+        let with = |es: Value| {
+            let mut r = run.clone();
+            r["spec"]["earlyStopping"] = es;
+            r
+        };
+        admit(
+            "TrainingRun",
+            &with(json!({"algorithm": "MedianStop", "startStep": 0, "minTrialsRequired": 1})),
+        )
+        .unwrap();
+        admit(
+            "TrainingRun",
+            &with(json!({"startStep": 5000, "minTrialsRequired": 3})),
+        )
+        .unwrap();
+        // Every field has a default.
+        admit("TrainingRun", &with(json!({}))).unwrap();
+        for (field, bad) in [
+            ("startStep", json!(-1)),
+            ("minTrialsRequired", json!(0)),
+            ("algorithm", json!("Hyperband")),
+        ] {
+            let v = admit("TrainingRun", &with(json!({ field: bad }))).unwrap_err();
+            assert_eq!(v[0].field, format!("spec.earlyStopping.{field}"), "{v:?}");
+        }
+        // minTrialsRequired counts the other trials: at most maxTrials - 1.
+        let v = admit("TrainingRun", &with(json!({"minTrialsRequired": 4}))).unwrap_err();
+        assert!(
+            v.iter().any(|v| v
+                .message
+                .contains("must be less than spec.search.maxTrials")),
+            "{v:?}"
+        );
+        // The typed spec reads the defaults.
+        let typed: TrainingRun = serde_json::from_value(with(json!({}))).unwrap();
+        let es = typed.spec.early_stopping.unwrap();
+        assert_eq!(
+            (es.algorithm, es.start_step, es.min_trials_required),
+            (super::super::EarlyStoppingAlgorithm::MedianStop, 0, 3)
+        );
+    }
+
     /// (kind, schema path, rule, the mutations that break it).
     type RuleCase = (
         &'static str,
@@ -294,6 +345,10 @@ mod tests {
         let cases: Vec<RuleCase> = vec![
             ("TrainingRun", ".spec", "self.search.parallelism <= self.search.maxTrials",
              vec![("spec.search", json!({"maxTrials": 2, "parallelism": 3}))]),
+            ("TrainingRun", ".spec",
+             "!has(self.earlyStopping) || !has(self.earlyStopping.minTrialsRequired) || self.earlyStopping.minTrialsRequired < self.search.maxTrials",
+             vec![("spec.search", json!({"maxTrials": 3, "parallelism": 1})),
+                  ("spec.earlyStopping", json!({"algorithm": "MedianStop", "minTrialsRequired": 3}))]),
             ("TrainingRun", ".spec.storage", "!has(self.url) || !self.url.startsWith('file://') || has(self.pvc)",
              vec![("spec.storage", json!({"url": "file:///runs"}))]),
             ("TrainingRun", ".spec.storage.url", "self.matches('^(s3|gs|az|file)://.+')",

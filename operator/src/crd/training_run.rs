@@ -73,6 +73,7 @@ pub const MAX_TRIALS_CAP: i32 = 256;
     )
 )]
 #[x_kube(validation = Rule::new("self.search.parallelism <= self.search.maxTrials").message("spec.search.parallelism must not exceed spec.search.maxTrials").field_path(".search.parallelism"))]
+#[x_kube(validation = Rule::new("!has(self.earlyStopping) || !has(self.earlyStopping.minTrialsRequired) || self.earlyStopping.minTrialsRequired < self.search.maxTrials").message("spec.earlyStopping.minTrialsRequired counts the other trials: it must be less than spec.search.maxTrials").field_path(".earlyStopping.minTrialsRequired"))]
 // Kubernetes knows no `uint64` format: see `kubernetes_formats`.
 #[schemars(transform = super::kubernetes_formats)]
 #[serde(rename_all = "camelCase")]
@@ -110,6 +111,10 @@ pub struct TrainingRunSpec {
     /// Training budget, evaluation and checkpoint intervals.
     #[serde(default)]
     pub training: TrainingBudget,
+    /// Stop trials that are doing badly before their budget is spent (the median stopping
+    /// rule). Left out: every trial runs to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingSpec>,
     /// Compute resources of each trial pod.
     #[serde(default)]
     pub resources: TrialResources,
@@ -419,6 +424,37 @@ impl Direction {
     }
 }
 
+/// Early stopping of trials that are doing badly.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlyStoppingSpec {
+    /// `MedianStop`: stop a trial whose best objective so far is worse than the median of the
+    /// other trials' running averages of the objective at the same step.
+    #[serde(default)]
+    pub algorithm: EarlyStoppingAlgorithm,
+    /// No trial is stopped on an evaluation before this step.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub start_step: u64,
+    /// Other trials that must have evaluated at (or beyond) a step before a trial can be
+    /// stopped at that step.
+    #[serde(default = "default_min_trials_required")]
+    #[schemars(range(min = 1, max = 256))]
+    pub min_trials_required: i32,
+}
+
+fn default_min_trials_required() -> i32 {
+    3
+}
+
+/// Early stopping rule.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum EarlyStoppingAlgorithm {
+    /// The median stopping rule.
+    #[default]
+    MedianStop,
+}
+
 /// Training budget and intervals; unset fields keep the worker's defaults.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -632,6 +668,13 @@ pub struct TrialCounts {
     pub succeeded: i32,
     /// Failed for good.
     pub failed: i32,
+    /// Stopped early by `spec.earlyStopping` (left out when none is).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub early_stopped: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Phase of one trial.
@@ -651,12 +694,18 @@ pub enum TrialPhase {
     Succeeded,
     /// Failed for good.
     Failed,
+    /// Stopped by `spec.earlyStopping` (see `earlyStopping`): over, without a model; its
+    /// newest checkpoint is kept.
+    EarlyStopped,
 }
 
 impl TrialPhase {
     /// Whether the trial is over.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TrialPhase::Succeeded | TrialPhase::Failed)
+        matches!(
+            self,
+            TrialPhase::Succeeded | TrialPhase::Failed | TrialPhase::EarlyStopped
+        )
     }
     /// Whether it occupies a parallelism slot.
     pub fn is_active(self) -> bool {
@@ -707,6 +756,24 @@ pub struct TrialStatus {
     /// Why it failed or cannot start, or other short detail (≤ 256 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Set once `spec.earlyStopping` decided to stop the trial: the numbers it decided on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopStatus>,
+}
+
+/// Why a trial was stopped early: at `step`, its best objective was worse than the median of
+/// the other trials' running averages.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlyStopStatus {
+    /// The evaluation step the rule decided at.
+    pub step: u64,
+    /// The trial's best objective up to that step.
+    pub best: f64,
+    /// The median of the other trials' running averages at that step.
+    pub median: f64,
+    /// How many other trials the median was taken over.
+    pub trials: i32,
 }
 
 /// A trial's resume point.

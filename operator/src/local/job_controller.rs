@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use textrec_contract::TrialProgress;
 
+use crate::early_stopping::EvalHistory;
 use crate::job::trial_output;
 use crate::local::display::Display;
 use crate::local::process;
@@ -45,6 +46,7 @@ pub struct JobController {
     restart_at: BTreeMap<TrialKey, Instant>,
     progress: BTreeMap<TrialKey, TrialProgress>,
     reader: Arc<StorageProgress>,
+    history: EvalHistory,
 }
 
 impl JobController {
@@ -57,6 +59,7 @@ impl JobController {
             restart_at: BTreeMap::new(),
             progress: BTreeMap::new(),
             reader: Arc::new(StorageProgress::default()),
+            history: EvalHistory::default(),
         }
     }
 
@@ -73,6 +76,12 @@ impl JobController {
     /// The latest progress of each unfinished trial (the final one of a trial that just ended).
     pub fn progress(&self) -> &BTreeMap<TrialKey, TrialProgress> {
         &self.progress
+    }
+
+    /// Every evaluation of `key` known so far, oldest first (kept only for runs with
+    /// `spec.earlyStopping`; see [`crate::early_stopping`]).
+    pub fn history(&self, key: &TrialKey) -> Option<Vec<textrec_contract::metrics::EvalPoint>> {
+        self.history.get(&key_str(key))
     }
 
     /// Start `key` on the next pass, whatever backoff an earlier attempt left.
@@ -120,6 +129,12 @@ impl JobController {
             let log = self.paths.log(&k.1);
             match next {
                 Next::Restart if stopping => {}
+                // Suspended (the run, or early stopping): it checkpointed and stays stopped.
+                Next::Restart if t.suspended || t.is_finished() => display.println(&format!(
+                    "{}: worker stopped at its checkpoint (log: {})",
+                    key_str(&k),
+                    log.display()
+                )),
                 Next::Restart => {
                     // Preemptions resume at once; failures back off like the Job controller.
                     let pause = if matches!(exit, Exit::Signal(_) | Exit::Code(75)) {
@@ -175,6 +190,37 @@ impl JobController {
         for (k, p) in results {
             if let Some(p) = p {
                 self.progress.insert(k, p);
+            }
+        }
+        // Evaluation histories for early stopping: every started trial of such a run, finished
+        // ones included (they count as the others).
+        let mut reads = Vec::new();
+        for (name, rec) in &state.runs {
+            if rec.run.spec.early_stopping.is_none() {
+                continue;
+            }
+            for trial in rec.trials.keys() {
+                let k = (name.clone(), trial.clone());
+                if self.history.needs_read(&key_str(&k), self.progress.get(&k)) {
+                    reads.push((k, trial_output(&rec.run.spec.storage.url, name, trial)));
+                }
+            }
+        }
+        let results = futures::future::join_all(reads.into_iter().map(|(k, url)| {
+            let reader = reader.clone();
+            async move { (k, reader.read_evals(&url).await) }
+        }))
+        .await;
+        for (k, evals) in results {
+            self.history.replace(&key_str(&k), evals);
+        }
+        for (k, p) in &self.progress {
+            if state
+                .runs
+                .get(&k.0)
+                .is_some_and(|r| r.run.spec.early_stopping.is_some())
+            {
+                self.history.observe(&key_str(k), p);
             }
         }
     }

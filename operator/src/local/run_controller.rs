@@ -11,7 +11,7 @@ use crate::local::display::Display;
 use crate::local::job_controller::JobController;
 use crate::local::now;
 use crate::local::state::LocalState;
-use crate::local::trials::{self, TrialRecord};
+use crate::local::trials::{self, JobOutcome, TrialRecord};
 use crate::run_plan::{plan, Observed};
 use crate::validate::PlannedTrial;
 use crate::worker_args::{sets_threads, train_args};
@@ -28,14 +28,16 @@ pub fn reconcile(
 ) {
     let now = now();
     for (name, rec) in &mut state.runs {
-        let synth_jobs: BTreeMap<String, _> = rec
-            .trials
-            .iter()
+        // A trial stopped early has no Job (a cluster deleted it); its status entry stays.
+        let shown = || {
+            rec.trials
+                .iter()
+                .filter(|(_, r)| r.outcome != Some(JobOutcome::EarlyStopped))
+        };
+        let synth_jobs: BTreeMap<String, _> = shown()
             .map(|(t, r)| (t.clone(), trials::synth_job(t, r)))
             .collect();
-        let pods: BTreeMap<String, Vec<Pod>> = rec
-            .trials
-            .iter()
+        let pods: BTreeMap<String, Vec<Pod>> = shown()
             .map(|(t, r)| (t.clone(), trials::synth_pods(t, r, None)))
             .collect();
         let mut observed = Observed::default();
@@ -50,6 +52,13 @@ pub fn reconcile(
                 observed.progress.insert(trial.clone(), p.clone());
             }
         }
+        if rec.run.spec.early_stopping.is_some() {
+            for trial in rec.trials.keys() {
+                if let Some(h) = jobs.history(&(name.clone(), trial.clone())) {
+                    observed.history.insert(trial.clone(), h);
+                }
+            }
+        }
         let p = plan(&rec.run, &observed, &now);
         for e in &p.events {
             display.event("TrainingRun", name, e);
@@ -62,6 +71,17 @@ pub fn reconcile(
             if *suspend {
                 jobs.suspend(&(name.clone(), trial.clone()));
             }
+        }
+        // Trials stopped early, their checkpoint safe: "delete the Job". A process still
+        // running gets SIGTERM and checkpoints once more on its way out.
+        for trial in &p.delete {
+            if let Some(t) = rec.trials.get_mut(trial) {
+                if t.outcome.is_none() {
+                    t.outcome = Some(JobOutcome::EarlyStopped);
+                }
+                t.suspended = true;
+            }
+            jobs.suspend(&(name.clone(), trial.clone()));
         }
         if stopping {
             continue;

@@ -13,6 +13,7 @@
 //! | cannot be started (a passing cause)   | container `StartError`: counts against `backoffLimit` | restarted until `maxRestartsPerTrial` is used up |
 //! | cannot ever be started (E2BIG, ENOENT, EACCES, ENOEXEC) | container `StartError` | trial failed at once |
 //! | is stopped by the runner (Ctrl-C)     | (the cluster keeps running)                 | not counted; resumes on the next `local run` |
+//! | is stopped early (`spec.earlyStopping`) | Job suspended (SIGTERM, checkpoint), then deleted | SIGTERM, checkpoint; trial `EarlyStopped` |
 //!
 //! One local addition: a process the kernel's OOM killer keeps killing looks exactly like a
 //! preemption (SIGKILL). So that such a trial cannot loop forever, once
@@ -122,6 +123,9 @@ pub enum JobOutcome {
         /// Human message.
         message: String,
     },
+    /// `spec.earlyStopping` stopped it and the runner deleted its Job: as in a cluster, no Job
+    /// is shown for it and the run's status keeps the trial `EarlyStopped`.
+    EarlyStopped,
 }
 
 /// The local Job of one trial.
@@ -332,6 +336,8 @@ pub fn synth_job(name: &str, rec: &TrialRecord) -> Job {
     let conditions = match &rec.outcome {
         None => json!([]),
         Some(JobOutcome::Complete) => json!([{"type": "Complete", "status": "True"}]),
+        // Deleted in a cluster; the local run controller shows no Job for it.
+        Some(JobOutcome::EarlyStopped) => json!([]),
         Some(JobOutcome::Failed { reason, message }) => {
             json!([{"type": "Failed", "status": "True", "reason": reason, "message": message}])
         }

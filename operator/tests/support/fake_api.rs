@@ -412,6 +412,15 @@ fn answer(
                 (StatusCode::OK, st.objects[path].clone())
             }
         }
+        "DELETE" => {
+            if !st.objects.contains_key(path) {
+                return not_found(path);
+            }
+            // Deleted at once (no finalizers); watches see the object as it was.
+            st.written(path, "DELETED");
+            let obj = st.objects.remove(path).unwrap_or_default();
+            (StatusCode::OK, obj)
+        }
         _ => not_found(path),
     }
 }
