@@ -252,6 +252,7 @@ mod tests {
                 checkpoint: None,
                 reason: None,
                 message: None,
+                early_stopping: None,
             }],
             best_model: Some(BestModel {
                 trial: "ocr-t1".into(),
