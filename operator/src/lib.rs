@@ -30,6 +30,7 @@ pub mod run_plan;
 pub mod search;
 pub mod serving;
 pub mod trial_state;
+pub mod ui;
 pub mod util;
 pub mod validate;
 pub mod worker_args;
