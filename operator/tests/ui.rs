@@ -198,6 +198,10 @@ async fn dashboard_pages_show_runs_curves_trials_and_deployment_history() {
         dep.contains("href=\"http://quickstart.ml.svc:8080/\""),
         "demo link"
     );
+    assert!(
+        dep.contains("kubectl -n ml port-forward svc/quickstart 8080:8080"),
+        "demo hint"
+    );
     let (_, busy) = get(&format!("{base}/ui/deployments/ml/ocr-auto")).await;
     for what in ["promoted", "rolled-back", "refused", "deployed"] {
         assert!(busy.contains(&format!("badge {what}")), "{what}");

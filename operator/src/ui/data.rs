@@ -31,6 +31,10 @@ pub trait Objects: Send + Sync {
     fn deployments(&self) -> Vec<Arc<ModelDeployment>>;
     /// Where a browser reaches the deployment's demo page, if known.
     fn demo_url(&self, md: &ModelDeployment) -> Option<String>;
+    /// How to reach the demo page when its URL is not reachable from everywhere.
+    fn demo_hint(&self, _md: &ModelDeployment) -> Option<String> {
+        None
+    }
 }
 
 /// The namespace an object is shown under (`default` for a local manifest without one).
@@ -108,6 +112,15 @@ impl Objects for ClusterObjects {
             "http://{}.{}.svc:{}/",
             serving_name(&md.name_any()),
             namespace_of(md),
+            md.spec.ports.http
+        ))
+    }
+    fn demo_hint(&self, md: &ModelDeployment) -> Option<String> {
+        md.status.as_ref()?.model.as_ref()?;
+        Some(format!(
+            "in-cluster address; from elsewhere: kubectl -n {} port-forward svc/{} 8080:{}, then http://localhost:8080/",
+            namespace_of(md),
+            serving_name(&md.name_any()),
             md.spec.ports.http
         ))
     }

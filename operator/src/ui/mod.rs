@@ -146,8 +146,9 @@ async fn deployment(
         );
     };
     let demo = ui.objects.demo_url(&md);
+    let hint = ui.objects.demo_hint(&md);
     html(
         StatusCode::OK,
-        pages::deployment_page(&md, demo.as_deref(), now()),
+        pages::deployment_page(&md, demo.as_deref(), hint.as_deref(), now()),
     )
 }

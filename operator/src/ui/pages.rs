@@ -761,7 +761,12 @@ pub fn revision_kind(reason: &str) -> &'static str {
 
 /// `/ui/deployments/NS/NAME`: the model now served, the revision history (promotions,
 /// rollbacks, spec changes), the candidates automatic promotion refused, and the demo page.
-pub fn deployment_page(md: &ModelDeployment, demo: Option<&str>, now: i64) -> String {
+pub fn deployment_page(
+    md: &ModelDeployment,
+    demo: Option<&str>,
+    demo_hint: Option<&str>,
+    now: i64,
+) -> String {
     let ns = namespace_of(md);
     let name = md.name_any();
     let st = md.status.clone().unwrap_or_default();
@@ -818,9 +823,15 @@ pub fn deployment_page(md: &ModelDeployment, demo: Option<&str>, now: i64) -> St
         "Demo page",
         match demo {
             Some(u) => format!(
-                "<a id=\"demo\" href=\"{u}\">{t}</a>",
+                "<a id=\"demo\" href=\"{u}\">{t}</a>{hint}",
                 u = esc(u),
-                t = esc(u)
+                t = esc(u),
+                hint = demo_hint
+                    .map(|h| format!(
+                        "<br><span class=\"muted\" id=\"demo-hint\" style=\"font-weight:400;font-size:12px\">{}</span>",
+                        esc(h)
+                    ))
+                    .unwrap_or_default()
             ),
             None => "<span class=\"muted\">not served yet</span>".into(),
         },
