@@ -178,6 +178,16 @@ impl Store {
         }
     }
 
+    /// Size and entity tag of `rel` (a cheap metadata request, no content), or `None` when it
+    /// does not exist. Readers use them to tell whether a file changed since they last read it.
+    pub async fn head(&self, rel: &str) -> Result<Option<(u64, Option<String>)>> {
+        match self.inner.head(&self.path(rel)).await {
+            Ok(m) => Ok(Some((m.size, m.e_tag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.url_of(rel))),
+        }
+    }
+
     /// Names of the immediate sub-folders of `rel`, sorted.
     pub async fn list_dirs(&self, rel: &str) -> Result<Vec<String>> {
         let base = self.path(rel);

@@ -33,6 +33,7 @@ pub mod search;
 pub mod serving;
 pub mod submit;
 pub mod trial_state;
+pub mod ui;
 pub mod util;
 pub mod validate;
 pub mod worker_args;

@@ -30,6 +30,7 @@ use crate::leader::{on_error, ErrorAction, LeaderElector};
 use crate::metrics::Metrics;
 use crate::naming::{MANAGED_SELECTOR, RUN_LABEL};
 use crate::progress::{NoProgress, ProgressSource, StorageProgress};
+use crate::ui::{self, data::ClusterObjects};
 
 /// TrainingRun events buffered for each controller subscribed to the shared watch; a slow
 /// subscriber holds the watch back once its buffer is full.
@@ -38,9 +39,13 @@ const RUN_SUBSCRIBE_BUFFER: usize = 1024;
 /// Options of `textrec-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
-    /// Address of /metrics, /healthz and /readyz.
+    /// Address of /metrics, /healthz, /readyz and the dashboard (/ui).
     #[arg(long, env = "TEXTREC_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Do not serve the read-only dashboard at /ui (it keeps its own watch of TrainingRuns and
+    /// ModelDeployments in every replica, and reads trials' metrics.jsonl from storage).
+    #[arg(long)]
+    pub no_ui: bool,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TEXTREC_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
@@ -251,6 +256,17 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Stops a background task when dropped (however `run` returns).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn signal() {
     match textrec_contract::signals::Termination::install() {
@@ -282,10 +298,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", opts.http_addr))?;
-    let server = axum::serve(listener, router(health.clone()))
-        .with_graceful_shutdown(shutdown_future(&stop_rx));
+    // The dashboard watches on its own, in standby replicas too (a Service spreads requests
+    // over all replicas, and a standby runs no controllers).
+    let (app, ui_watch) = if opts.no_ui {
+        (router(health.clone()), None)
+    } else {
+        let (objects, watch) =
+            ClusterObjects::watch(&client, opts.namespace.as_deref(), opts.defaults.clone());
+        let app = router(health.clone()).merge(ui::router(ui::Ui::new(Arc::new(objects))));
+        (app, Some(tokio::spawn(watch)))
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_future(&stop_rx));
     let http = tokio::spawn(async move { server.await });
-    tracing::info!(addr = %opts.http_addr, "serving /metrics /healthz /readyz");
+    tracing::info!(
+        addr = %opts.http_addr,
+        "serving /metrics /healthz /readyz{}",
+        if opts.no_ui { "" } else { " /ui" }
+    );
+    let _ui_watch = AbortOnDrop(ui_watch);
 
     let version = client
         .apiserver_version()

@@ -1374,6 +1374,7 @@ async fn every_call() -> Vec<support::fake_api::Recorded> {
     // The watches: long enough for each watcher's list and first watch request.
     let opts = textrec_operator::manager::RunOptions {
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        no_ui: false,
         namespace: None,
         lease_namespace: "textrec-system".into(),
         lease_name: "textrec-operator-leader".into(),

@@ -123,6 +123,7 @@ fn start_operator_with(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let opts = RunOptions {
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        no_ui: false,
         namespace: Some(ns.into()),
         lease_namespace: ns.into(),
         lease_name: "e2e".into(),

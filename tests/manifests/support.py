@@ -44,6 +44,7 @@ BUILTIN_RESOURCES: list[Resource] = [
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True),
+    ("networking.k8s.io", "v1", "ingresses", "Ingress", True),
     ("coordination.k8s.io", "v1", "leases", "Lease", True),
     ("events.k8s.io", "v1", "events", "Event", True),
     ("rbac.authorization.k8s.io", "v1", "roles", "Role", True),

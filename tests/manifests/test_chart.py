@@ -234,3 +234,43 @@ def test_serving_pod_monitor_selects_the_pods_and_port_the_operator_makes() -> N
     assert pm["spec"]["namespaceSelector"] == {"matchNames": all_options()["watchNamespaces"][:1]}
     (everywhere,) = render("all namespaces", {**all_options(), "watchNamespaces": []}).of_kind("PodMonitor")
     assert everywhere["spec"]["namespaceSelector"] == {"any": True}
+
+
+# -- The dashboard (/ui) ---------------------------------------------------------------------------
+
+def test_ui_ingress_is_opt_in_and_routes_only_ui_to_the_metrics_service() -> None:
+    """Off by default; on, one Ingress sends /ui (and nothing else) to the metrics Service's port,
+    with the class, host, TLS and annotations given; without the Service the chart refuses."""
+    assert not render("default values", {}).of_kind("Ingress"), "the Ingress is opt-in"
+    r = render("all options", all_options())
+    (ing,) = r.of_kind("Ingress")
+    ui = all_options()["ui"]["ingress"]
+    assert ing["spec"]["ingressClassName"] == ui["className"]
+    assert ing["metadata"]["annotations"] == ui["annotations"]
+    assert ing["spec"]["tls"] == ui["tls"]
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == ui["host"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/ui", "Prefix")
+    (svc,) = [s for s in r.of_kind("Service") if s["metadata"]["name"] == path["backend"]["service"]["name"]]
+    (port,) = svc["spec"]["ports"]
+    assert path["backend"]["service"]["port"] == {"name": port["name"]}
+    (c,) = operator_pod(r)["containers"]
+    assert port["targetPort"] in [p["name"] for p in c["ports"]]
+    assert "--no-ui" not in (c.get("args") or [])
+
+    # Any host when none is given.
+    minimal = render("ingress only", {"ui": {"ingress": {"enabled": True}}})
+    (ing,) = minimal.of_kind("Ingress")
+    assert "host" not in ing["spec"]["rules"][0] and "ingressClassName" not in ing["spec"]
+    with pytest.raises(Exception, match="needs metrics.service.enabled"):
+        render("no service", {"ui": {"ingress": {"enabled": True}}, "metrics": {"service": {"enabled": False}}})
+
+
+def test_ui_off_passes_a_flag_the_operator_has_and_renders_no_ingress() -> None:
+    r = render("ui off", {"ui": {"enabled": False, "ingress": {"enabled": True}}})
+    assert not r.of_kind("Ingress")
+    (c,) = operator_pod(r)["containers"]
+    assert "--no-ui" in c["args"]
+    flags, _ = run_help()
+    assert "--no-ui" in flags

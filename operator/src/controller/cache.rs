@@ -25,7 +25,7 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::crd::TrainingRun;
+use crate::crd::{ModelDeployment, TrainingRun};
 use crate::job::CONTAINER;
 
 /// `kubectl apply`'s copy of the whole object, in an annotation.
@@ -103,6 +103,11 @@ pub fn slim_pod(p: &mut Pod) {
 /// Slim a TrainingRun for a cache.
 pub fn slim_run(r: &mut TrainingRun) {
     slim_meta(&mut r.metadata, true);
+}
+
+/// Slim a ModelDeployment for the dashboard's cache.
+pub fn slim_model_deployment(d: &mut ModelDeployment) {
+    slim_meta(&mut d.metadata, true);
 }
 
 /// Slim a serving Deployment for the ModelDeployment controller's cache.

@@ -90,6 +90,13 @@ pub struct RunArgs {
     /// following the runs.
     #[arg(long)]
     pub detach: bool,
+    /// Address of the read-only dashboard (/ui: runs, learning curves, deployments); a taken
+    /// port falls back to a free one. The URL is printed at start.
+    #[arg(long, env = "TEXTREC_UI_ADDR", default_value = "127.0.0.1:8070")]
+    pub ui_addr: std::net::SocketAddr,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_ui: bool,
 }
 
 /// Output format of `local status`.
@@ -159,6 +166,7 @@ pub fn main(cmd: LocalCommand) -> Result<i32> {
                     threads: a.threads,
                     plain: a.plain,
                     detach: a.detach,
+                    ui: (!a.no_ui).then_some(a.ui_addr),
                 })
                 .await
             }

@@ -16,8 +16,9 @@
 //! next `local run` continues: finished trials are not rerun, stopped ones resume.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -34,6 +35,8 @@ use crate::local::serving::{PortMode, ServeSettings};
 use crate::local::state::{create_private_dir, write_atomic, LocalPaths, LocalState, StateFile};
 use crate::local::trials::{self, Exit};
 use crate::local::{api_server, inbox, process, run_controller, DEFAULT_STORAGE};
+use crate::ui::data::{SharedObjects, Snapshot};
+use crate::ui::{self, Ui};
 
 /// Options of `local run`.
 #[derive(Debug, Clone)]
@@ -56,6 +59,9 @@ pub struct RunOptions {
     pub plain: bool,
     /// Return as soon as the manifests are handed to an already running `local run`.
     pub detach: bool,
+    /// Where to serve the dashboard (`/ui`); `None`: not at all. A taken port falls back to a
+    /// free one.
+    pub ui: Option<SocketAddr>,
 }
 
 /// The storage root: `--storage` or the default, as an absolute URL.
@@ -79,6 +85,7 @@ struct Runner {
     deployments: DeploymentController,
     display: Display,
     stopping: bool,
+    ui: Arc<SharedObjects>,
 }
 
 /// Run `local run`; returns the process exit code.
@@ -119,6 +126,15 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         worker.display()
     );
 
+    let ui_objects = Arc::new(SharedObjects::default());
+    ui_objects.set(snapshot(&state));
+    if let Some(addr) = opts.ui {
+        match serve_ui(addr, ui_objects.clone()).await {
+            Ok(url) => eprintln!("dashboard: {url}"),
+            Err(e) => eprintln!("note: no dashboard: {e:#}"),
+        }
+    }
+
     let deployments = DeploymentController::new(ServeSettings {
         worker: worker.clone(),
         bind: opts.bind,
@@ -135,6 +151,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         state,
         saved: Vec::new(),
         stopping: false,
+        ui: ui_objects,
     };
     let result = runner.main_loop().await;
     let _ = std::fs::remove_file(runner.paths.pid_file());
@@ -249,6 +266,7 @@ impl Runner {
         if bytes == self.saved {
             return;
         }
+        self.ui.set(snapshot(&self.state));
         match self.file.save(&self.state).await {
             Ok(()) => self.saved = bytes,
             Err(e) => self
@@ -256,6 +274,58 @@ impl Runner {
                 .println(&format!("cannot save the local state: {e:#}")),
         }
     }
+}
+
+/// What the dashboard shows of the state: the objects, and each served deployment's demo page.
+pub fn snapshot(state: &LocalState) -> Snapshot {
+    Snapshot {
+        runs: state
+            .runs
+            .values()
+            .map(|r| Arc::new(r.run.clone()))
+            .collect(),
+        deployments: state
+            .deployments
+            .values()
+            .map(|d| Arc::new(d.deployment.clone()))
+            .collect(),
+        demo: state
+            .deployments
+            .iter()
+            .filter_map(|(name, d)| {
+                let s = d.server.as_ref()?;
+                s.pid?;
+                Some((name.clone(), format!("http://{}/", s.http)))
+            })
+            .collect(),
+    }
+}
+
+/// Serve the dashboard on `addr` (or, when that port is taken, on a free port of the same
+/// address) for as long as the runner runs; returns its URL.
+pub async fn serve_ui(addr: SocketAddr, objects: Arc<SharedObjects>) -> Result<String> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+            tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .await
+                .with_context(|| format!("cannot listen on {}", addr.ip()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+    };
+    let local = listener.local_addr()?;
+    let app = ui::router(Ui::new(objects));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if local.is_ipv6() {
+        format!("[{}]", local.ip())
+    } else {
+        local.ip().to_string()
+    };
+    Ok(format!("http://{host}:{}/ui", local.port()))
 }
 
 /// Trial and server processes left by a runner that was killed: stop them so they checkpoint;
@@ -293,5 +363,56 @@ async fn adopt_orphans(state: &mut LocalState) {
         if process::alive(pid) {
             process::signal(pid, process::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::state::{DeploymentRecord, ServerRecord};
+
+    #[tokio::test]
+    async fn the_dashboard_takes_a_free_port_when_its_own_is_taken() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let url = serve_ui(addr, Arc::new(SharedObjects::default()))
+            .await
+            .unwrap();
+        assert!(
+            url.starts_with("http://127.0.0.1:") && url.ends_with("/ui"),
+            "{url}"
+        );
+        assert_ne!(url, format!("http://{addr}/ui"));
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        assert!(body.contains("No TrainingRuns match."), "{body}");
+    }
+
+    #[test]
+    fn the_snapshot_links_the_demo_page_of_a_running_server_only() {
+        let md: crate::crd::ModelDeployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m"}, "spec": {"image": "local", "model": {"fromTrainingRun": "r"}}
+        }))
+        .unwrap();
+        let server = |pid| ServerRecord {
+            pid,
+            grpc: "127.0.0.1:50051".into(),
+            http: "127.0.0.1:8080".into(),
+            serving: None,
+            restarts: 0,
+        };
+        let mut state = LocalState::default();
+        state.deployments.insert(
+            "m".into(),
+            DeploymentRecord {
+                deployment: md,
+                server: Some(server(Some(42))),
+            },
+        );
+        let snap = snapshot(&state);
+        assert_eq!(snap.deployments.len(), 1);
+        assert_eq!(snap.demo["m"], "http://127.0.0.1:8080/");
+        state.deployments.get_mut("m").unwrap().server = Some(server(None));
+        assert!(snapshot(&state).demo.is_empty());
     }
 }

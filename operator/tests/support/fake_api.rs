@@ -328,16 +328,12 @@ fn answer(
             // A watch: no events (the watcher sees a broken stream and starts over).
             None if query.contains("watch=true") => (StatusCode::OK, Value::Null),
             None => {
-                // A collection: list the objects directly under it (label selector honoured).
-                let prefix = format!("{path}/");
+                // A collection: list the objects directly under it, or in it across
+                // namespaces (label selector honoured).
                 let items: Vec<Value> = st
                     .objects
                     .iter()
-                    .filter(|(p, v)| {
-                        p.strip_prefix(&prefix)
-                            .is_some_and(|rest| !rest.contains('/'))
-                            && selected(v, query)
-                    })
+                    .filter(|(p, v)| in_collection(path, p) && selected(v, query))
                     .map(|(_, v)| v.clone())
                     .collect();
                 // A GET without list parameters is of one object, which does not exist.
