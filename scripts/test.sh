@@ -11,6 +11,8 @@ scripts/setup.sh --no-build
 export CARGO_INCREMENTAL=0
 # setup.sh installed chromium: the demo-page test must run, not skip.
 export TEXTREC_REQUIRE_BROWSER=1
+# The TensorBoard read-back test needs the `tensorboard` package (requirements-dev.txt).
+export TEXTREC_REQUIRE_TENSORBOARD=1
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -19,6 +19,9 @@ pub const MODEL_WEIGHTS: &str = "model.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 /// Latest [`crate::TrialProgress`] snapshot, rewritten as training goes.
 pub const PROGRESS: &str = "progress.json";
+/// The trial's TensorBoard event file, derived from [`METRICS`] and rewritten with it
+/// (`tensorboard --logdir <storage>/<run>` shows every trial).
+pub const TENSORBOARD_EVENTS: &str = "events.out.tfevents.0.textrec";
 
 /// Folder name of the checkpoint at `step`; zero-padded so names sort by step.
 pub fn checkpoint_dir(step: u64) -> String {

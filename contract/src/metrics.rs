@@ -53,6 +53,18 @@ pub struct SetScore {
     /// CER by reference line length, shortest bucket first (empty buckets left out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_length: Vec<LengthScore>,
+    /// The first few lines' readings (what TensorBoard's text tab shows beside their images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<SamplePrediction>,
+}
+
+/// One validation line: what it says and what the model read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SamplePrediction {
+    /// The line's transcription.
+    pub reference: String,
+    /// The model's reading.
+    pub prediction: String,
 }
 
 /// CER of the lines of one length bucket.

@@ -107,9 +107,14 @@ pub struct ScoreCard {
     pub total: ErrorCounts,
     /// Totals of the lines in each [`LENGTH_BUCKETS`] bucket, plus one for longer lines.
     pub by_length: [ErrorCounts; LENGTH_BUCKETS.len() + 1],
+    /// The readings of the first [`ScoreCard::SAMPLES`] lines, as (reference, reading).
+    pub samples: Vec<(String, String)>,
 }
 
 impl ScoreCard {
+    /// How many lines' readings are kept as samples.
+    pub const SAMPLES: usize = 4;
+
     /// Count one line, overall and in its length bucket.
     pub fn add(&mut self, reference: &str, hypothesis: &str) {
         let mut line = ErrorCounts::default();
@@ -120,6 +125,10 @@ impl ScoreCard {
             .unwrap_or(LENGTH_BUCKETS.len());
         self.by_length[bucket].merge(&line);
         self.total.merge(&line);
+        if self.samples.len() < Self::SAMPLES {
+            self.samples
+                .push((reference.to_string(), hypothesis.to_string()));
+        }
     }
 
     /// The scores as recorded in `metrics.jsonl` (empty buckets left out).
@@ -141,6 +150,14 @@ impl ScoreCard {
             wer: self.total.wer(),
             lines: self.total.lines,
             by_length,
+            samples: self
+                .samples
+                .iter()
+                .map(|(r, h)| textrec_contract::metrics::SamplePrediction {
+                    reference: r.clone(),
+                    prediction: h.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -229,6 +229,106 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
     assert_eq!(complete_checkpoints(out), vec![30, 35, 40]);
 }
 
+/// Reads the trial's TensorBoard event file with the real `tensorboard` package and returns
+/// its scalars, images and text as JSON; `None` (the test then skips) where the package is
+/// missing, unless `TEXTREC_REQUIRE_TENSORBOARD=1`.
+fn tensorboard_read_back(dir: &Path) -> Option<serde_json::Value> {
+    const READER: &str = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+ea.Reload()
+tags = ea.Tags()
+print(json.dumps({
+    "scalars": {t: [[e.step, e.value] for e in ea.Scalars(t)] for t in tags["scalars"]},
+    "images": {t: [[e.step, e.width, e.height] for e in ea.Images(t)] for t in tags["images"]},
+    "text": {t: [[e.step, e.tensor_proto.string_val[0].decode()] for e in ea.Tensors(t)]
+             for t in tags["tensors"]},
+}))
+"#;
+    let probe = Command::new("python3")
+        .args(["-c", "import tensorboard"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("TEXTREC_REQUIRE_TENSORBOARD").as_deref() != Ok("1"),
+            "python3 cannot import tensorboard (pip install -r requirements-dev.txt)"
+        );
+        eprintln!("skipped: python3 has no tensorboard package");
+        return None;
+    }
+    let out = Command::new("python3")
+        .args(["-c", READER])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// TensorBoard reads every scalar of `metrics.jsonl` back from the event file, at the same
+/// steps and values, plus the validation lines' images and their readings.
+#[test]
+fn tensorboard_reads_the_event_file_back_as_metrics_jsonl_says() {
+    let (dir, _) = reference();
+    let out = dir.path();
+    let Some(tb) = tensorboard_read_back(out) else {
+        return;
+    };
+    let records = metrics(out);
+    let series = |tag: &str| -> Vec<(u64, f64)> {
+        tb["scalars"][tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no scalar {tag} in {tb}"))
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+            .collect()
+    };
+    let close = |a: &[(u64, f64)], b: &[(u64, f64)]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= 1e-6 * y.1.abs().max(1.0))
+    };
+    let train: Vec<&MetricsRecord> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Train)
+        .collect();
+    let want: Vec<(u64, f64)> = train.iter().map(|r| (r.step, r.loss.unwrap())).collect();
+    assert!(
+        close(&series("train/loss"), &want),
+        "{:?} vs {want:?}",
+        series("train/loss")
+    );
+    let want: Vec<(u64, f64)> = train.iter().map(|r| (r.step, r.lr.unwrap())).collect();
+    assert!(close(&series("train/lr"), &want));
+    let evals: Vec<&MetricsRecord> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Eval)
+        .collect();
+    for set in ["validation", "unseen-fonts"] {
+        let want: Vec<(u64, f64)> = evals.iter().map(|r| (r.step, r.sets[set].cer)).collect();
+        assert!(close(&series(&format!("cer/{set}")), &want), "cer/{set}");
+        let text = tb["text"][format!("predictions/{set}")].as_array().unwrap();
+        assert_eq!(text.len(), evals.len());
+        let first = &evals[0].sets[set].samples[0];
+        assert!(
+            text[0][1].as_str().unwrap().contains(&first.reference),
+            "{text:?}"
+        );
+    }
+    let images = tb["images"].as_object().unwrap();
+    assert_eq!(images.len(), 4, "{images:?}");
+    for (tag, shots) in images {
+        assert!(tag.starts_with("validation/line-"), "{tag}");
+        assert_eq!(shots[0][2].as_u64(), Some(32), "the network's line height");
+    }
+}
+
 #[test]
 fn sigkill_at_a_random_moment_then_restart_is_bit_identical() {
     let (_, expected) = reference();

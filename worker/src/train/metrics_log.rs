@@ -3,7 +3,8 @@
 //! Object stores cannot append, so the lines are kept in memory and the whole file is rewritten
 //! when it is flushed (at log, eval and checkpoint time; a few hundred short lines per trial).
 //! On resume, records after the resumed step are dropped: those steps run again and would
-//! otherwise appear twice.
+//! otherwise appear twice. The trial's TensorBoard event file is derived from the same records
+//! and rewritten with it (see [`super::tensorboard`]).
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -11,11 +12,15 @@ use textrec_contract::layout;
 use textrec_contract::metrics::MetricsRecord;
 use textrec_contract::Store;
 
+use super::tensorboard::{self, TaggedImage};
+
 /// The in-memory copy of `metrics.jsonl`.
 #[derive(Default)]
 pub struct MetricsLog {
     lines: Vec<String>,
     dirty: bool,
+    /// Validation lines TensorBoard shows beside the readings.
+    images: Vec<TaggedImage>,
 }
 
 impl MetricsLog {
@@ -44,6 +49,7 @@ impl MetricsLog {
         Ok(Self {
             lines,
             dirty: dropped > 0,
+            images: Vec::new(),
         })
     }
 
@@ -64,7 +70,13 @@ impl MetricsLog {
         self.lines.is_empty()
     }
 
-    /// Rewrite the file if anything changed.
+    /// Images written into the TensorBoard file at step 0 (from the next flush on).
+    pub fn set_images(&mut self, images: Vec<TaggedImage>) {
+        self.images = images;
+        self.dirty = true;
+    }
+
+    /// Rewrite the file, and the TensorBoard event file after it, if anything changed.
     pub async fn flush(&mut self, store: &Store) -> Result<()> {
         if !self.dirty {
             return Ok(());
@@ -72,6 +84,15 @@ impl MetricsLog {
         let mut text = self.lines.join("\n");
         text.push('\n');
         store.put(layout::METRICS, Bytes::from(text)).await?;
+        let records: Vec<MetricsRecord> = self
+            .lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let events = tensorboard::event_file(&records, &self.images);
+        store
+            .put(layout::TENSORBOARD_EVENTS, Bytes::from(events))
+            .await?;
         self.dirty = false;
         Ok(())
     }

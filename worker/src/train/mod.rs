@@ -18,6 +18,7 @@ pub mod optimizer;
 pub mod progress;
 pub mod schedule;
 pub mod signals;
+pub mod tensorboard;
 pub mod trainer;
 pub mod validation;
 

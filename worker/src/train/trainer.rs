@@ -644,7 +644,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         autocast.label()
     );
 
-    let metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
+    let mut metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
+    metrics.set_images(vals[0].preview_images(ScoreCard::SAMPLES));
     let sampler = Sampler::new(train_ds.len(), cfg.seed);
     let mut loader = Loader::start(
         train_ds,

@@ -13,6 +13,7 @@ use textrec_model::preprocess::{self, PreparedImage};
 use textrec_model::Tokenizer;
 
 use super::signals::StopFlag;
+use super::tensorboard::TaggedImage;
 
 /// Validation lines, preprocessed once (they are evaluated many times).
 pub struct ValidationSet {
@@ -72,6 +73,33 @@ impl ValidationSet {
     /// Number of usable lines.
     pub fn len(&self) -> usize {
         self.texts.len()
+    }
+
+    /// The first `n` lines as PNGs (dark ink on white, as prepared for the network), tagged
+    /// `<set>/line-<i>` for TensorBoard.
+    pub fn preview_images(&self, n: usize) -> Vec<TaggedImage> {
+        self.images
+            .iter()
+            .take(n)
+            .enumerate()
+            .filter_map(|(i, img)| {
+                let pixels: Vec<u8> = img
+                    .data
+                    .iter()
+                    .map(|v| (255.0 * (1.0 - v.clamp(0.0, 1.0))).round() as u8)
+                    .collect();
+                let gray = image::GrayImage::from_raw(img.width, img.height, pixels)?;
+                let mut png = Vec::new();
+                gray.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                    .ok()?;
+                Some(TaggedImage {
+                    tag: format!("{}/line-{i}", self.name),
+                    height: img.height,
+                    width: img.width,
+                    png,
+                })
+            })
+            .collect()
     }
 
     /// Whether there is nothing to evaluate on.
