@@ -14,8 +14,9 @@ import pytest
 from conftest import all_options, render
 from support import ROOT
 
-# Crate names, which docs mention as Rust paths (`textrec_contract::exit`).
-CRATES = {"textrec_contract", "textrec_model", "textrec_worker", "textrec_operator"}
+# Package names, which docs mention as paths (`textrec_contract::exit`, `textrec_client.proto`):
+# the Rust crates and the Python client.
+CRATES = {"textrec_contract", "textrec_model", "textrec_worker", "textrec_operator", "textrec_client"}
 RUST_SOURCES = [ROOT / "operator" / "src", ROOT / "worker" / "src"]
 # PromQL words that look like identifiers but are not metric names.
 PROMQL_WORDS = {

@@ -57,7 +57,8 @@ class Prediction:
 
     #: The text of the line.
     text: str
-    #: Line confidence in [0, 1]: the product of the per-character probabilities.
+    #: Line confidence in [0, 1]: the geometric mean of the emitted tokens' probabilities
+    #: (end of line included).
     confidence: float
     #: One probability per character of :attr:`text`.
     char_confidences: Tuple[float, ...] = ()
