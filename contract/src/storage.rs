@@ -222,6 +222,14 @@ impl Store {
         Ok(names)
     }
 
+    /// Delete one object; one that does not exist is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        match self.inner.delete(&self.path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {}", self.url_of(rel))),
+        }
+    }
+
     /// Delete every object under `rel`.
     pub async fn delete_prefix(&self, rel: &str) -> Result<()> {
         let base = self.path(rel);

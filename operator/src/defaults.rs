@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::crd::{ModelDeployment, ModelDeploymentSpec, TrainingRun, TrainingRunSpec};
+use crate::crd::{Flagging, ModelDeployment, ModelDeploymentSpec, TrainingRun, TrainingRunSpec};
 
 /// Defaults of `textrec-operator run` (flags, or the chart's environment variables).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -113,6 +113,15 @@ impl Defaults {
     pub fn deployment(&self, md: Arc<ModelDeployment>) -> Arc<ModelDeployment> {
         let mut spec = md.spec.clone();
         self.apply_to_deployment_spec(&mut spec);
+        if spec.flagging.enabled && spec.flagging.storage.is_none() {
+            if let Some(root) = set(&self.storage_url) {
+                spec.flagging.storage = Some(Flagging::folder_under(
+                    &root,
+                    md.metadata.namespace.as_deref().unwrap_or("default"),
+                    md.metadata.name.as_deref().unwrap_or_default(),
+                ));
+            }
+        }
         if spec == md.spec {
             return md;
         }

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use crate::crd::{DeployedModel, ModelDeployment, RolloutStrategy};
+use crate::crd::{DeployedModel, ModelDeployment, ModelDeploymentSpec, RolloutStrategy};
 use crate::naming::{
     label_value, pointer_configmap_name, serving_name, DEPLOYMENT_LABEL, MANAGED_BY, MANAGER,
     OWNER_ANNOTATION,
@@ -80,6 +80,15 @@ fn meta(md: &ModelDeployment, name: String) -> ObjectMeta {
     }
 }
 
+/// Where the serving pods store flags: `spec.flagging.storage` (the operator's defaults fill
+/// it from the default storage URL), or nowhere when flagging is off or has no storage.
+pub fn flags_url(spec: &ModelDeploymentSpec) -> Option<&str> {
+    spec.flagging
+        .storage
+        .as_deref()
+        .filter(|_| spec.flagging.enabled)
+}
+
 /// The serving Deployment for `model` at `revision`.
 pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) -> Deployment {
     let spec = &md.spec;
@@ -103,6 +112,10 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
     if spec.resources.gpus > 0 {
         // The server defaults to the CPU: a pod holding a GPU must ask for it.
         args.extend(["--device".into(), "cuda".into()]);
+    }
+    let flags = flags_url(spec);
+    if let Some(url) = flags {
+        args.extend(spec.flagging.serve_args(url));
     }
 
     let mut volumes = vec![Volume {
@@ -131,12 +144,14 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
             ..Default::default()
         });
     }
+    // Flags on `file://` can only be on the storage PVC: then it is mounted writable.
+    let pvc_holds_flags = flags.is_some_and(|u| u.starts_with("file://") || u.starts_with('/'));
     if let Some(pvc) = &spec.credentials.pvc {
         volumes.push(Volume {
             name: "storage".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: pvc.claim_name.clone(),
-                read_only: Some(true),
+                read_only: Some(!pvc_holds_flags),
             }),
             ..Default::default()
         });
@@ -147,7 +162,7 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         mounts.push(VolumeMount {
             name: "storage".into(),
             mount_path: path,
-            read_only: Some(true),
+            read_only: Some(!pvc_holds_flags),
             ..Default::default()
         });
     }
@@ -376,7 +391,6 @@ pub fn endpoint(md: &ModelDeployment) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::ModelDeploymentSpec;
 
     pub(super) fn md(spec: serde_json::Value) -> ModelDeployment {
         let spec: ModelDeploymentSpec = serde_json::from_value(spec).unwrap();
@@ -403,6 +417,56 @@ mod tests {
             .template
             .spec
             .unwrap()
+    }
+
+    #[test]
+    fn flags_go_to_the_defaulted_folder_and_a_file_folder_makes_the_pvc_writable() {
+        let arg = |args: &[String], flag: &str| {
+            let at = args.iter().position(|a| a == flag)?;
+            Some(args[at + 1].clone())
+        };
+        // The operator's default storage fills the folder (as the controller applies it).
+        let defaults = crate::defaults::Defaults {
+            storage_url: Some("s3://bucket/textrec".into()),
+            ..Default::default()
+        };
+        let spec = md(serde_json::json!({"model": {"url": "s3://b/m/"}, "image": "w:1"}));
+        let with_defaults = defaults.deployment(std::sync::Arc::new(spec));
+        let args = pod(&with_defaults).containers[0].args.clone().unwrap();
+        assert_eq!(
+            arg(&args, "--flags").as_deref(),
+            Some("s3://bucket/textrec/flags/ml/reader/")
+        );
+        assert_eq!(arg(&args, "--flags-max-samples").as_deref(), Some("10000"));
+        assert_eq!(arg(&args, "--flag-rate").as_deref(), Some("30"));
+
+        // No storage anywhere, or flagging off: no --flags (the Flag button answers 501).
+        let bare = pod(&md(
+            serde_json::json!({"model": {"url": "s3://b/m/"}, "image": "w:1"}),
+        ));
+        assert!(arg(bare.containers[0].args.as_ref().unwrap(), "--flags").is_none());
+        let off = pod(&md(
+            serde_json::json!({"model": {"url": "s3://b/m/"}, "image": "w:1",
+            "flagging": {"enabled": false, "storage": "s3://b/f/"}}),
+        ));
+        assert!(arg(off.containers[0].args.as_ref().unwrap(), "--flags").is_none());
+
+        // Flags on the storage PVC: mounted writable; otherwise read-only.
+        let pvc = |flags: &str| {
+            let p = pod(&md(
+                serde_json::json!({"model": {"url": "file:///data/m/"}, "image": "w:1",
+                "credentials": {"pvc": {"claimName": "runs"}},
+                "flagging": {"storage": flags, "maxSamples": 50, "perClientPerMinute": 5}}),
+            ));
+            let mount = p.containers[0].volume_mounts.clone().unwrap();
+            let storage = mount.iter().find(|m| m.name == "storage").unwrap().clone();
+            (p.containers[0].args.clone().unwrap(), storage.read_only)
+        };
+        let (args, read_only) = pvc("file:///data/flags/ml/ocr/");
+        assert_eq!(read_only, Some(false));
+        assert_eq!(arg(&args, "--flags-max-samples").as_deref(), Some("50"));
+        assert_eq!(arg(&args, "--flag-rate").as_deref(), Some("5"));
+        assert_eq!(pvc("s3://b/f/").1, Some(true));
     }
 
     #[test]

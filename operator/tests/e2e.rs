@@ -397,7 +397,8 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "reader"},
         "spec": {"model": {"fromTrainingRun": "grid"}, "image": std::env::var("TEXTREC_E2E_WORKER_IMAGE").unwrap_or_else(|_| "textrec-worker:e2e".into()),
                  "promotion": {"policy": "Automatic", "selector": {"matchLabels": {"team": "e2e"}}},
-                 "credentials": {"pvc": {"claimName": "textrec-e2e", "mountPath": "/e2e"}}}
+                 "credentials": {"pvc": {"claimName": "textrec-e2e", "mountPath": "/e2e"}},
+                 "flagging": {"storage": "file:///e2e/flags/reader/", "maxSamples": 100}}
     }))
     .unwrap();
     let _ = mds.delete("reader", &Default::default()).await;
@@ -415,6 +416,31 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         .clone()
         .unwrap();
     assert!(args.contains(&best_url), "{args:?}");
+    // Flags go to the PVC, which is then mounted writable.
+    let at = args.iter().position(|a| a == "--flags").expect("--flags");
+    assert_eq!(args[at + 1], "file:///e2e/flags/reader/");
+    let at = args
+        .iter()
+        .position(|a| a == "--flags-max-samples")
+        .unwrap();
+    assert_eq!(args[at + 1], "100");
+    let pod_spec = deps
+        .get("reader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let storage_mount = pod_spec.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "storage")
+        .unwrap();
+    assert_eq!(storage_mount.read_only, Some(false));
     let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
     assert!(svcs.get_opt("reader").await.unwrap().is_some());
 

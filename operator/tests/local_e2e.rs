@@ -164,6 +164,22 @@ fn weights_sha(model_dir: &Path) -> String {
         .to_string()
 }
 
+/// `GET path` on a local server (HTTP/1.1, `Connection: close`), its JSON body.
+fn http_get_json(addr: &str, path: &str) -> Value {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap()
+}
+
 fn recognize(worker: &Path, grpc: &str, images: &[PathBuf]) -> Output {
     Command::new(worker)
         .arg("recognize")
@@ -293,6 +309,15 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
             && served(s).as_deref() == Some(first_sha.as_str()))
         .then(|| md["endpoint"].as_str().unwrap().to_string())
     });
+    // Flagging is on by default, into the storage root's flags folder for this deployment.
+    let http = env.state()["deployments"]["reader"]["server"]["http"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = http_get_json(&http, "/v1/model");
+    let flags = info["flags"].as_str().unwrap_or_default();
+    assert!(flags.ends_with("/flags/default/reader/"), "{info}");
+    assert_eq!(info["flags_max_samples"], 10000);
     let images = env.dir.path().join("images");
     let out = Command::new(&env.worker)
         .args(["synth", "--count", "2", "--max-chars", "12", "--out"])

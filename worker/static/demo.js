@@ -99,3 +99,23 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   pick(e.dataTransfer.files);
 });
+
+// The model in service and where flags go, from GET /v1/model; polled, so a promotion or a
+// rollback shows up on an open page without a reload.
+async function refreshModel() {
+  let info;
+  try {
+    const resp = await fetch("v1/model");
+    if (!resp.ok) return;
+    info = await resp.json();
+  } catch (_) {
+    return;
+  }
+  $("serving-version").textContent = info.version || "none yet";
+  $("flag-where").textContent = info.flags
+    ? `Flagged lines are saved to ${info.flags} as training pairs` +
+      (info.flags_max_samples ? ` (the newest ${info.flags_max_samples} are kept).` : ".")
+    : "Flagging is off on this server (start it with --flags to keep flagged lines).";
+}
+refreshModel();
+setInterval(refreshModel, 5000);

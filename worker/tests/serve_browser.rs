@@ -229,6 +229,13 @@ async fn demo_page_recognizes_and_flags_in_headless_chromium() {
     )
     .await;
     assert_eq!(s.text("#version").await, version);
+    // The page names the model in service and where flags go (from GET /v1/model).
+    assert_eq!(s.text("#serving-version").await, version);
+    let where_ = s.text("#flag-where").await;
+    assert!(
+        where_.contains(flags.to_str().unwrap()) && where_.contains("newest 10000"),
+        "{where_}"
+    );
     let shown = s
         .script("return document.getElementById('text').textContent")
         .await;

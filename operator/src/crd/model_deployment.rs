@@ -94,6 +94,76 @@ pub struct ModelDeploymentSpec {
     /// `resources.gpus` also tolerate the `nvidia.com/gpu` taint of GPU node pools.
     #[serde(default)]
     pub scheduling: Scheduling,
+    /// Flagged lines (the demo page's Flag button, `POST /v1/flag`): on unless `enabled:
+    /// false`, stored as training pairs under `storage`.
+    #[serde(default)]
+    pub flagging: Flagging,
+}
+
+/// Where flagged lines go and how many are kept.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Flagging {
+    /// Off: the Flag button answers 501.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Folder URL for the flags (`s3://`, `gs://`, `az://`, `file://` on the PVC of
+    /// `credentials.pvc`, which is then mounted writable). Left out: the operator's default
+    /// storage (chart value `defaults.storage.url`) + `/flags/<namespace>/<name>/`, or locally
+    /// the storage root + `/flags/<namespace>/<name>/`; with neither, flagging stays off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub storage: Option<String>,
+    /// The most flags kept; past it the oldest are deleted.
+    #[serde(default = "default_max_flags")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_samples: i64,
+    /// Flags one client (IP address) may send per minute; more answer 429.
+    #[serde(default = "default_flags_per_minute")]
+    #[schemars(range(min = 1, max = 6000))]
+    pub per_client_per_minute: i32,
+}
+
+impl Default for Flagging {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            storage: None,
+            max_samples: default_max_flags(),
+            per_client_per_minute: default_flags_per_minute(),
+        }
+    }
+}
+
+impl Flagging {
+    /// The flags folder of `namespace/name` under a storage root URL.
+    pub fn folder_under(root: &str, namespace: &str, name: &str) -> String {
+        format!("{}/flags/{namespace}/{name}/", root.trim_end_matches('/'))
+    }
+
+    /// `serve` arguments for flags stored at `url`.
+    pub fn serve_args(&self, url: &str) -> Vec<String> {
+        vec![
+            "--flags".into(),
+            url.into(),
+            "--flags-max-samples".into(),
+            self.max_samples.to_string(),
+            "--flag-rate".into(),
+            self.per_client_per_minute.to_string(),
+        ]
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_flags() -> i64 {
+    10_000
+}
+
+fn default_flags_per_minute() -> i32 {
+    30
 }
 
 fn default_replicas() -> i32 {

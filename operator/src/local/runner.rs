@@ -140,6 +140,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         bind: opts.bind,
         ports: opts.ports,
         paths: paths.clone(),
+        storage_root: choice.root.clone(),
     });
     let mut runner = Runner {
         display: Display::new(opts.plain),

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{json, Value};
 
-use crate::crd::{ModelDeploymentStatus, ServingPorts};
+use crate::crd::{Flagging, ModelDeployment, ModelDeploymentStatus, ServingPorts};
 use crate::local::process::{self, SpawnError};
 use crate::local::state::{write_atomic, DeploymentRecord, LocalPaths, ServerRecord};
 use crate::serving::{POINTER_SHA_KEY, REVISION_ANNOTATION};
@@ -45,6 +45,8 @@ pub struct ServeSettings {
     pub ports: PortMode,
     /// Local files.
     pub paths: LocalPaths,
+    /// The storage root URL (flags go under it unless `spec.flagging.storage` says otherwise).
+    pub storage_root: String,
 }
 
 struct Proc {
@@ -231,6 +233,9 @@ impl Servers {
             // As in the cluster (crate::serving): GPUs requested, GPU used.
             args.extend(["--device".into(), "cuda".into()]);
         }
+        if let Some(url) = flags_url(&rec.deployment, &settings.storage_root) {
+            args.extend(rec.deployment.spec.flagging.serve_args(&url));
+        }
         let child = process::spawn(
             &settings.worker,
             &args,
@@ -346,10 +351,26 @@ pub fn synth_deployment(
     .expect("synthetic Deployment is well-formed")
 }
 
+/// Where a local server stores flags: `spec.flagging.storage`, else the storage root +
+/// `/flags/<namespace>/<name>/`; `None` when flagging is off.
+pub fn flags_url(md: &ModelDeployment, storage_root: &str) -> Option<String> {
+    let f = &md.spec.flagging;
+    if !f.enabled {
+        return None;
+    }
+    Some(f.storage.clone().unwrap_or_else(|| {
+        Flagging::folder_under(
+            storage_root,
+            md.metadata.namespace.as_deref().unwrap_or("default"),
+            md.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DeployedModel, ModelDeployment, Revision};
+    use crate::crd::{DeployedModel, Revision};
     use crate::local::now;
 
     fn status() -> ModelDeploymentStatus {
@@ -382,6 +403,7 @@ mod tests {
             paths: LocalPaths {
                 dir: dir.path().join("local"),
             },
+            storage_root: "file:///data".into(),
         };
         let mut deployment: ModelDeployment = serde_json::from_value(serde_json::json!({
             "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
@@ -449,5 +471,23 @@ mod tests {
     async fn http_get_reads_json() {
         let addr = serve_once(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 28\r\n\r\n{\"ready\":true,\"version\":\"v\"}").await;
         assert_eq!(probe(&addr).await, Some((true, Some("v".into()))));
+    }
+
+    #[test]
+    fn flags_default_under_the_storage_root_unless_set_or_off() {
+        let mut md: ModelDeployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "ocr", "namespace": "ml"},
+            "spec": {"model": {"url": "file:///m"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            flags_url(&md, "file:///data/").as_deref(),
+            Some("file:///data/flags/ml/ocr/")
+        );
+        md.spec.flagging.storage = Some("s3://b/f/".into());
+        assert_eq!(flags_url(&md, "file:///data").as_deref(), Some("s3://b/f/"));
+        md.spec.flagging.enabled = false;
+        assert_eq!(flags_url(&md, "file:///data"), None);
     }
 }

@@ -115,6 +115,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TEXTREC_FLAGS")]
     pub flags: Option<String>,
 
+    /// The most flags kept in `--flags`; beyond it the oldest are deleted. 0: no cap.
+    #[arg(long, default_value_t = 10_000)]
+    pub flags_max_samples: usize,
+
     /// Flags one client (IP address; IPv6 /64) may send per minute on average; 0: no limit.
     /// Beyond it `/v1/flag` answers 429 with Retry-After.
     #[arg(long, default_value_t = 30)]
@@ -152,6 +156,7 @@ impl ServeArgs {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             flags: None,
+            flags_max_samples: 10_000,
             flag_rate: 30,
             flag_burst: 10,
             shutdown_grace: Duration::from_secs(30),

@@ -4,7 +4,13 @@
 //!
 //! Object stores cannot append, and several replicas may flag at once, so every flag is its own
 //! set of objects with a unique name; `cat *.jsonl` gives the whole log.
+//!
+//! With `--flags-max-samples` the folder is capped: past it the oldest flags (names sort by
+//! time) are deleted, record first so a half-deleted flag is never listed as complete. Each
+//! server counts what it lists at its first flag plus what it writes, and lists again every
+//! [`RELIST_EVERY`] flags to see the other replicas' flags.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -118,19 +124,34 @@ impl FlagText {
     }
 }
 
+/// Flags stored between two listings of the folder when it is capped.
+pub const RELIST_EVERY: usize = 200;
+
 /// The flags folder.
 pub struct FlagStore {
     store: Store,
     seq: AtomicU64,
+    /// The most flags kept (`None`: no cap).
+    max_samples: Option<usize>,
+    /// The flags known to be in the folder, oldest first, and flags stored since the last
+    /// listing; `None` until the first flag lists the folder.
+    index: tokio::sync::Mutex<Option<(VecDeque<String>, usize)>>,
 }
 
 impl FlagStore {
-    /// Open (and for local paths create) the flags folder.
-    pub fn open(location: &str) -> anyhow::Result<Self> {
+    /// Open (and for local paths create) the flags folder; `max_samples` caps it.
+    pub fn open(location: &str, max_samples: Option<usize>) -> anyhow::Result<Self> {
         Ok(Self {
             store: Store::open(location)?,
             seq: AtomicU64::new(0),
+            max_samples: max_samples.filter(|&m| m > 0),
+            index: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The cap on stored flags, if any.
+    pub fn max_samples(&self) -> Option<usize> {
+        self.max_samples
     }
 
     /// The folder's URL.
@@ -182,7 +203,50 @@ impl FlagStore {
             .await
             .map_err(storage)?;
         tracing::info!(name, url = self.store.url(), "sample flagged");
+        if let Err(e) = self.prune(&name).await {
+            // The flag itself is stored; a cap that lags behind costs only space.
+            tracing::warn!("flags folder: cannot drop the oldest flags: {e:#}");
+        }
         Ok(record)
+    }
+
+    /// After `name` was stored: delete the oldest flags beyond the cap.
+    async fn prune(&self, name: &str) -> anyhow::Result<()> {
+        let Some(max) = self.max_samples else {
+            return Ok(());
+        };
+        let mut guard = self.index.lock().await;
+        let relist = match guard.as_mut() {
+            Some((known, since)) if *since < RELIST_EVERY => {
+                known.push_back(name.to_string());
+                *since += 1;
+                false
+            }
+            _ => true,
+        };
+        if relist {
+            let known: VecDeque<String> = self
+                .store
+                .list_files("")
+                .await?
+                .into_iter()
+                .filter_map(|f| f.strip_suffix(".jsonl").map(str::to_string))
+                .collect();
+            *guard = Some((known, 0));
+        }
+        let (known, _) = guard.as_mut().expect("set above");
+        while known.len() > max {
+            let oldest = known.pop_front().expect("longer than max >= 1");
+            for ext in ["jsonl", "png", "gt.txt"] {
+                self.store.delete(&format!("{oldest}.{ext}")).await?;
+            }
+            tracing::info!(
+                name = oldest,
+                max,
+                "oldest flag dropped (--flags-max-samples)"
+            );
+        }
+        Ok(())
     }
 
     /// `flag-<UTC time>-<image sha prefix>-<pid><seq>`: only `[0-9a-z-]`, sortable by time, and
@@ -286,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn flags_write_a_tesstrain_pair_and_a_record() {
         let tmp = tempfile::tempdir().unwrap();
-        let flags = FlagStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let flags = FlagStore::open(tmp.path().to_str().unwrap(), None).unwrap();
         let bmp = checked(image(image::ImageFormat::Bmp));
         let png = to_png(&bmp).unwrap();
         let text = FlagText::check("helo", Some("hello\nworld "), Some("v1")).unwrap();
@@ -355,5 +419,40 @@ mod tests {
         let cut = full.slice(..full.len() - 20);
         let e = to_png(&checked(cut)).unwrap_err();
         assert!(matches!(e, ServeError::InvalidArgument(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_capped_folder_keeps_the_newest_flags_and_counts_other_writers() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A flag another replica wrote before this server's first flag: older than all of them.
+        for ext in ["png", "gt.txt", "jsonl"] {
+            std::fs::write(
+                tmp.path().join(format!("flag-00000000t000000000-x.{ext}")),
+                "x",
+            )
+            .unwrap();
+        }
+        let flags = FlagStore::open(tmp.path().to_str().unwrap(), Some(3)).unwrap();
+        let png = to_png(&checked(image(image::ImageFormat::Bmp))).unwrap();
+        let mut names = Vec::new();
+        for i in 0..5 {
+            let text = FlagText::check("p", Some(&format!("line {i}")), None).unwrap();
+            let r = flags
+                .store(png.clone(), "cd".repeat(32), text, "v".into())
+                .await
+                .unwrap();
+            names.push(r.name);
+        }
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = names[2..]
+            .iter()
+            .flat_map(|n| ["gt.txt", "jsonl", "png"].map(|ext| format!("{n}.{ext}")))
+            .collect();
+        want.sort();
+        assert_eq!(left, want, "the three newest flags, each complete");
     }
 }

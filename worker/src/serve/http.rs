@@ -353,6 +353,7 @@ async fn model(State(state): State<Arc<ServeState>>) -> Response {
             "max_queue": state.max_in_flight,
         },
         "flags": state.flags.as_ref().map(|f| redact_url(f.url())),
+        "flags_max_samples": state.flags.as_ref().and_then(|f| f.max_samples()),
     });
     Json(body).into_response()
 }

@@ -288,7 +288,7 @@ fn build_state(args: &ServeArgs, resolved: &Resolved) -> Result<Arc<ServeState>>
     let flags = args
         .flags
         .as_deref()
-        .map(FlagStore::open)
+        .map(|location| FlagStore::open(location, Some(args.flags_max_samples)))
         .transpose()
         .context("cannot open the --flags folder")?;
     let settings = StateSettings {
