@@ -297,6 +297,13 @@ pub fn handle_raw(
     if path == "/_fake/stats" {
         return (StatusCode::OK, serde_json::to_vec(&stats(&st)).unwrap());
     }
+    if path == "/version" {
+        // What the manager asks first, to fail fast against a dead endpoint.
+        let v = json!({"major": "1", "minor": "36", "gitVersion": "v1.36.0-fake",
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "",
+            "compiler": "", "platform": "linux/amd64"});
+        return (StatusCode::OK, serde_json::to_vec(&v).unwrap());
+    }
     let (code, v) = answer(&mut st, method, path, query, body);
     (code, serde_json::to_vec(&v).unwrap())
 }
