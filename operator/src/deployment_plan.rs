@@ -83,7 +83,7 @@ pub fn report_missing(
             now,
         );
     }
-    (!reported || prev.observed_generation != g).then(|| PlannedEvent {
+    (!reported || prev.observed_generation != g).then_some(PlannedEvent {
         severity: Severity::Warning,
         reason,
         message: msg,

@@ -188,7 +188,7 @@ impl TlsFiles {
 
     /// Modification time and size of each file (following symlinks, as the kubelet's Secret
     /// volumes swap a `..data` link): what the reload poll compares.
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    fn stamp(&self) -> Stamp {
         self.paths()
             .map(|p| {
                 std::fs::metadata(p)
@@ -199,10 +199,13 @@ impl TlsFiles {
     }
 }
 
+/// Modification time and size of each TLS file (`None`: unreadable).
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
 /// The configuration in service, replaced when the files change.
 pub struct ServerTls {
     files: TlsFiles,
-    current: RwLock<(TlsConfigs, Vec<Option<(SystemTime, u64)>>)>,
+    current: RwLock<(TlsConfigs, Stamp)>,
 }
 
 impl ServerTls {
@@ -356,9 +359,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("tls.crt");
         std::fs::write(&cert, "not a certificate").unwrap();
-        let e = read_certs(&cert, "--tls-cert").err().expect("an error");
+        let e = read_certs(&cert, "--tls-cert").expect_err("an error");
         assert!(format!("{e:#}").contains("no PEM certificate"), "{e:#}");
-        let e = read_key(&cert, "--tls-key").err().expect("an error");
+        let e = read_key(&cert, "--tls-key").expect_err("an error");
         assert!(format!("{e:#}").contains("no PEM private key"), "{e:#}");
     }
 }
