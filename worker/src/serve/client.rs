@@ -61,7 +61,8 @@ pub struct ClientSecurity {
     /// The PEM private key of --client-cert.
     #[arg(long, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
-    /// Send `authorization: Bearer TOKEN`, TOKEN being the first line of this file.
+    /// Send `authorization: Bearer TOKEN`, TOKEN being the first non-empty line of this file
+    /// (whitespace trimmed).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// With a grpcs:// endpoint: the name the server certificate must carry, when it differs
