@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use crate::conditions;
 use crate::crd::{DeploymentPhase, ModelDeployment, ModelDeploymentStatus, RunPhase, TrainingRun};
 use crate::promotion::{decide, record_declined, record_revision, RunSummary};
+use crate::references::Reference;
 use crate::run_plan::{PlannedEvent, Severity};
 use crate::serving;
 
@@ -42,6 +43,51 @@ pub fn summarize_runs(md: &ModelDeployment, runs: &[Arc<TrainingRun>]) -> Vec<Ru
             }
         })
         .collect()
+}
+
+/// Report the Secrets `md`'s pods would mount that do not exist (see
+/// [`crate::references::deployment_references`]): `Valid` turns False naming them, and with no
+/// serving Deployment yet the phase is `Invalid`. The caller then leaves the Deployment as it
+/// is (its pods keep serving). Returns the warning to record: once per generation and set of
+/// missing Secrets.
+pub fn report_missing(
+    md: &ModelDeployment,
+    st: &mut ModelDeploymentStatus,
+    missing: &[Reference],
+    deployed: bool,
+    now: &Time,
+) -> Option<PlannedEvent> {
+    let first = missing.first()?;
+    let msg = missing
+        .iter()
+        .map(Reference::not_found)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = first.kind.not_found_reason();
+    let g = md.metadata.generation;
+    let prev = md.status.clone().unwrap_or_default();
+    let reported = prev
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Valid" && c.reason == reason && c.message == msg);
+    conditions::set(&mut st.conditions, "Valid", false, reason, &msg, g, now);
+    if !deployed {
+        st.phase = Some(DeploymentPhase::Invalid);
+        conditions::set(
+            &mut st.conditions,
+            "Available",
+            false,
+            "Invalid",
+            "a Secret the pods mount is missing",
+            g,
+            now,
+        );
+    }
+    (!reported || prev.observed_generation != g).then_some(PlannedEvent {
+        severity: Severity::Warning,
+        reason,
+        message: msg,
+    })
 }
 
 /// The new status and events for `md` (pure apart from reading the caches passed in).
@@ -228,4 +274,70 @@ pub fn plan_status(
     );
     st.phase = Some(phase);
     (st, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ModelDeploymentSpec;
+    use crate::references::deployment_references;
+
+    fn md(spec: serde_json::Value) -> ModelDeployment {
+        let spec: ModelDeploymentSpec = serde_json::from_value(spec).unwrap();
+        let mut md = ModelDeployment::new("reader", spec);
+        md.metadata.namespace = Some("ml".into());
+        md.metadata.generation = Some(3);
+        md
+    }
+
+    fn now() -> Time {
+        crate::local::now()
+    }
+
+    #[test]
+    fn missing_tls_and_token_secrets_invalidate_the_spec_once() {
+        let mut d = md(serde_json::json!({
+            "model": {"url": "s3://b/m/", "sha256": "a".repeat(64)}, "image": "w:1",
+            "tls": {"secretName": "reader-tls"},
+            "auth": {"tokenSecretName": "reader-tokens"}
+        }));
+        let missing = deployment_references(&d.spec);
+        let (mut st, _) = plan_status(&d, &[], None, &now());
+        let ev = report_missing(&d, &mut st, &missing, false, &now()).expect("a warning");
+        assert_eq!(ev.reason, "SecretNotFound");
+        assert!(
+            ev.message
+                .contains("spec.tls.secretName: Secret \"reader-tls\""),
+            "{}",
+            ev.message
+        );
+        assert!(
+            ev.message.contains("spec.auth.tokenSecretName"),
+            "{}",
+            ev.message
+        );
+        assert_eq!(st.phase, Some(DeploymentPhase::Invalid));
+        let valid = st.conditions.iter().find(|c| c.type_ == "Valid").unwrap();
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+
+        // The next reconcile of the same generation does not repeat the event.
+        d.status = Some(st.clone());
+        let (mut st2, _) = plan_status(&d, &[], None, &now());
+        assert!(report_missing(&d, &mut st2, &missing, false, &now()).is_none());
+
+        // With pods already serving the phase is left to the Deployment's state.
+        let (mut st3, _) = plan_status(&d, &[], None, &now());
+        let phase = st3.phase;
+        report_missing(&d, &mut st3, &missing[..1], true, &now());
+        assert_eq!(st3.phase, phase);
+
+        // Nothing missing: nothing changes.
+        let (mut st4, _) = plan_status(&d, &[], None, &now());
+        let before = st4.clone();
+        assert!(report_missing(&d, &mut st4, &[], false, &now()).is_none());
+        assert_eq!(st4, before);
+    }
 }

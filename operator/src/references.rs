@@ -6,8 +6,12 @@
 //! cannot create pods for a missing ServiceAccount, and says so only in the Job's events). The
 //! controller looks them up before creating any Job and reports the missing ones in the run's
 //! `Valid` condition instead.
+//!
+//! A ModelDeployment's TLS and token Secrets ([`deployment_references`]) are checked the same
+//! way: a pod mounting a missing Secret never starts, so the Deployment is not applied (the
+//! pods already serving keep serving) and the `Valid` condition names the Secret.
 
-use crate::crd::TrainingRunSpec;
+use crate::crd::{ModelDeploymentSpec, TrainingRunSpec};
 
 /// Kind of a referenced object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +44,7 @@ impl RefKind {
     }
 }
 
-/// An object the spec names, in the run's namespace.
+/// An object the spec names, in the object's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
     /// Path of the naming field (`spec.storage.pvc.claimName`).
@@ -55,7 +59,7 @@ impl Reference {
     /// The message when the object does not exist.
     pub fn not_found(&self) -> String {
         format!(
-            "{}: {} {:?} not found in the run's namespace",
+            "{}: {} {:?} not found in the namespace",
             self.field,
             self.kind.as_str(),
             self.name
@@ -91,6 +95,27 @@ pub fn references(spec: &TrainingRunSpec) -> Vec<Reference> {
     out
 }
 
+/// The Secrets a ModelDeployment's serving pods mount: `spec.tls.secretName` and
+/// `spec.auth.tokenSecretName`. (`spec.credentials` is left to the pods' own errors, as before.)
+pub fn deployment_references(spec: &ModelDeploymentSpec) -> Vec<Reference> {
+    let mut out = Vec::new();
+    if let Some(tls) = &spec.tls {
+        out.push(Reference {
+            field: "spec.tls.secretName",
+            kind: RefKind::Secret,
+            name: tls.secret_name.clone(),
+        });
+    }
+    if let Some(auth) = &spec.auth {
+        out.push(Reference {
+            field: "spec.auth.tokenSecretName",
+            kind: RefKind::Secret,
+            name: auth.token_secret_name.clone(),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,10 +141,44 @@ mod tests {
         );
         assert_eq!(
             r[0].not_found(),
-            "spec.storage.pvc.claimName: PersistentVolumeClaim \"textrec-runs\" not found in the run's namespace"
+            "spec.storage.pvc.claimName: PersistentVolumeClaim \"textrec-runs\" not found in the namespace"
         );
         let bare: TrainingRunSpec =
             serde_json::from_value(json!({"image": "w", "storage": {"url": "s3://b/p"}})).unwrap();
         assert!(references(&bare).is_empty());
+    }
+
+    #[test]
+    fn deployments_reference_their_tls_and_token_secrets() {
+        let spec: ModelDeploymentSpec = serde_json::from_value(json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w",
+            "tls": {"secretName": "reader-tls", "clientAuth": true},
+            "auth": {"tokenSecretName": "reader-tokens"}
+        }))
+        .unwrap();
+        let r = deployment_references(&spec);
+        let got: Vec<_> = r
+            .iter()
+            .map(|r| (r.field, r.kind, r.name.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("spec.tls.secretName", RefKind::Secret, "reader-tls"),
+                (
+                    "spec.auth.tokenSecretName",
+                    RefKind::Secret,
+                    "reader-tokens"
+                )
+            ]
+        );
+        assert_eq!(
+            r[1].not_found(),
+            "spec.auth.tokenSecretName: Secret \"reader-tokens\" not found in the namespace"
+        );
+        let plain: ModelDeploymentSpec =
+            serde_json::from_value(json!({"model": {"fromTrainingRun": "r"}, "image": "w"}))
+                .unwrap();
+        assert!(deployment_references(&plain).is_empty());
     }
 }

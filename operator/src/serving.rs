@@ -20,8 +20,9 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, GRPCAction, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvFromSource, GRPCAction, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecretEnvSource, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -45,6 +46,12 @@ pub const POINTER_SHA_KEY: &str = "model-sha256";
 pub const REVISION_ANNOTATION: &str = "textrec.dev/revision";
 /// Annotation with the deployed model version.
 pub const MODEL_SHA_ANNOTATION: &str = "textrec.dev/model-sha256";
+/// Where `spec.tls.secretName` is mounted (cert-manager's `tls.crt`, `tls.key`, `ca.crt`).
+pub const TLS_DIR: &str = "/etc/textrec/tls";
+/// Where `spec.auth.tokenSecretName` is mounted.
+pub const AUTH_DIR: &str = "/etc/textrec/auth";
+/// Mode of the mounted Secrets' files: readable by the pod's group (`fsGroup`) only.
+const SECRET_FILE_MODE: i32 = 0o440;
 /// Non-root user of the serving container (the same as every worker pod's).
 pub use crate::pod_security::RUN_AS_USER;
 
@@ -117,6 +124,23 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
     if let Some(url) = flags {
         args.extend(spec.flagging.serve_args(url));
     }
+    if let Some(tls) = &spec.tls {
+        args.extend([
+            "--tls-cert".into(),
+            format!("{TLS_DIR}/tls.crt"),
+            "--tls-key".into(),
+            format!("{TLS_DIR}/tls.key"),
+        ]);
+        if tls.client_auth {
+            args.extend(["--client-ca".into(), format!("{TLS_DIR}/ca.crt")]);
+        }
+    }
+    if let Some(auth) = &spec.auth {
+        args.extend([
+            "--auth-token-file".into(),
+            format!("{AUTH_DIR}/{}", auth.key),
+        ]);
+    }
 
     let mut volumes = vec![Volume {
         name: "tmp".into(),
@@ -146,6 +170,32 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
     }
     // Flags on `file://` can only be on the storage PVC: then it is mounted writable.
     let pvc_holds_flags = flags.is_some_and(|u| u.starts_with("file://") || u.starts_with('/'));
+    // Secret volumes, not single files (subPath): the kubelet updates these in place when the
+    // Secret changes (a renewed certificate, a rotated token), and the server re-reads them.
+    let mut secret_volume = |name: &str, secret: &str, dir: &str| {
+        volumes.push(Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                default_mode: Some(SECRET_FILE_MODE),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: name.into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    };
+    if let Some(tls) = &spec.tls {
+        secret_volume("tls", &tls.secret_name, TLS_DIR);
+    }
+    if let Some(auth) = &spec.auth {
+        secret_volume("auth-token", &auth.token_secret_name, AUTH_DIR);
+    }
     if let Some(pvc) = &spec.credentials.pvc {
         volumes.push(Volume {
             name: "storage".into(),
@@ -183,10 +233,19 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         requests.insert("nvidia.com/gpu".into(), q(&spec.resources.gpus.to_string()));
         limits.insert("nvidia.com/gpu".into(), q(&spec.resources.gpus.to_string()));
     }
-    let grpc_probe = |initial: i32, period: i32, failures: i32| Probe {
-        grpc: Some(GRPCAction {
+    // The kubelet's gRPC probes speak plain text only: over TLS the probes use the HTTP port
+    // (`scheme: HTTPS`; the kubelet does not verify the certificate, and with mutual TLS the
+    // server answers the probe paths to clients without a certificate).
+    let probe = |path: &str, initial: i32, period: i32, failures: i32| Probe {
+        grpc: spec.tls.is_none().then(|| GRPCAction {
             port: spec.ports.grpc,
             service: Some(String::new()),
+        }),
+        http_get: spec.tls.as_ref().map(|_| HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTPS".into()),
+            ..Default::default()
         }),
         initial_delay_seconds: Some(initial),
         period_seconds: Some(period),
@@ -229,10 +288,10 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
             ..Default::default()
         }),
         // Ready only once the model is loaded: the server reports SERVING through grpc.health.v1.
-        readiness_probe: Some(grpc_probe(2, 5, 3)),
+        readiness_probe: Some(probe("/readyz", 2, 5, 3)),
         // Loading a large model can take a while; a startup probe keeps liveness from killing it.
-        startup_probe: Some(grpc_probe(2, 5, 60)),
-        liveness_probe: Some(grpc_probe(0, 10, 6)),
+        startup_probe: Some(probe("/readyz", 2, 5, 60)),
+        liveness_probe: Some(probe("/healthz", 0, 10, 6)),
         volume_mounts: Some(mounts),
         security_context: Some(pod_security::container_security_context()),
         ..Default::default()
@@ -314,7 +373,8 @@ pub fn service(md: &ModelDeployment) -> Service {
                     name: Some("grpc".into()),
                     port: p.grpc,
                     target_port: Some(IntOrString::String("grpc".into())),
-                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    // Over TLS, HTTP/2 is negotiated with ALPN: no h2c hint.
+                    app_protocol: md.spec.tls.is_none().then(|| "kubernetes.io/h2c".into()),
                     protocol: Some("TCP".into()),
                     ..Default::default()
                 },
@@ -539,5 +599,112 @@ mod tests {
         ));
         assert!(p.node_selector.is_none() && p.tolerations.is_none() && p.affinity.is_none());
         assert!(p.topology_spread_constraints.is_none() && p.priority_class_name.is_none());
+    }
+
+    fn volume<'a>(p: &'a PodSpec, name: &str) -> &'a Volume {
+        let volumes = p.volumes.as_ref().unwrap();
+        volumes
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    }
+
+    fn mount_path(c: &Container, name: &str) -> String {
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        let m = mounts
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no mount {name}"));
+        assert_eq!(m.read_only, Some(true));
+        m.mount_path.clone()
+    }
+
+    fn arg_after(args: &[String], flag: &str) -> Option<String> {
+        let at = args.iter().position(|a| a == flag)?;
+        Some(args[at + 1].clone())
+    }
+
+    #[test]
+    fn tls_and_auth_mount_their_secrets_pass_the_flags_and_probe_over_https() {
+        let d = md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1",
+            "tls": {"secretName": "reader-tls", "clientAuth": true},
+            "auth": {"tokenSecretName": "reader-tokens", "key": "tokens"}
+        }));
+        let p = pod(&d);
+        let c = &p.containers[0];
+        let tls = volume(&p, "tls").secret.as_ref().unwrap();
+        assert_eq!(tls.secret_name.as_deref(), Some("reader-tls"));
+        assert_eq!(tls.default_mode, Some(0o440));
+        let token = volume(&p, "auth-token").secret.as_ref().unwrap();
+        assert_eq!(token.secret_name.as_deref(), Some("reader-tokens"));
+        assert_eq!(mount_path(c, "tls"), TLS_DIR);
+        assert_eq!(mount_path(c, "auth-token"), AUTH_DIR);
+        let args = c.args.clone().unwrap();
+        assert_eq!(
+            arg_after(&args, "--tls-cert").unwrap(),
+            "/etc/textrec/tls/tls.crt"
+        );
+        assert_eq!(
+            arg_after(&args, "--tls-key").unwrap(),
+            "/etc/textrec/tls/tls.key"
+        );
+        assert_eq!(
+            arg_after(&args, "--client-ca").unwrap(),
+            "/etc/textrec/tls/ca.crt"
+        );
+        assert_eq!(
+            arg_after(&args, "--auth-token-file").unwrap(),
+            "/etc/textrec/auth/tokens"
+        );
+        for (probe, path) in [
+            (c.readiness_probe.as_ref(), "/readyz"),
+            (c.startup_probe.as_ref(), "/readyz"),
+            (c.liveness_probe.as_ref(), "/healthz"),
+        ] {
+            let probe = probe.unwrap();
+            assert!(probe.grpc.is_none(), "kubelet gRPC probes cannot speak TLS");
+            let get = probe.http_get.as_ref().unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.port, IntOrString::String("http".into()));
+        }
+        let svc = service(&d).spec.unwrap().ports.unwrap();
+        assert_eq!(svc[0].app_protocol, None, "no h2c hint over TLS");
+
+        // Without clientAuth no --client-ca; the token key defaults to `token`.
+        let p = pod(&md(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1",
+            "tls": {"secretName": "reader-tls"},
+            "auth": {"tokenSecretName": "reader-tokens"}
+        })));
+        let args = p.containers[0].args.clone().unwrap();
+        assert!(arg_after(&args, "--tls-cert").is_some());
+        assert!(arg_after(&args, "--client-ca").is_none(), "{args:?}");
+        assert_eq!(
+            arg_after(&args, "--auth-token-file").unwrap(),
+            "/etc/textrec/auth/token"
+        );
+    }
+
+    #[test]
+    fn plain_serving_keeps_grpc_probes_and_mounts_no_secrets() {
+        let d = md(serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}));
+        let p = pod(&d);
+        let c = &p.containers[0];
+        let args = c.args.clone().unwrap();
+        assert!(!args
+            .iter()
+            .any(|a| a.starts_with("--tls") || a.starts_with("--auth")));
+        assert!(p
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.secret.is_none()));
+        let probe = c.readiness_probe.as_ref().unwrap();
+        assert!(probe.grpc.is_some() && probe.http_get.is_none());
+        let svc = service(&d).spec.unwrap().ports.unwrap();
+        assert_eq!(svc[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
     }
 }

@@ -4,6 +4,8 @@
 //! textrec-worker recognize line1.png line2.png                 # the built-in pretrained model
 //! textrec-worker recognize --model ./out/model line1.png line2.png
 //! textrec-worker recognize --endpoint grpc://localhost:50051 line1.png
+//! textrec-worker recognize --endpoint grpcs://ocr.example:443 --ca-cert ca.crt \
+//!     --token-file token line1.png
 //! ```
 
 use std::path::PathBuf;
@@ -19,9 +21,13 @@ pub struct RecognizeArgs {
     /// Default: the built-in pretrained model (`builtin:small`).
     #[arg(long, conflicts_with = "endpoint")]
     pub model: Option<String>,
-    /// A running `textrec-worker serve` to ask instead (`grpc://host:port`).
+    /// A running `textrec-worker serve` to ask instead: `grpc://host:port`, or
+    /// `grpcs://host:port` for TLS (see --ca-cert, --client-cert, --token-file).
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// TLS and token settings for --endpoint.
+    #[command(flatten)]
+    pub security: crate::serve::client::ClientSecurity,
     /// Also print each line's confidence (a third column).
     #[arg(long)]
     pub confidence: bool,
@@ -46,8 +52,9 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let remote = rt.block_on(crate::serve::client::recognize_files(
+            let remote = rt.block_on(crate::serve::client::recognize_files_with(
                 endpoint,
+                &args.security,
                 &args.images,
             ))?;
             remote

@@ -1,5 +1,7 @@
 // The demo page: send the chosen image to POST /v1/recognize as raw bytes, show the answer,
 // and flag it (with an optional correction) through POST /v1/flag.
+// A server started with --auth-token-file answers the API with 401: the page then asks for the
+// token once, keeps it for the tab (sessionStorage) and sends it as `Authorization: Bearer`.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -29,6 +31,24 @@ async function errorText(resp) {
   }
 }
 
+const TOKEN_KEY = "textrec-token";
+
+// fetch() with the bearer token, if one was given; on 401 ask for one and try again.
+async function apiFetch(url, init) {
+  for (;;) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = Object.assign({}, init.headers);
+    if (token) headers["Authorization"] = `Bearer ${token}`;
+    const resp = await fetch(url, Object.assign({}, init, { headers }));
+    if (resp.status !== 401) return resp;
+    const entered = window.prompt(
+      token ? "The token was not accepted. Bearer token:" : "This server needs a bearer token:"
+    );
+    if (!entered || !entered.trim()) return resp;
+    sessionStorage.setItem(TOKEN_KEY, entered.trim());
+  }
+}
+
 async function recognize(file) {
   showError("");
   $("flag-status").textContent = "";
@@ -36,7 +56,7 @@ async function recognize(file) {
   $("preview").src = URL.createObjectURL(file);
   $("preview-box").hidden = false;
   const started = performance.now();
-  const resp = await fetch("v1/recognize", {
+  const resp = await apiFetch("v1/recognize", {
     method: "POST",
     headers: { "Content-Type": file.type || "application/octet-stream" },
     body: buffer,
@@ -65,7 +85,7 @@ async function flag(event) {
   if (!last) return;
   $("flag").disabled = true;
   $("flag-status").textContent = "Saving…";
-  const resp = await fetch("v1/flag", {
+  const resp = await apiFetch("v1/flag", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({
@@ -105,7 +125,11 @@ drop.addEventListener("drop", (e) => {
 async function refreshModel() {
   let info;
   try {
-    const resp = await fetch("v1/model");
+    // The stored token if there is one, but no prompt: this runs every few seconds.
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const resp = await fetch("v1/model", {
+      headers: token ? { Authorization: `Bearer ${token}` } : {},
+    });
     if (!resp.ok) return;
     info = await resp.json();
   } catch (_) {

@@ -8,14 +8,16 @@ tests fail (they do not skip: a skipped client suite would pass CI while testing
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -57,15 +59,15 @@ class Server:
     log: Path
 
 
-def _ready(http_base: str) -> bool:
+def _ready(http_base: str, context: Optional[ssl.SSLContext] = None) -> bool:
     try:
-        with urllib.request.urlopen(http_base + "/readyz", timeout=2) as r:
+        with urllib.request.urlopen(http_base + "/readyz", timeout=2, context=context) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
-def _start(binary: Path, log: Path) -> Server:
+def _start(binary: Path, log: Path, extra: Sequence[str] = (), scheme: str = "http") -> Server:
     grpc_port, http_port = free_port(), free_port()
     while http_port == grpc_port:
         http_port = free_port()
@@ -80,13 +82,14 @@ def _start(binary: Path, log: Path) -> Server:
             f"127.0.0.1:{http_port}",
             "--shutdown-grace",
             "2s",
+            *extra,
         ],
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
     out.close()
-    return Server(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", proc, log)
+    return Server(f"127.0.0.1:{grpc_port}", f"{scheme}://127.0.0.1:{http_port}", proc, log)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -99,21 +102,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A `textrec-worker serve` of the built-in model, ready (its /readyz answered 200)."""
+def _serve(
+    logs: Path,
+    extra: Sequence[str] = (),
+    scheme: str = "http",
+    context: Optional[ssl.SSLContext] = None,
+) -> Iterator[Server]:
+    """Start a worker, wait for its /readyz, yield it, stop it."""
     binary = worker_binary()
-    logs = tmp_path_factory.mktemp("worker")
     # Free ports are picked before the worker binds them; another process may take one in
     # between, so a worker that exits at startup is started again on new ports.
     for attempt in range(3):
-        srv = _start(binary, logs / f"serve-{attempt}.log")
+        srv = _start(binary, logs / f"serve-{attempt}.log", extra, scheme)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while srv.process.poll() is None and time.monotonic() < deadline:
-            if _ready(srv.http_base):
+            if _ready(srv.http_base, context):
                 break
             time.sleep(0.1)
-        if srv.process.poll() is None and _ready(srv.http_base):
+        if srv.process.poll() is None and _ready(srv.http_base, context):
             try:
                 yield srv
             finally:
@@ -124,6 +130,77 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         if not exited_by_itself:
             break  # alive but never ready: starting again would not help
     pytest.fail(f"textrec-worker serve did not become ready; log:\n{srv.log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A `textrec-worker serve` of the built-in model, ready (its /readyz answered 200)."""
+    yield from _serve(tmp_path_factory.mktemp("worker"))
+
+
+@dataclass
+class Pki:
+    """A CA made at test time and certificates it signed (PEM files)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, f"openssl {' '.join(args)} failed:\n{r.stderr}"
+
+
+def make_pki(d: Path) -> Pki:
+    """A P-256 CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    assert shutil.which("openssl"), "the TLS tests make their certificates with the openssl CLI"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=textrec test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    for name, usage, san in [
+        ("server", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ]:
+        (d / f"{name}.ext").write_text(
+            f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n{san}"
+        )
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN=textrec test {name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
+                 "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    return Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt",
+                   d / "client.key")
+
+
+#: The bearer token of :func:`tls_server`.
+TEST_TOKEN = "py-client-test-token"
+
+
+@dataclass
+class TlsServer:
+    server: Server
+    pki: Pki
+    token: str
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """A `textrec-worker serve` over TLS (a test CA) that requires :data:`TEST_TOKEN`."""
+    d = tmp_path_factory.mktemp("tls")
+    pki = make_pki(d)
+    token = d / "tokens"
+    token.write_text(f"  other-token\n{TEST_TOKEN}\n")
+    extra = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+             "--auth-token-file", str(token)]
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    for srv in _serve(d, extra, "https", context):
+        yield TlsServer(srv, pki, TEST_TOKEN)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from textrec_client import (
     Prediction,
     Recognizer,
     TextrecError,
+    Unauthenticated,
     Unavailable,
 )
 from textrec_client.proto import recognizer_pb2, recognizer_pb2_grpc
@@ -235,3 +236,45 @@ def test_example_script(server, tmp_path, lines) -> None:
         out = run.stdout.splitlines()
         assert out[0].startswith(f"{good}\t") and out[0].endswith(f"\t{expected}")
         assert out[1].startswith(f"{bad}\terror\tINVALID_ARGUMENT: ")
+
+
+def test_tls_with_the_right_token_recognizes(tls_server, lines: List[Tuple[bytes, str]]) -> None:
+    srv, pki, token = tls_server.server, tls_server.pki, tls_server.token
+    with Recognizer(srv.grpc_target, timeout=30, root_certificates=pki.ca, token=token) as rec:
+        p = rec.recognize(lines[0][0])
+        assert p.text
+        assert rec.model_info().version == p.model_version
+    token_file = pki.ca.parent / "client-token"
+    token_file.write_text(token + "\n")
+    ca_bytes = pki.ca.read_bytes()
+    with Recognizer(
+        srv.grpc_target, timeout=30, root_certificates=ca_bytes, token_file=token_file
+    ) as rec:
+        assert rec.recognize_batch([lines[0][0]])[0].text == p.text
+
+
+def test_tls_with_a_wrong_or_no_token_is_unauthenticated(tls_server, lines) -> None:
+    srv, pki = tls_server.server, tls_server.pki
+    for token in ["not-the-token", None]:
+        with Recognizer(srv.grpc_target, timeout=30, root_certificates=pki.ca, token=token) as rec:
+            with pytest.raises(Unauthenticated) as e:
+                rec.recognize(lines[0][0])
+            assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert e.value.attempts == 1, "UNAUTHENTICATED is not retried"
+
+
+def test_tls_server_refuses_plaintext_and_unknown_cas(tls_server, lines) -> None:
+    srv, token = tls_server.server, tls_server.token
+    with Recognizer(srv.grpc_target, timeout=5, retries=0, token=token) as rec:
+        with pytest.raises(TextrecError) as e:
+            rec.recognize(lines[0][0])
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    # The system roots do not know the test CA.
+    with Recognizer(srv.grpc_target, timeout=5, retries=0, tls=True, token=token) as rec:
+        with pytest.raises(Unavailable):
+            rec.recognize(lines[0][0])
+
+
+def test_client_cert_and_key_go_together() -> None:
+    with pytest.raises(ValueError):
+        Recognizer("127.0.0.1:1", client_cert=b"x")

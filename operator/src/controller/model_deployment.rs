@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{backoff_action, Error, Shared};
 use crate::crd::{DeploymentPhase, ModelDeployment, RolloutStrategy, TrainingRun};
-use crate::deployment_plan::{plan_status, summarize_runs};
+use crate::deployment_plan::{plan_status, report_missing, summarize_runs};
 use crate::naming::{serving_name, FIELD_MANAGER};
 use crate::serving;
 
@@ -78,11 +78,25 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
     let dep_ref = ObjectRef::<Deployment>::new(&serving_name(&name)).within(&ns);
     let existing = ctx.deployments.get(&dep_ref);
     let now = (ctx.clock)();
-    let (status, events) = plan_status(&md, &runs, existing.as_deref(), &now);
+    let (mut status, mut events) = plan_status(&md, &runs, existing.as_deref(), &now);
+    // A pod mounting a missing TLS or token Secret never starts: report it instead.
+    let missing = super::training_run::missing_of(
+        &ctx.client,
+        &ns,
+        crate::references::deployment_references(&md.spec),
+    )
+    .await?;
+    events.extend(report_missing(
+        &md,
+        &mut status,
+        &missing,
+        existing.is_some(),
+        &now,
+    ));
 
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     // Without an image (none set, no default) nothing can be served: the status says why.
-    let servable = !md.spec.image.is_empty();
+    let servable = !md.spec.image.is_empty() && missing.is_empty();
     if let (true, Some(model), Some(rev)) = (servable, &status.model, status.current_revision) {
         if md.spec.strategy == RolloutStrategy::HotReload {
             let cm = serving::pointer_configmap(&md, model);

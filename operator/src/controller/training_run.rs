@@ -92,8 +92,18 @@ async fn missing_references(
     ns: &str,
     spec: &TrainingRunSpec,
 ) -> Result<Vec<Reference>, kube::Error> {
+    missing_of(client, ns, references(spec)).await
+}
+
+/// Those of `refs` that do not exist in `ns` (those the operator may not look up count as
+/// present).
+pub(super) async fn missing_of(
+    client: &Client,
+    ns: &str,
+    refs: Vec<Reference>,
+) -> Result<Vec<Reference>, kube::Error> {
     let mut missing = Vec::new();
-    for r in references(spec) {
+    for r in refs {
         let c = client.clone();
         let found = match r.kind {
             RefKind::PersistentVolumeClaim => {

@@ -98,6 +98,12 @@ pub struct ModelDeploymentSpec {
     /// false`, stored as training pairs under `storage`.
     #[serde(default)]
     pub flagging: Flagging,
+    /// Serve both ports over TLS with a certificate from a Secret (cert-manager's layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServingTls>,
+    /// Require a bearer token on every API call (health, readiness and /metrics are exempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ServingAuth>,
 }
 
 /// Where flagged lines go and how many are kept.
@@ -164,6 +170,39 @@ fn default_max_flags() -> i64 {
 
 fn default_flags_per_minute() -> i32 {
     30
+}
+
+/// TLS of the serving ports.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingTls {
+    /// A Secret in this namespace holding `tls.crt` and `tls.key` (PEM), and with
+    /// `clientAuth` also `ca.crt`: what cert-manager writes for a Certificate. The server
+    /// picks up a renewed certificate within about a minute and a half, without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Mutual TLS: require client certificates signed by the Secret's `ca.crt`. Clients
+    /// without one may still reach `/healthz` and `/readyz` on the HTTP port (the kubelet's
+    /// probes).
+    #[serde(default)]
+    pub client_auth: bool,
+}
+
+/// Bearer-token authentication of the API.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingAuth {
+    /// A Secret in this namespace holding the accepted tokens, one per line.
+    #[schemars(length(min = 1, max = 253))]
+    pub token_secret_name: String,
+    /// The key of that Secret holding the tokens (default `token`).
+    #[serde(default = "default_token_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_token_key() -> String {
+    "token".into()
 }
 
 fn default_replicas() -> i32 {

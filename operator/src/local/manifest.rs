@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::crd::{ModelDeployment, TrainingRun, TrainingRunSpec};
+use crate::crd::{ModelDeployment, ModelDeploymentSpec, TrainingRun, TrainingRunSpec};
 use crate::validate::plan_trials;
 
 /// API group of the custom resources.
@@ -343,6 +343,7 @@ fn add_object(
             serde_path_to_error::deserialize(value.clone()).map_err(typed_err)?;
         strict(serde_json::to_value(&md).expect("serializes"))?;
         admitted(&value)?;
+        local_serving(&md.spec).map_err(|(f, m)| err(Some(label.clone()), f, m.into()))?;
         out.deployments.push(md);
     }
     Ok(())
@@ -378,6 +379,24 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// What the local runner cannot do with a ModelDeployment: `spec.tls` and `spec.auth` name
+/// Kubernetes Secrets, which do not exist here, and the runner watches its servers over plain
+/// HTTP. Refused rather than ignored, so a manifest never silently serves without the
+/// protection it asks for; `textrec-worker serve --tls-cert ... --auth-token-file ...` tries
+/// both by hand.
+pub fn local_serving(spec: &ModelDeploymentSpec) -> Result<(), (&'static str, &'static str)> {
+    const HINT: &str = "is not supported by the local runner (it names a Kubernetes Secret); \
+        remove it to run locally, or try TLS and tokens with `textrec-worker serve --tls-cert \
+        FILE --tls-key FILE --auth-token-file FILE`";
+    if spec.tls.is_some() {
+        return Err(("spec.tls", HINT));
+    }
+    if spec.auth.is_some() {
+        return Err(("spec.auth", HINT));
+    }
+    Ok(())
 }
 
 /// Whether `s` is a DNS-1123 subdomain (what Kubernetes accepts as an object name).
@@ -449,6 +468,38 @@ spec:
         assert_eq!(run.spec.image, LOCAL_IMAGE);
         assert_eq!(run.metadata.namespace.as_deref(), Some("default"));
         assert!(missing_runs(&m, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn tls_and_auth_are_refused_locally_with_the_field() {
+        for (spec, field) in [
+            (
+                "{model: {fromTrainingRun: lr}, tls: {secretName: t}}",
+                "spec.tls",
+            ),
+            (
+                "{model: {fromTrainingRun: lr}, auth: {tokenSecretName: t}}",
+                "spec.auth",
+            ),
+        ] {
+            let e = load(&format!(
+                "apiVersion: textrec.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: md}}\nspec: {spec}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(
+                e.message.contains("not supported by the local runner"),
+                "{}",
+                e.message
+            );
+        }
+        // A Secret key is a file name in the pod: no paths.
+        let e = load(
+            "apiVersion: textrec.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: md}\n\
+             spec: {model: {fromTrainingRun: lr}, auth: {tokenSecretName: t, key: ../x}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.auth.key", "{}", e.message);
     }
 
     #[test]

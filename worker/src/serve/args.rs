@@ -1,6 +1,7 @@
 //! Command-line arguments of `textrec-worker serve`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -131,6 +132,27 @@ pub struct ServeArgs {
     /// How long a graceful shutdown may take before in-flight work is abandoned.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Serve both ports over TLS with this PEM certificate chain (leaf first; cert-manager's
+    /// `tls.crt`). Needs --tls-key. The files are checked every 30 s and reloaded when they
+    /// change; new connections get the new certificate.
+    #[arg(long, env = "TEXTREC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1; `tls.key`).
+    #[arg(long, env = "TEXTREC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in this PEM file (mutual TLS; `ca.crt`).
+    /// Needs --tls-cert.
+    #[arg(long, env = "TEXTREC_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Require `authorization: Bearer TOKEN` on every API call, TOKEN being a line of this
+    /// file (one token per line, whitespace trimmed; re-read when it changes). Exempt: gRPC
+    /// health, /healthz, /readyz, /metrics and the demo page's static files.
+    #[arg(long, env = "TEXTREC_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -160,6 +182,10 @@ impl ServeArgs {
             flag_rate: 30,
             flag_burst: 10,
             shutdown_grace: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            auth_token_file: None,
         }
     }
 }
@@ -177,6 +203,18 @@ pub const DEFAULT_MAX_PIXELS: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_CALL_PIXELS: u64 = 64 * 1024 * 1024;
 
 impl ServeArgs {
+    /// The TLS files, when --tls-cert and --tls-key are given.
+    pub fn tls_files(&self) -> Option<super::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(super::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// `--decode-budget-pixels`, resolved for a machine with `cores` cores: at least one image
     /// at the limit must fit.
     pub fn decode_budget(&self, cores: usize) -> u64 {

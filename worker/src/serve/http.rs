@@ -26,6 +26,7 @@ use super::limits::{deadline, ServeError};
 use super::ratelimit::retry_after_secs;
 use super::redact::{redact_json, redact_text, redact_url};
 use super::state::ServeState;
+use super::tls::{Port, ServerTls};
 
 /// Header a caller sets to bound how long it waits, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
@@ -53,14 +54,16 @@ pub fn router(state: Arc<ServeState>) -> Router {
 /// Unlike `axum::serve`, a client must send a request's headers within `header_read_timeout`
 /// (an idle keep-alive connection is closed after it too), so connections that trickle
 /// headers (slowloris) are cut off instead of being held forever; and each request carries
-/// the client's address ([`ConnectInfo`]) for per-client limits.
+/// the client's address ([`ConnectInfo`]) for per-client limits. With `tls`, each accepted
+/// connection is handshaken on its own task first.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     header_read_timeout: Duration,
+    tls: Option<Arc<ServerTls>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
 
     let mut builder = Builder::new(TokioExecutor::new());
@@ -84,32 +87,76 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                let app = app.clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        tower::ServiceExt::oneshot(app, req.map(Body::new))
-                            .await
-                            .unwrap_or_else(|e| match e {}),
-                    )
-                }
-            });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %remote, "HTTP connection ended: {e}");
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(
+                    builder, stream, remote, app, false, watcher,
+                ));
             }
-        });
+            Some(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls.accept(Port::Http, stream).await {
+                        Ok(stream) => {
+                            // Mutual TLS: a client without a certificate gets the probes only.
+                            let probes_only = tls.client_auth()
+                                && stream.get_ref().1.peer_certificates().is_none();
+                            serve_connection(builder, stream, remote, app, probes_only, watcher)
+                                .await
+                        }
+                        Err(e) => tracing::debug!(client = %remote, "TLS handshake failed: {e}"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Paths a mutual-TLS client without a certificate may use: the kubelet's probes.
+pub const CERTLESS_PATHS: &[&str] = &["/healthz", "/readyz"];
+
+/// Serve one connection (plain or TLS) until it closes or a graceful shutdown ends it. With
+/// `probes_only`, requests outside [`CERTLESS_PATHS`] get 403.
+async fn serve_connection<IO>(
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    stream: IO,
+    remote: SocketAddr,
+    app: Router,
+    probes_only: bool,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            let app = app.clone();
+            let refuse = probes_only && !CERTLESS_PATHS.contains(&req.uri().path());
+            async move {
+                if refuse {
+                    let body = json!({"error": {"code": "client_certificate_required",
+                        "message": "this server requires a client certificate (mutual TLS)"}});
+                    return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
+                }
+                Ok::<_, Infallible>(
+                    tower::ServiceExt::oneshot(app, req.map(Body::new))
+                        .await
+                        .unwrap_or_else(|e| match e {}),
+                )
+            }
+        });
+    let conn = builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(client = %remote, "HTTP connection ended: {e}");
+    }
 }
 
 impl IntoResponse for ServeError {

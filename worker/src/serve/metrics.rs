@@ -40,6 +40,8 @@ pub struct Metrics {
     pub last_reload_failed: Gauge,
     /// Flagged samples by `outcome`.
     pub flags: Family<Labels, Counter>,
+    /// Requests refused for a missing or wrong bearer token, by `protocol` and `reason`.
+    pub auth_refusals: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +106,12 @@ impl Metrics {
         );
         let flags = Family::<Labels, Counter>::default();
         registry.register("flags", "Flagged samples by outcome", flags.clone());
+        let auth_refusals = Family::<Labels, Counter>::default();
+        registry.register(
+            "auth_refusals",
+            "Requests refused for a missing or wrong bearer token, by protocol and reason",
+            auth_refusals.clone(),
+        );
         Self {
             registry,
             requests,
@@ -116,6 +124,7 @@ impl Metrics {
             reloads,
             last_reload_failed,
             flags,
+            auth_refusals,
         }
     }
 
@@ -157,6 +166,17 @@ impl Metrics {
     pub fn observe_flag(&self, outcome: &'static str) {
         self.flags
             .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// Record a request refused by the bearer-token check (`protocol`: grpc or http; `reason`:
+    /// missing or wrong).
+    pub fn observe_auth_refusal(&self, protocol: &'static str, reason: &'static str) {
+        self.auth_refusals
+            .get_or_create(&vec![
+                ("protocol", protocol.to_string()),
+                ("reason", reason.to_string()),
+            ])
             .inc();
     }
 

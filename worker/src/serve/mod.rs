@@ -15,6 +15,7 @@
 //! in-flight requests finish, the queue drains, the process exits 0.
 
 pub mod args;
+pub mod auth;
 pub mod batcher;
 pub mod client;
 pub mod demo;
@@ -31,6 +32,7 @@ pub mod ratelimit;
 pub mod redact;
 pub mod reload;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
 pub use args::{ServeArgs, ThreadPlan};
@@ -55,6 +58,7 @@ use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use proto::textrec::recognizer_server::RecognizerServer;
 use reload::{Loader, ModelSlot, Reloader};
 use state::{ServeState, StateSettings};
+use tls::ServerTls;
 
 /// A started server.
 pub struct RunningServer {
@@ -176,6 +180,7 @@ async fn start_resolved(
         )
         .into());
     }
+    let security = Security::from_args(&args)?;
     let state = build_state(&args, &resolved)?;
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
@@ -197,6 +202,7 @@ async fn start_resolved(
         &state,
         &args,
         health_service,
+        &security,
         stop_listening.clone(),
         shutdown.clone(),
     )?;
@@ -204,6 +210,7 @@ async fn start_resolved(
         http_listener,
         &state,
         args.header_read_timeout,
+        &security,
         stop_listening.clone(),
         shutdown.clone(),
     );
@@ -218,13 +225,20 @@ async fn start_resolved(
         .clone()
         .spawn(args.reload_interval, stop_listening.clone());
     let health_task = spawn_health_follower(&state, health.clone(), stop_listening.clone());
+    let mut helpers = vec![health_task, reload_task];
+    if let Some(tls) = &security.tls {
+        helpers.push(
+            tls.clone()
+                .spawn_reloader(tls::RELOAD_INTERVAL, stop_listening.clone()),
+        );
+    }
     let done = spawn_supervisor(Supervised {
         state: state.clone(),
         health: health.clone(),
         shutdown: shutdown.clone(),
         stop_listening,
         servers: [grpc_task, http_task],
-        helpers: [health_task, reload_task],
+        helpers,
         grace: args.shutdown_grace,
     });
 
@@ -253,8 +267,41 @@ async fn start_resolved(
         // the server SERVING however the tasks were scheduled.
         set_health(&health, tonic_health::ServingStatus::Serving).await;
     }
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = security.tls.is_some(),
+        client_auth = args.client_ca.is_some(),
+        token_auth = security.tokens.is_some(),
+        "serving"
+    );
     Ok(server)
+}
+
+/// Transport security from the arguments: TLS and bearer tokens, loaded (and checked) at
+/// start-up.
+struct Security {
+    tls: Option<Arc<ServerTls>>,
+    tokens: Option<Arc<auth::Tokens>>,
+}
+
+impl Security {
+    fn from_args(args: &ServeArgs) -> Result<Self> {
+        use textrec_contract::exit::ConfigError;
+        if args.tls_cert.is_some() != args.tls_key.is_some() {
+            return Err(ConfigError::new("--tls-cert and --tls-key go together").into());
+        }
+        if args.client_ca.is_some() && args.tls_cert.is_none() {
+            return Err(ConfigError::new("--client-ca needs --tls-cert and --tls-key").into());
+        }
+        let tls = args.tls_files().map(ServerTls::load).transpose()?;
+        let tokens = args
+            .auth_token_file
+            .as_deref()
+            .map(auth::Tokens::load)
+            .transpose()?;
+        Ok(Self { tls, tokens })
+    }
 }
 
 /// Metrics, the model slot, the batcher and its inference threads, the flags folder, and the
@@ -319,6 +366,7 @@ fn spawn_grpc(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    security: &Security,
     stop_listening: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<Result<()>>> {
@@ -342,18 +390,28 @@ fn spawn_grpc(
         .max_encoding_message_size(usize::MAX);
     let kserve = GrpcInferenceServiceServer::new(KServeService::new(state.clone()))
         .max_decoding_message_size(message_limit);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Every service but health needs the token (when there is one).
+    let guard = auth::GrpcAuth::new(security.tokens.clone(), state.metrics.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(recognizer)
-        .add_service(kserve);
+        .add_service(InterceptedService::new(reflection_v1, guard.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, guard.clone()))
+        .add_service(InterceptedService::new(recognizer, guard.clone()))
+        .add_service(InterceptedService::new(kserve, guard));
+    let tls = security.tls.clone();
     Ok(tokio::spawn(async move {
-        let r = server
-            .serve_with_incoming_shutdown(incoming, stop_listening.cancelled_owned())
-            .await;
+        let stopped = stop_listening.clone().cancelled_owned();
+        let r = match tls {
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                server.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            Some(tls) => {
+                let incoming = tls::incoming(listener, tls, tls::Port::Grpc, stop_listening);
+                server.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+        };
         if let Err(e) = &r {
             tracing::error!("gRPC server failed: {e}");
             shutdown.cancel();
@@ -367,12 +425,20 @@ fn spawn_http(
     listener: TcpListener,
     state: &Arc<ServeState>,
     header_read_timeout: Duration,
+    security: &Security,
     stop_listening: CancellationToken,
     shutdown: CancellationToken,
 ) -> JoinHandle<Result<()>> {
-    let app = http::router(state.clone());
+    let mut app = http::router(state.clone());
+    if let Some(tokens) = &security.tokens {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            (tokens.clone(), state.metrics.clone()),
+            auth::http_middleware,
+        ));
+    }
+    let tls = security.tls.clone();
     tokio::spawn(async move {
-        let r = http::serve(listener, app, header_read_timeout, stop_listening).await;
+        let r = http::serve(listener, app, header_read_timeout, tls, stop_listening).await;
         if let Err(e) = &r {
             tracing::error!("HTTP server failed: {e}");
             shutdown.cancel();
@@ -409,8 +475,8 @@ struct Supervised {
     stop_listening: CancellationToken,
     /// gRPC and HTTP.
     servers: [JoinHandle<Result<()>>; 2],
-    /// The health follower and the reloader.
-    helpers: [JoinHandle<()>; 2],
+    /// The health follower, the model reloader and the TLS reloader.
+    helpers: Vec<JoinHandle<()>>,
     grace: Duration,
 }
 

@@ -303,3 +303,134 @@ impl ServerProcess {
         assert_eq!(status.code(), Some(0), "log:\n{}", self.log());
     }
 }
+
+/// A CA made at test time and certificates it signed, as PEM files in a folder.
+pub struct Pki {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate for `localhost` and 127.0.0.1, signed by the CA.
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// Client certificate (clientAuth), signed by the CA.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the TLS tests make their certificates with the openssl CLI; install openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Make a P-256 CA named `name` in `dir` and a server and a client certificate signed by it
+/// (files `NAME-ca.crt`, `NAME-server.crt`, ...).
+pub fn pki(dir: &Path, name: &str) -> Pki {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let f = |s: &str| format!("{name}-{s}");
+    let mut args: Vec<String> = ["req", "-x509"].map(String::from).to_vec();
+    args.extend(ec.map(String::from));
+    args.extend(
+        [
+            "-keyout",
+            &f("ca.key"),
+            "-out",
+            &f("ca.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=textrec test CA {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]
+        .map(String::from),
+    );
+    openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (who, usage, san) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        ),
+        ("client", "clientAuth", ""),
+    ] {
+        std::fs::write(
+            dir.join(f(&format!("{who}.ext"))),
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n{san}"
+            ),
+        )
+        .unwrap();
+        let mut args: Vec<String> = vec!["req".into()];
+        args.extend(ec.map(String::from));
+        args.extend(
+            [
+                "-keyout",
+                &f(&format!("{who}.key")),
+                "-out",
+                &f(&format!("{who}.csr")),
+                "-subj",
+                &format!("/CN=textrec test {who}"),
+            ]
+            .map(String::from),
+        );
+        openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let serial = format!("{}", rand_serial());
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &f(&format!("{who}.csr")),
+                "-CA",
+                &f("ca.crt"),
+                "-CAkey",
+                &f("ca.key"),
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-extfile",
+                &f(&format!("{who}.ext")),
+                "-out",
+                &f(&format!("{who}.crt")),
+            ],
+        );
+    }
+    Pki {
+        ca: dir.join(f("ca.crt")),
+        server_cert: dir.join(f("server.crt")),
+        server_key: dir.join(f("server.key")),
+        client_cert: dir.join(f("client.crt")),
+        client_key: dir.join(f("client.key")),
+    }
+}
+
+fn rand_serial() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish() >> 1
+}

@@ -9,6 +9,10 @@ Example::
             p = rec.recognize(f.read())
         print(p.text, p.confidence)
 
+Over TLS, with a private CA and a bearer token::
+
+    rec = Recognizer("ocr.example.com:443", root_certificates="ca.crt", token_file="token")
+
 See :class:`Recognizer` for the calls, :mod:`textrec_client.errors` for the exceptions and
 :mod:`textrec_client.proto` for the raw generated stubs.
 """
@@ -20,6 +24,7 @@ from .errors import (
     InvalidImage,
     Overloaded,
     TextrecError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -34,6 +39,7 @@ __all__ = [
     "Overloaded",
     "Unavailable",
     "Cancelled",
+    "Unauthenticated",
 ]
 
 __version__ = "0.1.0"

@@ -120,6 +120,22 @@ class ModelInfo:
         )
 
 
+def _pem(value: Optional[Union[bytes, str, "os.PathLike[str]"]]) -> Optional[bytes]:
+    """PEM bytes given as bytes or as the path of a file holding them."""
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as f:
+        return f.read()
+
+
+def _read_token(path: Union[str, "os.PathLike[str]"]) -> str:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                return line.strip()
+    raise ValueError(f"no token in {os.fspath(path)}")
+
+
 def _image_bytes(image: ImageLike) -> bytes:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
@@ -144,7 +160,20 @@ class Recognizer:
         backoff: Delay before the first retry, in seconds; it doubles on each further retry up
             to ``max_backoff``, with random jitter (each sleep is 50-100% of the delay).
         max_backoff: Longest delay between two attempts, in seconds.
-        credentials: TLS credentials (``grpc.ssl_channel_credentials()``); plaintext without.
+        credentials: TLS credentials (``grpc.ssl_channel_credentials()``); plaintext without
+            them and without the TLS options below.
+        tls: Connect over TLS, trusting the system's root certificates (implied by
+            ``root_certificates`` and ``client_cert``).
+        root_certificates: PEM CA certificate(s) to trust instead of the system's (a private
+            CA): bytes, or the path of a file holding them.
+        client_cert: PEM client certificate for mutual TLS (bytes or a path); needs
+            ``client_key``.
+        client_key: PEM private key of ``client_cert`` (bytes or a path).
+        tls_server_name: The name the server's certificate must carry, when it differs from
+            the host of ``target`` (an IP address or a port-forward, say).
+        token: A bearer token, sent as ``authorization: Bearer TOKEN`` with every call (the
+            server's ``--auth-token-file``).
+        token_file: A file whose first non-empty line is the token (instead of ``token``).
         load_balancing: gRPC load-balancing policy, e.g. ``"round_robin"`` to spread calls over
             every address a ``dns:///`` target resolves to. Default: gRPC's ``pick_first``.
         options: Extra gRPC channel options, e.g. ``[("grpc.max_send_message_length", n)]``.
@@ -166,6 +195,13 @@ class Recognizer:
         backoff: float = 0.1,
         max_backoff: float = 2.0,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        tls: bool = False,
+        root_certificates: Optional[Union[bytes, str, "os.PathLike[str]"]] = None,
+        client_cert: Optional[Union[bytes, str, "os.PathLike[str]"]] = None,
+        client_key: Optional[Union[bytes, str, "os.PathLike[str]"]] = None,
+        tls_server_name: Optional[str] = None,
+        token: Optional[str] = None,
+        token_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         load_balancing: Optional[str] = None,
         options: Sequence[Tuple[str, Any]] = (),
         interceptors: Sequence[Any] = (),
@@ -183,9 +219,29 @@ class Recognizer:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._metadata: Tuple[Tuple[str, str], ...] = tuple(metadata)
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if token is not None and token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if token_file is not None:
+            token = _read_token(token_file)
+        meta = list(metadata)
+        if token is not None:
+            token = token.strip()
+            if not token:
+                raise ValueError("the bearer token is empty")
+            meta.append(("authorization", f"Bearer {token}"))
+        self._metadata: Tuple[Tuple[str, str], ...] = tuple(meta)
+        if credentials is None and (tls or root_certificates is not None or client_cert is not None):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_cert),
+            )
         if channel is None:
             opts = list(options)
+            if tls_server_name:
+                opts.append(("grpc.ssl_target_name_override", tls_server_name))
             if load_balancing:
                 opts.append(
                     (

@@ -12,6 +12,8 @@ exception                 gRPC status            meaning
 :class:`Overloaded`       RESOURCE_EXHAUSTED     the server shed load or rate-limited the caller
 :class:`Unavailable`      UNAVAILABLE            no server answered, after the retries
 :class:`Cancelled`        CANCELLED              the call was cancelled or the server gave up
+:class:`Unauthenticated`  UNAUTHENTICATED        no bearer token, or one the server does not
+                                                 accept (``--auth-token-file``); do not retry
 ========================  =====================  ===============================================
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "Overloaded",
     "Unavailable",
     "Cancelled",
+    "Unauthenticated",
     "error_for_code",
 ]
 
@@ -92,7 +95,12 @@ class Cancelled(TextrecError):
     """CANCELLED: the call was cancelled, or the server did not receive the whole request."""
 
 
+class Unauthenticated(TextrecError):
+    """UNAUTHENTICATED: the call carried no bearer token, or one the server does not accept."""
+
+
 _BY_CODE = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidImage,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
