@@ -28,6 +28,8 @@ APT_PACKAGES=(
   # build and test tools (g++ compiles tch's C++ glue, make builds jemalloc; python3-venv holds
   # the libtorch venv)
   g++ make python3-venv protobuf-compiler chromium chromium-driver tesseract-ocr tesseract-ocr-eng
+  # the TLS tests make their certificates with the openssl command
+  openssl
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
