@@ -66,10 +66,15 @@ where
 }
 
 async fn setup(client: &Client) {
-    setup_namespace(client, NS).await;
+    setup_with_storage_claim(client, NS).await;
+}
+
+/// [`setup_namespace`] plus the `textrec-e2e` storage claim the trials mount.
+async fn setup_with_storage_claim(client: &Client, ns: &str) {
+    setup_namespace(client, ns).await;
     let ssa = PatchParams::apply("textrec-e2e").force();
     let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), NS);
+        Api::namespaced(client.clone(), ns);
     let _ = pvcs
         .patch("textrec-e2e", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "textrec-e2e"},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
@@ -839,14 +844,7 @@ async fn more_gpus_than_any_node_has_leave_the_trial_pending_with_the_schedulers
 async fn submit_waits_for_a_tiny_run_and_exits_zero() {
     let Some(client) = client().await else { return };
     let ns = "textrec-e2e-submit";
-    setup_namespace(&client, ns).await;
-    let ssa = PatchParams::apply("textrec-e2e").force();
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), ns);
-    let _ = pvcs
-        .patch("textrec-e2e", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "textrec-e2e"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
-        .await;
+    setup_with_storage_claim(&client, ns).await;
     let stop = start_operator_in(&client, ns);
     let storage = std::env::var("TEXTREC_E2E_STORAGE").unwrap_or_else(|_| "file:///e2e".into());
     let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
@@ -946,14 +944,7 @@ async fn a_hopeless_trial_is_stopped_early_and_the_run_still_succeeds() {
         return;
     }
     let ns = "textrec-e2e-early";
-    setup_namespace(&client, ns).await;
-    let ssa = PatchParams::apply("textrec-e2e").force();
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(client.clone(), ns);
-    let _ = pvcs
-        .patch("textrec-e2e", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "textrec-e2e"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})))
-        .await;
+    setup_with_storage_claim(&client, ns).await;
     let stop = start_operator_with(&client, ns, false);
     let dir = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", dir.path().display());

@@ -9,6 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::search::kind;
+
 /// The `apiVersion` and `kind` a manifest must have.
 pub const API_VERSION: &str = "textrec.dev/v1alpha1";
 /// See [`API_VERSION`].
@@ -99,7 +101,7 @@ impl Set {
             other => {
                 return Err(format!(
                     "--set {dotted}: cannot set `{last}` inside {}",
-                    kind_of(other)
+                    kind(other)
                 ))
             }
         }
@@ -135,7 +137,7 @@ fn child<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
     if v.is_null() {
         *v = Value::Object(Default::default());
     }
-    let what = kind_of(v);
+    let what = kind(v);
     match v {
         Value::Object(map) => Ok(map
             .entry(key.to_string())
@@ -153,17 +155,6 @@ fn index(key: &str, len: usize) -> Result<usize, String> {
         .ok()
         .filter(|i| *i < len)
         .ok_or_else(|| format!("`{key}` is not an index of a list of {len}"))
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// `--generate-name`: the name becomes the prefix the API server completes with a random
@@ -195,7 +186,7 @@ pub fn generate_name(doc: &mut Value) -> Result<(), String> {
 /// Check what `submit` relies on: a TrainingRun that is named (or asks for a generated name).
 pub fn check(doc: &Value) -> Result<(), String> {
     if !doc.is_object() {
-        return Err(format!("the manifest is {}, not an object", kind_of(doc)));
+        return Err(format!("the manifest is {}, not an object", kind(doc)));
     }
     let api_version = doc["apiVersion"].as_str().unwrap_or_default();
     let kind = doc["kind"].as_str().unwrap_or_default();

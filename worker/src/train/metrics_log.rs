@@ -21,13 +21,17 @@ pub struct MetricsLog {
     dirty: bool,
     /// Validation lines TensorBoard shows beside the readings.
     images: Vec<TaggedImage>,
+    /// Wall time of the first record: the TensorBoard file's start.
+    start: Option<f64>,
+    /// The records' TensorBoard events, encoded once as each record arrives.
+    events: Vec<u8>,
 }
 
 impl MetricsLog {
     /// Read the existing file (if any), keeping only records at or before `resumed_step`.
     /// Lines that do not parse (a torn write from another tool) are dropped with a warning.
     pub async fn load(store: &Store, resumed_step: u64) -> Result<Self> {
-        let mut lines = Vec::new();
+        let mut log = Self::default();
         let mut dropped = 0usize;
         if let Some(bytes) = store.get_opt(layout::METRICS).await? {
             for line in String::from_utf8_lossy(&bytes)
@@ -35,7 +39,7 @@ impl MetricsLog {
                 .filter(|l| !l.trim().is_empty())
             {
                 match serde_json::from_str::<MetricsRecord>(line) {
-                    Ok(r) if r.step <= resumed_step => lines.push(line.to_string()),
+                    Ok(r) if r.step <= resumed_step => log.keep(line.to_string(), &r),
                     Ok(_) => dropped += 1,
                     Err(e) => tracing::warn!("metrics.jsonl: dropping an unreadable line: {e}"),
                 }
@@ -46,17 +50,14 @@ impl MetricsLog {
                 "metrics.jsonl: dropped {dropped} records after step {resumed_step}; those steps run again"
             );
         }
-        Ok(Self {
-            lines,
-            dirty: dropped > 0,
-            images: Vec::new(),
-        })
+        log.dirty = dropped > 0;
+        Ok(log)
     }
 
     /// Add a record (written at the next flush).
     pub fn push(&mut self, record: &MetricsRecord) {
-        self.lines
-            .push(serde_json::to_string(record).expect("metrics record serializes"));
+        let line = serde_json::to_string(record).expect("metrics record serializes");
+        self.keep(line, record);
         self.dirty = true;
     }
 
@@ -68,6 +69,14 @@ impl MetricsLog {
     /// Whether no record is held.
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
+    }
+
+    /// Hold `line`, the serialized `record`, and its TensorBoard events.
+    fn keep(&mut self, line: String, record: &MetricsRecord) {
+        self.start
+            .get_or_insert_with(|| tensorboard::wall_time(record));
+        self.events.extend(tensorboard::record_events(record));
+        self.lines.push(line);
     }
 
     /// Images written into the TensorBoard file at step 0 (from the next flush on).
@@ -84,12 +93,8 @@ impl MetricsLog {
         let mut text = self.lines.join("\n");
         text.push('\n');
         store.put(layout::METRICS, Bytes::from(text)).await?;
-        let records: Vec<MetricsRecord> = self
-            .lines
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let events = tensorboard::event_file(&records, &self.images);
+        let mut events = tensorboard::header(self.start.unwrap_or(0.0), &self.images);
+        events.extend_from_slice(&self.events);
         store
             .put(layout::TENSORBOARD_EVENTS, Bytes::from(events))
             .await?;

@@ -124,9 +124,9 @@ pub struct TaggedImage {
     pub png: Vec<u8>,
 }
 
-/// The whole event file for these records, in order, and `images` at step 0.
-pub fn event_file(records: &[MetricsRecord], images: &[TaggedImage]) -> Vec<u8> {
-    let start = records.first().map_or(0.0, wall_time);
+/// The start of a file: its format version, then `images` at step 0, stamped `start` (the
+/// first record's wall time).
+pub fn header(start: f64, images: &[TaggedImage]) -> Vec<u8> {
     let mut out = Vec::new();
     write_record(
         &mut out,
@@ -152,13 +152,22 @@ pub fn event_file(records: &[MetricsRecord], images: &[TaggedImage]) -> Vec<u8> 
             .collect();
         write_summary(&mut out, start, 0, value);
     }
-    for r in records {
-        let value = summary_values(r);
-        if !value.is_empty() {
-            write_summary(&mut out, wall_time(r), r.step as i64, value);
-        }
+    out
+}
+
+/// The encoded event of one record (nothing for a record with no finite value).
+pub fn record_events(r: &MetricsRecord) -> Vec<u8> {
+    let mut out = Vec::new();
+    let value = summary_values(r);
+    if !value.is_empty() {
+        write_summary(&mut out, wall_time(r), r.step as i64, value);
     }
     out
+}
+
+/// A record's wall time, in seconds since the epoch, as TensorBoard stamps events.
+pub fn wall_time(r: &MetricsRecord) -> f64 {
+    r.time.timestamp_micros() as f64 / 1e6
 }
 
 /// The scalars (and prediction tables) one `metrics.jsonl` record holds.
@@ -237,10 +246,6 @@ fn text(tag: String, body: &str) -> SummaryValue {
     }
 }
 
-fn wall_time(r: &MetricsRecord) -> f64 {
-    r.time.timestamp_micros() as f64 / 1e6
-}
-
 fn write_summary(out: &mut Vec<u8>, wall_time: f64, step: i64, value: Vec<SummaryValue>) {
     write_record(
         out,
@@ -274,6 +279,15 @@ mod tests {
     use super::*;
     use prost::Message as _;
     use textrec_contract::metrics::{SamplePrediction, SetScore};
+
+    /// The whole event file for these records, as the metrics log writes it.
+    fn event_file(records: &[MetricsRecord], images: &[TaggedImage]) -> Vec<u8> {
+        let mut out = header(records.first().map_or(0.0, wall_time), images);
+        for r in records {
+            out.extend(record_events(r));
+        }
+        out
+    }
 
     /// Splits a file into its records' payloads, checking every length and checksum.
     fn records(mut file: &[u8]) -> Vec<Event> {
