@@ -8,8 +8,12 @@
 //! both are active Jobs with a `Pending` pod. [`crate::run_plan::plan`] turns a problem found here
 //! into the trial's phase (`Pending`, or `Failed` when retrying cannot help), its reason and
 //! message, and one Warning event per cause.
+//!
+//! A Job that cannot create its pod at all (a ResourceQuota, Pod Security admission) leaves no
+//! pod to read: [`job_problem`] reads the Job controller's `FailedCreate` events instead.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
 
@@ -25,8 +29,9 @@ pub const STUCK_TERMINATING: &str = "PodStuckTerminating";
 /// Why a pod is not running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodProblem {
-    /// The pod's name.
-    pub pod: String,
+    /// What the problem was read from: `pod NAME`, or `job NAME` when the Job could not
+    /// create its pod at all.
+    pub source: String,
     /// CamelCase reason: the scheduler's (`Unschedulable`) or kubelet's (`ImagePullBackOff`,
     /// `ErrImagePull`, `InvalidImageName`, `CreateContainerConfigError`, `CrashLoopBackOff`, …)
     /// or [`STUCK_TERMINATING`].
@@ -84,7 +89,7 @@ pub fn pod_problem(pod: &Pod, now: &Time) -> Option<PodProblem> {
                      is lost, `kubectl delete pod {name} --force`",
                     deleted.0
                 ),
-                pod: name,
+                source: format!("pod {name}"),
                 permanent: false,
             });
         }
@@ -98,7 +103,7 @@ pub fn pod_problem(pod: &Pod, now: &Time) -> Option<PodProblem> {
             && c.reason.as_deref() == Some("Unschedulable")
     }) {
         return Some(PodProblem {
-            pod: name,
+            source: format!("pod {name}"),
             reason: "Unschedulable".into(),
             message: c.message.clone().unwrap_or_default(),
             permanent: false,
@@ -114,7 +119,7 @@ pub fn pod_problem(pod: &Pod, now: &Time) -> Option<PodProblem> {
             let reason = w.reason.as_deref()?;
             let permanent = waiting_problem(reason)?;
             Some(PodProblem {
-                pod: name.clone(),
+                source: format!("pod {name}"),
                 reason: reason.into(),
                 message: w.message.clone().unwrap_or_default(),
                 permanent,
@@ -147,6 +152,51 @@ pub fn trial_problem(pods: &[&Pod], now: &Time) -> Option<PodProblem> {
             .cmp(&a.metadata.creation_timestamp.as_ref().map(|t| t.0))
     });
     pods.into_iter().find_map(|p| pod_problem(p, now))
+}
+
+/// Reason the Job controller gives when the API server refuses the pod it tries to create.
+pub const FAILED_CREATE: &str = "FailedCreate";
+
+/// What keeps `job` from creating its pod, from the Job controller's `FailedCreate` events (a
+/// ResourceQuota exceeded, Pod Security admission, a LimitRange, an admission webhook): the
+/// newest one about this Job. Such a Job has no pod at all, so nothing else would tell it from
+/// a Job whose pod is on its way. Waiting can help (the quota frees up, the namespace's policy
+/// changes), so the problem is never permanent.
+pub fn job_problem(job: &Job, events: &[Event]) -> Option<PodProblem> {
+    let name = job.metadata.name.as_deref()?;
+    let uid = job.metadata.uid.as_deref();
+    events
+        .iter()
+        .filter(|e| {
+            let o = &e.involved_object;
+            e.reason.as_deref() == Some(FAILED_CREATE)
+                && o.kind.as_deref() == Some("Job")
+                && o.name.as_deref() == Some(name)
+                // An event about an earlier Job of the same name (a trial restarted) is stale.
+                && (uid.is_none() || o.uid.is_none() || o.uid.as_deref() == uid)
+        })
+        .max_by_key(|e| event_time(e))
+        .map(|e| PodProblem {
+            source: format!("job {name}"),
+            reason: FAILED_CREATE.into(),
+            message: e
+                .message
+                .clone()
+                .unwrap_or_default()
+                .trim_start_matches("Error creating: ")
+                .to_string(),
+            permanent: false,
+        })
+}
+
+/// When an event last happened: its last occurrence, else its first, else its creation.
+fn event_time(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+    e.last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
 #[cfg(test)]
@@ -194,7 +244,7 @@ mod tests {
         assert_eq!(
             p,
             PodProblem {
-                pod: "r-t0-abc".into(),
+                source: "pod r-t0-abc".into(),
                 reason: "Unschedulable".into(),
                 message: msg.into(),
                 permanent: false
@@ -285,5 +335,42 @@ mod tests {
         new.metadata.creation_timestamp = Some(t(20));
         assert_eq!(trial_problem(&[&old, &new], &t(30)).unwrap().message, "new");
         assert_eq!(trial_problem(&[], &t(0)), None);
+    }
+
+    fn failed_create(job: &str, uid: &str, at: &str, message: &str) -> Event {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{job}.{at}"), "namespace": "ml"},
+            "involvedObject": {"kind": "Job", "name": job, "namespace": "ml", "uid": uid},
+            "reason": "FailedCreate", "type": "Warning", "message": message,
+            "lastTimestamp": at}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_job_that_cannot_create_its_pod_reports_the_newest_refusal() {
+        let job: Job = serde_json::from_value(
+            json!({"metadata": {"name": "r-t0", "namespace": "ml", "uid": "u2"}}),
+        )
+        .unwrap();
+        let quota = "Error creating: pods \"r-t0-x\" is forbidden: exceeded quota: gpus, \
+                     requested: nvidia.com/gpu=1, used: nvidia.com/gpu=0, limited: nvidia.com/gpu=0";
+        let events = [
+            failed_create("r-t0", "u2", "2027-01-01T00:00:10Z", "older"),
+            failed_create("r-t0", "u2", "2027-01-01T00:00:20Z", quota),
+            // The same name's earlier Job, and another trial's Job: not about this one.
+            failed_create("r-t0", "u1", "2027-01-01T00:00:30Z", "stale"),
+            failed_create("r-t1", "u3", "2027-01-01T00:00:40Z", "other"),
+        ];
+        let p = job_problem(&job, &events).unwrap();
+        assert_eq!(p.reason, "FailedCreate");
+        assert_eq!(p.source, "job r-t0");
+        assert!(
+            p.message
+                .starts_with("pods \"r-t0-x\" is forbidden: exceeded quota"),
+            "{p:?}"
+        );
+        assert!(!p.permanent);
+        assert_eq!(job_problem(&job, &events[2..]), None);
+        assert_eq!(job_problem(&job, &[]), None);
     }
 }

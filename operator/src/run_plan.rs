@@ -85,6 +85,9 @@ pub struct Observed<'a> {
     /// Objects the spec names that were looked up and do not exist (no trial starts until they
     /// do). Those that could not be looked up (no permission) are not here.
     pub missing: Vec<Reference>,
+    /// Why a trial's Job could not create its pod (from `FailedCreate` events), by trial name:
+    /// only for Jobs that have no pod.
+    pub job_problems: BTreeMap<String, PodProblem>,
 }
 
 /// Longest `status.message` of a run (a scheduler's message about many nodes is long).
@@ -235,7 +238,13 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             entry.message = b.message.clone();
         }
         if matches!(entry.phase, TrialPhase::Starting | TrialPhase::Restarting) {
-            if let Some(p) = trial_problem(&obs.pods, now) {
+            let problem = trial_problem(&obs.pods, now).or_else(|| {
+                obs.pods
+                    .is_empty()
+                    .then(|| observed.job_problems.get(&t.name).cloned())
+                    .flatten()
+            });
+            if let Some(p) = problem {
                 entry.phase = if p.permanent {
                     TrialPhase::Failed
                 } else {
@@ -243,7 +252,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                 };
                 entry.reason = Some(p.reason.clone());
                 entry.message = Some(truncate(
-                    &format!("{}: {} (pod {})", p.reason, p.message, p.pod),
+                    &format!("{}: {} ({})", p.reason, p.message, p.source),
                     MAX_MESSAGE,
                 ));
                 let new_cause = before

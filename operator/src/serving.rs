@@ -523,10 +523,22 @@ mod tests {
             (p.containers[0].args.clone().unwrap(), storage.read_only)
         };
         let (args, read_only) = pvc("file:///data/flags/ml/ocr/");
+        assert!(arg(&args, "--trusted-proxies").is_none());
         assert_eq!(read_only, Some(false));
         assert_eq!(arg(&args, "--flags-max-samples").as_deref(), Some("50"));
         assert_eq!(arg(&args, "--flag-rate").as_deref(), Some("5"));
         assert_eq!(pvc("s3://b/f/").1, Some(true));
+
+        // Behind an ingress: its addresses are passed on, so each client gets its own budget.
+        let proxied = pod(&md(
+            serde_json::json!({"model": {"url": "s3://b/m/"}, "image": "w:1",
+            "flagging": {"storage": "s3://b/f/", "trustedProxies": ["10.0.0.0/8", "fd00::/8"]}}),
+        ));
+        let args = proxied.containers[0].args.clone().unwrap();
+        assert_eq!(
+            arg(&args, "--trusted-proxies").as_deref(),
+            Some("10.0.0.0/8,fd00::/8")
+        );
     }
 
     #[test]

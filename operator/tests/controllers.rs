@@ -593,6 +593,76 @@ fn cannot_start_events(events: &MemoryEvents) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_job_refused_its_pod_by_a_quota_is_pending_with_the_refusal() {
+    // A ResourceQuota (or Pod Security admission) refuses the pod: the Job has no pod at all,
+    // only the Job controller's FailedCreate events say why.
+    let run = run_json("ocr", json!({}));
+    let mut h = harness(&run);
+    apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 0));
+    let refusal = "Error creating: pods \"ocr-t0-x7\" is forbidden: exceeded quota: gpus, requested: nvidia.com/gpu=1, used: nvidia.com/gpu=0, limited: nvidia.com/gpu=0";
+    let event = |name: &str, job: &str, message: &str| {
+        json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "ml"},
+            "involvedObject": {"kind": "Job", "name": job, "namespace": "ml"},
+            "reason": "FailedCreate", "type": "Warning", "message": message,
+            "lastTimestamp": "2027-01-15T08:00:00Z"})
+    };
+    {
+        let mut st = h.state.lock().unwrap();
+        st.objects.insert(
+            "/api/v1/namespaces/ml/events/ocr-t0.1".into(),
+            event("ocr-t0.1", "ocr-t0", refusal),
+        );
+        // Another Job's refusal must not be pinned on this trial.
+        st.objects.insert(
+            "/api/v1/namespaces/ml/events/other.1".into(),
+            event(
+                "other.1",
+                "other",
+                "Error creating: somebody else's problem",
+            ),
+        );
+    }
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    let status = &w.last().unwrap().2["status"];
+    let t0 = &status["trials"][0];
+    assert_eq!(
+        (t0["phase"].as_str(), t0["reason"].as_str()),
+        (Some("Pending"), Some("FailedCreate"))
+    );
+    let msg = t0["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exceeded quota: gpus") && msg.ends_with("(job ocr-t0)"),
+        "{msg}"
+    );
+    assert_eq!(status["reason"], "FailedCreate");
+    let ev = cannot_start_events(&h.events);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(ev[0].contains("exceeded quota"), "{ev:?}");
+
+    // The quota is raised and the pod exists: the trial is no longer held by the old events.
+    apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 1));
+    apply(
+        &mut h.pods,
+        pod_obj(
+            "ocr-t0-a",
+            "ocr-t0",
+            "Running",
+            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+        ),
+    );
+    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
+        .await
+        .unwrap();
+    let st = stored_run(&h.state, "ocr").status.unwrap();
+    assert_eq!(st.trials[0].reason, None, "{:?}", st.trials[0]);
+}
+
+#[tokio::test]
 async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason() {
     // The incident: every pod Pending, `persistentvolumeclaim "textrec-runs" not found`, while
     // the run said Running, "2 running, 0 pending".
@@ -1315,6 +1385,16 @@ async fn every_call() -> Vec<support::fake_api::Recorded> {
         .log
         .iter()
         .any(|r| r.method == "DELETE"));
+    log.append(&mut h.state.lock().unwrap().log);
+
+    // A trial Job without a pod: its FailedCreate events are read.
+    let run = run_json("ocr", json!({}));
+    let mut h = harness(&run);
+    apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 0));
+    let tr: TrainingRun = serde_json::from_value(run).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
     log.append(&mut h.state.lock().unwrap().log);
 
     // A run naming every kind of object it needs (the lookups before any Job).

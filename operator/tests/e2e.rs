@@ -837,6 +837,71 @@ async fn more_gpus_than_any_node_has_leave_the_trial_pending_with_the_schedulers
     let _ = runs.delete("gpus", &Default::default()).await;
 }
 
+/// A ResourceQuota that allows no pods: the Job controller cannot create the trial's pod, so
+/// there is no pod to read. The trial is Pending with the API server's refusal, read from the
+/// Job's `FailedCreate` event, instead of "starting" forever.
+#[tokio::test]
+async fn a_quota_that_refuses_the_pod_leaves_the_trial_pending_with_the_refusal() {
+    let Some(client) = client().await else { return };
+    let ns = "textrec-e2e-quota";
+    setup_namespace(&client, ns).await;
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), ns);
+    let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}
+    }))
+    .unwrap();
+    let _ = quotas
+        .patch(
+            "no-pods",
+            &PatchParams::apply("textrec-e2e").force(),
+            &Patch::Apply(&quota),
+        )
+        .await
+        .unwrap();
+    let stop = start_operator_in(&client, ns);
+    create_run(
+        &client,
+        ns,
+        "quota",
+        json!({
+            "image": worker_image(), "imagePullPolicy": "IfNotPresent",
+            "storage": {"url": "s3://textrec-e2e/quota"},
+            "model": {"preset": "tiny"},
+            "search": {"maxTrials": 1, "parallelism": 1},
+            "training": {"maxSteps": 20}
+        }),
+    )
+    .await;
+    let s = eventually(
+        "trial Pending as FailedCreate",
+        Duration::from_secs(120),
+        || async {
+            let s = status_in(&client, ns, "quota").await;
+            let t = &s["trials"][0];
+            (t["phase"] == "Pending" && t["reason"] == "FailedCreate").then_some(s)
+        },
+    )
+    .await;
+    let message = s["trials"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("forbidden") && message.contains("quota"),
+        "{message}"
+    );
+    assert_eq!(s["reason"], "FailedCreate", "{s}");
+    assert!(event_reasons(&client, ns, "quota")
+        .await
+        .contains(&"TrialCannotStart".to_string()));
+
+    // (The Job controller retries creation with an exponential backoff of up to minutes, so
+    // the way back once the quota goes is covered by the fake-API test instead.)
+    let _ = stop.send(true);
+    let _ = quotas.delete("no-pods", &Default::default()).await;
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    let _ = runs.delete("quota", &Default::default()).await;
+}
+
 /// `textrec-operator submit --wait` as a CI job runs it: the binary creates a one-trial run with
 /// the kubeconfig's credentials, follows it to `Succeeded`, checks a requirement and exits 0 with
 /// the best model in its JSON report.

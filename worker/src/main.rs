@@ -21,7 +21,7 @@ enum Command {
     /// Print the text of images, with a local model or a running server.
     Recognize(textrec_worker::recognize::RecognizeArgs),
     /// Serve a model over gRPC and HTTP, with a demo page.
-    Serve(textrec_worker::serve::ServeArgs),
+    Serve(Box<textrec_worker::serve::ServeArgs>),
     /// Render synthetic lines into a tesstrain folder (NAME.png + NAME.gt.txt).
     Synth(textrec_worker::synth::SynthArgs),
 }
@@ -67,7 +67,7 @@ fn main() {
         }
         Command::Eval(a) => textrec_worker::eval::run(a),
         Command::Recognize(a) => textrec_worker::recognize::run(a),
-        Command::Serve(a) => textrec_worker::serve::run(a),
+        Command::Serve(a) => textrec_worker::serve::run(*a),
         Command::Synth(a) => textrec_worker::synth::run(a),
     };
     match result {

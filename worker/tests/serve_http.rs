@@ -523,3 +523,146 @@ async fn model_info_hides_credentials_in_urls() {
     assert_eq!(info.source, "s3://bucket/models/m/");
     s::stop(server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_bounded_before_they_are_read_and_connections_are_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 16);
+    let mut a = s::args(&dir);
+    a.max_connections = 2;
+    a.max_body_bytes_in_flight = 64 * 1024;
+    let server = s::start(a).await;
+    let base = s::http_base(&server);
+
+    // A declared length over the limit is refused from the headers alone: the server answers
+    // without waiting for a single body byte.
+    let mut c = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    c.write_all(
+        b"POST /v1/recognize HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 1000000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut head))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+    drop(c);
+
+    // An upload that holds the whole body budget (declared, then trickled) makes the next one
+    // wait, and past its deadline be shed with a message naming the setting.
+    let mut holder = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    holder
+        .write_all(b"POST /v1/recognize HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 65536\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let shed = http
+        .post(format!("{base}/v1/recognize"))
+        .header("x-request-timeout-ms", "300")
+        .body(s::line_png(120, 32))
+        .send()
+        .await
+        .unwrap();
+    let (st, msg) = error_of(shed).await;
+    assert_eq!(st, 429, "{msg}");
+    assert!(msg.contains("--max-body-bytes-in-flight"), "{msg}");
+    drop(holder);
+    // The budget comes back when the holder goes away.
+    let mut ok = false;
+    for _ in 0..50 {
+        let r = http
+            .post(format!("{base}/v1/recognize"))
+            .body(s::line_png(120, 32))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the body budget was not released");
+
+    // With both connection slots held by idle clients, a third client is not served until
+    // one of them leaves.
+    let idle1 = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let idle2 = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = tokio::spawn({
+        let http = http.clone();
+        let base = base.clone();
+        async move { http.get(format!("{base}/healthz")).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a connection beyond --max-connections was served"
+    );
+    drop(idle1);
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a slot was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(idle2);
+    s::stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_flag_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 17);
+    let flag_as = |http: &reqwest::Client, base: &str, client: &str| {
+        http.post(format!("{base}/v1/flag"))
+            .header("x-forwarded-for", client)
+            .json(&json!({"image": b64(&s::line_png(120, 32)), "prediction": "a", "corrected_text": "b"}))
+            .send()
+    };
+    for trusted in [false, true] {
+        let mut a = s::args(&dir);
+        a.flags = Some(
+            tmp.path()
+                .join(format!("flags-{trusted}"))
+                .to_str()
+                .unwrap()
+                .into(),
+        );
+        a.flag_rate = 1;
+        a.flag_burst = 1;
+        if trusted {
+            a.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        }
+        let server = s::start(a).await;
+        let base = s::http_base(&server);
+        let http = reqwest::Client::new();
+        let first = flag_as(&http, &base, "203.0.113.1").await.unwrap().status();
+        let second = flag_as(&http, &base, "203.0.113.2").await.unwrap().status();
+        assert_eq!(first, 201);
+        if trusted {
+            // Two clients behind the proxy: one flag each.
+            assert_eq!(second, 201);
+            let again = flag_as(&http, &base, "203.0.113.1").await.unwrap().status();
+            assert_eq!(again, 429);
+        } else {
+            // The header is not believed: both share the peer's budget.
+            assert_eq!(second, 429);
+        }
+        s::stop(server).await;
+    }
+}

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -20,6 +20,7 @@ use crate::crd::{RunPhase, TrainingRun, TrainingRunSpec};
 use crate::early_stopping::EvalHistory;
 use crate::job::trial_output;
 use crate::naming::{label_value, FIELD_MANAGER, RUN_LABEL, TRIAL_LABEL};
+use crate::pod_problems::{job_problem, PodProblem, FAILED_CREATE};
 use crate::progress::ProgressSource;
 use crate::references::{references, RefKind, Reference};
 use crate::run_plan::{plan, Observed};
@@ -125,6 +126,50 @@ pub(super) async fn missing_of(
     Ok(missing)
 }
 
+/// A Job this old with no pod may be blocked from creating one: its events are read.
+const NO_POD_AFTER: Duration = Duration::from_secs(5);
+
+/// Why Jobs that have no pod could not create one, from the Job controller's `FailedCreate`
+/// events, by trial name. One list call per such Job, and only while it has no pod, so a run
+/// whose trials start normally costs nothing. Events the operator may not read count as none.
+async fn job_problems(
+    client: &Client,
+    ns: &str,
+    jobs: &[Arc<Job>],
+    pods: &BTreeMap<String, Vec<&Pod>>,
+    now: &Time,
+) -> BTreeMap<String, PodProblem> {
+    let blocked = jobs.iter().filter(|j| {
+        let name = j.name_any();
+        let old_enough = j.metadata.creation_timestamp.as_ref().is_none_or(|t| {
+            t.0 + k8s_openapi::jiff::SignedDuration::try_from(NO_POD_AFTER).expect("small") <= now.0
+        });
+        !finished(j)
+            && j.spec.as_ref().and_then(|s| s.suspend) != Some(true)
+            && j.status.as_ref().and_then(|s| s.active).unwrap_or(0) == 0
+            && pods.get(&name).is_none_or(|p| p.is_empty())
+            && old_enough
+    });
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let reads = blocked.map(|j| {
+        let api = api.clone();
+        async move {
+            let name = j.name_any();
+            let fields = format!(
+                "involvedObject.kind=Job,involvedObject.name={name},reason={FAILED_CREATE}"
+            );
+            match api.list(&ListParams::default().fields(&fields)).await {
+                Ok(list) => job_problem(j, &list.items).map(|p| (name, p)),
+                Err(e) => {
+                    tracing::debug!(job = %name, "cannot read the Job's events: {e}");
+                    None
+                }
+            }
+        }
+    });
+    join_all(reads).await.into_iter().flatten().collect()
+}
+
 /// Reconcile one TrainingRun. Runs in a span naming the run, its generation and a fresh trace
 /// id, which the JSON logs attach to every line logged during it.
 #[tracing::instrument(
@@ -219,6 +264,9 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let now = (ctx.clock)();
+    if !finished_run {
+        observed.job_problems = job_problems(&ctx.client, &ns, &jobs, &observed.pods, &now).await;
+    }
     let plan = plan(&run, &observed, &now);
 
     let job_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);

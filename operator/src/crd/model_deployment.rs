@@ -128,6 +128,16 @@ pub struct Flagging {
     #[serde(default = "default_flags_per_minute")]
     #[schemars(range(min = 1, max = 6000))]
     pub per_client_per_minute: i32,
+    /// Proxies in front of the serving pods (ingress controllers, load balancers) as CIDRs,
+    /// e.g. `10.0.0.0/8`. From these the client address is taken from `X-Forwarded-For`, so
+    /// the per-client limit applies to each client instead of to the proxy. Empty: the
+    /// connection's peer counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(max = 64), regex(pattern = r"^[0-9a-fA-F.:]+/[0-9]{1,3}$"))
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Flagging {
@@ -137,6 +147,7 @@ impl Default for Flagging {
             storage: None,
             max_samples: default_max_flags(),
             per_client_per_minute: default_flags_per_minute(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -149,14 +160,18 @@ impl Flagging {
 
     /// `serve` arguments for flags stored at `url`.
     pub fn serve_args(&self, url: &str) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--flags".into(),
             url.into(),
             "--flags-max-samples".into(),
             self.max_samples.to_string(),
             "--flag-rate".into(),
             self.per_client_per_minute.to_string(),
-        ]
+        ];
+        if !self.trusted_proxies.is_empty() {
+            args.extend(["--trusted-proxies".into(), self.trusted_proxies.join(",")]);
+        }
+        args
     }
 }
 

@@ -236,6 +236,26 @@ async fn handle(state: &Mutex<FakeState>, req: Request<Body>) -> Response<Body> 
 
 /// Whether `labels` match an equality-based `labelSelector` (`a=b,c=d`, URL-encoded).
 fn selected(obj: &Value, query: &str) -> bool {
+    fields_selected(obj, query) && labels_selected(obj, query)
+}
+
+/// A `fieldSelector` of `a.b=c` terms, as the API server applies it to the fields it indexes.
+fn fields_selected(obj: &Value, query: &str) -> bool {
+    let Some(sel) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fieldSelector="))
+    else {
+        return true;
+    };
+    let sel = sel.replace("%3D", "=").replace("%2C", ",");
+    sel.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (path, want) = term.split_once('=').unwrap_or((term, ""));
+        let got = path.split('.').fold(obj, |v, k| &v[k]);
+        got.as_str() == Some(want)
+    })
+}
+
+fn labels_selected(obj: &Value, query: &str) -> bool {
     let Some(sel) = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("labelSelector="))
@@ -344,9 +364,14 @@ fn answer(
                     .map(|(_, v)| v.clone())
                     .collect();
                 // A GET without list parameters is of one object, which does not exist.
-                let list = ["labelSelector", "limit=", "resourceVersion="]
-                    .iter()
-                    .any(|p| query.contains(p));
+                let list = [
+                    "labelSelector",
+                    "fieldSelector",
+                    "limit=",
+                    "resourceVersion=",
+                ]
+                .iter()
+                .any(|p| query.contains(p));
                 if items.is_empty() && !list {
                     return not_found(path);
                 }

@@ -111,6 +111,26 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// Most HTTP connections open at once. Beyond it new connections wait in the kernel's
+    /// accept queue until one closes, so a flood of idle or slow clients cannot exhaust file
+    /// descriptors or memory (idle ones are closed after `--header-read-timeout`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Bytes of HTTP request bodies held at once over all requests. A body is admitted by its
+    /// `Content-Length` (by the largest allowed body when it has none) before any of it is read;
+    /// bodies that do not fit wait within their deadline, then get 503. With the size limit
+    /// this bounds what uploads cost in memory, whatever the number of clients.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_body_bytes_in_flight: u64,
+
+    /// Proxies whose `X-Forwarded-For` is believed, as CIDRs (`10.0.0.0/8,fd00::/8`). The
+    /// per-client flag limit then keys on the address the nearest untrusted hop reported
+    /// instead of the proxy's own, so clients behind one ingress do not share one budget.
+    /// Empty (the default): the connection's peer address, and the header is ignored.
+    #[arg(long, value_delimiter = ',', env = "TEXTREC_TRUSTED_PROXIES")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Where flagged samples go (tesstrain pairs plus a JSONL record each): URL or path.
     /// Without it the demo page's Flag button answers 501.
     #[arg(long, env = "TEXTREC_FLAGS")]
@@ -177,6 +197,9 @@ impl ServeArgs {
             decode_budget_pixels: 0,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            trusted_proxies: Vec::new(),
             flags: None,
             flags_max_samples: 10_000,
             flag_rate: 30,
@@ -195,6 +218,8 @@ impl ServeArgs {
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 /// Default `--http-addr` (see [`DEFAULT_GRPC_ADDR`]).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default `--max-body-bytes-in-flight`: 64 MiB, a few thousand line images.
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 /// Default `--max-request-bytes`: 4 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default `--max-pixels`: 4 MiP (4096×1024).

@@ -20,12 +20,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::client_ip::client_ip;
 use super::demo;
 use super::flags::{self, FlagInput};
 use super::limits::{deadline, ServeError};
 use super::ratelimit::retry_after_secs;
 use super::redact::{redact_json, redact_text, redact_url};
-use super::state::ServeState;
+use super::state::{BodyPermit, ServeState};
 use super::tls::{Port, ServerTls};
 
 /// Header a caller sets to bound how long it waits, in milliseconds.
@@ -59,7 +60,7 @@ pub fn router(state: Arc<ServeState>) -> Router {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    header_read_timeout: Duration,
+    connections: Connections,
     tls: Option<Arc<ServerTls>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -70,9 +71,16 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(connections.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(connections.max_connections));
     loop {
+        // At the limit, stop accepting: new clients wait in the kernel's backlog instead of
+        // costing a task, a buffer and a file descriptor each.
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = open.clone().acquire_owned() => slot.expect("never closed"),
+        };
         let (stream, remote) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -92,13 +100,15 @@ pub async fn serve(
         let app = app.clone();
         match &tls {
             None => {
-                tokio::spawn(serve_connection(
-                    builder, stream, remote, app, false, watcher,
-                ));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    serve_connection(builder, stream, remote, app, false, watcher).await
+                });
             }
             Some(tls) => {
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tls.accept(Port::Http, stream).await {
                         Ok(stream) => {
                             // Mutual TLS: a client without a certificate gets the probes only.
@@ -116,6 +126,16 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Limits on the HTTP server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Connections {
+    /// How long a client may take to send a request's headers (idle keep-alive connections
+    /// are closed after it too).
+    pub header_read_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
 }
 
 /// Paths a mutual-TLS client without a certificate may use: the kubelet's probes.
@@ -210,21 +230,48 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
+/// A request body in memory and its share of the body budget, released together.
+struct ReadBody {
+    bytes: Bytes,
+    permit: BodyPermit,
+}
+
 /// Read a body before `deadline`, refusing more than the image limit allows (with room for
-/// base64 and JSON). Only a body over the limit is `TooLarge`: a client that disconnects or
-/// stalls mid-upload is `Incomplete`, so the metrics do not blame the size limit for it.
-async fn read_body(state: &ServeState, body: Body, deadline: Instant) -> Result<Bytes, ServeError> {
+/// base64 and JSON). A declared `Content-Length` over the limit is refused before anything is
+/// read; otherwise the body first waits for its share of `--max-body-bytes-in-flight` (the
+/// declared length, or the limit when chunked). Only a body over the limit is `TooLarge`: a
+/// client that disconnects or stalls mid-upload is `Incomplete`, so the metrics do not blame
+/// the size limit for it.
+async fn read_body(
+    state: &ServeState,
+    headers: &HeaderMap,
+    body: Body,
+    deadline: Instant,
+) -> Result<ReadBody, ServeError> {
     let limit = state.limits.max_request_bytes / 3 * 4 + 64 * 1024;
+    let too_large = || {
+        ServeError::TooLarge(format!(
+            "request body is larger than {limit} bytes (images up to {} bytes, --max-request-bytes)",
+            state.limits.max_request_bytes
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let permit = state
+        .body_permit(declared.unwrap_or(limit as u64), deadline)
+        .await?;
     let read = axum::body::to_bytes(body, limit);
     match tokio::time::timeout_at(deadline.into(), read).await {
         Err(_) => Err(ServeError::Incomplete(
             "the request body did not arrive before the request's deadline".into(),
         )),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) if is_length_limit(&e) => Err(ServeError::TooLarge(format!(
-            "request body is larger than {limit} bytes (images up to {} bytes, --max-request-bytes)",
-            state.limits.max_request_bytes
-        ))),
+        Ok(Ok(bytes)) => Ok(ReadBody { bytes, permit }),
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_large()),
         Ok(Err(e)) => Err(ServeError::Incomplete(format!(
             "the request body could not be read: {e}"
         ))),
@@ -271,19 +318,21 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeErr
         .map_err(|e| ServeError::InvalidArgument(format!("bad JSON body: {e}")))
 }
 
-/// The image of a request: the raw body, or the `image` field of a JSON body.
+/// The image of a request: the raw body, or the `image` field of a JSON body; with the body's
+/// share of the budget, which the image (never larger than the body) keeps.
 async fn image_of(
     state: &ServeState,
     headers: &HeaderMap,
     body: Body,
     deadline: Instant,
-) -> Result<Bytes, ServeError> {
-    let body = read_body(state, body, deadline).await?;
-    if is_json(headers) {
-        decode_image_field(&parse_json::<ImageJson>(&body)?.image)
+) -> Result<(Bytes, BodyPermit), ServeError> {
+    let body = read_body(state, headers, body, deadline).await?;
+    let image = if is_json(headers) {
+        decode_image_field(&parse_json::<ImageJson>(&body.bytes)?.image)?
     } else {
-        Ok(body)
-    }
+        body.bytes
+    };
+    Ok((image, body.permit))
 }
 
 /// `POST /v1/recognize`: the recognition with confidences, model version and timing.
@@ -293,7 +342,7 @@ async fn recognize(
     body: Body,
 ) -> Result<Response, ServeError> {
     let deadline = caller_deadline(&state, &headers);
-    let image = image_of(&state, &headers, body, deadline)
+    let (image, _body) = image_of(&state, &headers, body, deadline)
         .await
         .inspect_err(|e| {
             state
@@ -312,8 +361,8 @@ async fn predict(
     body: Body,
 ) -> Result<Response, ServeError> {
     let deadline = caller_deadline(&state, &headers);
-    let body = read_body(&state, body, deadline).await?;
-    let image = decode_image_field(&parse_json::<ImageJson>(&body)?.image)?;
+    let body = read_body(&state, &headers, body, deadline).await?;
+    let image = decode_image_field(&parse_json::<ImageJson>(&body.bytes)?.image)?;
     let r = state.recognize(image, deadline, "http_predict").await?;
     Ok(Json(json!({"pred": r.text})).into_response())
 }
@@ -334,7 +383,7 @@ async fn flag(
     let client = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| client_ip(c.0.ip(), &parts.headers, &state.trusted_proxies));
     let result = async {
         if let (Some(limiter), Some(client)) = (state.flag_limiter.as_ref(), client) {
             limiter.check(client, Instant::now()).map_err(|after| {
@@ -347,8 +396,8 @@ async fn flag(
                 )
             })?;
         }
-        let body = read_body(&state, body, deadline).await?;
-        let f: FlagJson = parse_json(&body)?;
+        let body = read_body(&state, &parts.headers, body, deadline).await?;
+        let f: FlagJson = parse_json(&body.bytes)?;
         let input = FlagInput {
             image: decode_image_field(&f.image)?,
             prediction: f.prediction,

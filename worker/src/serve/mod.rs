@@ -18,6 +18,7 @@ pub mod args;
 pub mod auth;
 pub mod batcher;
 pub mod client;
+pub mod client_ip;
 pub mod demo;
 pub mod engine;
 pub mod flags;
@@ -209,7 +210,10 @@ async fn start_resolved(
     let http_task = spawn_http(
         http_listener,
         &state,
-        args.header_read_timeout,
+        http::Connections {
+            header_read_timeout: args.header_read_timeout,
+            max_connections: args.max_connections as usize,
+        },
         &security,
         stop_listening.clone(),
         shutdown.clone(),
@@ -351,6 +355,8 @@ fn build_state(args: &ServeArgs, resolved: &Resolved) -> Result<Arc<ServeState>>
         max_wait,
         flag_rate_per_minute: args.flag_rate,
         flag_burst: args.flag_burst,
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
+        trusted_proxies: args.trusted_proxies.clone(),
     };
     Ok(Arc::new(ServeState::new(
         slot, batcher, metrics, flags, settings,
@@ -424,7 +430,7 @@ fn spawn_grpc(
 fn spawn_http(
     listener: TcpListener,
     state: &Arc<ServeState>,
-    header_read_timeout: Duration,
+    connections: http::Connections,
     security: &Security,
     stop_listening: CancellationToken,
     shutdown: CancellationToken,
@@ -438,7 +444,7 @@ fn spawn_http(
     }
     let tls = security.tls.clone();
     tokio::spawn(async move {
-        let r = http::serve(listener, app, header_read_timeout, tls, stop_listening).await;
+        let r = http::serve(listener, app, connections, tls, stop_listening).await;
         if let Err(e) = &r {
             tracing::error!("HTTP server failed: {e}");
             shutdown.cancel();

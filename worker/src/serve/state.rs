@@ -78,6 +78,10 @@ pub struct StateSettings {
     pub flag_rate_per_minute: u32,
     /// Flags one client may send at once.
     pub flag_burst: u32,
+    /// HTTP request body bytes held at once (`--max-body-bytes-in-flight`).
+    pub max_body_bytes_in_flight: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Shared server state.
@@ -112,7 +116,21 @@ pub struct ServeState {
     pub max_batch: usize,
     /// Batching window, for `/v1/model`.
     pub max_wait: Duration,
+    /// HTTP body budget in units of [`BODY_UNIT_BYTES`]: bounds the memory of uploads being
+    /// read, whatever the number of connections.
+    body_budget: Arc<Semaphore>,
+    body_budget_units: u32,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     shutting_down: AtomicBool,
+}
+
+/// Granularity of the HTTP body budget.
+pub const BODY_UNIT_BYTES: u64 = 1024;
+
+/// Room in the HTTP body budget, held while a request's body is in memory.
+pub struct BodyPermit {
+    _held: OwnedSemaphorePermit,
 }
 
 /// An admitted request's permit and its share of the in-flight gauge, released together
@@ -147,6 +165,13 @@ impl ServeState {
             .decode_budget_pixels
             .div_ceil(DECODE_UNIT_PIXELS)
             .clamp(1, u64::from(u32::MAX)) as u32;
+        let body_units = settings
+            .max_body_bytes_in_flight
+            .div_ceil(BODY_UNIT_BYTES)
+            .clamp(
+                1,
+                u64::from(Semaphore::MAX_PERMITS.min(u32::MAX as usize) as u32),
+            ) as u32;
         Self {
             slot,
             batcher,
@@ -162,6 +187,9 @@ impl ServeState {
             flag_limiter: KeyedRateLimiter::new(settings.flag_rate_per_minute, settings.flag_burst),
             max_batch: settings.max_batch,
             max_wait: settings.max_wait,
+            body_budget: Arc::new(Semaphore::new(body_units as usize)),
+            body_budget_units: body_units,
+            trusted_proxies: settings.trusted_proxies,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -221,6 +249,30 @@ impl ServeState {
                 "the server is shutting down".into(),
             )),
             Ok(Ok(p)) => Ok(DecodePermit { _held: p }),
+        }
+    }
+
+    /// Wait until a body of `bytes` fits the HTTP body budget, or until `deadline`. A body
+    /// larger than the whole budget waits for all of it.
+    pub async fn body_permit(
+        &self,
+        bytes: u64,
+        deadline: Instant,
+    ) -> Result<BodyPermit, ServeError> {
+        let units = bytes
+            .div_ceil(BODY_UNIT_BYTES)
+            .clamp(1, u64::from(self.body_budget_units)) as u32;
+        let acquire = self.body_budget.clone().acquire_many_owned(units);
+        match tokio::time::timeout_at(deadline.into(), acquire).await {
+            Err(_) => Err(ServeError::Overloaded(format!(
+                "server busy: other uploads hold the request body budget \
+                 ({} bytes, --max-body-bytes-in-flight); retry with backoff",
+                u64::from(self.body_budget_units) * BODY_UNIT_BYTES
+            ))),
+            Ok(Err(_)) => Err(ServeError::Unavailable(
+                "the server is shutting down".into(),
+            )),
+            Ok(Ok(p)) => Ok(BodyPermit { _held: p }),
         }
     }
 
@@ -422,6 +474,8 @@ mod tests {
             max_wait: Duration::ZERO,
             flag_rate_per_minute: 0,
             flag_burst: 1,
+            max_body_bytes_in_flight: 4 * BODY_UNIT_BYTES,
+            trusted_proxies: Vec::new(),
         };
         ServeState::new(slot, batcher, metrics, None, settings)
     }
@@ -469,6 +523,29 @@ mod tests {
         release.send(()).unwrap();
         let again = s.decode_permit(DECODE_UNIT_PIXELS, start + Duration::from_secs(30), start);
         drop(again.await.unwrap());
+        s.batcher.close();
+    }
+
+    #[tokio::test]
+    async fn bodies_wait_for_room_in_the_byte_budget_then_are_shed() {
+        let s = state(DECODE_UNIT_PIXELS);
+        let far = Instant::now() + Duration::from_secs(30);
+        let first = s.body_permit(3 * BODY_UNIT_BYTES, far).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(30);
+        let e = s
+            .body_permit(2 * BODY_UNIT_BYTES, soon)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, ServeError::Overloaded(_)), "{e:?}");
+        assert!(e.to_string().contains("--max-body-bytes-in-flight"), "{e}");
+        // Small bodies still fit beside it; a body over the whole budget waits for all of it.
+        let small = s.body_permit(10, far).await.unwrap();
+        drop((first, small));
+        let huge = s.body_permit(1 << 30, far).await.unwrap();
+        assert_eq!(s.body_budget.available_permits(), 0);
+        drop(huge);
+        assert_eq!(s.body_budget.available_permits(), 4);
         s.batcher.close();
     }
 }
