@@ -195,13 +195,13 @@ def main() -> None:
     parser.add_argument("--no-batching-off", action="store_true", help="serving: skip the batching-off servers")
     parser.add_argument("--model", help="trained model folder for the quality part (and serving)")
     parser.add_argument("--lines", type=int, default=300, help="evaluation lines for the quality part")
-    args, rest = parser.parse_known_args()
-    if args.only == "peers":
-        # The comparison with peer servers has its own runner and options.
-        model = ["--model", args.model] if args.model else []
-        os.execv(sys.executable, [sys.executable, str(REPO / "benches" / "peers" / "bench.py"), *model, *rest])
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--only")
+    only, rest = first.parse_known_args()
+    if only.only == "peers":
+        # The comparison with peer servers has its own runner: every other option is its own.
+        os.execv(sys.executable, [sys.executable, str(REPO / "benches" / "peers" / "bench.py"), *rest])
+    args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start "
           "(above ~0.5 means other processes shared the cores)")
     if args.only in (None, "training"):

@@ -15,7 +15,6 @@ import shutil
 import sys
 import tempfile
 
-import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 
