@@ -347,7 +347,7 @@ def print_tables(order: list[str], summary: dict, skipped: dict, args, repeats: 
                 print(f"| {rate:g} | " + " | ".join(cells) + " |")
     closed = [int(c) for c in args.closed.split(",") if c.strip()]
     print("\n### Resources: the server's whole process tree\n")
-    print(f"| server | processes | idle RSS MiB | idle PSS MiB | peak RSS MiB | CPU s per 1000 requests, "
+    print(f"| server | processes | idle RSS MiB | idle PSS MiB | peak RSS MiB | CPU s per 1000 answered requests, "
           f"c = {' / '.join(map(str, closed))} | errors (all steps) | start-up s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for k in ran:

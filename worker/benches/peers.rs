@@ -28,7 +28,7 @@
 //! `TEXTREC_PEERS_TIMEOUT_S` (30 s), or not sent because `TEXTREC_PEERS_MAX_IN_FLIGHT` (4096)
 //! were outstanding), answers whose text differs from the warm-up's for the same image, the
 //! peak `VmRSS` of the process tree (sampled every 100 ms) and the tree's CPU time (user +
-//! system from `/proc/PID/stat`) per 1000 requests. Requests cycle through the image set
+//! system from `/proc/PID/stat`) per 1000 successful requests. Requests cycle through the image set
 //! (`TEXTREC_BENCH_IMAGES`, every `*.png` sorted by name), spread over one HTTP/2 connection
 //! per 32 callers (4 in the open loop).
 //!
@@ -430,7 +430,7 @@ impl Bench {
             p99_ms: percentile(&out.latencies, 0.99),
             throughput_rps: throughput,
             wall_s: wall.as_secs_f64(),
-            cpu_s_per_1000: (total > 0).then(|| cpu / total as f64 * 1000.0),
+            cpu_s_per_1000: (ok > 0).then(|| cpu / ok as f64 * 1000.0),
             peak_rss_mib: peak,
             saturated,
             first_error: out.first_error,
@@ -566,6 +566,10 @@ fn main() {
             assert!(
                 start.elapsed().as_secs_f64() < ready_s,
                 "{name}: not ready after {ready_s} s: {last}"
+            );
+            assert!(
+                std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "{name}: the server exited before it answered: {last}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
