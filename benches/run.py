@@ -11,6 +11,10 @@ preset with random weights, or --model), rendered lines, thread count and batchi
 
 Quality: CER/WER of a trained model vs Tesseract (benches/reference/quality.py), when a model
 is given (--model or TEXTREC_QUALITY_MODEL).
+
+Peers (only with --only peers): textrec-worker serve vs KServe and TorchServe serving the same
+model, one load generator for all (benches/peers/bench.py; its options follow, e.g. --seconds,
+--repeats, --json).
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ def quality(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["training", "serve", "quality"], help="run one part")
+    parser.add_argument("--only", choices=["training", "serve", "quality", "peers"], help="run one part")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("TEXTREC_BENCH_THREADS", "2")))
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=16)
@@ -191,6 +195,12 @@ def main() -> None:
     parser.add_argument("--no-batching-off", action="store_true", help="serving: skip the batching-off servers")
     parser.add_argument("--model", help="trained model folder for the quality part (and serving)")
     parser.add_argument("--lines", type=int, default=300, help="evaluation lines for the quality part")
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--only")
+    only, rest = first.parse_known_args()
+    if only.only == "peers":
+        # The comparison with peer servers has its own runner: every other option is its own.
+        os.execv(sys.executable, [sys.executable, str(REPO / "benches" / "peers" / "bench.py"), *rest])
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start "
           "(above ~0.5 means other processes shared the cores)")
