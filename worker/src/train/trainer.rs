@@ -21,7 +21,7 @@ use textrec_contract::metrics::{
 };
 use textrec_contract::{layout, Store, TrainConfig};
 use textrec_model::autocast::Autocast;
-use textrec_model::data::{open_dataset, Loader, Sampler};
+use textrec_model::data::{open_dataset, open_training_data, Loader, Sampler};
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::tensorio;
@@ -510,14 +510,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         .map_err(|e| ConfigError::new(format!("precision: {e:#}")))?;
 
     // Data first: a missing font or corpus is a config error and should cost no model build.
-    let train_ds = open_dataset(&cfg.data.train, cfg.seed, IAM_CHARSET)
-        .map_err(|e| ConfigError::new(format!("data.train: {e:#}")))?;
-    if train_ds.len() == Some(0) {
-        bail!(ConfigError::new(format!(
-            "data.train: the data set is empty ({})",
-            train_ds.describe()
-        )));
-    }
+    let train_ds = open_training_data(&cfg.data.train, cfg.seed, IAM_CHARSET)
+        .map_err(|e| ConfigError::new(format!("{e:#}")))?;
     // A synthetic validation set ignores the trial seed (the data module fixes it), so every
     // trial of a search is scored on the same lines.
     let sets = std::iter::once((OBJECTIVE_SET.to_string(), &cfg.data.validation)).chain(
@@ -646,6 +640,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
 
     let mut metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
     metrics.set_images(vals[0].preview_images(ScoreCard::SAMPLES));
+    // A mix is addressed by position (it samples its sources itself); a plain set by index.
     let sampler = Sampler::new(train_ds.len(), cfg.seed);
     let mut loader = Loader::start(
         train_ds,
