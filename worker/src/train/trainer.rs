@@ -510,13 +510,18 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         .map_err(|e| ConfigError::new(format!("precision: {e:#}")))?;
 
     // Data first: a missing font or corpus is a config error and should cost no model build.
-    let train_ds = open_training_data(&cfg.data.train, cfg.seed, IAM_CHARSET)
+    // Data sets at storage URLs are fetched into the local cache first; `cfg` keeps the URLs,
+    // so checkpoints and manifests record where the data lives, not where this pod cached it.
+    let data = ctx.rt.block_on(crate::datasets::resolve_data(
+        &cfg.data,
+        &crate::datasets::DataCache::from_env(),
+    ))?;
+    let train_ds = open_training_data(&data.train, cfg.seed, IAM_CHARSET)
         .map_err(|e| ConfigError::new(format!("{e:#}")))?;
     // A synthetic validation set ignores the trial seed (the data module fixes it), so every
     // trial of a search is scored on the same lines.
-    let sets = std::iter::once((OBJECTIVE_SET.to_string(), &cfg.data.validation)).chain(
-        cfg.data
-            .extra_validation
+    let sets = std::iter::once((OBJECTIVE_SET.to_string(), &data.validation)).chain(
+        data.extra_validation
             .iter()
             .filter_map(|(name, spec)| spec.as_ref().map(|s| (name.clone(), s))),
     );
