@@ -414,6 +414,8 @@ impl Default for DataConfig {
 /// A mix draws each source in proportion to its `weight` (weights are normalised; each must
 /// be positive and finite), in an order fixed by the seed and seekable by position, so a
 /// resumed trial reads exactly what an uninterrupted one would have.
+// One per config, built once: boxing the single form would buy nothing and cost every caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum TrainData {
@@ -1101,9 +1103,15 @@ mod tests {
         assert_eq!(sources[1].kind, DatasetKind::Tesstrain);
         assert_eq!(sources[1].augment, Some(true));
         let w = c.data.train.normalized_weights();
-        assert!((w[0] - 0.7).abs() < 1e-12 && (w[1] - 0.3).abs() < 1e-12, "{w:?}");
+        assert!(
+            (w[0] - 0.7).abs() < 1e-12 && (w[1] - 0.3).abs() < 1e-12,
+            "{w:?}"
+        );
         // The config round-trips through its JSON (checkpoints record it).
-        assert_eq!(TrainConfig::parse(&c.to_json().to_string(), &[]).unwrap(), c);
+        assert_eq!(
+            TrainConfig::parse(&c.to_json().to_string(), &[]).unwrap(),
+            c
+        );
         // The single-object form still parses, into the same type, and keeps its defaults.
         let c = TrainConfig::parse("data: {train: {samples: 5}}\n", &[]).unwrap();
         assert!(!c.data.train.is_mix());
@@ -1138,18 +1146,27 @@ mod tests {
         c.data.train.sources_mut()[1].weight = Some(f64::INFINITY);
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("data.train[1].weight"), "{err}");
-        let err = TrainConfig::parse("data: {train: [{kind: synthetic, wieght: 1}]}\n", &[])
-            .unwrap_err();
+        let err =
+            TrainConfig::parse("data: {train: [{kind: synthetic, wieght: 1}]}\n", &[]).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("data.train[0]") && msg.contains("wieght"), "{msg}");
+        assert!(
+            msg.contains("data.train[0]") && msg.contains("wieght"),
+            "{msg}"
+        );
         let err = TrainConfig::parse("data: {train: [{kind: tesstrain}]}\n", &[]).unwrap_err();
         assert!(format!("{err:#}").contains("data.train[0].path"), "{err:#}");
         let err = TrainConfig::parse("data: {train: []}\n", &[]).unwrap_err();
         assert!(format!("{err:#}").contains("at least one"), "{err:#}");
         let err = TrainConfig::parse("data: {validation: {weight: 2}}\n", &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("data.validation.weight"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("data.validation.weight"),
+            "{err:#}"
+        );
         let err = TrainConfig::parse("data: {validation: {augment: true}}\n", &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("data.validation.augment"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("data.validation.augment"),
+            "{err:#}"
+        );
     }
 
     #[test]

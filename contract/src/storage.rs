@@ -85,7 +85,10 @@ impl Store {
                 .to_file_path()
                 .map_err(|_| anyhow!("{url}: not a local path"))?;
             if !dir.is_dir() {
-                return Err(anyhow!("{} does not exist or is not a folder", dir.display()));
+                return Err(anyhow!(
+                    "{} does not exist or is not a folder",
+                    dir.display()
+                ));
             }
         }
         Self::open(location)
@@ -432,12 +435,18 @@ mod tests {
         }
         // A sibling whose name extends the prefix is not inside it.
         let sibling = Store::from_object_store(mem, "mem://bucket/data2/").unwrap();
-        sibling.put("x.png", Bytes::from_static(b"1")).await.unwrap();
+        sibling
+            .put("x.png", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
         let listed = store.list_recursive("").await.unwrap();
         let names: Vec<&str> = listed.iter().map(|l| l.rel.as_str()).collect();
         assert_eq!(names, ["a.png", "b/2.png", "b/c/3.gt.txt"]);
         assert!(listed.iter().all(|l| l.size == 2 && !l.version.is_empty()));
-        assert_eq!(store.list_recursive("b/c").await.unwrap()[0].rel, "3.gt.txt");
+        assert_eq!(
+            store.list_recursive("b/c").await.unwrap()[0].rel,
+            "3.gt.txt"
+        );
         assert!(store.list_recursive("nothing").await.unwrap().is_empty());
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("missing");

@@ -177,14 +177,15 @@ pub fn folder_digest(dir: &Path) -> Result<String> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
         {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let data =
-                    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let data = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 let rel = path
                     .strip_prefix(dir)
                     .expect("walked under dir")
@@ -419,8 +420,8 @@ async fn fetch_file(location: &str, field: &str, cache: &DataCache) -> Result<Pa
         .ok_or_else(|| ConfigError::new(format!("{field}: {location} names no file")))?
         .to_string();
     let parent = url.join(".")?;
-    let store = Store::open(parent.as_str())
-        .map_err(|e| ConfigError::new(format!("{field}: {e:#}")))?;
+    let store =
+        Store::open(parent.as_str()).map_err(|e| ConfigError::new(format!("{field}: {e:#}")))?;
     let data = store
         .get_opt(&name)
         .await
@@ -606,28 +607,40 @@ mod tests {
         let cache = DataCache::at(tmp.path());
         let (mem, _) = flags_store().await;
         let missing = Store::from_object_store(mem.clone(), "s3://bucket/nope/").unwrap();
-        let err = fetch_folder(&missing, DatasetKind::Tesstrain, "data.train[1].path", &cache)
-            .await
-            .unwrap_err();
+        let err = fetch_folder(
+            &missing,
+            DatasetKind::Tesstrain,
+            "data.train[1].path",
+            &cache,
+        )
+        .await
+        .unwrap_err();
         let msg = format!("{err:#}");
         assert!(
-            msg.contains("data.train[1].path: s3://bucket/nope/ holds no image/transcription pairs"),
+            msg.contains(
+                "data.train[1].path: s3://bucket/nope/ holds no image/transcription pairs"
+            ),
             "{msg}"
         );
         assert_eq!(exit::code_for(&err), exit::CONFIG_ERROR);
         let only_images = Store::from_object_store(mem.clone(), "s3://bucket/imgs/").unwrap();
-        only_images
-            .put("x.png", Bytes::from(png()))
-            .await
-            .unwrap();
+        only_images.put("x.png", Bytes::from(png())).await.unwrap();
         let err = fetch_folder(&only_images, DatasetKind::Tesstrain, "f", &cache)
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("holds no image/transcription pairs (1 files"));
-        let err = fetch_folder(&only_images, DatasetKind::Iam, "data.validation.path", &cache)
-            .await
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("no IAM ascii/lines.txt"), "{err:#}");
+        let err = fetch_folder(
+            &only_images,
+            DatasetKind::Iam,
+            "data.validation.path",
+            &cache,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no IAM ascii/lines.txt"),
+            "{err:#}"
+        );
         assert_eq!(exit::code_for(&err), exit::CONFIG_ERROR);
     }
 

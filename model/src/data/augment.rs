@@ -332,7 +332,11 @@ mod tests {
     fn stored_images_of_either_polarity_come_out_dark_on_light() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let light_on_dark = GrayImage::from_fn(60, 20, |x, y| {
-            Luma([if (8..12).contains(&y) && x % 7 < 4 { 240 } else { 10 }])
+            Luma([if (8..12).contains(&y) && x % 7 < 4 {
+                240
+            } else {
+                10
+            }])
         });
         let mut dark_on_light = light_on_dark.clone();
         image::imageops::invert(&mut dark_on_light);

@@ -72,15 +72,13 @@ impl Dataset for MixedDataset {
     fn get(&self, position: u64) -> Result<Sample> {
         let (s, index) = self.sampler.pick(position);
         let source = &self.sources[s];
-        let mut sample = source.dataset.get(index).map_err(|e| {
-            e.context(format!(
-                "{} ({})",
-                source.field,
-                source.dataset.describe()
-            ))
-        })?;
+        let mut sample = source
+            .dataset
+            .get(index)
+            .map_err(|e| e.context(format!("{} ({})", source.field, source.dataset.describe())))?;
         if let Some(strength) = source.augment {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(self.seed, s as u64), position));
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(self.seed, s as u64), position));
             sample.image = augment::augment_image(&sample.image, strength, &mut rng);
         }
         Ok(sample)
@@ -101,7 +99,11 @@ impl Dataset for MixedDataset {
                 )
             })
             .collect();
-        format!("mix of {} sources [{}]", self.sources.len(), parts.join("; "))
+        format!(
+            "mix of {} sources [{}]",
+            self.sources.len(),
+            parts.join("; ")
+        )
     }
 
     fn skipped(&self) -> &[Skipped] {
@@ -133,11 +135,7 @@ fn effective(spec: &DatasetSpec) -> DatasetSpec {
 /// Open a trial's training data (paths must be local by now: see the worker's data set
 /// resolution). Errors name the source's field (`data.train[1]: …`). Every source must hold
 /// samples. The mix is logged once, source by source.
-pub fn open_training_data(
-    train: &TrainData,
-    seed: u64,
-    charset: &str,
-) -> Result<Arc<dyn Dataset>> {
+pub fn open_training_data(train: &TrainData, seed: u64, charset: &str) -> Result<Arc<dyn Dataset>> {
     if is_plain(train) {
         let spec = effective(&train.sources()[0]);
         let ds = open_dataset(&spec, seed, charset).map_err(|e| e.context("data.train"))?;
@@ -244,7 +242,9 @@ mod tests {
         assert!(seen.len() >= 2 && seen[0] != seen[1]);
         let plain = images(&mix(None), "f0");
         assert!(plain.windows(2).all(|w| w[0] == w[1]));
-        assert!(m.describe().contains("data.train[1] weight 0.250, augmented 0.8"));
+        assert!(m
+            .describe()
+            .contains("data.train[1] weight 0.250, augmented 0.8"));
     }
 
     #[test]

@@ -116,7 +116,9 @@ impl MixSampler {
                 ONE
             } else {
                 // At least one position in 2^32, never all of them: every source is drawn.
-                ((w / rest) * ONE as f64).round().clamp(1.0, (ONE - 1) as f64) as u128
+                ((w / rest) * ONE as f64)
+                    .round()
+                    .clamp(1.0, (ONE - 1) as f64) as u128
             };
             rest -= w;
             let phase = u128::from(mix_seed(seed, 0x6d69_7800 + l as u64) as u32);
@@ -230,7 +232,11 @@ mod tests {
         firsts.sort_unstable();
         assert_eq!(firsts, (0..10).collect::<Vec<_>>());
         // The endless source counts up through its own positions.
-        let endless: Vec<u64> = picks.iter().filter(|(s, _)| *s == 0).map(|(_, i)| *i).collect();
+        let endless: Vec<u64> = picks
+            .iter()
+            .filter(|(s, _)| *s == 0)
+            .map(|(_, i)| *i)
+            .collect();
         assert_eq!(endless, (0..endless.len() as u64).collect::<Vec<_>>());
         // Any position is reachable directly, in any order, with the same answer.
         let again = MixSampler::new(&[(None, 0.7), (Some(10), 0.2), (Some(3), 0.1)], 4);
@@ -240,7 +246,10 @@ mod tests {
         assert_eq!(again.pick(1234), picks[1234]);
         // Another seed interleaves differently.
         let other = MixSampler::new(&[(None, 0.7), (Some(10), 0.2), (Some(3), 0.1)], 5);
-        assert_ne!((0..100).map(|p| other.pick(p)).collect::<Vec<_>>(), picks[..100]);
+        assert_ne!(
+            (0..100).map(|p| other.pick(p)).collect::<Vec<_>>(),
+            picks[..100]
+        );
     }
 
     #[test]
