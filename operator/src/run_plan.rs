@@ -22,7 +22,7 @@ use crate::pod_problems::{same_cause, trial_problem, PodProblem};
 use crate::references::Reference;
 use crate::trial_state::{job_finished, metric_of, observe, TrialObservation, MAX_MESSAGE};
 use crate::util::truncate;
-use crate::validate::{plan_trials, PlannedTrial};
+use crate::validate::{check_volume_policy, plan_trials, PlannedTrial, VolumePolicy};
 
 /// Severity of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,8 @@ pub struct Observed<'a> {
     /// Objects the spec names that were looked up and do not exist (no trial starts until they
     /// do). Those that could not be looked up (no permission) are not here.
     pub missing: Vec<Reference>,
+    /// Which volumes trials can be given where they run (the operator's configuration).
+    pub volume_policy: VolumePolicy,
 }
 
 /// Longest `status.message` of a run (a scheduler's message about many nodes is long).
@@ -109,7 +111,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     };
     let name = run.metadata.name.as_deref().unwrap_or_default();
 
-    let trials = match plan_trials(name, &run.spec) {
+    let trials = match plan_trials(name, &run.spec)
+        .and_then(|t| check_volume_policy(&run.spec, observed.volume_policy).map(|()| t))
+    {
         Ok(t) => t,
         Err(e) => {
             conditions::set(
