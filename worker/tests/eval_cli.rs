@@ -141,9 +141,17 @@ fn eval_reads_a_file_url_like_its_path_and_refuses_an_empty_location() {
     c.args(["eval", "--device", "cpu", "--model"])
         .arg(&f.model)
         .arg("--data")
-        .arg(url::Url::from_directory_path(empty.path()).unwrap().as_str());
+        .arg(
+            url::Url::from_directory_path(empty.path())
+                .unwrap()
+                .as_str(),
+        );
     let out = run(c);
-    assert_eq!(out.status.code(), Some(78), "an empty set is a config error");
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "an empty set is a config error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data"));
 }
 
