@@ -695,6 +695,7 @@ impl TrainConfig {
         let mut tree: serde_json::Value = if text.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
+            reject_non_finite(text, "")?;
             serde_yaml::from_str(text)
                 .map_err(|e| ConfigError::new(format!("invalid YAML: {e}")))?
         };
@@ -869,6 +870,40 @@ impl TrainConfig {
     }
 }
 
+/// Refuse `.nan` and `.inf` in YAML `text` (found under `prefix`), naming the field: the JSON
+/// tree configs are merged in has no such numbers and would turn them into `null`, which an
+/// optional field (`weight`) would silently read as unset.
+fn reject_non_finite(text: &str, prefix: &str) -> Result<(), ConfigError> {
+    fn walk(v: &serde_yaml::Value, path: String) -> Result<(), ConfigError> {
+        match v {
+            serde_yaml::Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Err(
+                ConfigError::new(format!("{path}: must be a finite number (got {n})")),
+            ),
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, x)| walk(x, format!("{path}[{i}]"))),
+            serde_yaml::Value::Mapping(m) => m.iter().try_for_each(|(k, x)| {
+                let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+                walk(
+                    x,
+                    if path.is_empty() {
+                        k
+                    } else {
+                        format!("{path}.{k}")
+                    },
+                )
+            }),
+            _ => Ok(()),
+        }
+    }
+    // Malformed YAML is reported by the real parse that follows.
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(v) => walk(&v, prefix.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Deep-merge `over` into `base`: objects merge key by key, anything else replaces.
 fn merge_tree(base: &mut serde_json::Value, over: serde_json::Value) {
     match (base, over) {
@@ -898,6 +933,7 @@ pub fn apply_override(tree: &mut serde_json::Value, spec: &str) -> Result<(), Co
             "override `{spec}`: empty field name"
         )));
     }
+    reject_non_finite(raw, key)?;
     let value: serde_json::Value = serde_yaml::from_str(raw)
         .map_err(|e| ConfigError::new(format!("override `{spec}`: bad value: {e}")))?;
     let mut node = tree;
@@ -1140,7 +1176,25 @@ mod tests {
             );
             assert!(err.downcast_ref::<ConfigError>().is_some());
         }
-        // YAML's .nan and .inf cannot pass through the JSON tree, but a config built in code can.
+        for (yaml, set, field) in [
+            (
+                "data: {train: [{kind: synthetic}, {kind: synthetic, weight: .nan}]}\n",
+                None,
+                "data.train[1].weight",
+            ),
+            (
+                "",
+                Some("data.train=[{kind: synthetic, weight: .inf}]"),
+                "data.train[0].weight",
+            ),
+            ("optimizer: {lr: -.inf}\n", None, "optimizer.lr"),
+        ] {
+            let sets: Vec<String> = set.map(String::from).into_iter().collect();
+            let err = TrainConfig::parse(yaml, &sets).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(field) && msg.contains("finite"), "{msg}");
+        }
+        // A config built in code is checked too.
         let mut c = TrainConfig::default();
         c.data.train = TrainData::Mix(vec![DatasetSpec::default(); 2]);
         c.data.train.sources_mut()[1].weight = Some(f64::INFINITY);
