@@ -357,8 +357,9 @@ pub const PRINTED_MEAN_CHARS: usize = 45;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "snake_case")]
 pub struct DataConfig {
-    /// The training set.
-    pub train: DatasetSpec,
+    /// The training data: one data set, or a list of sources each drawn with its share of
+    /// `weight` (see [`TrainData`]).
+    pub train: TrainData,
     /// The validation set: the objective (`cer`, `wer`) is measured on it and the best model
     /// is chosen by it.
     pub validation: DatasetSpec,
@@ -397,13 +398,109 @@ impl Default for DataConfig {
             .map(|f| f.to_string())
             .collect();
         Self {
-            train: DatasetSpec::default(),
+            train: TrainData::default(),
             validation: realistic(Vec::new()),
             extra_validation: [(UNSEEN_FONTS_SET.to_string(), Some(realistic(unseen)))].into(),
             bucket_batches: 8,
             loader_threads: 1,
             prefetch_batches: 4,
         }
+    }
+}
+
+/// The training data: one data set (`{kind: synthetic}`), or a mix of sources
+/// (`[{kind: synthetic, weight: 0.7}, {kind: tesstrain, path: s3://…, weight: 0.3}]`).
+///
+/// A mix draws each source in proportion to its `weight` (weights are normalised; each must
+/// be positive and finite), in an order fixed by the seed and seekable by position, so a
+/// resumed trial reads exactly what an uninterrupted one would have.
+// One per config, built once: boxing the single form would buy nothing and cost every caller.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TrainData {
+    /// One data set (the form configs had before mixes existed).
+    One(DatasetSpec),
+    /// Weighted sources, at least one.
+    Mix(Vec<DatasetSpec>),
+}
+
+impl Default for TrainData {
+    fn default() -> Self {
+        Self::One(DatasetSpec::default())
+    }
+}
+
+impl From<DatasetSpec> for TrainData {
+    fn from(spec: DatasetSpec) -> Self {
+        Self::One(spec)
+    }
+}
+
+impl TrainData {
+    /// The sources, in order (one for the single-set form).
+    pub fn sources(&self) -> &[DatasetSpec] {
+        match self {
+            Self::One(d) => std::slice::from_ref(d),
+            Self::Mix(v) => v,
+        }
+    }
+
+    /// Mutable access to the sources.
+    pub fn sources_mut(&mut self) -> &mut [DatasetSpec] {
+        match self {
+            Self::One(d) => std::slice::from_mut(d),
+            Self::Mix(v) => v,
+        }
+    }
+
+    /// Whether this is the list form (even a list of one).
+    pub fn is_mix(&self) -> bool {
+        matches!(self, Self::Mix(_))
+    }
+
+    /// The config path of source `i`: `data.train` for the single form, `data.train[i]` in a
+    /// list, so that errors name the field the user wrote.
+    pub fn field(&self, i: usize) -> String {
+        match self {
+            Self::One(_) => "data.train".to_string(),
+            Self::Mix(_) => format!("data.train[{i}]"),
+        }
+    }
+
+    /// The normalised weight of each source (summing to 1); unset weights count as 1.
+    pub fn normalized_weights(&self) -> Vec<f64> {
+        let raw: Vec<f64> = self
+            .sources()
+            .iter()
+            .map(|d| d.weight.unwrap_or(1.0))
+            .collect();
+        let total: f64 = raw.iter().sum();
+        raw.iter().map(|w| w / total).collect()
+    }
+}
+
+// By hand rather than `untagged`: an untagged enum reports a typo inside either form as "data
+// did not match any variant", hiding the field; dispatching on the shape keeps serde's message
+// and `serde_path_to_error`'s path (`data.train[1].wieght`).
+impl<'de> Deserialize<'de> for TrainData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TrainData;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a data set (a map) or a list of data sets")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<TrainData, A::Error> {
+                DatasetSpec::deserialize(serde::de::value::MapAccessDeserializer::new(a))
+                    .map(TrainData::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<TrainData, A::Error> {
+                Vec::<DatasetSpec>::deserialize(serde::de::value::SeqAccessDeserializer::new(a))
+                    .map(TrainData::Mix)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -425,18 +522,29 @@ pub enum DatasetKind {
 pub struct DatasetSpec {
     /// Which kind of data set.
     pub kind: DatasetKind,
-    /// Folder of a `tesstrain` set, or root of the IAM database.
+    /// Folder of a `tesstrain` set, or root of the IAM database: a plain path or a storage URL
+    /// (`file://`, `s3://`, `gs://`, `az://`). A URL's files are downloaded once into the
+    /// content-addressed data cache (`$TEXTREC_DATA_CACHE`) and checked.
     pub path: Option<String>,
     /// IAM only: a file listing the line ids (`a01-000u-00`) or form ids (`a01-000u`) of this
-    /// split, one per line (e.g. `trainset.txt`); without it every line is used.
+    /// split, one per line (e.g. `trainset.txt`); without it every line is used. A path or a
+    /// storage URL.
     pub split_file: Option<String>,
     /// Number of samples: the size of a synthetic validation set; for training sets, a cap.
     pub samples: Option<u64>,
     /// IAM only: also use lines marked `err` in `ascii/lines.txt` (a word segmentation error
     /// inside the line; the line image and its transcription are still usable).
     pub include_err: bool,
-    /// Settings of the synthetic renderer (used when `kind` is `synthetic`).
+    /// Settings of the synthetic renderer (used when `kind` is `synthetic`); for a file set
+    /// with `augment: true`, `synthetic.augment` is the distortion strength.
     pub synthetic: SyntheticConfig,
+    /// Training sources in a list only: this source's share of the mix (positive; weights are
+    /// normalised). Unset: 1.
+    pub weight: Option<f64>,
+    /// Training only: distort lines the way synthetic lines are. Unset: synthetic lines are
+    /// augmented (strength `synthetic.augment`), file lines are used as stored; `false` turns
+    /// a synthetic source's augmentation off, `true` turns it on for a tesstrain or IAM source.
+    pub augment: Option<bool>,
 }
 
 impl Default for DatasetSpec {
@@ -448,6 +556,8 @@ impl Default for DatasetSpec {
             samples: None,
             include_err: true,
             synthetic: SyntheticConfig::default(),
+            weight: None,
+            augment: None,
         }
     }
 }
@@ -585,6 +695,7 @@ impl TrainConfig {
         let mut tree: serde_json::Value = if text.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
+            reject_non_finite(text, "")?;
             serde_yaml::from_str(text)
                 .map_err(|e| ConfigError::new(format!("invalid YAML: {e}")))?
         };
@@ -661,19 +772,51 @@ impl TrainConfig {
         {
             return bad("preprocess.max_width", "must be at least the height");
         }
+        if self.data.train.sources().is_empty() {
+            return bad("data.train", "a list of sources needs at least one");
+        }
+        for (i, d) in self.data.train.sources().iter().enumerate() {
+            if let Some(w) = d.weight {
+                if !w.is_finite() || w <= 0.0 {
+                    return bad(
+                        &format!("{}.weight", self.data.train.field(i)),
+                        &format!("must be positive and finite (got {w})"),
+                    );
+                }
+            }
+        }
         let extra = self.data.extra_validation.iter().filter_map(|(k, v)| {
             v.as_ref()
                 .map(|d| (format!("data.extra_validation.{k}"), d))
         });
-        let sets: Vec<(String, &DatasetSpec)> = [
-            ("data.train".to_string(), &self.data.train),
-            ("data.validation".to_string(), &self.data.validation),
-        ]
-        .into_iter()
-        .chain(extra)
-        .collect();
+        let train = self
+            .data
+            .train
+            .sources()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (self.data.train.field(i), d));
+        let sets: Vec<(String, &DatasetSpec)> = train
+            .chain(std::iter::once((
+                "data.validation".to_string(),
+                &self.data.validation,
+            )))
+            .chain(extra)
+            .collect();
         for (name, d) in sets {
-            let training = name == "data.train";
+            let training = name.starts_with("data.train");
+            if !training && d.weight.is_some() {
+                return bad(
+                    &format!("{name}.weight"),
+                    "only training sources have weights",
+                );
+            }
+            if !training && d.augment == Some(true) {
+                return bad(
+                    &format!("{name}.augment"),
+                    "validation lines are scored as stored, never distorted",
+                );
+            }
             if d.kind != DatasetKind::Synthetic && d.path.is_none() {
                 return bad(
                     &format!("{name}.path"),
@@ -727,6 +870,40 @@ impl TrainConfig {
     }
 }
 
+/// Refuse `.nan` and `.inf` in YAML `text` (found under `prefix`), naming the field: the JSON
+/// tree configs are merged in has no such numbers and would turn them into `null`, which an
+/// optional field (`weight`) would silently read as unset.
+fn reject_non_finite(text: &str, prefix: &str) -> Result<(), ConfigError> {
+    fn walk(v: &serde_yaml::Value, path: String) -> Result<(), ConfigError> {
+        match v {
+            serde_yaml::Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Err(
+                ConfigError::new(format!("{path}: must be a finite number (got {n})")),
+            ),
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, x)| walk(x, format!("{path}[{i}]"))),
+            serde_yaml::Value::Mapping(m) => m.iter().try_for_each(|(k, x)| {
+                let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+                walk(
+                    x,
+                    if path.is_empty() {
+                        k
+                    } else {
+                        format!("{path}.{k}")
+                    },
+                )
+            }),
+            _ => Ok(()),
+        }
+    }
+    // Malformed YAML is reported by the real parse that follows.
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(v) => walk(&v, prefix.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Deep-merge `over` into `base`: objects merge key by key, anything else replaces.
 fn merge_tree(base: &mut serde_json::Value, over: serde_json::Value) {
     match (base, over) {
@@ -756,6 +933,7 @@ pub fn apply_override(tree: &mut serde_json::Value, spec: &str) -> Result<(), Co
             "override `{spec}`: empty field name"
         )));
     }
+    reject_non_finite(raw, key)?;
     let value: serde_json::Value = serde_yaml::from_str(raw)
         .map_err(|e| ConfigError::new(format!("override `{spec}`: bad value: {e}")))?;
     let mut node = tree;
@@ -947,6 +1125,102 @@ mod tests {
         let c =
             TrainConfig::parse("", &["data.extra_validation.unseen-fonts=null".into()]).unwrap();
         assert_eq!(c.data.extra_validation.get(UNSEEN_FONTS_SET), Some(&None));
+    }
+
+    #[test]
+    fn train_data_is_one_set_or_a_weighted_list() {
+        let c = TrainConfig::parse(
+            "data:\n  train:\n    - {kind: synthetic, weight: 0.7}\n    - {kind: tesstrain, path: s3://b/flags/, weight: 0.3, augment: true}\n",
+            &[],
+        )
+        .unwrap();
+        let sources = c.data.train.sources();
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[1].kind, DatasetKind::Tesstrain);
+        assert_eq!(sources[1].augment, Some(true));
+        let w = c.data.train.normalized_weights();
+        assert!(
+            (w[0] - 0.7).abs() < 1e-12 && (w[1] - 0.3).abs() < 1e-12,
+            "{w:?}"
+        );
+        // The config round-trips through its JSON (checkpoints record it).
+        assert_eq!(
+            TrainConfig::parse(&c.to_json().to_string(), &[]).unwrap(),
+            c
+        );
+        // The single-object form still parses, into the same type, and keeps its defaults.
+        let c = TrainConfig::parse("data: {train: {samples: 5}}\n", &[]).unwrap();
+        assert!(!c.data.train.is_mix());
+        assert_eq!(c.data.train.sources()[0].samples, Some(5));
+        assert_eq!(c.data.train.field(0), "data.train");
+        // A list can come in as an override too (the operator passes it that way).
+        let c = TrainConfig::parse(
+            "",
+            &["data.train=[{kind: synthetic}, {kind: synthetic, weight: 3}]".into()],
+        )
+        .unwrap();
+        assert_eq!(c.data.train.normalized_weights(), vec![0.25, 0.75]);
+    }
+
+    #[test]
+    fn mix_errors_name_the_source() {
+        for (weight, shown) in [("0", "0"), ("-1", "-1")] {
+            let yaml = format!(
+                "data: {{train: [{{kind: synthetic}}, {{kind: synthetic, weight: {weight}}}]}}\n"
+            );
+            let err = TrainConfig::parse(&yaml, &[]).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("data.train[1].weight") && msg.contains(shown),
+                "{weight}: {msg}"
+            );
+            assert!(err.downcast_ref::<ConfigError>().is_some());
+        }
+        for (yaml, set, field) in [
+            (
+                "data: {train: [{kind: synthetic}, {kind: synthetic, weight: .nan}]}\n",
+                None,
+                "data.train[1].weight",
+            ),
+            (
+                "",
+                Some("data.train=[{kind: synthetic, weight: .inf}]"),
+                "data.train[0].weight",
+            ),
+            ("optimizer: {lr: -.inf}\n", None, "optimizer.lr"),
+        ] {
+            let sets: Vec<String> = set.map(String::from).into_iter().collect();
+            let err = TrainConfig::parse(yaml, &sets).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(field) && msg.contains("finite"), "{msg}");
+        }
+        // A config built in code is checked too.
+        let mut c = TrainConfig::default();
+        c.data.train = TrainData::Mix(vec![DatasetSpec::default(); 2]);
+        c.data.train.sources_mut()[1].weight = Some(f64::INFINITY);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("data.train[1].weight"), "{err}");
+        let err =
+            TrainConfig::parse("data: {train: [{kind: synthetic, wieght: 1}]}\n", &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("data.train[0]") && msg.contains("wieght"),
+            "{msg}"
+        );
+        let err = TrainConfig::parse("data: {train: [{kind: tesstrain}]}\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("data.train[0].path"), "{err:#}");
+        let err = TrainConfig::parse("data: {train: []}\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("at least one"), "{err:#}");
+        let err = TrainConfig::parse("data: {validation: {weight: 2}}\n", &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.validation.weight"),
+            "{err:#}"
+        );
+        let err = TrainConfig::parse("data: {validation: {augment: true}}\n", &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.validation.augment"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -52,7 +52,48 @@ pub fn normalize_url(location: &str) -> Result<Url> {
     Url::from_directory_path(&abs).map_err(|_| anyhow!("not a usable path: {}", abs.display()))
 }
 
+/// One object found by [`Store::list_recursive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Path relative to the listed folder, `/`-separated.
+    pub rel: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What the store says identifies this version: entity tag and modification time. A
+    /// cached copy is reused only while both are unchanged.
+    pub version: String,
+}
+
 impl Store {
+    /// A store over any `object_store` implementation (tests use `InMemory`; embedders can
+    /// pass a configured client). `url` names it in messages and must end in `/`.
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, url: &str) -> Result<Self> {
+        let url = Url::parse(url).with_context(|| format!("not a URL: {url}"))?;
+        Ok(Self {
+            inner,
+            prefix: ObjPath::from_url_path(url.path())?,
+            url,
+        })
+    }
+
+    /// Open the folder at `location` (a URL or a bare path) without creating it: for reading
+    /// data that must already exist.
+    pub fn open_existing(location: &str) -> Result<Self> {
+        let url = normalize_url(location)?;
+        if url.scheme() == "file" {
+            let dir = url
+                .to_file_path()
+                .map_err(|_| anyhow!("{url}: not a local path"))?;
+            if !dir.is_dir() {
+                return Err(anyhow!(
+                    "{} does not exist or is not a folder",
+                    dir.display()
+                ));
+            }
+        }
+        Self::open(location)
+    }
+
     /// Open the folder at `location` (a URL or a bare path). Local folders are created.
     pub fn open(location: &str) -> Result<Self> {
         let url = normalize_url(location)?;
@@ -222,6 +263,40 @@ impl Store {
         Ok(names)
     }
 
+    /// Every object under `rel`, at any depth, sorted by path. An absent folder lists empty
+    /// (object stores have no folders to be missing); an error means the store could not be
+    /// asked (unreachable endpoint, refused credentials).
+    pub async fn list_recursive(&self, rel: &str) -> Result<Vec<Listed>> {
+        let base = self.path(rel);
+        let objects: Vec<_> = self
+            .inner
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list {}", self.url_of(rel)))?;
+        let skip = base.parts().count();
+        let mut out: Vec<Listed> = objects
+            .into_iter()
+            .map(|o| Listed {
+                rel: o
+                    .location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                size: o.size,
+                version: format!(
+                    "{}|{}",
+                    o.e_tag.unwrap_or_default(),
+                    o.last_modified.to_rfc3339()
+                ),
+            })
+            .collect();
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(out)
+    }
+
     /// Delete one object; one that does not exist is not an error.
     pub async fn delete(&self, rel: &str) -> Result<()> {
         match self.inner.delete(&self.path(rel)).await {
@@ -349,6 +424,34 @@ mod tests {
         std::fs::write(tmp.path().join("m/w.bin"), b"tampered").unwrap();
         let err = store.read_verified("m", &digests).await.unwrap_err();
         assert!(format!("{err:#}").contains("w.bin"));
+    }
+
+    #[tokio::test]
+    async fn recursive_listing_is_relative_sorted_and_empty_when_absent() {
+        let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let store = Store::from_object_store(mem.clone(), "mem://bucket/data/").unwrap();
+        for name in ["b/2.png", "a.png", "b/c/3.gt.txt"] {
+            store.put(name, Bytes::from_static(b"xy")).await.unwrap();
+        }
+        // A sibling whose name extends the prefix is not inside it.
+        let sibling = Store::from_object_store(mem, "mem://bucket/data2/").unwrap();
+        sibling
+            .put("x.png", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        let listed = store.list_recursive("").await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|l| l.rel.as_str()).collect();
+        assert_eq!(names, ["a.png", "b/2.png", "b/c/3.gt.txt"]);
+        assert!(listed.iter().all(|l| l.size == 2 && !l.version.is_empty()));
+        assert_eq!(
+            store.list_recursive("b/c").await.unwrap()[0].rel,
+            "3.gt.txt"
+        );
+        assert!(store.list_recursive("nothing").await.unwrap().is_empty());
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        assert!(Store::open_existing(missing.to_str().unwrap()).is_err());
+        assert!(!missing.exists(), "reading must not create the folder");
     }
 
     #[test]

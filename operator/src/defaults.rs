@@ -42,6 +42,13 @@ pub struct Defaults {
         env = "TEXTREC_DEFAULT_SERVICE_ACCOUNT"
     )]
     pub service_account: Option<String>,
+    /// Let TrainingRuns give trial pods `hostPath` volumes (`spec.volumes`). Off by default: a
+    /// hostPath exposes the node's file system to whoever may create a TrainingRun.
+    #[arg(
+        long = "allow-host-path-volumes",
+        env = "TEXTREC_ALLOW_HOST_PATH_VOLUMES"
+    )]
+    pub allow_host_path_volumes: bool,
 }
 
 /// `Some(v)` when `v` is set and not blank (the chart may render an empty value).
@@ -160,6 +167,7 @@ mod tests {
             storage_url: Some("s3://bucket/runs".into()),
             storage_secret: Some("textrec-storage".into()),
             service_account: Some("textrec-worker".into()),
+            allow_host_path_volumes: false,
         }
     }
 

@@ -285,6 +285,11 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
         });
     }
 
+    // The run's own volumes come after the operator's; validation keeps their names and paths
+    // apart (`validate::check_volumes`).
+    volumes.extend(spec.volumes.iter().cloned());
+    mounts.extend(spec.volume_mounts.iter().cloned());
+
     let (node_selector, tolerations, affinity) =
         placement(&spec.scheduling, spec.resources.gpus, &gpu_resource);
 
@@ -435,6 +440,32 @@ mod tests {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_runs_volumes_and_mounts_follow_the_operators_own() {
+        let run: TrainingRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u-1"},
+            "spec": {"image": "w:1", "storage": {"url": "s3://b/runs"},
+                     "volumes": [{"name": "flags", "configMap": {"name": "flags"}}],
+                     "volumeMounts": [{"name": "flags", "mountPath": "/data/flags", "readOnly": true}]}
+        }))
+        .unwrap();
+        let trial = crate::validate::plan_trials("r", &run.spec)
+            .unwrap()
+            .remove(0);
+        let job = build_job(&run, &trial, false);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(volumes, ["tmp", "dshm", "flags"]);
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let flags = mounts.iter().find(|m| m.name == "flags").unwrap();
+        assert_eq!(
+            (flags.mount_path.as_str(), flags.read_only),
+            ("/data/flags", Some(true))
+        );
+        assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
     }
 
     #[test]

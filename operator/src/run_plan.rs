@@ -22,7 +22,7 @@ use crate::pod_problems::{same_cause, trial_problem, PodProblem};
 use crate::references::Reference;
 use crate::trial_state::{job_finished, metric_of, observe, TrialObservation, MAX_MESSAGE};
 use crate::util::truncate;
-use crate::validate::{plan_trials, PlannedTrial};
+use crate::validate::{check_volume_policy, plan_trials, PlannedTrial, VolumePolicy};
 
 /// Severity of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,8 @@ pub struct Observed<'a> {
     /// Why a trial's Job could not create its pod (from `FailedCreate` events), by trial name:
     /// only for Jobs that have no pod.
     pub job_problems: BTreeMap<String, PodProblem>,
+    /// Which volumes trials can be given where they run (the operator's configuration).
+    pub volume_policy: VolumePolicy,
 }
 
 /// Longest `status.message` of a run (a scheduler's message about many nodes is long).
@@ -112,7 +114,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     };
     let name = run.metadata.name.as_deref().unwrap_or_default();
 
-    let trials = match plan_trials(name, &run.spec) {
+    let trials = match plan_trials(name, &run.spec)
+        .and_then(|t| check_volume_policy(&run.spec, observed.volume_policy).map(|()| t))
+    {
         Ok(t) => t,
         Err(e) => {
             conditions::set(

@@ -7,7 +7,7 @@
 use serde_json::Value;
 use textrec_contract::config::{flatten_overrides, TrainConfig};
 
-use crate::crd::{DatasetRef, TrainingRunSpec};
+use crate::crd::{DatasetRef, TrainDataRef, TrainingRunSpec};
 use crate::naming::trial_name;
 use crate::search::{expand, summarize, SearchError};
 
@@ -51,6 +51,28 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
     }
 }
 
+/// A data set in the worker's config spelling (`split_file`, not `splitFile`).
+fn worker_dataset(d: &DatasetRef) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("kind".into(), d.kind.as_str().into());
+    if let Some(p) = &d.path {
+        m.insert("path".into(), p.clone().into());
+    }
+    if let Some(p) = &d.split_file {
+        m.insert("split_file".into(), p.clone().into());
+    }
+    if let Some(n) = d.samples {
+        m.insert("samples".into(), n.into());
+    }
+    if let Some(w) = d.weight {
+        m.insert("weight".into(), w.into());
+    }
+    if let Some(a) = d.augment {
+        m.insert("augment".into(), a.into());
+    }
+    Value::Object(m)
+}
+
 fn dataset_overrides(prefix: &str, d: &DatasetRef, out: &mut Vec<String>) {
     out.push(format!("{prefix}.kind={}", d.kind.as_str()));
     if let Some(p) = &d.path {
@@ -68,6 +90,178 @@ fn dataset_overrides(prefix: &str, d: &DatasetRef, out: &mut Vec<String>) {
     if let Some(n) = d.samples {
         out.push(format!("{prefix}.samples={n}"));
     }
+    if let Some(a) = d.augment {
+        out.push(format!("{prefix}.augment={a}"));
+    }
+}
+
+/// Check `spec.data.train` field by field (its schema admits any shape the CEL rule lets by).
+fn check_train_data(train: &TrainDataRef) -> Result<(), Invalid> {
+    if let TrainDataRef::Unparsed(v) = train {
+        return Err(invalid(
+            "spec.data.train",
+            format!(
+                "must be a data set ({{kind, path, splitFile, samples, augment}}) or a list of \
+                 them with weights; got {}",
+                crate::crd::truncate_json(v)
+            ),
+        ));
+    }
+    if train.sources().is_empty() {
+        return Err(invalid(
+            "spec.data.train",
+            "a list of sources needs at least one",
+        ));
+    }
+    for (i, d) in train.sources().iter().enumerate() {
+        let field = train.field(i);
+        if d.kind != crate::crd::DatasetKind::Synthetic && d.path.is_none() {
+            return Err(invalid(
+                format!("{field}.path"),
+                "is required for tesstrain and iam data sets",
+            ));
+        }
+        if let Some(w) = d.weight {
+            if !w.is_finite() || w <= 0.0 {
+                return Err(invalid(
+                    format!("{field}.weight"),
+                    format!("must be positive and finite (got {w})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names of the volumes every trial pod has already (see `job::build_job`).
+pub const OPERATOR_VOLUMES: [&str; 3] = ["tmp", "dshm", "storage"];
+
+/// Whether mounting at `path` would hide or replace the mount at `ours` (same path, or a
+/// parent of it: a volume at `/dev` hides `/dev/shm`).
+fn covers(path: &str, ours: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let ours = ours.trim_end_matches('/');
+    path == ours || path.is_empty() || ours.starts_with(&format!("{path}/"))
+}
+
+/// Check `spec.volumes` and `spec.volumeMounts`: unique names that are not the operator's,
+/// mounts of declared volumes at absolute paths that leave the operator's mounts alone.
+pub fn check_volumes(spec: &TrainingRunSpec) -> Result<(), Invalid> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let field = format!("spec.volumes[{i}].name");
+        if OPERATOR_VOLUMES.contains(&v.name.as_str()) {
+            return Err(invalid(
+                field,
+                format!(
+                    "`{}` is the name of a volume the operator adds to every trial pod ({})",
+                    v.name,
+                    OPERATOR_VOLUMES.join(", ")
+                ),
+            ));
+        }
+        if !names.insert(v.name.as_str()) {
+            return Err(invalid(field, format!("`{}` is declared twice", v.name)));
+        }
+    }
+    let mut ours = vec!["/tmp".to_string(), "/dev/shm".to_string()];
+    if let Some(pvc) = &spec.storage.pvc {
+        ours.push(
+            pvc.mount_path
+                .clone()
+                .unwrap_or_else(|| crate::job::file_url_path(&spec.storage.url)),
+        );
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for (i, m) in spec.volume_mounts.iter().enumerate() {
+        if !names.contains(m.name.as_str()) {
+            return Err(invalid(
+                format!("spec.volumeMounts[{i}].name"),
+                format!("`{}` is not a volume of spec.volumes", m.name),
+            ));
+        }
+        let field = format!("spec.volumeMounts[{i}].mountPath");
+        if !m.mount_path.starts_with('/') {
+            return Err(invalid(field, "must be an absolute path"));
+        }
+        if let Some(o) = ours.iter().find(|o| covers(&m.mount_path, o)) {
+            return Err(invalid(
+                field,
+                format!(
+                    "`{}` would replace or hide the operator's own mount at {o}",
+                    m.mount_path
+                ),
+            ));
+        }
+        if !paths.insert(m.mount_path.trim_end_matches('/').to_string()) {
+            return Err(invalid(
+                field,
+                format!("`{}` is mounted twice", m.mount_path),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where trials run decides which volumes a run may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumePolicy {
+    /// Kubernetes pods; `hostPath` volumes only when the operator allows them (a hostPath
+    /// reads and, unless read-only, writes the node's file system).
+    Cluster {
+        /// `--allow-host-path-volumes`.
+        allow_host_path: bool,
+    },
+    /// The local runner: trials are processes on this machine and read paths directly, so it
+    /// can honour only a `hostPath` volume mounted at its own path.
+    Local,
+}
+
+impl Default for VolumePolicy {
+    fn default() -> Self {
+        Self::Cluster {
+            allow_host_path: false,
+        }
+    }
+}
+
+/// Check the volume kinds against `policy`, naming the volume's field.
+pub fn check_volume_policy(spec: &TrainingRunSpec, policy: VolumePolicy) -> Result<(), Invalid> {
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let field = format!("spec.volumes[{i}]");
+        match policy {
+            VolumePolicy::Cluster { allow_host_path } => {
+                if v.host_path.is_some() && !allow_host_path {
+                    return Err(invalid(
+                        format!("{field}.hostPath"),
+                        "hostPath volumes are not allowed: the operator must run with \
+                         --allow-host-path-volumes (chart value allowHostPathVolumes: true); \
+                         use a PersistentVolumeClaim or a storage URL instead",
+                    ));
+                }
+            }
+            VolumePolicy::Local => {
+                let same_path = v.host_path.as_ref().is_some_and(|h| {
+                    spec.volume_mounts
+                        .iter()
+                        .filter(|m| m.name == v.name)
+                        .all(|m| m.mount_path.trim_end_matches('/') == h.path.trim_end_matches('/'))
+                });
+                if !same_path {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "the local runner reads data from this machine's files directly and \
+                             cannot provide volume `{}`; use a hostPath volume mounted at its own \
+                             path, or a storage URL in spec.data",
+                            v.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bound the strings, lists and total size of `spec.hyperparameters` (a free-form object, so the
@@ -110,15 +304,29 @@ fn check_sizes(hp: &Value) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Overrides every trial of the run shares (data, model, budget, device).
-pub fn base_overrides(spec: &TrainingRunSpec) -> Vec<String> {
+/// The overrides of `spec.data`.
+fn data_overrides(spec: &TrainingRunSpec) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(d) = &spec.data.train {
-        dataset_overrides("data.train", d, &mut out);
+    match &spec.data.train {
+        None => {}
+        Some(TrainDataRef::One(d)) => dataset_overrides("data.train", d, &mut out),
+        // A list replaces the whole field: one override, the list as JSON (which YAML reads).
+        Some(TrainDataRef::Mix(v)) => out.push(format!(
+            "data.train={}",
+            Value::Array(v.iter().map(worker_dataset).collect())
+        )),
+        // Refused by `check_train_data` before any trial is planned.
+        Some(TrainDataRef::Unparsed(_)) => {}
     }
     if let Some(d) = &spec.data.validation {
         dataset_overrides("data.validation", d, &mut out);
     }
+    out
+}
+
+/// Overrides every trial of the run shares (data, model, budget, device).
+pub fn base_overrides(spec: &TrainingRunSpec) -> Vec<String> {
+    let mut out = data_overrides(spec);
     let m = &spec.model;
     if let Some(p) = m.preset {
         out.push(format!("model.preset={}", p.as_str()));
@@ -208,6 +416,10 @@ pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<Planned
             "is required for file:// storage",
         ));
     }
+    if let Some(train) = &spec.data.train {
+        check_train_data(train)?;
+    }
+    check_volumes(spec)?;
     let hp = spec
         .hyperparameters
         .clone()
@@ -223,6 +435,9 @@ pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<Planned
             format!("must be an object of config fields, got {kind}"),
         ),
     })?;
+    if let Err(e) = TrainConfig::parse("", &data_overrides(spec)) {
+        return Err(invalid("spec.data", format!("{e:#}")));
+    }
     let base = base_overrides(spec);
     let mut out = Vec::with_capacity(sets.len());
     for (index, set) in sets.into_iter().enumerate() {
@@ -365,5 +580,168 @@ mod tests {
         s.search.max_trials = 2;
         s.search.parallelism = 1;
         assert!(plan_trials("r", &s).is_ok());
+    }
+
+    #[test]
+    fn a_list_of_sources_becomes_one_override_and_is_checked_by_field() {
+        let mut s = spec();
+        s.data.train = Some(
+            serde_json::from_value(json!([
+                {"kind": "synthetic", "weight": 0.7},
+                {"kind": "tesstrain", "path": "s3://b/flags/", "splitFile": "s3://b/s.txt",
+                 "weight": 0.3, "augment": true}
+            ]))
+            .unwrap(),
+        );
+        let t = plan_trials("r", &s).unwrap();
+        let o: Vec<&String> = t[0]
+            .overrides
+            .iter()
+            .filter(|o| o.starts_with("data.train"))
+            .collect();
+        assert_eq!(o.len(), 1, "{o:?}");
+        let cfg = TrainConfig::parse("", &t[0].overrides).unwrap();
+        let sources = cfg.data.train.sources();
+        assert_eq!(sources[1].path.as_deref(), Some("s3://b/flags/"));
+        assert_eq!(sources[1].split_file.as_deref(), Some("s3://b/s.txt"));
+        assert_eq!(
+            (sources[1].weight, sources[1].augment),
+            (Some(0.3), Some(true))
+        );
+        // The single-object form still becomes field overrides, merged over the defaults.
+        s.data.train =
+            Some(serde_json::from_value(json!({"kind": "tesstrain", "path": "/d"})).unwrap());
+        let t = plan_trials("r", &s).unwrap();
+        assert!(t[0]
+            .overrides
+            .contains(&"data.train.path=\"/d\"".to_string()));
+
+        for (train, field) in [
+            (
+                json!([{"kind": "synthetic"}, {"kind": "synthetic", "weight": 0}]),
+                "spec.data.train[1].weight",
+            ),
+            (
+                json!([{"kind": "synthetic", "weight": -2}]),
+                "spec.data.train[0].weight",
+            ),
+            (
+                json!([{"kind": "synthetic"}, {"kind": "iam"}]),
+                "spec.data.train[1].path",
+            ),
+            (json!([]), "spec.data.train"),
+            (json!(5), "spec.data.train"),
+            (json!({"kind": "bogus"}), "spec.data.train"),
+        ] {
+            s.data.train = Some(serde_json::from_value(train.clone()).unwrap());
+            let e = plan_trials("r", &s).unwrap_err();
+            assert_eq!(e.field, field, "{train}: {e}");
+        }
+    }
+
+    fn with_volumes(volumes: Value, mounts: Value) -> TrainingRunSpec {
+        let mut s = spec();
+        s.volumes = serde_json::from_value(volumes).unwrap();
+        s.volume_mounts = serde_json::from_value(mounts).unwrap();
+        s
+    }
+
+    #[test]
+    fn volumes_are_unique_declared_and_leave_the_operators_mounts_alone() {
+        let ok = with_volumes(
+            json!([{"name": "flags", "configMap": {"name": "flags"}}, {"name": "scratch", "emptyDir": {}}]),
+            json!([{"name": "flags", "mountPath": "/data/flags", "readOnly": true},
+                   {"name": "scratch", "mountPath": "/tmp/scratch"}]),
+        );
+        assert!(plan_trials("r", &ok).is_ok());
+        for (volumes, mounts, field, says) in [
+            (
+                json!([{"name": "tmp", "emptyDir": {}}]),
+                json!([]),
+                "spec.volumes[0].name",
+                "operator",
+            ),
+            (
+                json!([{"name": "a", "emptyDir": {}}, {"name": "a", "emptyDir": {}}]),
+                json!([]),
+                "spec.volumes[1].name",
+                "twice",
+            ),
+            (
+                json!([{"name": "a", "emptyDir": {}}]),
+                json!([{"name": "b", "mountPath": "/b"}]),
+                "spec.volumeMounts[0].name",
+                "not a volume",
+            ),
+            (
+                json!([{"name": "a", "emptyDir": {}}]),
+                json!([{"name": "a", "mountPath": "/tmp"}]),
+                "spec.volumeMounts[0].mountPath",
+                "/tmp",
+            ),
+            (
+                json!([{"name": "a", "emptyDir": {}}]),
+                json!([{"name": "a", "mountPath": "/dev"}]),
+                "spec.volumeMounts[0].mountPath",
+                "/dev/shm",
+            ),
+            (
+                json!([{"name": "a", "emptyDir": {}}]),
+                json!([{"name": "a", "mountPath": "data"}]),
+                "spec.volumeMounts[0].mountPath",
+                "absolute",
+            ),
+            (
+                json!([{"name": "a", "emptyDir": {}}]),
+                json!([{"name": "a", "mountPath": "/d"}, {"name": "a", "mountPath": "/d/"}]),
+                "spec.volumeMounts[1].mountPath",
+                "twice",
+            ),
+        ] {
+            let e = plan_trials("r", &with_volumes(volumes, mounts)).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+        // The storage PVC's mount path is the operator's too.
+        let mut s = with_volumes(
+            json!([{"name": "a", "emptyDir": {}}]),
+            json!([{"name": "a", "mountPath": "/data"}]),
+        );
+        s.storage.url = "file:///data/runs".into();
+        s.storage.pvc = Some(serde_json::from_value(json!({"claimName": "c"})).unwrap());
+        let e = plan_trials("r", &s).unwrap_err();
+        assert!(e.message.contains("/data/runs"), "{e}");
+    }
+
+    #[test]
+    fn host_paths_need_the_operators_permission_and_locally_their_own_path() {
+        let s = with_volumes(
+            json!([{"name": "data", "hostPath": {"path": "/srv/lines"}}]),
+            json!([{"name": "data", "mountPath": "/srv/lines"}]),
+        );
+        let e = check_volume_policy(&s, VolumePolicy::default()).unwrap_err();
+        assert_eq!(e.field, "spec.volumes[0].hostPath");
+        assert!(e.message.contains("--allow-host-path-volumes"), "{e}");
+        check_volume_policy(
+            &s,
+            VolumePolicy::Cluster {
+                allow_host_path: true,
+            },
+        )
+        .unwrap();
+        check_volume_policy(&s, VolumePolicy::Local).unwrap();
+        let moved = with_volumes(
+            json!([{"name": "data", "hostPath": {"path": "/srv/lines"}}]),
+            json!([{"name": "data", "mountPath": "/data"}]),
+        );
+        let e = check_volume_policy(&moved, VolumePolicy::Local).unwrap_err();
+        assert!(e.message.contains("local runner"), "{e}");
+        let config_map = with_volumes(
+            json!([{"name": "flags", "configMap": {"name": "flags"}}]),
+            json!([{"name": "flags", "mountPath": "/data"}]),
+        );
+        check_volume_policy(&config_map, VolumePolicy::default()).unwrap();
+        let e = check_volume_policy(&config_map, VolumePolicy::Local).unwrap_err();
+        assert_eq!(e.field, "spec.volumes[0]");
     }
 }

@@ -440,6 +440,7 @@ fn chart_defaults() -> Defaults {
         storage_url: Some("s3://default-bucket/runs".into()),
         storage_secret: Some("s3-creds".into()),
         service_account: Some("textrec-worker".into()),
+        allow_host_path_volumes: false,
     }
 }
 
@@ -474,6 +475,73 @@ async fn the_operator_defaults_fill_a_run_without_image_or_storage() {
     assert!(w
         .iter()
         .all(|(m, p, _)| m != "PUT" && !p.ends_with("trainingruns/ocr")));
+}
+
+/// A run with a hostPath volume: `Valid=False` naming the field and no Job, unless the operator
+/// allows them; then the Job's pod has the volume and its mount, after the operator's own.
+#[tokio::test]
+async fn host_path_volumes_need_the_operators_permission() {
+    let run = run_json(
+        "ocr",
+        json!({
+            "volumes": [{"name": "lines", "hostPath": {"path": "/srv/lines", "type": "Directory"}}],
+            "volumeMounts": [{"name": "lines", "mountPath": "/srv/lines", "readOnly": true}],
+            "data": {"train": [{"kind": "synthetic", "weight": 1},
+                               {"kind": "tesstrain", "path": "/srv/lines", "weight": 1}]}
+        }),
+    );
+    let tr: TrainingRun = serde_json::from_value(run.clone()).unwrap();
+    let h = harness(&run);
+    controller::training_run::reconcile(Arc::new(tr.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    assert_eq!(w.len(), 1, "only the status: {w:?}");
+    let valid = condition(&w[0].2["status"], "Valid");
+    assert_eq!(valid["status"], "False");
+    let msg = valid["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.volumes[0].hostPath") && msg.contains("--allow-host-path-volumes"),
+        "{msg}"
+    );
+
+    let h = harness_with(
+        &run,
+        Defaults {
+            allow_host_path_volumes: true,
+            ..Defaults::default()
+        },
+    );
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap();
+    let w = writes(&h.state);
+    let (_, path, job) = w
+        .iter()
+        .find(|(_, p, _)| p.ends_with("/jobs/ocr-t0"))
+        .unwrap_or_else(|| panic!("no Job: {w:?}"));
+    assert!(path.ends_with("/jobs/ocr-t0"));
+    let pod = &job["spec"]["template"]["spec"];
+    let names: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.last(), Some(&"lines"), "{names:?}");
+    assert_eq!(
+        pod["volumes"][names.len() - 1]["hostPath"]["path"],
+        "/srv/lines"
+    );
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.iter().any(|m| m["name"] == "lines"
+            && m["mountPath"] == "/srv/lines"
+            && m["readOnly"] == true),
+        "{mounts:?}"
+    );
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains("data.train=["), "{args}");
 }
 
 #[tokio::test]

@@ -753,6 +753,127 @@ async fn unpullable_image_leaves_the_trial_pending_with_the_kubelets_reason() {
     let _ = runs.delete("nopull", &Default::default()).await;
 }
 
+/// A run's `volumes` and `volumeMounts` (a ConfigMap of flagged lines and an emptyDir) reach the
+/// trial pod beside the operator's own; a hostPath volume is refused (`Valid=False`, naming the
+/// field) by an operator that does not allow them, and a mixed `data.train` reaches the worker.
+#[tokio::test]
+async fn volumes_and_mounts_reach_the_trial_pod_and_host_paths_are_refused() {
+    let Some(client) = client().await else { return };
+    let ns = "textrec-e2e-volumes";
+    setup_namespace(&client, ns).await;
+    let stop = start_operator_in(&client, ns);
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    let _ = maps.delete("flags", &Default::default()).await;
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "flags"},
+            "data": {"a.gt.txt": "hello\n"}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let train = json!([
+        {"kind": "synthetic", "weight": 0.7},
+        {"kind": "tesstrain", "path": "/data/flags", "weight": 0.3, "augment": true}
+    ]);
+    create_run(
+        &client,
+        ns,
+        "vols",
+        json!({
+            "image": worker_image(),
+            "storage": {"url": "s3://textrec-e2e/vols"},
+            "model": {"preset": "tiny"},
+            "training": {"maxSteps": 20},
+            "data": {"train": train},
+            "volumes": [{"name": "flags", "configMap": {"name": "flags"}},
+                        {"name": "scratch", "emptyDir": {}}],
+            "volumeMounts": [{"name": "flags", "mountPath": "/data/flags", "readOnly": true},
+                             {"name": "scratch", "mountPath": "/scratch"}]
+        }),
+    )
+    .await;
+    let pod = eventually("a pod of vols-t0", Duration::from_secs(60), || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        pods.list(&ListParams::default().labels("textrec.dev/trial=vols-t0"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let spec = pod.spec.unwrap();
+    let volumes: Vec<&str> = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    for name in ["tmp", "dshm", "flags", "scratch"] {
+        assert!(volumes.contains(&name), "{volumes:?}");
+    }
+    let flags = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "flags")
+        .unwrap();
+    assert_eq!(flags.config_map.as_ref().unwrap().name, "flags");
+    let worker = &spec.containers[0];
+    let mounts = worker.volume_mounts.as_ref().unwrap();
+    let m = mounts.iter().find(|m| m.name == "flags").unwrap();
+    assert_eq!(
+        (m.mount_path.as_str(), m.read_only),
+        ("/data/flags", Some(true))
+    );
+    assert!(mounts
+        .iter()
+        .any(|m| m.name == "scratch" && m.mount_path == "/scratch"));
+    let args = worker.args.as_ref().unwrap().join(" ");
+    assert!(
+        args.contains("data.train=[") && args.contains("/data/flags"),
+        "{args}"
+    );
+
+    create_run(
+        &client,
+        ns,
+        "hostpath",
+        json!({
+            "image": worker_image(),
+            "storage": {"url": "s3://textrec-e2e/hostpath"},
+            "volumes": [{"name": "disk", "hostPath": {"path": "/srv/lines"}}],
+            "volumeMounts": [{"name": "disk", "mountPath": "/srv/lines"}]
+        }),
+    )
+    .await;
+    let valid = eventually("hostpath Valid=False", Duration::from_secs(60), || async {
+        let c = condition(&status_in(&client, ns, "hostpath").await, "Valid");
+        (c["status"] == "False").then_some(c)
+    })
+    .await;
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.volumes[0].hostPath"),
+        "{valid}"
+    );
+    assert!(jobs_of(&client, ns, "hostpath").await.is_empty());
+
+    let _ = stop.send(true);
+    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
+    let _ = runs.delete("vols", &Default::default()).await;
+    let _ = runs.delete("hostpath", &Default::default()).await;
+    let _ = maps.delete("flags", &Default::default()).await;
+}
+
 /// More GPUs than any node has: the API server refuses more than the schema's 16; 16 is
 /// accepted and the trial is `Pending`, unschedulable, with the scheduler's message. (A cluster
 /// with a 16-GPU node would schedule it: this suite runs on ordinary test clusters.)

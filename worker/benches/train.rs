@@ -23,7 +23,7 @@ use tch::Device;
 use textrec_contract::charset::IAM_CHARSET;
 use textrec_contract::manifest::Provenance;
 use textrec_contract::TrainConfig;
-use textrec_model::data::{open_dataset, Loader, Sampler};
+use textrec_model::data::{open_dataset, open_training_data, Loader, Sampler};
 use textrec_model::inference::{model_files, LoadedModel};
 use textrec_model::net::Recognizer;
 use textrec_model::Tokenizer;
@@ -78,7 +78,7 @@ fn main() -> Result<()> {
     let weights: usize = vs.trainable_variables().iter().map(|t| t.numel()).sum();
     println!("  network: {:.2}M trainable weights", weights as f64 / 1e6);
 
-    let train = open_dataset(&cfg.data.train, cfg.seed, IAM_CHARSET)?;
+    let train = open_training_data(&cfg.data.train, cfg.seed, IAM_CHARSET)?;
     let mut loader = Loader::start(
         train.clone(),
         Sampler::new(train.len(), cfg.seed),

@@ -4,6 +4,9 @@
 //! textrec-worker eval --model s3://bucket/run/trial-0/model --data lines/ [--predictions out/] [--json]
 //! ```
 //!
+//! `--data` is a path or a storage URL (`s3://bucket/flags/`), fetched through the data cache
+//! like a training set's (`crate::datasets`).
+//!
 //! With `--json` the last stdout line is `{"cer":…,"wer":…,"lines":…,"by_length":[…]}` (plus
 //! `"skipped"` when some images could not be read), for scripts and CI.
 
@@ -26,9 +29,10 @@ pub struct EvalArgs {
     /// path, or `builtin:NAME`.
     #[arg(long, default_value = crate::model_source::DEFAULT_MODEL)]
     pub model: String,
-    /// A tesstrain folder: NAME.png|tif|jpg next to NAME.gt.txt.
+    /// A tesstrain folder: NAME.png|tif|jpg next to NAME.gt.txt; a path or a storage URL
+    /// (`file://`, `s3://`, `gs://`, `az://`).
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: String,
     /// Write each prediction to this folder as NAME.txt.
     #[arg(long, value_name = "DIR")]
     pub predictions: Option<PathBuf>,
@@ -116,14 +120,27 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     if let Some(mode) = args.decode {
         model.set_decode_mode(mode.into());
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (local, fetched) = rt.block_on(crate::datasets::resolve_folder(
+        &args.data,
+        DatasetKind::Tesstrain,
+        "--data",
+        &crate::datasets::DataCache::from_env(),
+    ))?;
     let spec = DatasetSpec {
         kind: DatasetKind::Tesstrain,
-        path: Some(args.data.to_string_lossy().into_owned()),
+        path: Some(local.to_string_lossy().into_owned()),
         ..DatasetSpec::default()
     };
+    if let Some(set) = &fetched {
+        tracing::info!("evaluating data set {} ({})", set.digest, args.data);
+    }
     let charset = model.tokenizer().charset().to_string();
     let data = open_dataset(&spec, 0, &charset)
-        .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data.display())))?;
+        .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data)))?;
     let n = data.len().context("a tesstrain folder has a known size")?;
     if let Some(dir) = &args.predictions {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -172,7 +189,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     if score.lines == 0 {
         bail!(ConfigError::new(format!(
             "--data {}: no readable lines",
-            args.data.display()
+            args.data
         )));
     }
     if args.json {

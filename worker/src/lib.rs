@@ -5,7 +5,10 @@
 //! - `recognize`: text of images, in-process or from a running server;
 //! - `serve`: the gRPC + HTTP inference server with its demo page;
 //! - `synth`: rendered lines written as a tesstrain folder.
+//!
+//! [`datasets`] makes data sets at storage URLs local, for `train` and `eval` alike.
 
+pub mod datasets;
 pub mod device;
 pub mod eval;
 pub mod logging;

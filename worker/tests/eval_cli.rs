@@ -121,6 +121,41 @@ fn eval_json_reports_cer_wer_lines_and_skipped() {
 }
 
 #[test]
+fn eval_reads_a_file_url_like_its_path_and_refuses_an_empty_location() {
+    let f = fixture();
+    let json_of = |data: &str| {
+        let mut c = bin();
+        c.args(["eval", "--json", "--device", "cpu", "--model"])
+            .arg(&f.model)
+            .args(["--data", data]);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(0), "{data}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout.lines().last().unwrap().to_string()
+    };
+    let url = url::Url::from_directory_path(&f.data).unwrap().to_string();
+    assert_eq!(json_of(&url), json_of(f.data.to_str().unwrap()));
+
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = bin();
+    c.args(["eval", "--device", "cpu", "--model"])
+        .arg(&f.model)
+        .arg("--data")
+        .arg(
+            url::Url::from_directory_path(empty.path())
+                .unwrap()
+                .as_str(),
+        );
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "an empty set is a config error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data"));
+}
+
+#[test]
 fn eval_of_a_missing_model_fails_naming_it() {
     let f = fixture();
     let mut c = bin();

@@ -362,6 +362,85 @@ fn sigkill_at_a_random_moment_then_restart_is_bit_identical() {
     assert_train_records_unique(out);
 }
 
+/// A tesstrain folder of short rendered lines, written by `textrec-worker synth`.
+fn tesstrain_folder(dir: &Path) -> PathBuf {
+    let lines = dir.join("flags");
+    let out = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_textrec-worker"));
+        c.args([
+            "synth",
+            "--count",
+            "24",
+            "--min-chars",
+            "4",
+            "--max-chars",
+            "16",
+        ])
+        .args(["--mean-chars", "10", "--out"])
+        .arg(&lines);
+        c
+    });
+    assert_eq!(out.status.code(), Some(0), "synth failed");
+    lines
+}
+
+/// Train on synthetic lines and a tesstrain folder (augmented), 70/30.
+fn mixed_cmd(out: &Path, lines: &Path) -> Command {
+    let mix = format!(
+        "data.train=[{{kind: synthetic, weight: 0.7, synthetic: {{max_chars: 16}}}}, \
+         {{kind: tesstrain, path: '{}', weight: 0.3, augment: true}}]",
+        lines.display()
+    );
+    train_cmd(out, &["--set", &mix])
+}
+
+#[test]
+fn mixed_sources_sigkill_then_restart_is_bit_identical() {
+    let data = tempfile::tempdir().unwrap();
+    let lines = tesstrain_folder(data.path());
+    let full = tempfile::tempdir().unwrap();
+    let done = run(mixed_cmd(full.path(), &lines));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "uninterrupted mixed run failed"
+    );
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains("training source data.train[0]: weight 0.700")
+            && stderr.contains("training source data.train[1]: weight 0.300, augmented"),
+        "the mix is logged once at start"
+    );
+    let expected = model_sha(full.path());
+    assert_ne!(
+        &expected,
+        &reference().1,
+        "the folder's lines must change what the model learns"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let mut child = spawn_quiet(mixed_cmd(out, &lines));
+    wait_for_checkpoint(&mut child, out, 10);
+    std::thread::sleep(jitter(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = complete_checkpoints(out);
+    let done = run(mixed_cmd(out, &lines));
+    assert_eq!(done.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&done.stderr).contains("resuming from checkpoint"));
+    assert_eq!(
+        model_sha(out),
+        expected,
+        "resumed mixed run differs (checkpoints at kill: {killed_at:?})"
+    );
+    assert_train_records_unique(out);
+}
+
 #[test]
 fn sigterm_checkpoints_exits_75_and_resumes_bit_identical() {
     let (_, expected) = reference();

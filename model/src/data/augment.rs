@@ -36,6 +36,34 @@ pub fn augment<R: Rng>(ink: Canvas, px: f32, strength: f32, rng: &mut R) -> Gray
     to_image(&page)
 }
 
+/// Distort a stored line image (a scan, a flagged line) the way [`augment`] distorts renders.
+/// The image becomes ink coverage first, taking the darker side as ink whatever the polarity;
+/// the font size distortions scale with is estimated from the line height.
+pub fn augment_image<R: Rng>(image: &GrayImage, strength: f32, rng: &mut R) -> GrayImage {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mean = image.pixels().map(|p| f64::from(p.0[0])).sum::<f64>() / (w * h).max(1) as f64;
+    let dark_ink = mean >= 127.5;
+    let data = image
+        .pixels()
+        .map(|p| {
+            let v = f32::from(p.0[0]) / 255.0;
+            if dark_ink {
+                1.0 - v
+            } else {
+                v
+            }
+        })
+        .collect();
+    let ink = Canvas {
+        width: w,
+        height: h,
+        data,
+    };
+    // Glyphs fill roughly two thirds of a tightly cropped line's height.
+    let px = (h as f32 * 0.65).max(8.0);
+    augment(ink, px, strength, rng)
+}
+
 /// Pad the tight crop: the network must cope with lines cropped loosely or tightly.
 fn with_margins<R: Rng>(ink: Canvas, px: f32, rng: &mut R) -> Canvas {
     let mut m = || -> [usize; 4] {
@@ -298,6 +326,28 @@ mod tests {
         assert!(img.width() >= 60 && img.height() >= 20);
         let values: std::collections::BTreeSet<u8> = img.pixels().map(|p| p.0[0]).collect();
         assert_eq!(values.into_iter().collect::<Vec<_>>(), vec![0, 255]);
+    }
+
+    #[test]
+    fn stored_images_of_either_polarity_come_out_dark_on_light() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let light_on_dark = GrayImage::from_fn(60, 20, |x, y| {
+            Luma([if (8..12).contains(&y) && x % 7 < 4 {
+                240
+            } else {
+                10
+            }])
+        });
+        let mut dark_on_light = light_on_dark.clone();
+        image::imageops::invert(&mut dark_on_light);
+        for img in [light_on_dark, dark_on_light] {
+            let out = augment_image(&img, 0.0, &mut rng);
+            let mean =
+                out.pixels().map(|p| f64::from(p.0[0])).sum::<f64>() / out.pixels().len() as f64;
+            assert!(mean > 150.0, "paper must be light: {mean}");
+            assert!(out.pixels().any(|p| p.0[0] < 60), "the ink must survive");
+            assert!(out.width() >= 60 && out.height() >= 20, "margins only grow");
+        }
     }
 
     #[test]

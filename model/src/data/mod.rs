@@ -4,6 +4,7 @@
 //!   fonts ([`fonts`]), then augmented ([`render`], [`augment`]);
 //! - [`tesstrain`]: folders of `NAME.png` + `NAME.gt.txt` pairs;
 //! - [`iam`]: the IAM handwriting database in its original layout;
+//! - [`mix`]: a trial's training data, one set or a weighted mix of sources;
 //! - [`Sampler`] fixes which sample sits at every global position (seekable, so a resumed
 //!   trial sees exactly the batches it would have seen), [`Loader`] builds [`Batch`]es on
 //!   background threads.
@@ -18,6 +19,7 @@ mod files;
 pub mod fonts;
 pub mod iam;
 pub mod loader;
+pub mod mix;
 pub mod render;
 pub mod sampler;
 pub mod synthetic;
@@ -32,7 +34,8 @@ use textrec_contract::config::{DatasetKind, DatasetSpec, TextSplit};
 
 pub use batch::Batch;
 pub use loader::Loader;
-pub use sampler::Sampler;
+pub use mix::{open_training_data, MixedDataset};
+pub use sampler::{MixSampler, Sampler};
 
 /// Seed of every synthetic validation set, whatever the trial's seed: trials of one search
 /// must be scored on the same lines to be comparable.

@@ -252,6 +252,9 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         progress,
         history,
         missing,
+        volume_policy: crate::validate::VolumePolicy::Cluster {
+            allow_host_path: ctx.shared.defaults.allow_host_path_volumes,
+        },
         ..Default::default()
     };
     for j in &jobs {

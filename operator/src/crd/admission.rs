@@ -212,6 +212,21 @@ mod tests {
     }
 
     #[test]
+    fn training_data_is_one_set_or_a_list_of_sources() {
+        let (run, _) = examples();
+        for train in [
+            json!({"kind": "synthetic"}),
+            json!({"kind": "tesstrain", "path": "s3://b/flags/"}),
+            json!([{"kind": "synthetic", "weight": 0.7},
+                   {"kind": "tesstrain", "path": "s3://b/flags/", "weight": 0.3, "augment": true}]),
+        ] {
+            let mut r = run.clone();
+            set(&mut r, "spec.data.train", train.clone());
+            assert_eq!(admit("TrainingRun", &r), Ok(()), "{train}");
+        }
+    }
+
+    #[test]
     fn early_stopping_is_optional_and_bounded() {
         let run = json!({
             "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
@@ -353,8 +368,6 @@ mod tests {
              vec![("spec.storage", json!({"url": "file:///runs"}))]),
             ("TrainingRun", ".spec.storage.url", "self.matches('^(s3|gs|az|file)://.+')",
              vec![("spec.storage", json!({"url": "http://runs"}))]),
-            ("TrainingRun", ".spec.data.train", "self.kind == 'synthetic' || has(self.path)",
-             vec![("spec.data.train", json!({"kind": "tesstrain"}))]),
             ("TrainingRun", ".spec.data.validation", "self.kind == 'synthetic' || has(self.path)",
              vec![("spec.data.validation", json!({"kind": "iam"}))]),
             ("ModelDeployment", ".spec.model", "has(self.fromTrainingRun) != has(self.url)",

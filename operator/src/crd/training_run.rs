@@ -6,13 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::preserve_unknown_object;
+use schemars::{json_schema, Schema, SchemaGenerator};
 
 /// Largest `maxTrials` the schema accepts. Status holds one small entry per trial, so this caps
 /// the object size far below etcd's 1.5 MiB limit.
@@ -141,6 +144,18 @@ pub struct TrainingRunSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
+    /// Volumes added to every trial pod, for `spec.volumeMounts` (data on a PVC, an NFS share,
+    /// a ConfigMap). Names must be unique and must not be the operator's own (`tmp`, `dshm`,
+    /// `storage`); `hostPath` volumes are refused unless the operator runs with
+    /// `--allow-host-path-volumes` (the chart's `allowHostPathVolumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<Volume>,
+    /// Where the worker container mounts `spec.volumes`; each names one of them. Paths must not
+    /// be the operator's own mounts (`/tmp`, `/dev/shm`, the storage PVC's path).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 fn default_grace() -> i64 {
@@ -213,12 +228,63 @@ pub struct PvcMount {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSpec {
-    /// The training set (default: synthetic lines).
+    /// The training data (default: synthetic lines): one data set, or a list of sources each
+    /// drawn with its share of `weight` (`[{kind: synthetic, weight: 0.7}, {kind: tesstrain,
+    /// path: "s3://bucket/flags/", weight: 0.3, augment: true}]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train: Option<DatasetRef>,
+    #[schemars(schema_with = "train_data_schema")]
+    pub train: Option<TrainDataRef>,
     /// The validation set the objective is measured on (default: synthetic held-out text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<DatasetRef>,
+}
+
+/// `spec.data.train`'s schema: any value (a structural schema has one type per field, and this
+/// one is an object or a list), checked field by field by the operator, which names the field
+/// in `Valid=False`.
+fn train_data_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "The training data: one data set ({kind, path, splitFile, samples, augment}), or a list of sources, each with a `weight` (positive; normalised) and its own `augment` switch.",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// The training data: one data set, or weighted sources.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum TrainDataRef {
+    /// One data set.
+    One(DatasetRef),
+    /// Sources mixed by weight.
+    Mix(Vec<DatasetRef>),
+    /// Anything else the API server let through (the schema cannot say "object or list"): kept
+    /// as written so that the run still reads, and reported as `Valid=False`.
+    Unparsed(serde_json::Value),
+}
+
+impl TrainDataRef {
+    /// The sources, in order.
+    pub fn sources(&self) -> &[DatasetRef] {
+        match self {
+            Self::One(d) => std::slice::from_ref(d),
+            Self::Mix(v) => v,
+            Self::Unparsed(_) => &[],
+        }
+    }
+
+    /// The spec path of source `i` (`spec.data.train` or `spec.data.train[i]`).
+    pub fn field(&self, i: usize) -> String {
+        match self {
+            Self::One(_) | Self::Unparsed(_) => "spec.data.train".into(),
+            Self::Mix(_) => format!("spec.data.train[{i}]"),
+        }
+    }
+}
+
+impl From<DatasetRef> for TrainDataRef {
+    fn from(d: DatasetRef) -> Self {
+        Self::One(d)
+    }
 }
 
 /// One data set, as the worker's `data.train` / `data.validation` config.
@@ -228,17 +294,25 @@ pub struct DataSpec {
 pub struct DatasetRef {
     /// `synthetic`, `tesstrain` or `iam`.
     pub kind: DatasetKind,
-    /// Folder inside the pod (a mounted volume) of a tesstrain or IAM set.
+    /// Folder of a tesstrain or IAM set: a storage URL (`s3://`, `gs://`, `az://`, fetched into
+    /// the worker's data cache) or a path inside the pod (a volume of `spec.volumeMounts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub path: Option<String>,
-    /// IAM only: file listing the line ids of this split.
+    /// IAM only: file listing the line ids of this split (a URL or a path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_file: Option<String>,
     /// Size of a synthetic set, or a cap on a training set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub samples: Option<u64>,
+    /// In a list of training sources: this source's share (positive; weights are normalised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Training sources only: distort the lines like synthetic ones (`true` for a tesstrain or
+    /// IAM set), or render synthetic lines clean (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<bool>,
 }
 
 /// Kind of data set.

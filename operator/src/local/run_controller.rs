@@ -40,7 +40,10 @@ pub fn reconcile(
         let pods: BTreeMap<String, Vec<Pod>> = shown()
             .map(|(t, r)| (t.clone(), trials::synth_pods(t, r, None)))
             .collect();
-        let mut observed = Observed::default();
+        let mut observed = Observed {
+            volume_policy: crate::validate::VolumePolicy::Local,
+            ..Observed::default()
+        };
         for (t, j) in &synth_jobs {
             observed.jobs.insert(t.clone(), j);
         }

@@ -21,7 +21,7 @@ use textrec_contract::metrics::{
 };
 use textrec_contract::{layout, Store, TrainConfig};
 use textrec_model::autocast::Autocast;
-use textrec_model::data::{open_dataset, Loader, Sampler};
+use textrec_model::data::{open_dataset, open_training_data, Loader, Sampler};
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::tensorio;
@@ -510,19 +510,18 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         .map_err(|e| ConfigError::new(format!("precision: {e:#}")))?;
 
     // Data first: a missing font or corpus is a config error and should cost no model build.
-    let train_ds = open_dataset(&cfg.data.train, cfg.seed, IAM_CHARSET)
-        .map_err(|e| ConfigError::new(format!("data.train: {e:#}")))?;
-    if train_ds.len() == Some(0) {
-        bail!(ConfigError::new(format!(
-            "data.train: the data set is empty ({})",
-            train_ds.describe()
-        )));
-    }
+    // Data sets at storage URLs are fetched into the local cache first; `cfg` keeps the URLs,
+    // so checkpoints and manifests record where the data lives, not where this pod cached it.
+    let data = ctx.rt.block_on(crate::datasets::resolve_data(
+        &cfg.data,
+        &crate::datasets::DataCache::from_env(),
+    ))?;
+    let train_ds = open_training_data(&data.train, cfg.seed, IAM_CHARSET)
+        .map_err(|e| ConfigError::new(format!("{e:#}")))?;
     // A synthetic validation set ignores the trial seed (the data module fixes it), so every
     // trial of a search is scored on the same lines.
-    let sets = std::iter::once((OBJECTIVE_SET.to_string(), &cfg.data.validation)).chain(
-        cfg.data
-            .extra_validation
+    let sets = std::iter::once((OBJECTIVE_SET.to_string(), &data.validation)).chain(
+        data.extra_validation
             .iter()
             .filter_map(|(name, spec)| spec.as_ref().map(|s| (name.clone(), s))),
     );
@@ -646,6 +645,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
 
     let mut metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
     metrics.set_images(vals[0].preview_images(ScoreCard::SAMPLES));
+    // A mix is addressed by position (it samples its sources itself); a plain set by index.
     let sampler = Sampler::new(train_ds.len(), cfg.seed);
     let mut loader = Loader::start(
         train_ds,
