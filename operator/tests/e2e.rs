@@ -1281,13 +1281,6 @@ async fn a_fine_tune_of_the_served_model_and_its_evaluation_before_promotion() {
         }),
     )
     .await;
-    let runs: Api<TrainingRun> = Api::namespaced(client.clone(), ns);
-    let mut labelled = runs.get("tuned").await.unwrap();
-    labelled
-        .metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .insert("lineage".into(), "e2e".into());
     let s = eventually(
         "Valid=False naming the field",
         Duration::from_secs(60),
