@@ -142,8 +142,10 @@ pub struct ModelSpec {
     pub ctc_context_layers: Option<i64>,
     /// Start from this model's weights instead of random ones (fine-tuning): a model folder
     /// (URL or path) or `builtin:small`, the pretrained model built into the worker. Its
-    /// architecture, charset and preprocessing must be the ones this config trains with. A
-    /// trial that resumes from its own checkpoint ignores it.
+    /// architecture becomes this config's (see [`ModelSpec::adopt`]); its charset and
+    /// preprocessing must be the ones this config trains with. A trial that resumes from its own
+    /// checkpoint takes the weights from there, but still reads this model's manifest (its
+    /// architecture and version must not have changed).
     pub init_from: Option<String>,
     /// The expected version of `init_from` (sha256 of its `manifest.json`): another model at
     /// that location is a configuration error, so a moved or overwritten parent is noticed.
