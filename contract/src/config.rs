@@ -142,9 +142,14 @@ pub struct ModelSpec {
     pub ctc_context_layers: Option<i64>,
     /// Start from this model's weights instead of random ones (fine-tuning): a model folder
     /// (URL or path) or `builtin:small`, the pretrained model built into the worker. Its
-    /// architecture, charset and preprocessing must be the ones this config trains with. A
-    /// trial that resumes from its own checkpoint ignores it.
+    /// architecture becomes this config's (see [`ModelSpec::adopt`]); its charset and
+    /// preprocessing must be the ones this config trains with. A trial that resumes from its own
+    /// checkpoint takes the weights from there, but still reads this model's manifest (its
+    /// architecture and version must not have changed).
     pub init_from: Option<String>,
+    /// The expected version of `init_from` (sha256 of its `manifest.json`): another model at
+    /// that location is a configuration error, so a moved or overwritten parent is noticed.
+    pub init_sha256: Option<String>,
 }
 
 /// [`Preset`] with `small` as its default (serde's `default` needs a `Default` type).
@@ -231,6 +236,59 @@ impl Preset {
 }
 
 impl ModelSpec {
+    /// The architecture of a fine-tune of a model of architecture `parent`: the parent's, since
+    /// the weights only fit it. Only `dropout` may differ (it shapes no tensor). A field this
+    /// spec sets to another value, or a non-default preset of another size, contradicts the
+    /// parent: the error names it.
+    pub fn adopt(&self, parent: &Architecture) -> Result<Architecture, ConfigError> {
+        let clash = |field: &str, ours: String, theirs: String| {
+            Err(ConfigError::new(format!(
+                "model.{field}: the config sets {ours}, but the initFrom model has another \
+                 architecture ({field} {theirs}); leave model.{field} out to take the \
+                 model's"
+            )))
+        };
+        macro_rules! check {
+            ($($f:ident),*) => { $(
+                if let Some(v) = &self.$f {
+                    if *v != parent.$f {
+                        return clash(stringify!($f), format!("{v:?}"), format!("{:?}", parent.$f));
+                    }
+                }
+            )* };
+        }
+        check!(
+            encoder_channels,
+            encoder_blocks,
+            d_model,
+            heads,
+            decoder_layers,
+            ff_dim,
+            max_text_len,
+            ctc_weight,
+            ctc_context_layers
+        );
+        let mut a = parent.clone();
+        if let Some(d) = self.dropout {
+            a.dropout = d;
+        }
+        // `small` is the default, so it says nothing about the writer's intent; another preset
+        // was chosen on purpose and must describe the parent (fields set above aside).
+        if self.preset.0 != Preset::Small {
+            let mut preset = self.resolve()?;
+            preset.dropout = a.dropout;
+            if preset != a {
+                return clash(
+                    "preset",
+                    format!("{:?}", self.preset.0).to_lowercase(),
+                    serde_json::to_string(parent).unwrap_or_default(),
+                );
+            }
+        }
+        a.validate()?;
+        Ok(a)
+    }
+
     /// The preset's sizes with this spec's overrides applied, checked for consistency.
     pub fn resolve(&self) -> Result<Architecture, ConfigError> {
         let mut a = self.preset.0.architecture();
@@ -987,6 +1045,32 @@ pub fn flatten_overrides(params: &serde_json::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fine_tune_takes_the_parents_architecture_and_names_a_contradicting_field() {
+        let parent = Preset::Tiny.architecture();
+        let plain = ModelSpec::default();
+        assert_eq!(plain.adopt(&parent).unwrap(), parent);
+        let mut dropout = ModelSpec {
+            dropout: Some(0.2),
+            ..ModelSpec::default()
+        };
+        assert_eq!(dropout.adopt(&parent).unwrap().dropout, 0.2);
+        dropout.d_model = Some(64);
+        let e = dropout.adopt(&parent).unwrap_err().to_string();
+        assert!(e.starts_with("model.d_model:"), "{e}");
+        let base = ModelSpec {
+            preset: PresetOrDefault(Preset::Base),
+            ..ModelSpec::default()
+        };
+        let e = base.adopt(&parent).unwrap_err().to_string();
+        assert!(e.starts_with("model.preset:"), "{e}");
+        let tiny = ModelSpec {
+            preset: PresetOrDefault(Preset::Tiny),
+            ..ModelSpec::default()
+        };
+        assert_eq!(tiny.adopt(&parent).unwrap(), parent);
+    }
 
     #[test]
     fn empty_config_is_the_default() {

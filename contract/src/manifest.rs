@@ -81,6 +81,19 @@ pub struct Provenance {
     /// The full training config.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// The model whose weights training started from (fine-tuning), so lineage can be
+    /// followed back model by model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentModel>,
+}
+
+/// The model a fine-tune started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ParentModel {
+    /// Where it was read (`builtin:NAME` or a model folder URL).
+    pub url: String,
+    /// Its version: sha256 of its `manifest.json`.
+    pub sha256: String,
 }
 
 /// How text is read from the network's two heads.

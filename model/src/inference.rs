@@ -355,6 +355,7 @@ pub fn write_random_model_dir(
         step: 0,
         textrec_version: env!("CARGO_PKG_VERSION").to_string(),
         config: serde_json::Value::Null,
+        parent: None,
     };
     let files = model_files(&vs, arch, preprocess, charset, BTreeMap::new(), provenance)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

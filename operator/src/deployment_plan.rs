@@ -13,7 +13,9 @@ use kube::ResourceExt;
 
 use crate::conditions;
 use crate::crd::{DeploymentPhase, ModelDeployment, ModelDeploymentStatus, RunPhase, TrainingRun};
-use crate::promotion::{decide, record_declined, record_revision, RunSummary};
+use crate::promotion::{
+    decide, record_declined, record_revision, EvalRequest, RunSummary, EVALUATION_FIELD,
+};
 use crate::references::Reference;
 use crate::run_plan::{PlannedEvent, Severity};
 use crate::serving;
@@ -97,6 +99,19 @@ pub fn plan_status(
     deployment: Option<&Deployment>,
     now: &Time,
 ) -> (ModelDeploymentStatus, Vec<PlannedEvent>) {
+    let (st, events, _) = plan(md, runs, deployment, now);
+    (st, events)
+}
+
+/// [`plan_status`], plus the models to score on `spec.promotion.evaluation` before a
+/// promotion can be decided (the caller runs them and records the results with
+/// [`crate::promotion::record_evaluation`]).
+pub fn plan(
+    md: &ModelDeployment,
+    runs: &[RunSummary],
+    deployment: Option<&Deployment>,
+    now: &Time,
+) -> (ModelDeploymentStatus, Vec<PlannedEvent>, Vec<EvalRequest>) {
     let prev = md.status.clone().unwrap_or_default();
     let mut st = prev.clone();
     let g = md.metadata.generation;
@@ -139,7 +154,7 @@ pub fn plan_status(
             now,
         );
         st.phase = Some(DeploymentPhase::Invalid);
-        return (st, events);
+        return (st, events, Vec::new());
     }
     let d = decide(&md.spec, &prev, runs, now);
     st.promotion_watermark = d.watermark.clone();
@@ -155,20 +170,22 @@ pub fn plan_status(
     record_declined(&mut st, d.declined.clone());
     match &d.invalid {
         Some((field, msg)) => {
-            conditions::set(
-                &mut st.conditions,
-                "Valid",
-                false,
-                "InvalidSpec",
-                &format!("{field}: {msg}"),
-                g,
-                now,
-            );
-            if !conditions::is_true(&prev.conditions, "Valid") || prev.observed_generation != g {
+            let reason = if field == EVALUATION_FIELD {
+                "EvaluationFailed"
+            } else {
+                "InvalidSpec"
+            };
+            let message = format!("{field}: {msg}");
+            let said = prev
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Valid" && c.status == "False" && c.message == message);
+            conditions::set(&mut st.conditions, "Valid", false, reason, &message, g, now);
+            if !said || prev.observed_generation != g {
                 events.push(PlannedEvent {
                     severity: Severity::Warning,
-                    reason: "InvalidSpec",
-                    message: format!("{field}: {msg}"),
+                    reason,
+                    message,
                 });
             }
         }
@@ -273,7 +290,7 @@ pub fn plan_status(
         now,
     );
     st.phase = Some(phase);
-    (st, events)
+    (st, events, d.evaluate)
 }
 
 #[cfg(test)]

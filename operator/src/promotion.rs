@@ -4,8 +4,27 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{
-    Declined, DeployedModel, ModelDeploymentSpec, ModelDeploymentStatus, PromotionPolicy, Revision,
+    Declined, DeployedModel, Evaluation, ModelDeploymentSpec, ModelDeploymentStatus,
+    PromotionEvaluation, PromotionPolicy, Revision,
 };
+
+/// How long a failed evaluation stands before it is tried again (the set may be filled since).
+pub const EVALUATION_RETRY_SECONDS: i64 = 300;
+
+/// Most evaluations kept in `status.evaluations`.
+pub const MAX_EVALUATIONS: usize = 20;
+
+/// The field named when the evaluation set cannot be scored.
+pub const EVALUATION_FIELD: &str = "spec.promotion.evaluation.path";
+
+/// A model to score on `spec.promotion.evaluation` before promotion can be decided.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EvalRequest {
+    /// Model folder URL.
+    pub url: String,
+    /// Model version.
+    pub sha256: String,
+}
 
 /// What a ModelDeployment needs to know about a TrainingRun.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +72,96 @@ pub struct ModelDecision {
     pub waiting: Option<String>,
     /// The spec is wrong: (field, message).
     pub invalid: Option<(String, String)>,
+    /// Models to evaluate on `spec.promotion.evaluation` before a candidate can be decided;
+    /// the candidates waiting on them stay undecided (the watermark stops before them).
+    pub evaluate: Vec<EvalRequest>,
+}
+
+/// (deployed CER, candidate CER, set digest) on the evaluation set.
+type SetScores = (f64, f64, String);
+
+/// The outcome of looking up a (deployed, candidate) pair in the evaluation cache.
+enum PairScores {
+    /// Both scored on the same content: (deployed CER, candidate CER, digest).
+    Scored(f64, f64, String),
+    /// These must be (re-)evaluated first.
+    Need(Vec<EvalRequest>),
+    /// The set cannot be scored (empty, unreadable): the message.
+    Failed(String),
+}
+
+fn set_of<'a>(
+    evals: &'a [Evaluation],
+    set: &'a PromotionEvaluation,
+    sha: &'a str,
+) -> impl Iterator<Item = &'a Evaluation> {
+    evals
+        .iter()
+        .filter(move |e| e.model_sha256 == sha && e.path == set.path && e.samples == set.samples)
+}
+
+/// Look up both models' newest results on `set`. Two results are comparable only when they
+/// were scored on the same content (equal digests); otherwise the older one is redone, so a set
+/// that grew (new flags) is scored anew for both.
+fn pair_scores(
+    set: &PromotionEvaluation,
+    evals: &[Evaluation],
+    deployed: &DeployedModel,
+    candidate: &DeployedModel,
+    now: &Time,
+) -> PairScores {
+    let mut need = Vec::new();
+    let mut found = Vec::new();
+    for m in [deployed, candidate] {
+        let req = EvalRequest {
+            url: m.url.clone(),
+            sha256: m.sha256.clone(),
+        };
+        match set_of(evals, set, &m.sha256).last() {
+            None => need.push(req),
+            Some(e) => match &e.error {
+                Some(err) => {
+                    let age = now.0.as_second() - e.at.0.as_second();
+                    if age >= EVALUATION_RETRY_SECONDS {
+                        need.push(req);
+                    } else {
+                        return PairScores::Failed(err.clone());
+                    }
+                }
+                None => found.push((e, req)),
+            },
+        }
+    }
+    if !need.is_empty() {
+        return PairScores::Need(need);
+    }
+    let (cur, cand) = (&found[0].0, &found[1].0);
+    if cur.dataset_digest != cand.dataset_digest {
+        let older = if cur.at <= cand.at {
+            &found[0]
+        } else {
+            &found[1]
+        };
+        return PairScores::Need(vec![older.1.clone()]);
+    }
+    PairScores::Scored(
+        cur.cer.unwrap_or(f64::NAN),
+        cand.cer.unwrap_or(f64::NAN),
+        cur.dataset_digest.clone(),
+    )
+}
+
+/// Record an evaluation result in `status.evaluations`: it replaces an older one of the same
+/// model on the same set, and the oldest beyond [`MAX_EVALUATIONS`] go.
+pub fn record_evaluation(status: &mut ModelDeploymentStatus, e: Evaluation) {
+    status.evaluations.retain(|x| {
+        !(x.model_sha256 == e.model_sha256 && x.path == e.path && x.samples == e.samples)
+    });
+    status.evaluations.push(e);
+    if status.evaluations.len() > MAX_EVALUATIONS {
+        let cut = status.evaluations.len() - MAX_EVALUATIONS;
+        status.evaluations.drain(..cut);
+    }
 }
 
 /// A stable key of `spec.model`, so a change of it is noticed once.
@@ -176,17 +285,87 @@ pub fn decide(
         .collect();
     candidates.sort_by(|a, b| (&a.completion_time, &a.name).cmp(&(&b.completion_time, &b.name)));
     let mut bar = current.metric;
-    let mut winner: Option<&RunSummary> = None;
+    let mut winner: Option<(&RunSummary, Option<SetScores>)> = None;
     for r in &candidates {
-        d.watermark = r.completion_time.clone().max(d.watermark.take());
         let Some((_, sha, metric, name)) = &r.best else {
+            d.watermark = r.completion_time.clone().max(d.watermark.take());
             d.declined
                 .push(declined(r, None, "the run has no best model", now));
             continue;
         };
         if *sha == current.sha256 {
+            d.watermark = r.completion_time.clone().max(d.watermark.take());
             continue;
         }
+        if let Some(set) = &spec.promotion.evaluation {
+            let model = r.model().expect("a best model");
+            match pair_scores(set, &status.evaluations, current, &model, now) {
+                PairScores::Need(reqs) => {
+                    // Undecided: it and every later candidate wait for the scores.
+                    for q in reqs {
+                        if !d.evaluate.contains(&q) {
+                            d.evaluate.push(q);
+                        }
+                    }
+                    break;
+                }
+                PairScores::Failed(msg) => {
+                    // The deployed model keeps serving; nothing is decided until the set
+                    // can be scored.
+                    d.invalid = Some((EVALUATION_FIELD.into(), msg));
+                    break;
+                }
+                PairScores::Scored(cur, cand, digest) => {
+                    d.watermark = r.completion_time.clone().max(d.watermark.take());
+                    let short = &digest[..digest.len().min(12)];
+                    let improvement = cur - cand;
+                    if !(improvement >= spec.promotion.min_improvement && improvement > 0.0) {
+                        let mut x = declined(
+                            r,
+                            Some(cand),
+                            &format!(
+                                "cer {cand:.4} on the evaluation set (digest {short}) does not beat the deployed model's {cur:.4} there by at least {}",
+                                spec.promotion.min_improvement
+                            ),
+                            now,
+                        );
+                        x.deployed_metric = Some(cur);
+                        x.dataset_digest = Some(digest);
+                        d.declined.push(x);
+                        continue;
+                    }
+                    let better = winner
+                        .as_ref()
+                        .and_then(|(_, s)| s.as_ref())
+                        .is_none_or(|(_, w, _)| cand < *w);
+                    if better {
+                        if let Some((prev, _)) = winner.replace((r, Some((cur, cand, digest)))) {
+                            d.declined.push(declined(
+                                prev,
+                                prev.best.as_ref().map(|b| b.2),
+                                &format!("superseded by {}", r.name),
+                                now,
+                            ));
+                        }
+                    } else {
+                        d.declined.push(declined(
+                            r,
+                            Some(cand),
+                            &format!(
+                                "superseded by {}",
+                                winner
+                                    .as_ref()
+                                    .map(|w| w.0.name.as_str())
+                                    .unwrap_or_default()
+                            ),
+                            now,
+                        ));
+                    }
+                    continue;
+                }
+            }
+        }
+        d.watermark = r.completion_time.clone().max(d.watermark.take());
         if current.metric_name.as_ref().is_some_and(|n| n != name) {
             d.declined.push(declined(
                 r,
@@ -201,7 +380,7 @@ pub fn decide(
         }
         match bar {
             Some(b) if b - metric < spec.promotion.min_improvement || (b - metric) <= 0.0 => {
-                d.declined.push(declined(
+                let mut x = declined(
                     r,
                     Some(*metric),
                     &format!(
@@ -209,10 +388,12 @@ pub fn decide(
                         spec.promotion.min_improvement
                     ),
                     now,
-                ));
+                );
+                x.deployed_metric = Some(b);
+                d.declined.push(x);
             }
             _ => {
-                if let Some(prev) = winner.replace(r) {
+                if let Some((prev, _)) = winner.replace((r, None)) {
                     d.declined.push(declined(
                         prev,
                         prev.best.as_ref().map(|b| b.2),
@@ -224,9 +405,15 @@ pub fn decide(
             }
         }
     }
-    if let Some(r) = winner {
+    if let Some((r, scores)) = winner {
         let model = r.model().expect("winner has a model");
-        let why = match current.metric {
+        let why = match (scores, current.metric) {
+            (Some((cur, cand, digest)), _) => format!(
+                "automatic promotion of TrainingRun {}: cer {cand:.4} beats the deployed model's {cur:.4} on the evaluation set (digest {})",
+                r.name,
+                &digest[..digest.len().min(12)]
+            ),
+            (None, c) => match c {
             Some(c) => format!(
                 "automatic promotion of TrainingRun {}: {} {:.4} beats {:.4}",
                 r.name,
@@ -238,6 +425,7 @@ pub fn decide(
                 "automatic promotion of TrainingRun {} (deployed model has no metric)",
                 r.name
             ),
+            },
         };
         d.deploy = Some((model, why));
     }
@@ -257,6 +445,8 @@ fn declined(r: &RunSummary, metric: Option<f64>, reason: &str, now: &Time) -> De
         metric,
         reason: reason.into(),
         at: now.clone(),
+        deployed_metric: None,
+        dataset_digest: None,
     }
 }
 
@@ -416,6 +606,128 @@ mod tests {
             vec![5, 6, 7]
         );
         assert_eq!(st.current_revision, Some(7));
+    }
+
+    fn with_set(min: f64) -> ModelDeploymentSpec {
+        let mut s = spec("Automatic", min);
+        s.promotion.evaluation = Some(PromotionEvaluation {
+            path: "/data/heldout".into(),
+            samples: None,
+        });
+        s
+    }
+
+    fn scored(sha: &str, cer: Option<f64>, digest: &str, at: i64) -> Evaluation {
+        Evaluation {
+            model_sha256: sha.into(),
+            model_url: format!("s3://m/{sha}/"),
+            path: "/data/heldout".into(),
+            samples: None,
+            dataset_digest: digest.into(),
+            cer,
+            lines: 8,
+            error: cer
+                .is_none()
+                .then(|| "--data /data/heldout: no readable lines".into()),
+            at: t(at),
+        }
+    }
+
+    #[test]
+    fn a_candidate_is_evaluated_with_the_deployed_model_before_anything_is_decided() {
+        let s = with_set(0.0);
+        let base = run("base", 0.2, 10);
+        let st = deployed(std::slice::from_ref(&base), &s);
+        let d = decide(&s, &st, &[base.clone(), run("new", 0.01, 20)], &t(30));
+        assert!(d.deploy.is_none() && d.declined.is_empty());
+        let shas: Vec<&str> = d.evaluate.iter().map(|e| e.sha256.as_str()).collect();
+        assert_eq!(shas, vec!["sha-base", "sha-new"]);
+        // Undecided: the candidate stays a candidate.
+        assert_eq!(d.watermark, st.promotion_watermark);
+    }
+
+    #[test]
+    fn the_evaluation_set_decides_not_the_runs_own_metric() {
+        let s = with_set(0.02);
+        let base = run("base", 0.2, 10);
+        let mut st = deployed(std::slice::from_ref(&base), &s);
+        // Its own validation says 0.01, but on the evaluation set it is worse.
+        let runs = [base.clone(), run("new", 0.01, 20)];
+        record_evaluation(&mut st, scored("sha-base", Some(0.30), "d1", 21));
+        record_evaluation(&mut st, scored("sha-new", Some(0.31), "d1", 22));
+        let d = decide(&s, &st, &runs, &t(30));
+        assert!(
+            d.deploy.is_none() && d.evaluate.is_empty(),
+            "cache hit: no re-evaluation"
+        );
+        let x = &d.declined[0];
+        assert_eq!((x.metric, x.deployed_metric), (Some(0.31), Some(0.30)));
+        assert_eq!(x.dataset_digest.as_deref(), Some("d1"));
+        assert!(
+            x.reason.contains("0.3100") && x.reason.contains("0.3000"),
+            "{}",
+            x.reason
+        );
+        assert_eq!(d.watermark, Some(t(20)));
+
+        // Better, but by less than minImprovement: declined too.
+        record_evaluation(&mut st, scored("sha-new", Some(0.29), "d1", 23));
+        let d = decide(&s, &st, &runs, &t(30));
+        assert!(d.deploy.is_none());
+        assert_eq!(d.declined[0].deployed_metric, Some(0.30));
+
+        // Better by enough: promoted, the reason naming both numbers.
+        record_evaluation(&mut st, scored("sha-new", Some(0.20), "d1", 24));
+        let d = decide(&s, &st, &runs, &t(30));
+        let (m, why) = d.deploy.unwrap();
+        assert_eq!(m.sha256, "sha-new");
+        assert!(
+            why.contains("0.2000 beats the deployed model's 0.3000"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn results_on_other_content_are_redone_and_a_failed_set_blocks_promotion() {
+        let s = with_set(0.0);
+        let base = run("base", 0.2, 10);
+        let mut st = deployed(std::slice::from_ref(&base), &s);
+        let runs = [base.clone(), run("new", 0.1, 20)];
+        // The set grew between the two evaluations: the deployed model is scored again.
+        record_evaluation(&mut st, scored("sha-base", Some(0.30), "d1", 21));
+        record_evaluation(&mut st, scored("sha-new", Some(0.10), "d2", 22));
+        let d = decide(&s, &st, &runs, &t(30));
+        assert!(d.deploy.is_none());
+        assert_eq!(d.evaluate.len(), 1);
+        assert_eq!(d.evaluate[0].sha256, "sha-base");
+
+        // An empty set: the field is named and nothing is promoted until a retry works.
+        record_evaluation(&mut st, scored("sha-base", None, "", 25));
+        let d = decide(&s, &st, &runs, &t(30));
+        assert!(d.deploy.is_none() && d.evaluate.is_empty());
+        let (field, msg) = d.invalid.unwrap();
+        assert_eq!(field, EVALUATION_FIELD);
+        assert!(msg.contains("no readable lines"), "{msg}");
+        let later = decide(&s, &st, &runs, &t(25 + EVALUATION_RETRY_SECONDS));
+        assert_eq!(later.evaluate.len(), 1, "retried once the failure is old");
+    }
+
+    #[test]
+    fn the_cache_keeps_one_result_per_model_and_set() {
+        let mut st = ModelDeploymentStatus::default();
+        for i in 0..(MAX_EVALUATIONS as i64 + 5) {
+            record_evaluation(&mut st, scored(&format!("m{i}"), Some(0.1), "d", i));
+        }
+        record_evaluation(&mut st, scored("m24", Some(0.2), "d", 99));
+        assert_eq!(st.evaluations.len(), MAX_EVALUATIONS);
+        assert_eq!(st.evaluations.last().unwrap().cer, Some(0.2));
+        assert_eq!(
+            st.evaluations
+                .iter()
+                .filter(|e| e.model_sha256 == "m24")
+                .count(),
+            1
+        );
     }
 
     proptest! {

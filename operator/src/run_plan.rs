@@ -18,6 +18,7 @@ use crate::crd::{
 };
 use crate::early_stopping::median_stop;
 use crate::job::build_job;
+use crate::lineage::{parent_overrides, Parent};
 use crate::pod_problems::{same_cause, trial_problem, PodProblem};
 use crate::references::Reference;
 use crate::trial_state::{job_finished, metric_of, observe, TrialObservation, MAX_MESSAGE};
@@ -90,7 +91,13 @@ pub struct Observed<'a> {
     pub job_problems: BTreeMap<String, PodProblem>,
     /// Which volumes trials can be given where they run (the operator's configuration).
     pub volume_policy: VolumePolicy,
+    /// `spec.initFrom` resolved against the objects it names, when the caller looked it up
+    /// (only needed until `status.initFrom` records the parent).
+    pub parent: Option<Parent>,
 }
+
+/// Reason of the `Valid` condition while `spec.initFrom` cannot be resolved.
+pub const INIT_FROM_NOT_READY: &str = "InitFromNotReady";
 
 /// Longest `status.message` of a run (a scheduler's message about many nodes is long).
 pub const MAX_RUN_MESSAGE: usize = 1024;
@@ -148,6 +155,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             status.trials = prev.trials;
             status.best_trial = prev.best_trial;
             status.best_model = prev.best_model;
+            status.init_from = prev.init_from;
             return RunPlan {
                 status,
                 events,
@@ -156,16 +164,82 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         }
     };
     let mut events = Vec::new();
+    // Fine-tuning: the parent recorded when the run started wins over a fresh resolution, so
+    // trials started later (and retries) read the same model.
+    let mut trials = trials;
+    let waiting_parent =
+        match run
+            .spec
+            .init_from
+            .as_ref()
+            .map(|_| match (&prev.init_from, &observed.parent) {
+                (Some(p), _) => Parent::Resolved(p.clone()),
+                (None, Some(p)) => p.clone(),
+                (None, None) => Parent::Waiting {
+                    field: "spec.initFrom",
+                    message: "not resolved yet".into(),
+                },
+            }) {
+            Some(Parent::Resolved(p)) => {
+                for t in &mut trials {
+                    t.overrides.extend(parent_overrides(&p));
+                }
+                if prev.init_from.is_none() {
+                    events.push(event(
+                        Severity::Normal,
+                        "InitFromResolved",
+                        format!(
+                            "trials start from {} ({}{})",
+                            p.url,
+                            p.source,
+                            p.sha256
+                                .as_ref()
+                                .map(|s| format!(", sha256 {s}"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
+                status.init_from = Some(p);
+                None
+            }
+            Some(Parent::Waiting { field, message }) => Some(format!(
+                "{field}: {message}; no trial starts until it resolves"
+            )),
+            None => None,
+        };
     match observed.missing.first() {
-        None => conditions::set(
-            &mut status.conditions,
-            "Valid",
-            true,
-            "SpecValid",
-            &format!("{} trials planned", trials.len()),
-            generation,
-            now,
-        ),
+        None => match &waiting_parent {
+            None => conditions::set(
+                &mut status.conditions,
+                "Valid",
+                true,
+                "SpecValid",
+                &format!("{} trials planned", trials.len()),
+                generation,
+                now,
+            ),
+            Some(message) => {
+                let before = prev.conditions.iter().find(|c| c.type_ == "Valid");
+                if before.is_none_or(|c| c.status != "False" || &c.message != message) {
+                    events.push(event(
+                        Severity::Warning,
+                        INIT_FROM_NOT_READY,
+                        message.clone(),
+                    ));
+                }
+                conditions::set(
+                    &mut status.conditions,
+                    "Valid",
+                    false,
+                    INIT_FROM_NOT_READY,
+                    message,
+                    generation,
+                    now,
+                );
+                status.reason = Some(INIT_FROM_NOT_READY.into());
+                status.message = Some(message.clone());
+            }
+        },
         Some(first) => {
             let reason = first.kind.not_found_reason();
             let message = format!(
@@ -356,7 +430,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         .filter(|e| e.phase.is_active() || blocked(e))
         .count() as i32;
     let mut slots = (run.spec.search.parallelism - occupied).max(0);
-    if !suspend && !too_many_failures && observed.missing.is_empty() {
+    if !suspend && !too_many_failures && observed.missing.is_empty() && waiting_parent.is_none() {
         for (t, e) in trials.iter().zip(entries.iter_mut()) {
             if slots == 0 {
                 break;
@@ -471,6 +545,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         (RunPhase::Running, _, _) => "Running".to_string(),
         (_, Some((reason, _, _)), _) if !phase.is_terminal() => reason.to_string(),
         (_, _, Some(m)) if !phase.is_terminal() => m.kind.not_found_reason().to_string(),
+        _ if waiting_parent.is_some() && !phase.is_terminal() => INIT_FROM_NOT_READY.to_string(),
         _ => format!("{phase:?}"),
     };
     conditions::set(
@@ -568,8 +643,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     status.trials = entries;
     // Look again soon while trials hold slots (progress, pods stuck terminating) or a referenced
     // object is missing (nothing watches it: the run starts once a reconcile finds it).
-    let active =
-        ((occupied > 0 || !create.is_empty()) && !want_suspended) || !observed.missing.is_empty();
+    let active = ((occupied > 0 || !create.is_empty()) && !want_suspended)
+        || !observed.missing.is_empty()
+        || waiting_parent.is_some();
     status.message = status.message.map(|m| truncate(&m, MAX_RUN_MESSAGE));
     RunPlan {
         create,
@@ -839,6 +915,78 @@ mod tests {
             .iter()
             .all(|c| c.observed_generation == Some(3)));
         assert_eq!(p.status.phase, Some(RunPhase::Running));
+    }
+
+    #[test]
+    fn a_fine_tune_waits_for_its_parent_then_keeps_the_one_it_started_from() {
+        use crate::crd::ResolvedParent;
+        let r = run(json!({"initFrom": {"modelDeployment": "reader"}}));
+        let waiting = Observed {
+            parent: Some(Parent::Waiting {
+                field: "spec.initFrom.modelDeployment",
+                message: "ModelDeployment \"reader\" serves no model yet".into(),
+            }),
+            ..Default::default()
+        };
+        let p = plan(&r, &waiting, &now());
+        assert!(p.create.is_empty() && p.active);
+        let valid = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Valid")
+            .unwrap();
+        assert_eq!(valid.status, "False");
+        assert_eq!(valid.reason, INIT_FROM_NOT_READY);
+        assert!(
+            valid.message.starts_with("spec.initFrom.modelDeployment: "),
+            "{}",
+            valid.message
+        );
+        assert!(p.events.iter().any(|e| e.reason == INIT_FROM_NOT_READY));
+
+        let parent = |url: &str| ResolvedParent {
+            url: url.into(),
+            sha256: Some("c".repeat(64)),
+            source: "ModelDeployment reader (revision 1)".into(),
+        };
+        let resolved = Observed {
+            parent: Some(Parent::Resolved(parent("file:///m/r1/"))),
+            ..Default::default()
+        };
+        let p = plan(&r, &resolved, &now());
+        assert_eq!(p.status.init_from, Some(parent("file:///m/r1/")));
+        let args = |p: &RunPlan| -> Vec<String> {
+            p.create[0]
+                .job
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        assert!(args(&p).contains(&r#"model.init_from="file:///m/r1/""#.to_string()));
+        assert!(args(&p).contains(&format!(r#"model.init_sha256="{}""#, "c".repeat(64))));
+
+        // The deployment promoted meanwhile: later trials still start from the recorded parent.
+        let mut started = r.clone();
+        started.status = Some(p.status.clone());
+        let moved = Observed {
+            parent: Some(Parent::Resolved(parent("file:///m/r2/"))),
+            ..Default::default()
+        };
+        let p2 = plan(&started, &moved, &now());
+        assert_eq!(p2.status.init_from, Some(parent("file:///m/r1/")));
+        assert!(p2.create.iter().all(|t| t
+            .trial
+            .overrides
+            .contains(&r#"model.init_from="file:///m/r1/""#.to_string())));
     }
 
     #[test]

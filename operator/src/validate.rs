@@ -387,6 +387,33 @@ pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<Planned
             "must be in 1..=spec.search.maxTrials",
         ));
     }
+    if spec.init_from.is_some() && spec.model.init_from.is_some() {
+        return Err(invalid(
+            "spec.initFrom",
+            "set either spec.initFrom or the older spec.model.initFrom, not both \
+             (spec.model.initFrom: X is spec.initFrom: {url: X})",
+        ));
+    }
+    if let Some(i) = &spec.init_from {
+        let named = [
+            i.url.is_some(),
+            i.model_deployment.is_some(),
+            i.training_run.is_some(),
+        ];
+        // The schema's rule says the same; this covers specs that bypass it (the local runner).
+        if named.iter().filter(|x| **x).count() != 1 {
+            return Err(invalid(
+                "spec.initFrom",
+                "set exactly one of url, modelDeployment and trainingRun",
+            ));
+        }
+        if i.sha256.is_some() && i.url.is_none() {
+            return Err(invalid(
+                "spec.initFrom.sha256",
+                "goes with spec.initFrom.url (the other sources know their version)",
+            ));
+        }
+    }
     // Left out and not filled by the operator's defaults (crate::defaults).
     if spec.image.is_empty() {
         return Err(invalid(
@@ -534,6 +561,24 @@ mod tests {
         s.hyperparameters = Some(json!({"batch_size": []}));
         let e = plan_trials("r", &s).unwrap_err();
         assert_eq!(e.field, "spec.hyperparameters.batch_size");
+    }
+
+    #[test]
+    fn init_from_and_the_older_model_init_from_exclude_each_other() {
+        let mut s = spec();
+        s.model.init_from = Some("s3://bucket/models/prod".into());
+        s.init_from = Some(crate::crd::InitFrom {
+            model_deployment: Some("reader".into()),
+            ..Default::default()
+        });
+        assert_eq!(plan_trials("r", &s).unwrap_err().field, "spec.initFrom");
+        s.model.init_from = None;
+        plan_trials("r", &s).unwrap();
+        s.init_from.as_mut().unwrap().sha256 = Some("a".repeat(64));
+        assert_eq!(
+            plan_trials("r", &s).unwrap_err().field,
+            "spec.initFrom.sha256"
+        );
     }
 
     #[test]

@@ -96,7 +96,8 @@ async fn dashboard_pages_show_runs_curves_trials_and_deployment_history() {
     let mut other = fx::run("team-b");
     other["metadata"]["name"] = json!("other-run");
     other["metadata"]["labels"] = json!({"textrec.dev/model": "<b>other</b>", "team": "b"});
-    other["status"] = json!({"phase": "Running", "counts": {"total": 4, "running": 2, "succeeded": 1, "failed": 0, "pending": 1}});
+    other["status"] = json!({"phase": "Running", "counts": {"total": 4, "running": 2, "succeeded": 1, "failed": 0, "pending": 1},
+        "initFrom": {"url": "s3://m/reader-r2/", "sha256": "ab12".repeat(16), "source": "ModelDeployment <reader> (revision 2)"}});
     let base = dashboard(vec![
         (path("trainingruns", NS, "quickstart"), fx::run(NS)),
         (path("trainingruns", "team-b", "other-run"), other),
@@ -211,6 +212,13 @@ async fn dashboard_pages_show_runs_curves_trials_and_deployment_history() {
     let r3 = busy.find("data-revision=\"3\"").unwrap();
     let r1 = busy.find("data-revision=\"1\"").unwrap();
     assert!(r3 < r1, "newest first");
+
+    // A fine-tune shows the parent its trials started from.
+    let (code, tuned) = get(&format!("{base}/ui/runs/team-b/other-run")).await;
+    assert_eq!(code, 200);
+    assert!(tuned.contains("Fine-tuned from"), "{tuned}");
+    assert!(tuned.contains("ModelDeployment &lt;reader&gt; (revision 2)"));
+    assert!(tuned.contains("s3://m/reader-r2/") && tuned.contains(&"ab12".repeat(16)));
 
     let (code, missing) = get(&format!("{base}/ui/runs/ml/%3Cscript%3E")).await;
     assert_eq!(code, 404);

@@ -7,8 +7,10 @@
 //! `--data` is a path or a storage URL (`s3://bucket/flags/`), fetched through the data cache
 //! like a training set's (`crate::datasets`).
 //!
-//! With `--json` the last stdout line is `{"cer":…,"wer":…,"lines":…,"by_length":[…]}` (plus
-//! `"skipped"` when some images could not be read), for scripts and CI.
+//! With `--json` the last stdout line is `{"cer":…,"wer":…,"lines":…,"by_length":[…],
+//! "model_sha256":…,"dataset_digest":…}` (plus `"skipped"` when some images could not be read),
+//! for scripts, CI and the operator's promotion evaluations. `dataset_digest` identifies the
+//! folder's content, so two results are comparable exactly when their digests are equal.
 
 use std::path::PathBuf;
 
@@ -17,6 +19,7 @@ use clap::Args;
 use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
 use textrec_contract::exit::{self, ConfigError};
+use textrec_contract::manifest::ModelManifest;
 use textrec_model::data::open_dataset;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
@@ -39,6 +42,13 @@ pub struct EvalArgs {
     /// Print the result as one JSON object on the last stdout line.
     #[arg(long)]
     pub json: bool,
+    /// Also write the `--json` object to this file (a pod's `/dev/termination-log`, where the
+    /// operator reads an evaluation Job's result).
+    #[arg(long, value_name = "PATH")]
+    pub result_file: Option<PathBuf>,
+    /// Score only the first N lines of the folder (in name order).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples: Option<u64>,
     #[command(flatten)]
     pub run: LocalInference,
     /// How lines are read: `joint` (both heads' readings, the likelier wins), `attention`
@@ -116,7 +126,10 @@ pub fn load_model(location: &str, device: tch::Device) -> Result<LoadedModel> {
 
 /// Run `eval`; returns the process exit code.
 pub fn run(args: EvalArgs) -> Result<i32> {
-    let mut model = args.run.load(&args.model)?;
+    crate::device::set_threads(args.run.threads);
+    let files = crate::model_source::fetch_blocking(&args.model)?;
+    let model_sha256 = ModelManifest::version_of(&files.manifest_bytes);
+    let mut model = files.load(parse_device(&args.run.device)?)?;
     if let Some(mode) = args.decode {
         model.set_decode_mode(mode.into());
     }
@@ -135,13 +148,18 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         path: Some(local.to_string_lossy().into_owned()),
         ..DatasetSpec::default()
     };
-    if let Some(set) = &fetched {
-        tracing::info!("evaluating data set {} ({})", set.digest, args.data);
-    }
+    // The digest of what was read: a fetched set's (computed while fetching), or the folder's.
+    let dataset_digest = match &fetched {
+        Some(set) => set.digest.clone(),
+        None => crate::datasets::folder_digest(&local)
+            .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data)))?,
+    };
+    tracing::info!("evaluating data set {dataset_digest} ({})", args.data);
     let charset = model.tokenizer().charset().to_string();
     let data = open_dataset(&spec, 0, &charset)
         .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data)))?;
     let n = data.len().context("a tesstrain folder has a known size")?;
+    let n = args.samples.map_or(n, |cap| n.min(cap));
     if let Some(dir) = &args.predictions {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -188,18 +206,32 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let score = card.score();
     if score.lines == 0 {
         bail!(ConfigError::new(format!(
-            "--data {}: no readable lines",
+            "--data {}: no readable lines (the evaluation set is empty)",
             args.data
         )));
     }
-    if args.json {
+    if args.json || args.result_file.is_some() {
         let mut j = serde_json::json!({"cer": score.cer, "wer": score.wer, "lines": score.lines,
-                                       "by_length": score.by_length});
+                                       "by_length": score.by_length,
+                                       "model_sha256": model_sha256,
+                                       "dataset_digest": dataset_digest});
         if !skipped.is_empty() {
             j["skipped"] = serde_json::json!(skipped.len());
         }
-        println!("{j}");
-    } else {
+        if args.json {
+            println!("{j}");
+        }
+        if let Some(path) = &args.result_file {
+            // Without the per-length table: a termination message holds at most 4 KiB.
+            let mut small = j.clone();
+            if let Some(o) = small.as_object_mut() {
+                o.remove("by_length");
+            }
+            std::fs::write(path, small.to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    if !args.json {
         println!(
             "CER {:.4}  WER {:.4}  over {} lines{}",
             score.cer,
@@ -247,5 +279,27 @@ fn recognize_batch(
             skipped.push(format!("{}: {e:#}", batch[0].0));
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::datasets::folder_digest;
+
+    #[test]
+    fn folder_digest_follows_content_not_location() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            std::fs::write(d.join("x.gt.txt"), "hello").unwrap();
+            std::fs::create_dir(d.join("sub")).unwrap();
+            std::fs::write(d.join("sub/y.gt.txt"), "world").unwrap();
+        }
+        let da = folder_digest(a.path()).unwrap();
+        assert_eq!(da, folder_digest(b.path()).unwrap());
+        std::fs::write(b.path().join("sub/y.gt.txt"), "w0rld").unwrap();
+        assert_ne!(da, folder_digest(b.path()).unwrap());
+        std::fs::rename(a.path().join("x.gt.txt"), a.path().join("z.gt.txt")).unwrap();
+        assert_ne!(da, folder_digest(a.path()).unwrap());
     }
 }

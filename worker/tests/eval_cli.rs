@@ -118,6 +118,31 @@ fn eval_json_reports_cer_wer_lines_and_skipped() {
         let p = preds.path().join(format!("line-{i}.txt"));
         assert!(p.exists(), "missing prediction {}", p.display());
     }
+    // What the operator caches promotion evaluations by: the model's version and the data's.
+    let manifest = std::fs::read(f.model.join("manifest.json")).unwrap();
+    assert_eq!(
+        j["model_sha256"],
+        textrec_contract::manifest::sha256_hex(&manifest)
+    );
+    let digest = j["dataset_digest"].as_str().unwrap().to_string();
+    assert_eq!(digest.len(), 64, "{j}");
+
+    // --samples caps the lines; --result-file gets the same result (without the table).
+    let result = preds.path().join("result.json");
+    let mut c = bin();
+    c.arg("eval")
+        .arg("--model")
+        .arg(&f.model)
+        .arg("--data")
+        .arg(&f.data)
+        .args(["--samples", "2", "--device", "cpu", "--result-file"])
+        .arg(&result);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert!(r["lines"].as_u64().unwrap() <= 2, "{r}");
+    assert_eq!(r["dataset_digest"], digest.as_str());
+    assert!(r.get("by_length").is_none(), "{r}");
 }
 
 #[test]

@@ -611,6 +611,41 @@ fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
         from_model < 0.9 * fresh,
         "fresh {fresh}, fine-tuned {from_model}"
     );
+    // Lineage: the fine-tune's manifest names the parent's version.
+    let parent_version =
+        ModelManifest::version_of(&std::fs::read(model.join("manifest.json")).unwrap());
+    let tuned_manifest: ModelManifest =
+        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let parent = tuned_manifest.provenance.parent.expect("a parent");
+    assert_eq!(parent.sha256, parent_version);
+
+    // The expected version is checked before anything trains.
+    let wrong = run(train_cmd(
+        &dir.path().join("wrong"),
+        &[
+            "--set",
+            &format!("model.init_from={}", model.display()),
+            "--set",
+            &format!("model.init_sha256=\"{}\"", "0".repeat(64)),
+        ],
+    ));
+    assert_eq!(wrong.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("initFrom.sha256"), "{stderr}");
+
+    // A config that sets a size of its own contradicts the parent: the field is named.
+    let clash = run(train_cmd(
+        &dir.path().join("clash"),
+        &[
+            "--set",
+            &format!("model.init_from={}", model.display()),
+            "--set",
+            "model.d_model=64",
+        ],
+    ));
+    assert_eq!(clash.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&clash.stderr);
+    assert!(stderr.contains("model.d_model"), "{stderr}");
 
     // The built-in model is the `small` network: a `tiny` config cannot start from it.
     let other = run(train_cmd(

@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{backoff_action, Error, Shared};
-use crate::crd::{RunPhase, TrainingRun, TrainingRunSpec};
+use crate::crd::{ModelDeployment, RunPhase, TrainingRun, TrainingRunSpec};
 use crate::early_stopping::EvalHistory;
 use crate::job::trial_output;
 use crate::naming::{label_value, FIELD_MANAGER, RUN_LABEL, TRIAL_LABEL};
@@ -243,6 +243,31 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     } else {
         missing_references(&ctx.client, &ns, &run.spec).await?
     };
+    // The parent of a fine-tune is looked up until the run records it (resolved once).
+    let parent = match &run.spec.init_from {
+        Some(init)
+            if !finished_run && run.status.as_ref().is_none_or(|s| s.init_from.is_none()) =>
+        {
+            let md = match &init.model_deployment {
+                Some(n) => {
+                    Api::<ModelDeployment>::namespaced(ctx.client.clone(), &ns)
+                        .get_opt(n)
+                        .await?
+                }
+                None => None,
+            };
+            let tr = match &init.training_run {
+                Some(n) => {
+                    Api::<TrainingRun>::namespaced(ctx.client.clone(), &ns)
+                        .get_opt(n)
+                        .await?
+                }
+                None => None,
+            };
+            Some(crate::lineage::resolve(init, md.as_ref(), tr.as_ref()))
+        }
+        _ => None,
+    };
     let history = if run.spec.early_stopping.is_some() {
         read_history(&ctx, &history_key(&run, &key), &run, &jobs, &progress).await
     } else {
@@ -255,6 +280,7 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         volume_policy: crate::validate::VolumePolicy::Cluster {
             allow_host_path: ctx.shared.defaults.allow_host_path_volumes,
         },
+        parent,
         ..Default::default()
     };
     for j in &jobs {

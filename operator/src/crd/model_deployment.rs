@@ -339,6 +339,26 @@ pub struct Promotion {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_improvement: f64,
+    /// Compare like with like: before promoting, evaluate the candidate and the deployed model
+    /// on this set and promote only if the candidate's CER there is lower by at least
+    /// `minImprovement`. Left out: the runs' own validation metrics are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<PromotionEvaluation>,
+}
+
+/// The evaluation set of promotions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionEvaluation {
+    /// A tesstrain folder (NAME.png next to NAME.gt.txt), e.g. a held-out share of the flags:
+    /// a path the evaluation Job's pod sees (on the PVC of `credentials.pvc`, mounted at the
+    /// same place as the storage), or locally a path or `file://` URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub path: String,
+    /// Score only the first N lines (in name order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub samples: Option<i64>,
 }
 
 /// Promotion policy.
@@ -404,6 +424,11 @@ pub struct ModelDeploymentStatus {
     /// `spec.rollbackTo` as last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_rollback_to: Option<i64>,
+    /// Results on `spec.promotion.evaluation`, newest last (at most 20): the cache of
+    /// promotion evaluations, by model version and the set's content digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub evaluations: Vec<Evaluation>,
     /// Ready serving pods.
     #[serde(default)]
     pub ready_replicas: i32,
@@ -472,5 +497,40 @@ pub struct Declined {
     /// Why it was not promoted.
     pub reason: String,
     /// When it was decided.
+    pub at: Time,
+    /// The deployed model's metric it was compared with (on the evaluation set, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_metric: Option<f64>,
+    /// Content digest of the evaluation set both were scored on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_digest: Option<String>,
+}
+
+/// One model scored on `spec.promotion.evaluation`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// Model version.
+    pub model_sha256: String,
+    /// Model folder URL.
+    pub model_url: String,
+    /// `spec.promotion.evaluation.path` it was scored on.
+    pub path: String,
+    /// `spec.promotion.evaluation.samples` it was scored with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<i64>,
+    /// sha256 of the set's content (see `textrec-worker eval --json`); empty when it failed.
+    #[serde(default)]
+    pub dataset_digest: String,
+    /// Character error rate there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cer: Option<f64>,
+    /// Lines scored.
+    #[serde(default)]
+    pub lines: i64,
+    /// Why the evaluation failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it finished.
     pub at: Time,
 }

@@ -100,6 +100,11 @@ pub struct TrainingRunSpec {
     /// Model architecture.
     #[serde(default)]
     pub model: ModelSizeSpec,
+    /// Fine-tune: every trial starts from this model's weights and takes its architecture.
+    /// Resolved once, when the run starts, into `status.initFrom`, so every trial and retry
+    /// starts from the same parent even if a deployment promotes another model meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
     /// Trial config as plain JSON/YAML, keyed like the worker's config (`optimizer: {lr: ...}`).
     /// A list is a set of values to search; a scalar or object is fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +374,8 @@ pub struct ModelSizeSpec {
     /// Start every trial from this model's weights (fine-tuning): a model folder URL that trial
     /// pods can read (`s3://…`, `file://…` on the storage volume) or `builtin:small`, the
     /// pretrained model in the worker image. Its architecture must be the one this spec trains.
+    /// The older spelling of `spec.initFrom.url` (without a version check); set one or the
+    /// other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub init_from: Option<String>,
@@ -692,6 +699,10 @@ pub struct TrainingRunStatus {
     /// The best finished model, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_model: Option<BestModel>,
+    /// `spec.initFrom` as resolved when the run started: the parent model every trial starts
+    /// from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<ResolvedParent>,
     /// When the first trial started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -874,4 +885,45 @@ pub struct BestModel {
     pub metric: f64,
     /// Name of the metric (`cer`, `wer`).
     pub metric_name: String,
+}
+
+/// The model a TrainingRun fine-tunes: exactly one of `url`, `modelDeployment` and
+/// `trainingRun`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.url), has(self.modelDeployment), has(self.trainingRun)].filter(x, x).size() == 1").message("set exactly one of spec.initFrom.url, spec.initFrom.modelDeployment and spec.initFrom.trainingRun"))]
+#[x_kube(validation = Rule::new("!has(self.sha256) || has(self.url)").message("spec.initFrom.sha256 goes with spec.initFrom.url (the other sources know their version)").field_path(".sha256"))]
+pub struct InitFrom {
+    /// A model folder URL trial pods can read, or `builtin:small`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: Option<String>,
+    /// The expected version of `url` (sha256 of its `manifest.json`); a trial that finds
+    /// another model there fails with a configuration error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lower-case hex digits"))]
+    pub sha256: Option<String>,
+    /// A ModelDeployment in this namespace: the model it serves when the run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub model_deployment: Option<String>,
+    /// A TrainingRun in this namespace: its best model, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub training_run: Option<String>,
+}
+
+/// The parent model of a fine-tune, as resolved from `spec.initFrom`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedParent {
+    /// Model folder URL.
+    pub url: String,
+    /// Its version (sha256 of its `manifest.json`), when known (a plain `url` without
+    /// `sha256` has none; the trials record the version they read in their models'
+    /// provenance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Where it came from: `url`, `ModelDeployment NAME (revision N)` or `TrainingRun NAME`.
+    pub source: String,
 }

@@ -238,6 +238,25 @@ async fn status(a: StatusArgs) -> Result<i32> {
                         .join(", ")
                 );
             }
+            let st = rec.deployment.status.clone().unwrap_or_default();
+            for e in &st.evaluations {
+                println!(
+                    "  {name}: evaluated {} on {}: {}",
+                    e.model_url,
+                    e.path,
+                    match (e.cer, &e.error) {
+                        (Some(c), _) => format!(
+                            "cer {c:.4} over {} lines (digest {})",
+                            e.lines,
+                            &e.dataset_digest[..e.dataset_digest.len().min(12)]
+                        ),
+                        (None, err) => format!("failed: {}", err.clone().unwrap_or_default()),
+                    }
+                );
+            }
+            for d in &st.declined {
+                println!("  {name}: declined {}: {}", d.training_run, d.reason);
+            }
         }
         println!();
     }

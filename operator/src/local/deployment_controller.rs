@@ -3,16 +3,19 @@
 //! Deployment that describes the local server ([`serving::synth_deployment`]); the server is
 //! then made to serve that model ([`Servers::ensure`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crd::{DeploymentPhase, TrainingRun};
-use crate::deployment_plan::{plan_status, summarize_runs};
+use crate::deployment_plan::{plan, summarize_runs};
+use crate::evaluation::{eval_args, evaluation_from_output};
 use crate::local::display::Display;
 use crate::local::now;
+use crate::local::process;
 use crate::local::serving::{self, ServeSettings, ServerEvent, Servers};
 use crate::local::state::LocalState;
+use crate::promotion::{record_evaluation, EvalRequest};
 
 /// The serving processes of the ModelDeployments.
 pub struct DeploymentController {
@@ -20,6 +23,9 @@ pub struct DeploymentController {
     servers: Servers,
     // Revisions (`name@revision`) already announced as serving, so each is announced once.
     announced: BTreeSet<String>,
+    // Promotion evaluations running, by (deployment, model sha256): the process and what it
+    // scores. A cluster runs each as a Job; here it is a child process.
+    evals: BTreeMap<(String, String), (tokio::process::Child, EvalRequest)>,
 }
 
 impl DeploymentController {
@@ -29,6 +35,7 @@ impl DeploymentController {
             settings,
             servers: Servers::default(),
             announced: BTreeSet::new(),
+            evals: BTreeMap::new(),
         }
     }
 
@@ -46,11 +53,16 @@ impl DeploymentController {
                 Some(s) => serving::probe(&s.http).await,
                 None => None,
             };
+            self.collect_evaluations(name, rec, display);
             let prev = rec.deployment.status.clone().unwrap_or_default();
             let dep = serving::synth_deployment(name, &prev, probe.clone());
-            let (mut status, events) = plan_status(&rec.deployment, &summaries, Some(&dep), &now());
+            let (mut status, events, evaluate) =
+                plan(&rec.deployment, &summaries, Some(&dep), &now());
             for e in &events {
                 display.event("ModelDeployment", name, e);
+            }
+            if !stopping {
+                self.start_evaluations(name, rec, &evaluate, display);
             }
             if let Some(s) = rec.server.as_mut() {
                 s.serving = probe.as_ref().and_then(|p| p.1.clone());
@@ -92,6 +104,100 @@ impl DeploymentController {
                     ));
                 }
             }
+        }
+    }
+
+    /// Start `eval` processes for the requested models not already being scored.
+    fn start_evaluations(
+        &mut self,
+        name: &str,
+        rec: &crate::local::state::DeploymentRecord,
+        evaluate: &[EvalRequest],
+        display: &Display,
+    ) {
+        let Some(set) = &rec.deployment.spec.promotion.evaluation else {
+            return;
+        };
+        for req in evaluate {
+            let key = (name.to_string(), req.sha256.clone());
+            if self.evals.contains_key(&key) {
+                continue;
+            }
+            let tag = format!("eval-{name}-{}", &req.sha256[..req.sha256.len().min(12)]);
+            let log = self.settings.paths.log(&tag);
+            // A fresh log per evaluation: its content is the result (or the error).
+            let _ = std::fs::remove_file(&log);
+            let args = eval_args(req, set, None);
+            match process::spawn(&self.settings.worker, &args, &[], &log) {
+                Ok(child) => {
+                    display.println(&format!(
+                        "ModelDeployment {name}: evaluating {} on {}",
+                        req.url, set.path
+                    ));
+                    self.evals.insert(key, (child, req.clone()));
+                }
+                Err(e) => display.println(&format!(
+                    "ModelDeployment {name}: cannot start the evaluation of {}: {e}",
+                    req.url
+                )),
+            }
+        }
+    }
+
+    /// Record the results of finished `eval` processes in the deployment's status, where the
+    /// next decision finds them.
+    fn collect_evaluations(
+        &mut self,
+        name: &str,
+        rec: &mut crate::local::state::DeploymentRecord,
+        display: &Display,
+    ) {
+        let Some(set) = rec.deployment.spec.promotion.evaluation.clone() else {
+            return;
+        };
+        let keys: Vec<(String, String)> = self
+            .evals
+            .keys()
+            .filter(|(d, _)| d == name)
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some((child, req)) = self.evals.get_mut(&key) else {
+                continue;
+            };
+            let code = match child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => status.code(),
+                Err(_) => None,
+            };
+            let req = req.clone();
+            self.evals.remove(&key);
+            let tag = format!("eval-{name}-{}", &req.sha256[..req.sha256.len().min(12)]);
+            let out = std::fs::read_to_string(self.settings.paths.log(&tag)).unwrap_or_default();
+            let failure = (code != Some(0)).then(|| {
+                if out.trim().is_empty() {
+                    format!("textrec-worker eval exited with {code:?}")
+                } else {
+                    out.clone()
+                }
+            });
+            let e = evaluation_from_output(&req, &set, &out, failure.as_deref(), &now());
+            display.println(&format!(
+                "ModelDeployment {name}: {} on {}: {}",
+                req.url,
+                set.path,
+                match (&e.cer, &e.error) {
+                    (Some(c), _) => format!(
+                        "cer {c:.4} over {} lines (set digest {})",
+                        e.lines,
+                        &e.dataset_digest[..e.dataset_digest.len().min(12)]
+                    ),
+                    (None, Some(err)) => format!("evaluation failed: {err}"),
+                    _ => "no result".into(),
+                }
+            ));
+            let st = rec.deployment.status.get_or_insert_with(Default::default);
+            record_evaluation(st, e);
         }
     }
 

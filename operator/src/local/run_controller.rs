@@ -27,6 +27,33 @@ pub fn reconcile(
     threads: Option<usize>,
 ) {
     let now = now();
+    // Parents of fine-tunes not yet started, resolved against the other local objects as a
+    // cluster's controller resolves them against the API server.
+    let mut parents: BTreeMap<String, crate::lineage::Parent> = BTreeMap::new();
+    for (name, rec) in &state.runs {
+        let Some(init) = &rec.run.spec.init_from else {
+            continue;
+        };
+        if rec
+            .run
+            .status
+            .as_ref()
+            .is_some_and(|s| s.init_from.is_some())
+        {
+            continue;
+        }
+        let md = init
+            .model_deployment
+            .as_ref()
+            .and_then(|n| state.deployments.get(n))
+            .map(|d| &d.deployment);
+        let tr = init
+            .training_run
+            .as_ref()
+            .and_then(|n| state.runs.get(n))
+            .map(|r| &r.run);
+        parents.insert(name.clone(), crate::lineage::resolve(init, md, tr));
+    }
     for (name, rec) in &mut state.runs {
         // A trial stopped early has no Job (a cluster deleted it); its status entry stays.
         let shown = || {
@@ -42,7 +69,8 @@ pub fn reconcile(
             .collect();
         let mut observed = Observed {
             volume_policy: crate::validate::VolumePolicy::Local,
-            ..Observed::default()
+            parent: parents.remove(name),
+            ..Default::default()
         };
         for (t, j) in &synth_jobs {
             observed.jobs.insert(t.clone(), j);

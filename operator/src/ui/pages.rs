@@ -465,6 +465,18 @@ pub fn run_page(
             }
         }
     }
+    // Lineage: the parent every trial started from.
+    if let Some(p) = &st.init_from {
+        body.push_str(&card(
+            "Fine-tuned from",
+            format!(
+                "{}<br><span class=\"mono muted\">{}</span><br><span class=\"mono muted\" title=\"sha256\">{}</span>",
+                esc(&p.source),
+                esc(&p.url),
+                esc(p.sha256.as_deref().unwrap_or("version not pinned"))
+            ),
+        ));
+    }
     if let Some(t) = &st.start_time {
         body.push_str(&card("Started", when(t, now)));
     }

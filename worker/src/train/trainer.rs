@@ -14,7 +14,7 @@ use tch::nn::VarStore;
 use tch::Device;
 use textrec_contract::charset::IAM_CHARSET;
 use textrec_contract::exit::ConfigError;
-use textrec_contract::manifest::{ModelManifest, Provenance, MODEL_FORMAT};
+use textrec_contract::manifest::{ModelManifest, ParentModel, Provenance, MODEL_FORMAT};
 use textrec_contract::metrics::{
     CheckpointRef, EvalPoint, MetricsRecord, ModelRef, RecordKind, TrialProgress, WorkerPhase,
     OBJECTIVE_SET,
@@ -116,6 +116,8 @@ struct Trial<'a> {
     tokenizer: Tokenizer,
     state: TrainState,
     best_weights: Option<Vec<u8>>,
+    /// The model training started from (`model.init_from`), for the provenance.
+    parent: Option<ParentModel>,
     metrics: MetricsLog,
     checkpoint: Option<CheckpointRef>,
     samples_per_sec: Option<f64>,
@@ -434,6 +436,7 @@ impl Trial<'_> {
                     step: best.step,
                     textrec_version: env!("CARGO_PKG_VERSION").to_string(),
                     config: self.cfg.to_json(),
+                    parent: self.parent.clone(),
                 },
                 files,
             };
@@ -452,54 +455,70 @@ impl Trial<'_> {
     }
 }
 
-/// Run one trial to completion or interruption. Errors after start-up are reported in
-/// `progress.json` by the caller.
-/// Load the weights of the model at `location` into `vs`, after checking that it is the network
-/// this config trains (architecture, charset, preprocessing).
-fn init_from(
+/// Fetch the model `model.init_from` names and check it is one this config can start from:
+/// the expected version (`model.init_sha256`), the trainer's charset and preprocessing. Its
+/// architecture becomes the trial's ([`ModelSpec::adopt`]).
+///
+/// [`ModelSpec::adopt`]: textrec_contract::config::ModelSpec::adopt
+fn fetch_parent(
     rt: &Runtime,
-    vs: &mut VarStore,
+    cfg: &TrainConfig,
     location: &str,
-    arch: &textrec_contract::config::Architecture,
     tokenizer: &Tokenizer,
-    preprocess: &textrec_contract::PreprocessConfig,
-) -> Result<()> {
+) -> Result<(
+    crate::model_source::ModelFiles,
+    textrec_contract::config::Architecture,
+)> {
     let files = rt
         .block_on(crate::model_source::fetch(location))
         .with_context(|| format!("model.init_from: cannot read {location}"))?;
-    let m = &files.manifest;
-    if &m.architecture != arch {
-        bail!(ConfigError::new(format!(
-            "model.init_from: {} has another architecture than this config's model; \
-             set `model` to the same preset and overrides.\n  model:   {}\n  config:  {}",
-            files.source,
-            serde_json::to_string(&m.architecture)?,
-            serde_json::to_string(arch)?
-        )));
+    let version = ModelManifest::version_of(&files.manifest_bytes);
+    if let Some(want) = &cfg.model.init_sha256 {
+        if !want.eq_ignore_ascii_case(&version) {
+            bail!(ConfigError::new(format!(
+                "initFrom.sha256 (model.init_sha256): {} has version {version}, expected {want}; \
+                 the model at that location was replaced",
+                files.source
+            )));
+        }
     }
+    let m = &files.manifest;
+    let arch = cfg.model.adopt(&m.architecture).map_err(|e| {
+        ConfigError::new(format!(
+            "{e} (model.init_from: {} has another architecture than this config's model)",
+            files.source
+        ))
+    })?;
     if m.charset != tokenizer.charset() {
         bail!(ConfigError::new(format!(
             "model.init_from: {} reads another charset than this trainer's",
             files.source
         )));
     }
-    if &m.preprocessing != preprocess {
+    if m.preprocessing != cfg.preprocess {
         bail!(ConfigError::new(format!(
             "model.init_from: {} was trained with other preprocessing; set `preprocess` to {}",
             files.source,
             serde_json::to_string(&m.preprocessing)?
         )));
     }
+    Ok((files, arch))
+}
+
+/// Load the parent's weights (see [`fetch_parent`]) into `vs`.
+fn init_from(vs: &mut VarStore, files: &crate::model_source::ModelFiles) -> Result<()> {
     tensorio::load_varstore(vs, &files.weights)
         .with_context(|| format!("model.init_from: loading the weights of {}", files.source))?;
     tracing::info!(
         "starting from the weights of {} (step {} of its own training)",
         files.source,
-        m.provenance.step
+        files.manifest.provenance.step
     );
     Ok(())
 }
 
+/// Run one trial to completion or interruption. Errors after start-up are reported in
+/// `progress.json` by the caller.
 pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialProgress)> {
     let arch = cfg.model.resolve()?;
     let tokenizer = Tokenizer::new(IAM_CHARSET);
@@ -549,6 +568,17 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         vals.push(val);
     }
     tracing::info!("data: train {}", train_ds.describe());
+
+    // A fine-tune is the parent's network, so the parent decides the architecture, on resume
+    // too (the checkpoint's must match it).
+    let parent = match &cfg.model.init_from {
+        Some(location) => Some(fetch_parent(&ctx.rt, cfg, location, &tokenizer)?),
+        None => None,
+    };
+    let arch = match &parent {
+        Some((_, a)) => a.clone(),
+        None => arch,
+    };
 
     // Fresh weights come from the trial seed; a resumed run overwrites them.
     tch::manual_seed(cfg.seed as i64);
@@ -603,15 +633,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             state
         }
         None => {
-            if let Some(location) = &cfg.model.init_from {
-                init_from(
-                    &ctx.rt,
-                    &mut vs,
-                    location,
-                    &arch,
-                    &tokenizer,
-                    &cfg.preprocess,
-                )?;
+            if let Some((files, _)) = &parent {
+                init_from(&mut vs, files)?;
             }
             TrainState {
                 step: 0,
@@ -674,6 +697,10 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         display: Display::new(state.step, cfg.max_steps),
         state,
         best_weights,
+        parent: parent.map(|(files, _)| ParentModel {
+            url: files.source.clone(),
+            sha256: ModelManifest::version_of(&files.manifest_bytes),
+        }),
         metrics,
         checkpoint: checkpoint_ref,
         samples_per_sec: None,
