@@ -7,7 +7,7 @@
 use serde_json::Value;
 use textrec_contract::config::{flatten_overrides, TrainConfig};
 
-use crate::crd::{DatasetRef, TrainDataRef, TrainingRunSpec};
+use crate::crd::{DataSpec, DatasetRef, TrainingRunSpec};
 use crate::naming::trial_name;
 use crate::search::{expand, summarize, SearchError};
 
@@ -95,26 +95,16 @@ fn dataset_overrides(prefix: &str, d: &DatasetRef, out: &mut Vec<String>) {
     }
 }
 
-/// Check `spec.data.train` field by field (its schema admits any shape the CEL rule lets by).
-fn check_train_data(train: &TrainDataRef) -> Result<(), Invalid> {
-    if let TrainDataRef::Unparsed(v) = train {
+/// Check the training data field by field: the schema's rules, again for the local runner,
+/// which has no API server to apply them, and for objects stored before they existed.
+fn check_train_data(data: &DataSpec) -> Result<(), Invalid> {
+    if data.train.is_some() && !data.sources.is_empty() {
         return Err(invalid(
-            "spec.data.train",
-            format!(
-                "must be a data set ({{kind, path, splitFile, samples, augment}}) or a list of \
-                 them with weights; got {}",
-                crate::crd::truncate_json(v)
-            ),
+            "spec.data.sources",
+            "set train (one data set) or sources (a weighted mix), not both",
         ));
     }
-    if train.sources().is_empty() {
-        return Err(invalid(
-            "spec.data.train",
-            "a list of sources needs at least one",
-        ));
-    }
-    for (i, d) in train.sources().iter().enumerate() {
-        let field = train.field(i);
+    for (field, d) in data.training_sources() {
         if d.kind != crate::crd::DatasetKind::Synthetic && d.path.is_none() {
             return Err(invalid(
                 format!("{field}.path"),
@@ -307,16 +297,14 @@ fn check_sizes(hp: &Value) -> Result<(), Invalid> {
 /// The overrides of `spec.data`.
 fn data_overrides(spec: &TrainingRunSpec) -> Vec<String> {
     let mut out = Vec::new();
-    match &spec.data.train {
-        None => {}
-        Some(TrainDataRef::One(d)) => dataset_overrides("data.train", d, &mut out),
+    if let Some(d) = &spec.data.train {
+        dataset_overrides("data.train", d, &mut out);
+    } else if !spec.data.sources.is_empty() {
         // A list replaces the whole field: one override, the list as JSON (which YAML reads).
-        Some(TrainDataRef::Mix(v)) => out.push(format!(
+        out.push(format!(
             "data.train={}",
-            Value::Array(v.iter().map(worker_dataset).collect())
-        )),
-        // Refused by `check_train_data` before any trial is planned.
-        Some(TrainDataRef::Unparsed(_)) => {}
+            Value::Array(spec.data.sources.iter().map(worker_dataset).collect())
+        ));
     }
     if let Some(d) = &spec.data.validation {
         dataset_overrides("data.validation", d, &mut out);
@@ -443,9 +431,7 @@ pub fn plan_trials(run_name: &str, spec: &TrainingRunSpec) -> Result<Vec<Planned
             "is required for file:// storage",
         ));
     }
-    if let Some(train) = &spec.data.train {
-        check_train_data(train)?;
-    }
+    check_train_data(&spec.data)?;
     check_volumes(spec)?;
     let hp = spec
         .hyperparameters
@@ -630,14 +616,12 @@ mod tests {
     #[test]
     fn a_list_of_sources_becomes_one_override_and_is_checked_by_field() {
         let mut s = spec();
-        s.data.train = Some(
-            serde_json::from_value(json!([
-                {"kind": "synthetic", "weight": 0.7},
-                {"kind": "tesstrain", "path": "s3://b/flags/", "splitFile": "s3://b/s.txt",
-                 "weight": 0.3, "augment": true}
-            ]))
-            .unwrap(),
-        );
+        s.data.sources = serde_json::from_value(json!([
+            {"kind": "synthetic", "weight": 0.7},
+            {"kind": "tesstrain", "path": "s3://b/flags/", "splitFile": "s3://b/s.txt",
+             "weight": 0.3, "augment": true}
+        ]))
+        .unwrap();
         let t = plan_trials("r", &s).unwrap();
         let o: Vec<&String> = t[0]
             .overrides
@@ -653,7 +637,8 @@ mod tests {
             (sources[1].weight, sources[1].augment),
             (Some(0.3), Some(true))
         );
-        // The single-object form still becomes field overrides, merged over the defaults.
+        // The single set becomes field overrides, merged over the defaults.
+        s.data.sources.clear();
         s.data.train =
             Some(serde_json::from_value(json!({"kind": "tesstrain", "path": "/d"})).unwrap());
         let t = plan_trials("r", &s).unwrap();
@@ -661,26 +646,33 @@ mod tests {
             .overrides
             .contains(&"data.train.path=\"/d\"".to_string()));
 
-        for (train, field) in [
+        let both = {
+            let mut b = s.clone();
+            b.data.sources = vec![serde_json::from_value(json!({"kind": "synthetic"})).unwrap()];
+            b
+        };
+        assert_eq!(
+            plan_trials("r", &both).unwrap_err().field,
+            "spec.data.sources"
+        );
+        s.data.train = None;
+        for (sources, field) in [
             (
                 json!([{"kind": "synthetic"}, {"kind": "synthetic", "weight": 0}]),
-                "spec.data.train[1].weight",
+                "spec.data.sources[1].weight",
             ),
             (
                 json!([{"kind": "synthetic", "weight": -2}]),
-                "spec.data.train[0].weight",
+                "spec.data.sources[0].weight",
             ),
             (
                 json!([{"kind": "synthetic"}, {"kind": "iam"}]),
-                "spec.data.train[1].path",
+                "spec.data.sources[1].path",
             ),
-            (json!([]), "spec.data.train"),
-            (json!(5), "spec.data.train"),
-            (json!({"kind": "bogus"}), "spec.data.train"),
         ] {
-            s.data.train = Some(serde_json::from_value(train.clone()).unwrap());
+            s.data.sources = serde_json::from_value(sources.clone()).unwrap();
             let e = plan_trials("r", &s).unwrap_err();
-            assert_eq!(e.field, field, "{train}: {e}");
+            assert_eq!(e.field, field, "{sources}: {e}");
         }
     }
 

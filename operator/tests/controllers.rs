@@ -486,7 +486,7 @@ async fn host_path_volumes_need_the_operators_permission() {
         json!({
             "volumes": [{"name": "lines", "hostPath": {"path": "/srv/lines", "type": "Directory"}}],
             "volumeMounts": [{"name": "lines", "mountPath": "/srv/lines", "readOnly": true}],
-            "data": {"train": [{"kind": "synthetic", "weight": 1},
+            "data": {"sources": [{"kind": "synthetic", "weight": 1},
                                {"kind": "tesstrain", "path": "/srv/lines", "weight": 1}]}
         }),
     );

@@ -788,7 +788,7 @@ async fn volumes_and_mounts_reach_the_trial_pod_and_host_paths_are_refused() {
             "storage": {"url": "s3://textrec-e2e/vols"},
             "model": {"preset": "tiny"},
             "training": {"maxSteps": 20},
-            "data": {"train": train},
+            "data": {"sources": train},
             "volumes": [{"name": "flags", "configMap": {"name": "flags"}},
                         {"name": "scratch", "emptyDir": {}}],
             "volumeMounts": [{"name": "flags", "mountPath": "/data/flags", "readOnly": true},

@@ -1,6 +1,7 @@
 //! The whole feedback loop through `textrec-operator local`: a tiny model is served; users flag
 //! 40 lines with their corrections (`POST /v1/flag`, as the demo page does); a TrainingRun
-//! fine-tunes the served model (`initFrom: {modelDeployment}`) on the flags folder; the runner
+//! fine-tunes the served model (`initFrom: {modelDeployment}`) on a mix of synthetic lines and
+//! the flags folder; the runner
 //! scores the candidate and the served model on a held-out share of the flags and switches to
 //! the better one while a client keeps calling (no request may fail); a worse candidate is
 //! refused, visibly in `local status -o json`.
@@ -103,7 +104,9 @@ spec:
   hyperparameters:{TRIAL}
     optimizer: {{lr: 0.003, warmup_steps: 2}}
   data:
-    train: {{kind: tesstrain, path: "{}"}}
+    sources:
+      - {{kind: synthetic, weight: 0.3}}
+      - {{kind: tesstrain, path: "{}", weight: 0.7}}
     validation: {{kind: tesstrain, path: "{}"}}
   search: {{maxTrials: 1, parallelism: 1}}
   training: {{maxSteps: {steps}, batchSize: 8, evalInterval: {steps}, checkpointEverySteps: {steps}, device: cpu}}

@@ -19,15 +19,6 @@ pub(crate) fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// `v` as compact JSON, cut to 120 characters (for messages quoting a user's value).
-pub(crate) fn truncate_json(v: &serde_json::Value) -> String {
-    let s = v.to_string();
-    match s.char_indices().nth(120) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s,
-    }
-}
-
 /// The `format` values the Kubernetes API server recognizes in a structural schema
 /// (k8s.io/kube-openapi's strfmt registry plus the OpenAPI numeric formats). Any other format is
 /// accepted but answered with an "unrecognized format" warning on every apply.

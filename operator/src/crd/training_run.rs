@@ -15,7 +15,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::preserve_unknown_object;
-use schemars::{json_schema, Schema, SchemaGenerator};
 
 /// Largest `maxTrials` the schema accepts. Status holds one small entry per trial, so this caps
 /// the object size far below etcd's 1.5 MiB limit.
@@ -230,65 +229,39 @@ pub struct PvcMount {
 }
 
 /// Training and validation data sets.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.train) && has(self.sources))").message("set train (one data set) or sources (a weighted mix), not both").field_path(".sources"))]
 pub struct DataSpec {
-    /// The training data (default: synthetic lines): one data set, or a list of sources each
-    /// drawn with its share of `weight` (`[{kind: synthetic, weight: 0.7}, {kind: tesstrain,
-    /// path: "s3://bucket/flags/", weight: 0.3, augment: true}]`).
+    /// One training data set (default: synthetic lines). For several, use `sources`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "train_data_schema")]
-    pub train: Option<TrainDataRef>,
+    pub train: Option<DatasetRef>,
+    /// Training data as a weighted mix of sources, instead of `train`: e.g.
+    /// `[{kind: synthetic, weight: 0.7}, {kind: tesstrain, path: "s3://bucket/flags/",
+    /// weight: 0.3, augment: true}]`. Each source is drawn with its share of `weight` (weights
+    /// are normalised) in an order fixed by the seed, so a resumed trial reads exactly what an
+    /// uninterrupted one would have. The worker's `data.train` list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 16))]
+    pub sources: Vec<DatasetRef>,
     /// The validation set the objective is measured on (default: synthetic held-out text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<DatasetRef>,
 }
 
-/// `spec.data.train`'s schema: any value (a structural schema has one type per field, and this
-/// one is an object or a list), checked field by field by the operator, which names the field
-/// in `Valid=False`.
-fn train_data_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "description": "The training data: one data set ({kind, path, splitFile, samples, augment}), or a list of sources, each with a `weight` (positive; normalised) and its own `augment` switch.",
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
-}
-
-/// The training data: one data set, or weighted sources.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(untagged)]
-pub enum TrainDataRef {
-    /// One data set.
-    One(DatasetRef),
-    /// Sources mixed by weight.
-    Mix(Vec<DatasetRef>),
-    /// Anything else the API server let through (the schema cannot say "object or list"): kept
-    /// as written so that the run still reads, and reported as `Valid=False`.
-    Unparsed(serde_json::Value),
-}
-
-impl TrainDataRef {
-    /// The sources, in order.
-    pub fn sources(&self) -> &[DatasetRef] {
-        match self {
-            Self::One(d) => std::slice::from_ref(d),
-            Self::Mix(v) => v,
-            Self::Unparsed(_) => &[],
+impl DataSpec {
+    /// The training sources with the spec path of each (`spec.data.train` for the single set,
+    /// `spec.data.sources[i]` in a mix); empty when the default applies.
+    pub fn training_sources(&self) -> Vec<(String, &DatasetRef)> {
+        match &self.train {
+            Some(d) => vec![("spec.data.train".to_string(), d)],
+            None => self
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("spec.data.sources[{i}]"), d))
+                .collect(),
         }
-    }
-
-    /// The spec path of source `i` (`spec.data.train` or `spec.data.train[i]`).
-    pub fn field(&self, i: usize) -> String {
-        match self {
-            Self::One(_) | Self::Unparsed(_) => "spec.data.train".into(),
-            Self::Mix(_) => format!("spec.data.train[{i}]"),
-        }
-    }
-}
-
-impl From<DatasetRef> for TrainDataRef {
-    fn from(d: DatasetRef) -> Self {
-        Self::One(d)
     }
 }
 
@@ -296,6 +269,7 @@ impl From<DatasetRef> for TrainDataRef {
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.kind == 'synthetic' || has(self.path)").message("path is required for tesstrain and iam data sets").field_path(".path"))]
+#[x_kube(validation = Rule::new("!has(self.weight) || self.weight > 0.0").message("weight must be positive").field_path(".weight"))]
 pub struct DatasetRef {
     /// `synthetic`, `tesstrain` or `iam`.
     pub kind: DatasetKind,
@@ -311,7 +285,8 @@ pub struct DatasetRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub samples: Option<u64>,
-    /// In a list of training sources: this source's share (positive; weights are normalised).
+    /// In `sources`: this source's share of the mix (positive; weights are normalised; 1 when
+    /// left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
     /// Training sources only: distort the lines like synthetic ones (`true` for a tesstrain or
