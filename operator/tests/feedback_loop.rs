@@ -11,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,37 +19,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-fn worker() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let w = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("textrec-worker");
-    assert!(
-        w.is_file(),
-        "{} is missing: build it first with `cargo build -p textrec-worker`",
-        w.display()
-    );
-    w
+mod support {
+    pub mod local_env;
 }
-
-struct Runner(Child);
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.0.kill();
-        }
-    }
-}
+use support::local_env::{recognize, served, LocalEnv as Env, Runner};
 
 // No CTC head: in so few steps the tiny network's CTC head emits only blanks.
 const TRIAL: &str = r#"
@@ -140,88 +113,42 @@ fn http_post(addr: &str, path: &str, body: &Value) -> (u16, String) {
     (code, body)
 }
 
-fn recognize(worker: &Path, grpc: &str, images: &[PathBuf]) -> Output {
-    Command::new(worker)
-        .arg("recognize")
-        .args(["--endpoint", &format!("grpc://{grpc}")])
-        .args(images)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+/// `local status -o json` as a `KIND/NAME` → object map.
+fn status(env: &Env) -> Value {
+    let out = env.local(&["status", "-o", "json"]).output().unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut by_name = serde_json::Map::new();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let key = format!(
+            "{}/{}",
+            item["kind"].as_str().unwrap_or_default(),
+            item["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        by_name.insert(key, item.clone());
+    }
+    Value::Object(by_name)
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    worker: PathBuf,
-}
-
-impl Env {
-    fn storage(&self) -> String {
-        format!("file://{}", self.dir.path().join("data").display())
-    }
-    fn local(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_textrec-operator"));
-        c.arg("local")
-            .args(args)
-            .args(["--storage", &self.storage()])
-            .env("TEXTREC_WORKER", &self.worker)
-            .env("RUST_BACKTRACE", "0");
-        c
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("runner.log")).unwrap_or_default()
-    }
-    /// `local status -o json` as a name → object map.
-    fn status(&self) -> Value {
-        let out = self.local(&["status", "-o", "json"]).output().unwrap();
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let mut by_name = serde_json::Map::new();
-        for item in list["items"].as_array().into_iter().flatten() {
-            let key = format!(
-                "{}/{}",
-                item["kind"].as_str().unwrap_or_default(),
-                item["metadata"]["name"].as_str().unwrap_or_default()
-            );
-            by_name.insert(key, item.clone());
+/// Poll [`status`] until `f` finds what it waits for.
+fn wait<T>(env: &Env, what: &str, secs: u64, mut f: impl FnMut(&Value) -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f(&status(env)) {
+            return t;
         }
-        Value::Object(by_name)
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- runner log ---\n{}\n--- status ---\n{:#}",
+            env.log(),
+            status(env)
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
-    fn state(&self) -> Value {
-        let p = self.dir.path().join("data/.textrec-local/state.json");
-        std::fs::read(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
-    }
-    fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut(&Value) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(t) = f(&self.status()) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- runner log ---\n{}\n--- status ---\n{:#}",
-                self.log(),
-                self.status()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-fn served(state: &Value) -> Option<String> {
-    state["deployments"]["reader"]["server"]["serving"]
-        .as_str()
-        .map(str::to_string)
 }
 
 #[test]
 fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-        worker: worker(),
-    };
+    let env = Env::new();
     let flags = env.dir.path().join("data/flags/default/reader");
     let heldout = env.dir.path().join("heldout");
     let first = env.dir.path().join("first.yaml");
@@ -236,7 +163,7 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
     );
 
     // 1. The base model serves.
-    let base_sha = env.wait("base to succeed", 300, |s| {
+    let base_sha = wait(&env, "base to succeed", 300, |s| {
         let st = &s["TrainingRun/base"]["status"];
         assert_ne!(st["phase"], "Failed", "{st:#}");
         st["bestModel"]["sha256"].as_str().map(str::to_string)
@@ -247,7 +174,7 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
             let s = env.state();
             let md = &s["deployments"]["reader"];
             if md["deployment"]["status"]["phase"] == "Available"
-                && served(&s).as_deref() == Some(base_sha.as_str())
+                && served(&s, "reader").as_deref() == Some(base_sha.as_str())
             {
                 break (
                     md["server"]["grpc"].as_str().unwrap().to_string(),
@@ -352,11 +279,11 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
         String::from_utf8_lossy(&out.stderr),
         env.log()
     );
-    let s = env.status();
+    let s = status(&env);
     let run = &s["TrainingRun/tuned"]["status"];
     assert_eq!(run["initFrom"]["sha256"], base_sha.as_str(), "{run:#}");
     let tuned_sha = run["bestModel"]["sha256"].as_str().unwrap().to_string();
-    let md = env.wait("a decision on tuned", 300, |s| {
+    let md = wait(&env, "a decision on tuned", 300, |s| {
         let md = &s["ModelDeployment/reader"]["status"];
         let decided = md["currentRevision"] == 2
             || md["declined"]
@@ -386,7 +313,7 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
         "{md:#}"
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    while served(&env.state()).as_deref() != Some(tuned_sha.as_str()) {
+    while served(&env.state(), "reader").as_deref() != Some(tuned_sha.as_str()) {
         assert!(Instant::now() < deadline, "never switched\n{}", env.log());
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -412,7 +339,7 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", env.log());
-    let declined = env.wait("worse to be declined", 300, |s| {
+    let declined = wait(&env, "worse to be declined", 300, |s| {
         s["ModelDeployment/reader"]["status"]["declined"]
             .as_array()
             .and_then(|d| d.iter().find(|d| d["trainingRun"] == "worse").cloned())
@@ -423,7 +350,7 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
         "{declined:#}"
     );
     assert!(declined["metric"].as_f64().unwrap() >= tuned_cer);
-    let md = &env.status()["ModelDeployment/reader"]["status"];
+    let md = &status(&env)["ModelDeployment/reader"]["status"];
     assert_eq!(md["currentRevision"], 2);
     assert_eq!(md["model"]["sha256"], tuned_sha.as_str());
 }

@@ -8,32 +8,17 @@
 //! (`cargo build -p textrec-worker`; `cargo test --workspace` builds it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn worker() -> PathBuf {
-    // <target>/debug/deps/local_e2e-HASH → <target>/debug/textrec-worker
-    let exe = std::env::current_exe().unwrap();
-    let w = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("textrec-worker");
-    assert!(
-        w.is_file(),
-        "{} is missing: build it first with `cargo build -p textrec-worker`",
-        w.display()
-    );
-    w
+mod support {
+    pub mod local_env;
 }
-
-fn operator() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_textrec-operator"))
-}
+use support::local_env::{recognize, served, LocalEnv as Env, Runner};
 
 // No CTC head: in the few steps these trials get, the tiny network's CTC head still emits only
 // blanks (CER 1.0) while the decoder's CER already falls, and the test needs the longer run to
@@ -83,39 +68,6 @@ spec:
   promotion: {policy: Automatic, minImprovement: 0.0}
 "#;
 
-struct Env {
-    dir: tempfile::TempDir,
-    worker: PathBuf,
-}
-
-impl Env {
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-    fn storage(&self) -> String {
-        format!("file://{}", self.data().display())
-    }
-    fn state(&self) -> Value {
-        let p = self.data().join(".textrec-local/state.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-    fn local(&self, args: &[&str]) -> Command {
-        let mut c = operator();
-        c.arg("local")
-            .args(args)
-            .args(["--storage", &self.storage()])
-            .env("TEXTREC_WORKER", &self.worker)
-            .env("RUST_BACKTRACE", "0");
-        c
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("runner.log")).unwrap_or_default()
-    }
-}
-
 fn wait_for<T>(env: &Env, what: &str, secs: u64, mut f: impl FnMut(&Value) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -142,12 +94,6 @@ fn status<'a>(state: &'a Value, run: &str) -> &'a Value {
 
 fn md_status(state: &Value) -> &Value {
     &state["deployments"]["reader"]["deployment"]["status"]
-}
-
-fn served(state: &Value) -> Option<String> {
-    state["deployments"]["reader"]["server"]["serving"]
-        .as_str()
-        .map(str::to_string)
 }
 
 fn weights_sha(model_dir: &Path) -> String {
@@ -180,40 +126,9 @@ fn http_get_json(addr: &str, path: &str) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
-fn recognize(worker: &Path, grpc: &str, images: &[PathBuf]) -> Output {
-    Command::new(worker)
-        .arg("recognize")
-        .args(["--endpoint", &format!("grpc://{grpc}")])
-        .args(images)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-struct Runner(Child);
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        // A failed test must not leave trainers and servers behind.
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.0.kill();
-        }
-    }
-}
-
 #[test]
 fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-        worker: worker(),
-    };
+    let env = Env::new();
     let first = env.dir.path().join("first.yaml");
     std::fs::write(
         &first,
@@ -306,7 +221,7 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
         let md = md_status(s);
         (md["phase"] == "Available"
             && md["currentRevision"] == 1
-            && served(s).as_deref() == Some(first_sha.as_str()))
+            && served(s, "reader").as_deref() == Some(first_sha.as_str()))
         .then(|| md["endpoint"].as_str().unwrap().to_string())
     });
     // Flagging is on by default, into the storage root's flags folder for this deployment.
@@ -402,7 +317,7 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
         let md = md_status(s);
         (md["currentRevision"] == 2
             && md["phase"] == "Available"
-            && served(s).as_deref() == Some(second_sha.as_str()))
+            && served(s, "reader").as_deref() == Some(second_sha.as_str()))
         .then_some(())
     });
     let history = md_status(&env.state())["history"].clone();
@@ -433,7 +348,7 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
     let s = env.state();
     assert_eq!(md_status(&s)["currentRevision"], 3);
     assert_eq!(md_status(&s)["model"]["sha256"], first_sha.as_str());
-    assert_eq!(served(&s).as_deref(), Some(first_sha.as_str()));
+    assert_eq!(served(&s, "reader").as_deref(), Some(first_sha.as_str()));
     let out = recognize(&env.worker, &grpc, &pngs);
     assert!(out.status.success());
 
@@ -456,7 +371,7 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
     let mut runner = runner;
     let code = runner.0.wait().unwrap();
     assert_eq!(code.code(), Some(130), "runner log:\n{}", env.log());
-    assert!(served(&env.state()).is_none());
+    assert!(served(&env.state(), "reader").is_none());
     eprintln!("local e2e took {:.0?}", started.elapsed());
 }
 
@@ -467,10 +382,7 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
 /// steps the rule saved.
 #[test]
 fn local_runner_stops_a_hopeless_trial_early_and_the_run_succeeds() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-        worker: worker(),
-    };
+    let env = Env::new();
     let steps = 80u64;
     let manifest = run_manifest("grid", "[0.005, 5.0]", steps, 10).replace(
         "  search:",

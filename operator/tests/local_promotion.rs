@@ -8,26 +8,16 @@
 //! It needs `textrec-worker` next to the test binary's target folder
 //! (`cargo build -p textrec-worker`; `cargo test --workspace` builds it).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn worker() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let w = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("textrec-worker");
-    assert!(
-        w.is_file(),
-        "{} is missing: build it first with `cargo build -p textrec-worker`",
-        w.display()
-    );
-    w
+mod support {
+    pub mod local_env;
 }
+use support::local_env::{operator, worker, Runner};
 
 fn builtin_sha() -> String {
     let m = std::fs::read(concat!(
@@ -36,23 +26,6 @@ fn builtin_sha() -> String {
     ))
     .unwrap();
     textrec_contract::manifest::sha256_hex(&m)
-}
-
-struct Runner(Child);
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.0.kill();
-        }
-    }
 }
 
 fn manifests(heldout: &Path) -> String {
@@ -128,7 +101,7 @@ fn a_worse_candidate_is_declined_on_the_evaluation_set_and_a_fine_tune_records_i
     let log_path = dir.path().join("runner.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let _runner = Runner(
-        Command::new(env!("CARGO_BIN_EXE_textrec-operator"))
+        operator()
             .args([
                 "local",
                 "run",
@@ -145,7 +118,7 @@ fn a_worse_candidate_is_declined_on_the_evaluation_set_and_a_fine_tune_records_i
             .unwrap(),
     );
     let status = || -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_textrec-operator"))
+        let out = operator()
             .args(["local", "status", "-o", "json", "--storage", &storage])
             .output()
             .unwrap();
