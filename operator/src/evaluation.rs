@@ -6,15 +6,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvFromSource, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, SecretEnvSource, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 
 use crate::crd::{Evaluation, ModelDeployment, PromotionEvaluation};
 use crate::naming::{bounded_name, label_value, MANAGED_BY, MANAGER, OWNER_ANNOTATION};
+use crate::pod_parts;
 use crate::pod_security;
 use crate::promotion::EvalRequest;
 use crate::worker_args::POD_TERMINATION_LOG;
@@ -119,34 +117,14 @@ pub fn eval_job(md: &ModelDeployment, set: &PromotionEvaluation, req: &EvalReque
     let name = md.metadata.name.clone().unwrap_or_default();
     let mut args = eval_args(req, set, Some(POD_TERMINATION_LOG));
     args.extend(["--device".into(), "cpu".into()]);
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..Default::default()
-    }];
+    let (tmp_volume, tmp_mount) = pod_parts::scratch_tmp();
+    let mut volumes = vec![tmp_volume];
+    let mut mounts = vec![tmp_mount];
     if let Some(pvc) = &spec.credentials.pvc {
-        volumes.push(Volume {
-            name: "storage".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: pvc.claim_name.clone(),
-                read_only: Some(true),
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "storage".into(),
-            mount_path: pvc
-                .mount_path
-                .clone()
-                .unwrap_or_else(|| crate::job::file_url_path(&req.url)),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let (v, m) =
+            pod_parts::storage_pvc(pvc, || crate::job::file_url_path(&req.url), Some(true));
+        volumes.push(v);
+        mounts.push(m);
     }
     let labels = BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGER.to_string()),
@@ -158,15 +136,7 @@ pub fn eval_job(md: &ModelDeployment, set: &PromotionEvaluation, req: &EvalReque
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["textrec-worker".into()]),
         args: Some(args),
-        env_from: spec.credentials.secret_ref.as_ref().map(|n| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: n.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
+        env_from: pod_parts::secret_env(spec.credentials.secret_ref.as_ref()),
         env: Some(vec![pod_security::tmpdir_env()]),
         // On failure the worker's last log lines (its error) become the message.
         termination_message_policy: Some("FallbackToLogsOnError".into()),

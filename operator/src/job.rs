@@ -14,10 +14,9 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SecretEnvSource, Toleration, TopologySpreadConstraint,
-    Volume, VolumeMount,
+    Affinity, Container, EmptyDirVolumeSource, EnvVar, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, ResourceRequirements,
+    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +25,7 @@ use textrec_contract::exit::{CONFIG_ERROR, INTERRUPTED};
 
 use crate::crd::{Scheduling, SpotProvider, TrainingRun};
 use crate::naming::{label_value, MANAGED_BY, MANAGER, OWNER_ANNOTATION, RUN_LABEL, TRIAL_LABEL};
+use crate::pod_parts;
 use crate::pod_security;
 use crate::validate::PlannedTrial;
 use crate::worker_args::{train_args, POD_TERMINATION_LOG};
@@ -237,12 +237,9 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
     // After ours, so that a run's own `env` wins (the last of duplicate names applies).
     env.extend(spec.env.iter().cloned());
 
+    let (tmp_volume, tmp_mount) = pod_parts::scratch_tmp();
     let mut volumes = vec![
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
+        tmp_volume,
         // Data loader threads share batches through /dev/shm; the container default is 64 MiB.
         Volume {
             name: "dshm".into(),
@@ -254,11 +251,7 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
         },
     ];
     let mut mounts = vec![
-        VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        },
+        tmp_mount,
         VolumeMount {
             name: "dshm".into(),
             mount_path: "/dev/shm".into(),
@@ -266,23 +259,9 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
         },
     ];
     if let Some(pvc) = &spec.storage.pvc {
-        let path = pvc
-            .mount_path
-            .clone()
-            .unwrap_or_else(|| file_url_path(&spec.storage.url));
-        volumes.push(Volume {
-            name: "storage".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: pvc.claim_name.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "storage".into(),
-            mount_path: path,
-            ..Default::default()
-        });
+        let (v, m) = pod_parts::storage_pvc(pvc, || file_url_path(&spec.storage.url), None);
+        volumes.push(v);
+        mounts.push(m);
     }
 
     // The run's own volumes come after the operator's; validation keeps their names and paths
@@ -300,15 +279,7 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
         command: Some(vec!["textrec-worker".into()]),
         args: Some(args),
         env: Some(env),
-        env_from: spec.storage.secret_ref.as_ref().map(|name| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
+        env_from: pod_parts::secret_env(spec.storage.secret_ref.as_ref()),
         resources: Some(ResourceRequirements {
             requests: (!requests.is_empty()).then_some(requests),
             limits: (!limits.is_empty()).then_some(limits),

@@ -25,6 +25,7 @@ pub mod local;
 pub mod manager;
 pub mod metrics;
 pub mod naming;
+pub mod pod_parts;
 pub mod pod_problems;
 pub mod pod_security;
 pub mod progress;

@@ -316,12 +316,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             entry.message = b.message.clone();
         }
         if matches!(entry.phase, TrialPhase::Starting | TrialPhase::Restarting) {
-            let problem = trial_problem(&obs.pods, now).or_else(|| {
-                obs.pods
-                    .is_empty()
-                    .then(|| observed.job_problems.get(&t.name).cloned())
-                    .flatten()
-            });
+            // Job problems are read only for Jobs without a pod (see `Observed::job_problems`).
+            let problem = trial_problem(&obs.pods, now)
+                .or_else(|| observed.job_problems.get(&t.name).cloned());
             if let Some(p) = problem {
                 entry.phase = if p.permanent {
                     TrialPhase::Failed

@@ -19,10 +19,9 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, GRPCAction, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SecretEnvSource, SecretVolumeSource, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, GRPCAction, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,6 +33,7 @@ use crate::naming::{
     label_value, pointer_configmap_name, serving_name, DEPLOYMENT_LABEL, MANAGED_BY, MANAGER,
     OWNER_ANNOTATION,
 };
+use crate::pod_parts;
 use crate::pod_security;
 
 /// Where the pointer ConfigMap is mounted.
@@ -142,16 +142,9 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         ]);
     }
 
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..Default::default()
-    }];
+    let (tmp_volume, tmp_mount) = pod_parts::scratch_tmp();
+    let mut volumes = vec![tmp_volume];
+    let mut mounts = vec![tmp_mount];
     if hot {
         volumes.push(Volume {
             name: "model-pointer".into(),
@@ -197,24 +190,13 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         secret_volume("auth-token", &auth.token_secret_name, AUTH_DIR);
     }
     if let Some(pvc) = &spec.credentials.pvc {
-        volumes.push(Volume {
-            name: "storage".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: pvc.claim_name.clone(),
-                read_only: Some(!pvc_holds_flags),
-            }),
-            ..Default::default()
-        });
-        let path = pvc
-            .mount_path
-            .clone()
-            .unwrap_or_else(|| crate::job::file_url_path(&model.url));
-        mounts.push(VolumeMount {
-            name: "storage".into(),
-            mount_path: path,
-            read_only: Some(!pvc_holds_flags),
-            ..Default::default()
-        });
+        let (v, m) = pod_parts::storage_pvc(
+            pvc,
+            || crate::job::file_url_path(&model.url),
+            Some(!pvc_holds_flags),
+        );
+        volumes.push(v);
+        mounts.push(m);
     }
 
     let q = |s: &str| Quantity(s.into());
@@ -272,15 +254,7 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
                 ..Default::default()
             },
         ]),
-        env_from: spec.credentials.secret_ref.as_ref().map(|n| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: n.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
+        env_from: pod_parts::secret_env(spec.credentials.secret_ref.as_ref()),
         env: Some(vec![pod_security::tmpdir_env()]),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
