@@ -113,6 +113,8 @@ async fn dashboard_pages_show_runs_curves_trials_and_deployment_history() {
     .await;
 
     // The list: both runs, newest first, with phase, trials, best model; labels escaped.
+    // Runs and deployments come from separate watch caches: wait until both have synced.
+    get_until(&format!("{base}/ui"), "/ui/deployments/ml/ocr-auto").await;
     let list = get_until(&format!("{base}/ui"), "other-run").await;
     assert!(list.contains("href=\"/ui/runs/ml/quickstart\""), "{list}");
     assert!(list.contains("<span class=\"badge Succeeded\">Succeeded</span>"));
