@@ -53,6 +53,17 @@ impl ConvBn {
     }
 }
 
+/// ReLU with the padding columns zeroed, computed in place on `xs`.
+///
+/// `xs` must be a fresh intermediate that autograd does not keep (a BatchNorm output or a
+/// sum): then backward holds one tensor here (the ReLU's result) where `relu() * mask` held
+/// two, the ReLU's result and the product. At full resolution these maps are what bounds the
+/// trainer's memory. Masking first gives the same values, since the mask is 0 or 1.
+fn relu_masked(mut xs: Tensor, mask: &Tensor) -> Tensor {
+    let _ = xs.g_mul_(mask);
+    xs.relu_()
+}
+
 /// conv3×3-BN-ReLU-conv3×3-BN plus a shortcut (a strided 1×1 conv-BN when the shape changes).
 #[derive(Debug)]
 struct BasicBlock {
@@ -74,13 +85,13 @@ impl BasicBlock {
 
     /// `mask` is the column mask of this block's output resolution.
     fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let ys = self.conv1.forward_t(xs, train).relu() * mask;
+        let ys = relu_masked(self.conv1.forward_t(xs, train), mask);
         let ys = self.conv2.forward_t(&ys, train);
         let short = match &self.shortcut {
             Some(s) => s.forward_t(xs, train),
             None => xs.shallow_clone(),
         };
-        (ys + short).relu() * mask
+        relu_masked(ys + short, mask)
     }
 }
 
@@ -177,7 +188,7 @@ impl Encoder {
         // Output width of a k=3/p=1 or k=1/p=0 conv with stride s: ceil(W / s).
         let w_stem = (images.size()[3] + stride_w - 1) / stride_w;
         let mut mask = column_mask(widths, stride_w, w_stem, kind);
-        let mut xs = self.stem.forward_t(images, train).relu() * &mask;
+        let mut xs = relu_masked(self.stem.forward_t(images, train), &mask);
         for stage in &self.stages {
             if stage.stride[1] != 1 {
                 stride_w *= stage.stride[1];
