@@ -39,12 +39,15 @@ pub struct Decoded {
 /// Weight of the CTC log-likelihood in [`DecodeMode::Joint`] (the decoder's gets the rest).
 const JOINT_CTC_WEIGHT: f64 = 0.5;
 
-/// The most characters a line `frames` CTC frames (feature columns) wide can show, times
-/// 1.5: a character is at least two frames wide (8 pixels at the 32-pixel input height), so
-/// an image holds at most `frames / 2` of them. Greedy decoding never emits more, so a
-/// decoder caught in a repetition loop stops at a length the image could plausibly hold.
+/// The most characters a line `frames` CTC frames (feature columns, 4 pixels each at the
+/// 32-pixel input height) wide can be read as: one per frame, the most a CTC head can emit
+/// (a doubled letter even needs a blank frame between). Condensed faces come close: a 100-
+/// character line squeezed into the 1024-pixel width limit, or a narrow font, draws a
+/// character in little more than one frame, so a tighter cap (an earlier one assumed two
+/// frames per character) cuts real readings short. No decoding emits more, so a decoder
+/// caught in a repetition loop stops at a length the image could hold.
 pub fn max_chars_for_frames(frames: i64) -> i64 {
-    (frames * 3).div_euclid(4).max(1)
+    frames.max(1)
 }
 
 /// The longest attention reading worth decoding in [`DecodeMode::Joint`] next to a CTC
