@@ -663,6 +663,12 @@ pub struct SyntheticConfig {
     pub mean_chars: Option<usize>,
     /// Augmentation strength from 0 (clean renders) to 1 (heavy distortion).
     pub augment: f64,
+    /// How far each glyph's outline is reshaped on its own (width, slant, tilt, bent
+    /// strokes), from 0 (off: the fonts' own letterforms) to 1, so that lines are drawn in
+    /// letterforms no font file holds. Off by default: fine-tuning the pretrained model with
+    /// it read a script face better and the training fonts worse (BENCHMARKS.md, "Glyph
+    /// morphing"); training from scratch with it is not measured yet.
+    pub glyph_morph: f64,
     /// Which text split to draw from.
     pub split: TextSplit,
 }
@@ -680,6 +686,7 @@ impl Default for SyntheticConfig {
             max_chars: 100,
             mean_chars: Some(PRINTED_MEAN_CHARS),
             augment: 0.5,
+            glyph_morph: 0.0,
             split: TextSplit::Train,
         }
     }
@@ -890,6 +897,12 @@ impl TrainConfig {
             }
             if !(0.0..=1.0).contains(&s.augment) {
                 return bad(&format!("{name}.synthetic.augment"), "must be in [0, 1]");
+            }
+            if !(0.0..=1.0).contains(&s.glyph_morph) {
+                return bad(
+                    &format!("{name}.synthetic.glyph_morph"),
+                    "must be in [0, 1]",
+                );
             }
             if !(0.0..=1.0).contains(&s.generated_fraction) {
                 return bad(
@@ -1300,6 +1313,14 @@ mod tests {
             format!("{err:#}").contains("data.validation.weight"),
             "{err:#}"
         );
+        let err = TrainConfig::parse("data: {train: {synthetic: {glyph_morph: 1.5}}}\n", &[])
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.train.synthetic.glyph_morph"),
+            "{err:#}"
+        );
+        let ok = TrainConfig::parse("data: {train: {synthetic: {glyph_morph: 0.6}}}\n", &[]);
+        assert!(ok.is_ok(), "{ok:?}");
         let err = TrainConfig::parse("data: {validation: {augment: true}}\n", &[]).unwrap_err();
         assert!(
             format!("{err:#}").contains("data.validation.augment"),

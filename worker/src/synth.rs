@@ -34,6 +34,10 @@ pub struct SynthArgs {
     /// Augmentation strength from 0 (clean) to 1 (heavy).
     #[arg(long, default_value_t = 0.3)]
     pub augment: f64,
+    /// How far each glyph's outline is reshaped on its own, from 0 (off) to 1: the lines
+    /// training sees with `synthetic.glyph_morph`.
+    #[arg(long, default_value_t = 0.0)]
+    pub glyph_morph: f64,
     /// Shortest line in characters.
     #[arg(long, default_value_t = 8)]
     pub min_chars: usize,
@@ -69,6 +73,7 @@ pub fn run(args: SynthArgs) -> Result<i32> {
     let cfg = SyntheticConfig {
         fonts: args.fonts.clone(),
         augment: args.augment,
+        glyph_morph: args.glyph_morph,
         min_chars: args.min_chars,
         max_chars: args.max_chars,
         mean_chars: (args.mean_chars > 0).then_some(args.mean_chars),

@@ -46,6 +46,12 @@ impl SyntheticDataset {
         if samples == Some(0) {
             bail!("a synthetic data set with `samples: 0` is empty");
         }
+        if !(0.0..=1.0).contains(&cfg.glyph_morph) {
+            bail!(
+                "synthetic.glyph_morph must be in [0, 1] (got {})",
+                cfg.glyph_morph
+            );
+        }
         let corpus = Corpus::load(cfg, charset)?;
         let fonts = FontSet::load(cfg, charset)?;
         fonts.check_use(cfg.split)?;
@@ -96,7 +102,10 @@ impl Dataset for SyntheticDataset {
             let Some((font, label)) = self.fonts.choose(&mut rng, &text) else {
                 continue;
             };
-            let layout = LayoutParams::sample(&mut rng, strength);
+            let layout = LayoutParams {
+                morph: c.glyph_morph as f32,
+                ..LayoutParams::sample(&mut rng, strength)
+            };
             let Some(ink) = render_line(&font.font, &label, &layout, &mut rng) else {
                 continue;
             };
@@ -118,7 +127,7 @@ impl Dataset for SyntheticDataset {
     fn describe(&self) -> String {
         let s = self.corpus.stats(self.cfg.split);
         format!(
-            "synthetic {:?} lines ({}), {} fonts, {} passages + {} words, {}..{} chars{}, augment {}, seed {:#x}",
+            "synthetic {:?} lines ({}), {} fonts, {} passages + {} words, {}..{} chars{}, augment {}{}, seed {:#x}",
             self.cfg.split,
             self.len.map_or("endless".to_string(), |n| format!("{n} samples")),
             self.fonts.fonts().len(),
@@ -130,6 +139,11 @@ impl Dataset for SyntheticDataset {
                 .mean_chars
                 .map_or(String::new(), |m| format!(" (mean {m})")),
             self.cfg.augment,
+            if self.cfg.glyph_morph > 0.0 {
+                format!(", glyph morph {}", self.cfg.glyph_morph)
+            } else {
+                String::new()
+            },
             self.seed
         )
     }
