@@ -276,18 +276,7 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         (!l.items.is_empty()).then_some(l.items)
     })
     .await;
-    let args = tuned_jobs[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap_or_default();
+    let args = job_args(&tuned_jobs[0]);
     assert!(
         args.iter()
             .any(|a| a == r#"model.init_from="builtin:small""#),
@@ -510,6 +499,13 @@ async fn jobs_of(client: &Client, ns: &str, run: &str) -> Vec<Job> {
 }
 
 /// Reasons of the events recorded on TrainingRun `run` in `ns`.
+/// The worker container's arguments in a trial Job's pod template.
+fn job_args(job: &Job) -> Vec<String> {
+    let pod = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    pod.and_then(|p| p.containers[0].args.clone())
+        .unwrap_or_default()
+}
+
 async fn event_reasons(client: &Client, ns: &str, run: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     events
@@ -1513,18 +1509,7 @@ async fn a_fine_tune_of_the_served_model_and_its_evaluation_before_promotion() {
         (!j.is_empty()).then_some(j)
     })
     .await;
-    let args = jobs[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap_or_default();
+    let args = job_args(&jobs[0]);
     assert!(
         args.contains(&r#"model.init_from="builtin:small""#.to_string())
             && args.contains(&format!(r#"model.init_sha256="{}""#, builtin_sha())),

@@ -10,8 +10,8 @@
 //! (`cargo build -p textrec-worker`; `cargo test --workspace` builds it).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 mod support {
     pub mod local_env;
 }
-use support::local_env::{recognize, served, LocalEnv as Env, Runner};
+use support::local_env::{recognize, served, synth_lines, LocalEnv as Env, Runner};
 
 // No CTC head: in so few steps the tiny network's CTC head emits only blanks.
 const TRIAL: &str = r#"
@@ -188,23 +188,7 @@ fn flags_fine_tune_the_served_model_and_the_better_model_takes_over() {
 
     // 2. Users flag 40 lines with the text they should read.
     let lines = env.dir.path().join("lines");
-    let out = Command::new(&env.worker)
-        .args(["synth", "--count", "40", "--max-chars", "12", "--out"])
-        .arg(&lines)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&lines)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    pngs.sort();
-    assert_eq!(pngs.len(), 40);
+    let pngs = synth_lines(&env.worker, &lines, 40);
     for png in &pngs {
         let text = std::fs::read_to_string(png.with_extension("gt.txt")).unwrap();
         let image = base64::engine::general_purpose::STANDARD.encode(std::fs::read(png).unwrap());

@@ -7,7 +7,7 @@
 //! It needs `textrec-worker` next to the test binary's target folder
 //! (`cargo build -p textrec-worker`; `cargo test --workspace` builds it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use serde_json::Value;
 mod support {
     pub mod local_env;
 }
-use support::local_env::{recognize, served, LocalEnv as Env, Runner};
+use support::local_env::{recognize, served, synth_lines, LocalEnv as Env, Runner};
 
 // No CTC head: in the few steps these trials get, the tiny network's CTC head still emits only
 // blanks (CER 1.0) while the decoder's CER already falls, and the test needs the longer run to
@@ -234,22 +234,7 @@ fn local_runner_trains_resumes_serves_promotes_and_rolls_back() {
     assert!(flags.ends_with("/flags/default/reader/"), "{info}");
     assert_eq!(info["flags_max_samples"], 10000);
     let images = env.dir.path().join("images");
-    let out = Command::new(&env.worker)
-        .args(["synth", "--count", "2", "--max-chars", "12", "--out"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&images)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    pngs.sort();
+    let pngs = synth_lines(&env.worker, &images, 2);
     let out = recognize(&env.worker, &grpc, &pngs);
     assert!(
         out.status.success(),

@@ -9,7 +9,7 @@
 //! (`cargo build -p textrec-worker`; `cargo test --workspace` builds it).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,7 +17,7 @@ use serde_json::Value;
 mod support {
     pub mod local_env;
 }
-use support::local_env::{operator, worker, Runner};
+use support::local_env::{operator, synth_lines, worker, Runner};
 
 fn builtin_sha() -> String {
     let m = std::fs::read(concat!(
@@ -86,16 +86,7 @@ fn a_worse_candidate_is_declined_on_the_evaluation_set_and_a_fine_tune_records_i
     let data = dir.path().join("data");
     let storage = format!("file://{}", data.display());
     let heldout = dir.path().join("heldout");
-    let out = Command::new(&worker)
-        .args(["synth", "--count", "6", "--max-chars", "12", "--out"])
-        .arg(&heldout)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synth_lines(&worker, &heldout, 6);
     let file = dir.path().join("all.yaml");
     std::fs::write(&file, manifests(&heldout)).unwrap();
     let log_path = dir.path().join("runner.log");

@@ -91,6 +91,36 @@ pub fn served(state: &Value, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Render `count` short lines (at most 12 characters) with `textrec-worker synth` into the
+/// tesstrain folder `out`; returns their images, sorted.
+pub fn synth_lines(worker: &Path, out: &Path, count: usize) -> Vec<PathBuf> {
+    let run = Command::new(worker)
+        .args([
+            "synth",
+            "--count",
+            &count.to_string(),
+            "--max-chars",
+            "12",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut pngs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    pngs.sort();
+    assert_eq!(pngs.len(), count);
+    pngs
+}
+
 /// `textrec-worker recognize` of `images` against the gRPC server at `grpc` (host:port).
 pub fn recognize(worker: &Path, grpc: &str, images: &[PathBuf]) -> Output {
     Command::new(worker)
