@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Package a trained model as the pretrained model shipped in models/small/: copy its folder,
-# score it on the committed check sets and pin the result (check.json, SHA256SUMS), which
+# add a character language model when it has none (`textrec-worker lm --make-default`), score
+# it on the committed check sets and pin the result (check.json, SHA256SUMS), which
 # worker/tests/pretrained.rs verifies on every test run.
 #
 #   scripts/package-model.sh ./textrec-data/recipe-small/model
@@ -18,7 +19,14 @@ worker=${TEXTREC_WORKER:-$CARGO_TARGET_DIR/release/textrec-worker}
 [ -x "$worker" ] || { echo "error: $worker not built; run scripts/setup.sh" >&2; exit 1; }
 
 dest=models/small
+rm -f "$dest/lm.safetensors"
 cp "$src/manifest.json" "$src/model.safetensors" "$dest/"
+if [ -f "$src/lm.safetensors" ]; then
+  cp "$src/lm.safetensors" "$dest/"
+else
+  # The built-in model always carries one: the worker embeds models/small/lm.safetensors.
+  "$worker" lm --model "$dest" --make-default
+fi
 
 declare -A cer lines
 for set in training-fonts unseen-fonts; do
@@ -42,5 +50,5 @@ with open(path, "w") as f:
     json.dump(check, f, indent=2)
     f.write("\n")
 PY
-(cd models && sha256sum small/manifest.json small/model.safetensors > SHA256SUMS)
+(cd models && sha256sum small/manifest.json small/model.safetensors small/lm.safetensors > SHA256SUMS)
 echo "packaged $src into $dest; rebuild the worker to embed it"

@@ -428,6 +428,10 @@ def main() -> None:
         shutil.copy(Path(args.model) / "model.safetensors", model)
         manifest = json.loads((Path(args.model) / "manifest.json").read_text())
         manifest["decoding"] = "attention"
+        # Greedy attention decoding needs no language model; the copy carries none.
+        lm = manifest.pop("language_model", None)
+        if lm:
+            manifest["files"] = [f for f in manifest["files"] if f["path"] != lm["file"]]
         (model / "manifest.json").write_text(json.dumps(manifest, indent=2))
         images = tmp / "lines"
         subprocess.run([worker_binary(), "synth", "--out", str(images), "--count", str(args.images),

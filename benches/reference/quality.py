@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300, help="lines to render per set")
     parser.add_argument("--worker", type=Path, default=default_worker(), help="textrec-worker binary")
     parser.add_argument("--threads", type=int, default=1, help="libtorch threads of textrec eval")
-    parser.add_argument("--decode", choices=["joint", "attention", "ctc"],
+    parser.add_argument("--decode", choices=["joint", "attention", "ctc", "ctc-lm"],
                         help="textrec's decoding (default: the model's own, from its manifest)")
     parser.add_argument("--no-tesseract", action="store_true", help="score textrec only")
     parser.add_argument("--keep", type=Path, help="render the sets into this folder and keep them")

@@ -51,6 +51,8 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// When and how many checkpoints to keep.
     pub checkpoint: CheckpointConfig,
+    /// The character language model written with the final model (for `ctc-lm` decoding).
+    pub language_model: LanguageModelConfig,
 }
 
 impl Default for TrainConfig {
@@ -69,6 +71,7 @@ impl Default for TrainConfig {
             eval_interval: 250,
             log_interval: 10,
             checkpoint: CheckpointConfig::default(),
+            language_model: LanguageModelConfig::default(),
         }
     }
 }
@@ -754,6 +757,38 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// The character language model counted when training ends, over the training split of the
+/// synthetic training data's corpus, and stored in the model folder. Decoding then also
+/// measures `ctc-lm` (a CTC beam search scored with it) and the model reads with it when it
+/// scores best on the validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, rename_all = "snake_case")]
+pub struct LanguageModelConfig {
+    /// Longest n-gram, in characters (2 to 9); 0: no language model. Off by default: counting
+    /// takes seconds and adds a few MB to the model; the recipe and the quickstart turn it on.
+    pub order: usize,
+    /// N-grams of order three and up seen fewer times are dropped (a smaller file).
+    pub min_count: u32,
+    /// Weight of the language model's log-probability in the search.
+    pub alpha: f64,
+    /// Score added per character read.
+    pub beta: f64,
+    /// Readings the search keeps after each frame.
+    pub beam: usize,
+}
+
+impl Default for LanguageModelConfig {
+    fn default() -> Self {
+        Self {
+            order: 0,
+            min_count: 5,
+            alpha: 0.5,
+            beta: 2.0,
+            beam: 12,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Parse a config from YAML or JSON text (JSON is YAML) and apply `key=value` overrides.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
@@ -820,6 +855,22 @@ impl TrainConfig {
         }
         if self.checkpoint.keep == 0 {
             return bad("checkpoint.keep", "must be at least 1");
+        }
+        let lm = &self.language_model;
+        if lm.order != 0 && !(2..=9).contains(&lm.order) {
+            return bad("language_model.order", "must be 0 (none) or in 2..=9");
+        }
+        if lm.min_count == 0 {
+            return bad("language_model.min_count", "must be at least 1");
+        }
+        if !lm.alpha.is_finite() || lm.alpha < 0.0 || !lm.beta.is_finite() {
+            return bad(
+                "language_model",
+                "alpha must be finite and not negative, beta finite",
+            );
+        }
+        if !(1..=1000).contains(&lm.beam) {
+            return bad("language_model.beam", "must be in 1..=1000");
         }
         if !self.optimizer.lr.is_finite() || self.optimizer.lr <= 0.0 {
             return bad("optimizer.lr", "must be positive");

@@ -111,6 +111,11 @@ pub enum DecodeMode {
     /// Models without a CTC head decode with the attention decoder alone.
     #[default]
     Joint,
+    /// A prefix beam search over the CTC head's frames, each reading scored with the model's
+    /// character language model ([`LanguageModelInfo`]): where a glyph is ambiguous, the
+    /// reading that is likelier text wins. Only for models that have a language model.
+    #[serde(rename = "ctc-lm")]
+    CtcLm,
 }
 
 impl DecodeMode {
@@ -120,6 +125,7 @@ impl DecodeMode {
             DecodeMode::Attention => "attention",
             DecodeMode::Ctc => "ctc",
             DecodeMode::Joint => "joint",
+            DecodeMode::CtcLm => "ctc-lm",
         }
     }
 }
@@ -144,10 +150,36 @@ pub struct ModelManifest {
     /// trained (`joint` for models written before the choice existed).
     #[serde(default)]
     pub decoding: DecodeMode,
+    /// The character language model `ctc-lm` decoding scores readings with, when the folder
+    /// has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_model: Option<LanguageModelInfo>,
     /// Where the model came from.
     pub provenance: Provenance,
     /// Every file of the folder, with its digest.
     pub files: Vec<FileDigest>,
+}
+
+/// A model folder's character language model: its file and how decoding weighs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LanguageModelInfo {
+    /// The n-gram file in the folder (listed in `files` with its digest).
+    pub file: String,
+    /// Longest n-gram, in characters.
+    pub order: u32,
+    /// N-grams of order three and up seen fewer times were dropped.
+    pub min_count: u32,
+    /// N-grams stored, all orders together.
+    pub ngrams: u64,
+    /// What text it was counted over.
+    pub source: String,
+    /// Weight of the language model's log-probability in the search.
+    pub alpha: f32,
+    /// Score added per character read (offsets the language model's preference for short
+    /// readings).
+    pub beta: f32,
+    /// Readings the search keeps after each frame.
+    pub beam: u32,
 }
 
 impl ModelManifest {

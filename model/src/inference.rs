@@ -15,6 +15,7 @@ use textrec_contract::manifest::{FileDigest, ModelManifest, Provenance, MODEL_FO
 use textrec_contract::{Architecture, PreprocessConfig};
 
 use crate::batching::{plan_batches, BatchLimits};
+use crate::lm::LanguageModel;
 use crate::net::{DecodeMode, Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
 use crate::preprocess::{self, PreparedImage};
 use crate::tensorio;
@@ -58,6 +59,7 @@ pub struct LoadedModel {
     device: Device,
     batch_limits: BatchLimits,
     decode_mode: DecodeMode,
+    language_model: Option<LanguageModel>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -89,28 +91,43 @@ fn check_preprocess(pre: &PreprocessConfig) -> Result<()> {
 
 impl LoadedModel {
     /// Parse the manifest (format `textrec.model/v1`), verify `weights` against its sha256 of
-    /// `model.safetensors`, build the network and load the weights onto `device`.
+    /// `model.safetensors`, build the network and load the weights onto `device`. For folders
+    /// without a language model; [`LoadedModel::from_manifest`] takes one.
     pub fn from_bytes(manifest_bytes: &[u8], weights: &[u8], device: Device) -> Result<Self> {
         let manifest = ModelManifest::parse(manifest_bytes)?;
-        Self::from_manifest(manifest, manifest_bytes, weights, device)
+        Self::from_manifest(manifest, manifest_bytes, weights, None, device)
     }
 
     /// [`LoadedModel::from_bytes`] for a manifest the caller has parsed already:
     /// `manifest_bytes` is what it was parsed from (its hash is the model's version).
+    /// `language_model` is the file the manifest's `language_model` names (required when it
+    /// names one), checked against its digest too.
     pub fn from_manifest(
         manifest: ModelManifest,
         manifest_bytes: &[u8],
         weights: &[u8],
+        language_model: Option<&[u8]>,
         device: Device,
     ) -> Result<Self> {
-        let digest = manifest
-            .files
-            .iter()
-            .find(|f| f.path == layout::MODEL_WEIGHTS)
-            .ok_or_else(|| anyhow!("manifest lists no `{}`", layout::MODEL_WEIGHTS))?;
-        digest
-            .verify(weights)
+        verify_file(&manifest, layout::MODEL_WEIGHTS, weights)
             .map_err(|e| anyhow!("weights do not match the manifest's sha256 digest: {e}"))?;
+        let language_model = match (&manifest.language_model, language_model) {
+            (Some(info), Some(bytes)) => {
+                verify_file(&manifest, &info.file, bytes).map_err(|e| {
+                    anyhow!("the language model does not match the manifest's sha256 digest: {e}")
+                })?;
+                Some(LanguageModel::load(info, bytes, &manifest.charset)?)
+            }
+            (Some(info), None) => bail!(
+                "the manifest names a language model ({}) but it was not loaded",
+                info.file
+            ),
+            (None, Some(_)) => bail!("a language model was given but the manifest names none"),
+            (None, None) => None,
+        };
+        if manifest.decoding == DecodeMode::CtcLm && language_model.is_none() {
+            bail!("the manifest decodes with `ctc-lm` but names no language model");
+        }
 
         let arch = &manifest.architecture;
         arch.validate().context("manifest architecture")?;
@@ -142,19 +159,44 @@ impl LoadedModel {
             _vs: vs,
             device,
             batch_limits: BatchLimits::for_device(device),
+            language_model,
         })
     }
 
-    /// Load `dir/manifest.json` and `dir/model.safetensors`.
+    /// Load `dir/manifest.json`, `dir/model.safetensors` and the language model when the
+    /// manifest names one.
     pub fn load_dir(dir: &Path, device: Device) -> Result<Self> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
         };
-        let manifest = read(layout::MANIFEST)?;
+        let manifest_bytes = read(layout::MANIFEST)?;
         let weights = read(layout::MODEL_WEIGHTS)?;
-        Self::from_bytes(&manifest, &weights, device)
-            .with_context(|| format!("model folder {}", dir.display()))
+        let load = || {
+            let manifest = ModelManifest::parse(&manifest_bytes)?;
+            let lm = match &manifest.language_model {
+                Some(info) => Some(read(&info.file)?),
+                None => None,
+            };
+            Self::from_manifest(manifest, &manifest_bytes, &weights, lm.as_deref(), device)
+        };
+        load().with_context(|| format!("model folder {}", dir.display()))
+    }
+
+    /// The language model `ctc-lm` decoding uses, when the model has one.
+    pub fn language_model(&self) -> Option<&LanguageModel> {
+        self.language_model.as_ref()
+    }
+
+    /// Change how the beam search weighs the language model (for tuning; the manifest's
+    /// values are the defaults). An error when the model has none.
+    pub fn set_search(&mut self, settings: crate::lm::SearchSettings) -> Result<()> {
+        let lm = self
+            .language_model
+            .as_mut()
+            .ok_or_else(|| anyhow!("this model has no language model to weigh"))?;
+        lm.settings = settings;
+        Ok(())
     }
 
     /// The tokenizer of the model's charset.
@@ -192,9 +234,13 @@ impl LoadedModel {
         self.decode_mode
     }
 
-    /// Read lines with `mode` from now on.
-    pub fn set_decode_mode(&mut self, mode: DecodeMode) {
+    /// Read lines with `mode` from now on. `ctc-lm` needs a model with a language model.
+    pub fn set_decode_mode(&mut self, mode: DecodeMode) -> Result<()> {
+        if mode == DecodeMode::CtcLm && self.language_model.is_none() {
+            bail!("`ctc-lm` decoding needs a language model, and this model has none");
+        }
         self.decode_mode = mode;
+        Ok(())
     }
 
     /// Preprocess, batch and recognize lines; one prediction per image, in order.
@@ -260,8 +306,13 @@ impl LoadedModel {
         let max_len = self.manifest.architecture.max_text_len;
         let (batch, widths) = preprocess::collate_refs(images, self.preprocess(), self.device);
         let decoded = tch::no_grad(|| {
-            self.net()
-                .decode(&batch, &widths, max_len, self.decode_mode)
+            self.net().decode(
+                &batch,
+                &widths,
+                max_len,
+                self.decode_mode,
+                self.language_model.as_ref(),
+            )
         });
         (0..images.len())
             .map(|k| {
@@ -274,6 +325,16 @@ impl LoadedModel {
             })
             .collect()
     }
+}
+
+/// Check `content` against the digest the manifest lists for `path`.
+fn verify_file(manifest: &ModelManifest, path: &str, content: &[u8]) -> Result<()> {
+    let digest = manifest
+        .files
+        .iter()
+        .find(|f| f.path == path)
+        .ok_or_else(|| anyhow!("manifest lists no `{path}`"))?;
+    digest.verify(content).map_err(|e| anyhow!(e))
 }
 
 fn geometric_mean<'a>(probs: impl Iterator<Item = &'a f32>) -> f32 {
@@ -316,6 +377,7 @@ pub fn model_files(
         preprocessing: preprocessing.clone(),
         metrics,
         decoding: Default::default(),
+        language_model: None,
         provenance,
         files: vec![FileDigest::of(layout::MODEL_WEIGHTS, &weights)],
     };
@@ -433,6 +495,96 @@ mod tests {
     }
 
     #[test]
+    fn a_language_model_travels_with_its_folder_and_is_checked() {
+        use crate::lm::{self, CharNgram, NgramSpec};
+        use textrec_contract::manifest::LanguageModelInfo;
+
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let mut plain = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        assert!(plain.language_model().is_none());
+        let err = plain.set_decode_mode(DecodeMode::CtcLm).unwrap_err();
+        assert!(format!("{err}").contains("needs a language model"), "{err}");
+
+        let ngram = CharNgram::count(
+            ["abc abc", "bad cab", "jig fig"],
+            CHARSET,
+            NgramSpec {
+                order: 3,
+                min_count: 1,
+            },
+        );
+        // The tiny charset has no space: the text must fit the model's charset.
+        assert!(ngram.is_err());
+        let ngram = CharNgram::count(
+            ["abcabc", "badcab", "jighij"],
+            CHARSET,
+            NgramSpec {
+                order: 3,
+                min_count: 1,
+            },
+        )
+        .unwrap();
+        let bytes = ngram.to_bytes().unwrap();
+        let manifest_path = dir.path().join(layout::MANIFEST);
+        let mut manifest = ModelManifest::parse(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        lm::attach(
+            &mut manifest,
+            &bytes,
+            LanguageModelInfo {
+                file: lm::LM_FILE.into(),
+                order: 3,
+                min_count: 1,
+                ngrams: ngram.ngrams(),
+                source: "test lines".into(),
+                alpha: 0.5,
+                beta: 0.5,
+                beam: 4,
+            },
+        );
+        manifest.decoding = DecodeMode::CtcLm;
+        std::fs::write(dir.path().join(lm::LM_FILE), &bytes).unwrap();
+        std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+        let model = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(model.decode_mode(), DecodeMode::CtcLm);
+        assert_eq!(model.language_model().unwrap().settings.beam, 4);
+        let preds = model.recognize(&[line(90), line(40)]).unwrap();
+        for p in &preds {
+            assert_eq!(p.text.chars().count(), p.char_confidences.len());
+            assert!(p.text.chars().count() <= 90 / 4, "{}", p.text);
+        }
+
+        // A changed language model file, or none at all, does not load.
+        let mut tampered = bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        std::fs::write(dir.path().join(lm::LM_FILE), &tampered).unwrap();
+        let err = format!(
+            "{:#}",
+            LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap_err()
+        );
+        assert!(err.contains("language model does not match"), "{err}");
+        std::fs::remove_file(dir.path().join(lm::LM_FILE)).unwrap();
+        let err = format!(
+            "{:#}",
+            LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap_err()
+        );
+        assert!(
+            err.contains("cannot read") && err.contains(lm::LM_FILE),
+            "{err}"
+        );
+        // Nor does a manifest that reads with `ctc-lm` but names no language model.
+        manifest.language_model = None;
+        std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let err = format!(
+            "{:#}",
+            LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap_err()
+        );
+        assert!(err.contains("names no language model"), "{err}");
+    }
+
+    #[test]
     fn split_passes_answer_in_input_order_as_one_pass_would() {
         let dir = tempfile::tempdir().unwrap();
         write_tiny(dir.path());
@@ -498,7 +650,7 @@ mod tests {
                 .decode_mode(),
             DecodeMode::Joint
         );
-        m.set_decode_mode(DecodeMode::Attention);
+        m.set_decode_mode(DecodeMode::Attention).unwrap();
         assert_eq!(m.decode_mode(), DecodeMode::Attention);
     }
 

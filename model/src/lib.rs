@@ -8,6 +8,7 @@ pub mod autocast;
 pub mod batching;
 pub mod data;
 pub mod inference;
+pub mod lm;
 pub mod metrics;
 pub mod net;
 pub mod preprocess;

@@ -126,6 +126,14 @@ pub fn from_safetensors(bytes: &[u8], device: Device) -> Result<Vec<(String, Ten
     Ok(out)
 }
 
+/// The free-form `__metadata__` of a safetensors file (empty when it has none). A corrupt
+/// header is an error.
+pub fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| anyhow!("not a valid safetensors file: {e:?}"))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
 /// Every variable of `vs` (trainable or not, e.g. BatchNorm running statistics), sorted by
 /// name, as safetensors bytes. Bit-exact: loading them back restores identical values.
 pub fn save_varstore(vs: &nn::VarStore) -> Result<Vec<u8>> {

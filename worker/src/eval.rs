@@ -52,10 +52,53 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub run: LocalInference,
     /// How lines are read: `joint` (both heads' readings, the likelier wins), `attention`
-    /// (the decoder alone) or `ctc` (the CTC head alone). Default: the model's own choice
-    /// (its manifest's `decoding`, the mode that read its validation set best).
+    /// (the decoder alone), `ctc` (the CTC head alone) or `ctc-lm` (a beam search over the
+    /// CTC head scored with the model's language model). Default: the model's own choice
+    /// (its manifest's `decoding`).
     #[arg(long, value_enum)]
     pub decode: Option<DecodeArg>,
+    #[command(flatten)]
+    pub search: SearchArgs,
+}
+
+/// Overrides of the manifest's `language_model` weights, for tuning `ctc-lm` decoding.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SearchArgs {
+    /// Weight of the language model's log-probability (manifest: `language_model.alpha`).
+    #[arg(long, value_name = "W")]
+    pub lm_alpha: Option<f32>,
+    /// Score added per character read (manifest: `language_model.beta`).
+    #[arg(long, value_name = "B")]
+    pub lm_beta: Option<f32>,
+    /// Readings the beam search keeps (manifest: `language_model.beam`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub beam: Option<u32>,
+}
+
+impl SearchArgs {
+    /// Apply the overrides to `model`; an error when one is given and the model has no
+    /// language model.
+    pub fn apply(&self, model: &mut LoadedModel) -> Result<()> {
+        if self.lm_alpha.is_none() && self.lm_beta.is_none() && self.beam.is_none() {
+            return Ok(());
+        }
+        let Some(lm) = model.language_model() else {
+            bail!(ConfigError::new(
+                "--lm-alpha, --lm-beta and --beam weigh a language model, and this model has none"
+            ));
+        };
+        let mut settings = lm.settings;
+        if let Some(a) = self.lm_alpha {
+            settings.alpha = a;
+        }
+        if let Some(b) = self.lm_beta {
+            settings.beta = b;
+        }
+        if let Some(n) = self.beam {
+            settings.beam = n as usize;
+        }
+        model.set_search(settings)
+    }
 }
 
 /// How a model runs in this process: the options `eval` and `recognize` share.
@@ -94,6 +137,8 @@ pub enum DecodeArg {
     Attention,
     /// The CTC head alone.
     Ctc,
+    /// A beam search over the CTC head, scored with the model's language model.
+    CtcLm,
 }
 
 impl From<DecodeArg> for DecodeMode {
@@ -102,6 +147,7 @@ impl From<DecodeArg> for DecodeMode {
             DecodeArg::Joint => DecodeMode::Joint,
             DecodeArg::Attention => DecodeMode::Attention,
             DecodeArg::Ctc => DecodeMode::Ctc,
+            DecodeArg::CtcLm => DecodeMode::CtcLm,
         }
     }
 }
@@ -131,8 +177,11 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let model_sha256 = ModelManifest::version_of(&files.manifest_bytes);
     let mut model = files.load(parse_device(&args.run.device)?)?;
     if let Some(mode) = args.decode {
-        model.set_decode_mode(mode.into());
+        model
+            .set_decode_mode(mode.into())
+            .map_err(|e| ConfigError::new(format!("--decode: {e:#}")))?;
     }
+    args.search.apply(&mut model)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -24,6 +24,9 @@ enum Command {
     Serve(Box<textrec_worker::serve::ServeArgs>),
     /// Render synthetic lines into a tesstrain folder (NAME.png + NAME.gt.txt).
     Synth(textrec_worker::synth::SynthArgs),
+    /// Count a character language model over the training text and add it to a model folder
+    /// (for `--decode ctc-lm`).
+    Lm(textrec_worker::lm::LmArgs),
 }
 
 // jemalloc serves every allocation of the process, libtorch's included (its unprefixed `malloc`
@@ -69,6 +72,7 @@ fn main() {
         Command::Recognize(a) => textrec_worker::recognize::run(a),
         Command::Serve(a) => textrec_worker::serve::run(*a),
         Command::Synth(a) => textrec_worker::synth::run(a),
+        Command::Lm(a) => textrec_worker::lm::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

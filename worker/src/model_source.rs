@@ -20,11 +20,12 @@ pub const BUILTIN_SCHEME: &str = "builtin:";
 /// shipped in the repository's `models/small/` (see its README for how it was trained).
 pub const DEFAULT_MODEL: &str = "builtin:small";
 
-/// A built-in model: its name and its folder's two files.
+/// A built-in model: its name and its folder's files.
 struct Builtin {
     name: &'static str,
     manifest: &'static [u8],
     weights: &'static [u8],
+    language_model: Option<&'static [u8]>,
 }
 
 /// The models compiled into this binary.
@@ -32,6 +33,7 @@ const BUILTINS: &[Builtin] = &[Builtin {
     name: "small",
     manifest: include_bytes!("../../models/small/manifest.json"),
     weights: include_bytes!("../../models/small/model.safetensors"),
+    language_model: Some(include_bytes!("../../models/small/lm.safetensors")),
 }];
 
 /// A model folder's content, fetched and checked.
@@ -45,6 +47,8 @@ pub struct ModelFiles {
     pub manifest_bytes: Bytes,
     /// `model.safetensors`, verified against the manifest's sha256.
     pub weights: Bytes,
+    /// The language model file, when the manifest names one, verified too.
+    pub language_model: Option<Bytes>,
 }
 
 impl ModelFiles {
@@ -54,6 +58,7 @@ impl ModelFiles {
             self.manifest.clone(),
             &self.manifest_bytes,
             &self.weights,
+            self.language_model.as_deref(),
             device,
         )
         .with_context(|| format!("cannot load the model at {}", self.source))
@@ -69,7 +74,8 @@ pub fn builtin_names() -> Vec<String> {
 }
 
 /// Fetch the model at `location`: `builtin:NAME`, or a model folder (manifest.json +
-/// model.safetensors) given as an object_store URL or a path.
+/// model.safetensors, and the language model file the manifest names, if any) given as an
+/// object_store URL or a path.
 pub async fn fetch(location: &str) -> Result<ModelFiles> {
     if let Some(name) = location.strip_prefix(BUILTIN_SCHEME) {
         return builtin(name);
@@ -85,17 +91,19 @@ pub async fn fetch(location: &str) -> Result<ModelFiles> {
     // The weights are fetched only once the manifest parses, so a folder that is still being
     // written (manifest missing) or is no model at all fails fast and cheaply.
     let manifest = parse_manifest(&manifest_bytes, &store.url_of(layout::MANIFEST))?;
-    let digest = weights_digest(&manifest, store.url())?;
-    let weights = store
-        .read_verified("", std::slice::from_ref(digest))
-        .await?
-        .remove(0)
-        .1;
+    let mut wanted = vec![weights_digest(&manifest, store.url())?.clone()];
+    if let Some(lm) = &manifest.language_model {
+        wanted.push(file_digest(&manifest, &lm.file, store.url())?.clone());
+    }
+    let mut files = store.read_verified("", &wanted).await?.into_iter();
+    let weights = files.next().expect("one file per digest").1;
+    let language_model = files.next().map(|(_, bytes)| bytes);
     Ok(ModelFiles {
         source: store.url().to_string(),
         manifest,
         manifest_bytes,
         weights,
+        language_model,
     })
 }
 
@@ -119,11 +127,22 @@ fn builtin(name: &str) -> Result<ModelFiles> {
     weights_digest(&manifest, &source)?
         .verify(b.weights)
         .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    let language_model = match (&manifest.language_model, b.language_model) {
+        (Some(info), Some(bytes)) => {
+            file_digest(&manifest, &info.file, &source)?
+                .verify(bytes)
+                .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+            Some(Bytes::from_static(bytes))
+        }
+        (None, _) => None,
+        (Some(info), None) => bail!("{source}: its language model {} is not built in", info.file),
+    };
     Ok(ModelFiles {
         source,
         manifest,
         manifest_bytes: Bytes::from_static(b.manifest),
         weights: Bytes::from_static(b.weights),
+        language_model,
     })
 }
 
@@ -135,11 +154,19 @@ fn weights_digest<'m>(
     manifest: &'m ModelManifest,
     what: &str,
 ) -> Result<&'m textrec_contract::manifest::FileDigest> {
+    file_digest(manifest, layout::MODEL_WEIGHTS, what)
+}
+
+fn file_digest<'m>(
+    manifest: &'m ModelManifest,
+    path: &str,
+    what: &str,
+) -> Result<&'m textrec_contract::manifest::FileDigest> {
     manifest
         .files
         .iter()
-        .find(|f| f.path == layout::MODEL_WEIGHTS)
-        .with_context(|| format!("{what}: the manifest lists no {}", layout::MODEL_WEIGHTS))
+        .find(|f| f.path == path)
+        .with_context(|| format!("{what}: the manifest lists no {path}"))
 }
 
 #[cfg(test)]

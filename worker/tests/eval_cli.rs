@@ -74,6 +74,9 @@ fn fixture() -> &'static Fixture {
                 "eval_interval=10",
                 "--set",
                 "data.validation.samples=8",
+                // The trial writes a language model and measures `ctc-lm` decoding too.
+                "--set",
+                "language_model.order=3",
             ]);
         assert_eq!(
             run(train).status.code(),
@@ -178,6 +181,141 @@ fn eval_reads_a_file_url_like_its_path_and_refuses_an_empty_location() {
         "an empty set is a config error"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data"));
+}
+
+fn eval_cer(args: &[&str], model: &Path, data: &Path) -> Output {
+    let mut c = bin();
+    c.args(["eval", "--json", "--device", "cpu", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(args);
+    run(c)
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
+}
+
+#[test]
+fn a_trial_writes_its_language_model_and_eval_reads_with_it() {
+    let f = fixture();
+    let manifest: textrec_contract::ModelManifest =
+        serde_json::from_slice(&std::fs::read(f.model.join("manifest.json")).unwrap()).unwrap();
+    let lm = manifest
+        .language_model
+        .as_ref()
+        .expect("language_model.order=3 writes one");
+    assert_eq!(lm.order, 3);
+    assert!(lm.ngrams > 1000, "{lm:?}");
+    assert!(manifest.files.iter().any(|d| d.path == lm.file));
+    assert!(f.model.join(&lm.file).exists());
+    // The decoding was chosen among all four modes.
+    assert!(
+        manifest.metrics.contains_key("cer@ctc-lm"),
+        "{:?}",
+        manifest.metrics
+    );
+
+    let out = eval_cer(&["--decode", "ctc-lm"], &f.model, &f.data);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(last_json(&out)["lines"], LINES);
+    // The search's weights can be overridden for tuning, within reason.
+    let out = eval_cer(
+        &[
+            "--decode",
+            "ctc-lm",
+            "--lm-alpha",
+            "0",
+            "--lm-beta",
+            "0",
+            "--beam",
+            "1",
+        ],
+        &f.model,
+        &f.data,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let out = eval_cer(&["--beam", "0"], &f.model, &f.data);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a beam of 0");
+}
+
+#[test]
+fn lm_adds_a_language_model_to_a_model_folder() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    // A model without one: the fixture's, with its language model taken out.
+    let folder = tmp.path().join("model");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        f.model.join("model.safetensors"),
+        folder.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut manifest: textrec_contract::ModelManifest =
+        serde_json::from_slice(&std::fs::read(f.model.join("manifest.json")).unwrap()).unwrap();
+    let file = manifest.language_model.take().unwrap().file;
+    manifest.files.retain(|d| d.path != file);
+    manifest.decoding = textrec_contract::DecodeMode::Ctc;
+    std::fs::write(
+        folder.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+
+    let out = eval_cer(&["--decode", "ctc-lm"], &folder, &f.data);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a language model"));
+    let out = eval_cer(&["--lm-alpha", "0.3"], &folder, &f.data);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has none"));
+
+    // A small corpus of its own: two fortunes and a word list.
+    let fortunes = tmp.path().join("fortunes");
+    std::fs::create_dir_all(&fortunes).unwrap();
+    std::fs::write(
+        fortunes.join("sayings"),
+        "A stitch in time saves nine.\n%\nWell begun is half done, they say.\n%\n",
+    )
+    .unwrap();
+    let words = tmp.path().join("words");
+    std::fs::write(&words, "time\nnine\nhalf\ndone\n").unwrap();
+    let mut c = bin();
+    c.args([
+        "lm",
+        "--order",
+        "4",
+        "--min-count",
+        "1",
+        "--make-default",
+        "--model",
+    ])
+    .arg(&folder)
+    .arg("--fortunes-dir")
+    .arg(&fortunes)
+    .arg("--words-file")
+    .arg(&words);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("order-4 language model"));
+    let after: textrec_contract::ModelManifest =
+        serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(after.decoding, textrec_contract::DecodeMode::CtcLm);
+    assert_eq!(after.language_model.as_ref().unwrap().order, 4);
+    let out = eval_cer(&[], &folder, &f.data);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the folder reads with `ctc-lm` now"
+    );
+
+    // Not a model folder: a configuration error naming it.
+    let mut c = bin();
+    c.args(["lm", "--model"]).arg(tmp.path().join("nothing"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a model folder"));
 }
 
 #[test]

@@ -235,6 +235,31 @@ impl Corpus {
         }
     }
 
+    /// The text of `split` as lines, for counting a language model over: each fortune broken
+    /// at spaces into lines of at most `width` characters (as a page sets it), and the word
+    /// list eight entries to a line.
+    pub fn lines(&self, split: TextSplit, width: usize) -> Vec<String> {
+        let pool = self.pool(split);
+        let mut out = Vec::new();
+        for passage in &pool.passages {
+            let mut line = String::new();
+            for word in passage.split(' ') {
+                if !line.is_empty() && line.len() + 1 + word.len() > width {
+                    out.push(std::mem::take(&mut line));
+                }
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(word);
+            }
+            if !line.is_empty() {
+                out.push(line);
+            }
+        }
+        out.extend(pool.words.chunks(8).map(|w| w.join(" ")));
+        out
+    }
+
     /// Draw one line of `min..=max` characters from `split`: generated text with probability
     /// `generated_fraction`, otherwise a stretch of prose (mostly) or a run of random
     /// dictionary words. Some lines are set in capitals, as headings and forms are. Lengths
@@ -822,6 +847,34 @@ mod tests {
         };
         let err = format!("{:#}", Corpus::load(&cfg, IAM_CHARSET).unwrap_err());
         assert!(err.contains("wamerican"), "{err}");
+    }
+
+    #[test]
+    fn lines_break_passages_at_spaces_and_group_words() {
+        let file: String = (0..50)
+            .map(|i| format!("Fortune {i} says the quick brown fox jumps over the dog.\n%\n"))
+            .collect();
+        let words: String = (0..50).map(|i| format!("word{i}\n")).collect();
+        let c = Corpus::from_texts(&[&file], &words, IAM_CHARSET);
+        let mut words_seen = 0;
+        for split in [TextSplit::Train, TextSplit::Validation] {
+            let lines = c.lines(split, 20);
+            let (listed, prose): (Vec<&String>, Vec<&String>) =
+                lines.iter().partition(|l| l.starts_with("word"));
+            assert!(
+                prose
+                    .iter()
+                    .all(|l| l.len() <= 20 && !l.starts_with(' ') && !l.ends_with(' ')),
+                "{prose:?}"
+            );
+            assert!(
+                listed.iter().all(|l| l.split(' ').count() <= 8),
+                "{listed:?}"
+            );
+            words_seen += lines.iter().map(|l| l.split(' ').count()).sum::<usize>();
+        }
+        // Every word of every fortune and of the list, once.
+        assert_eq!(words_seen, 50 * 11 + 50);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::context::FrameContext;
 use super::decoder::Decoder;
 use super::posenc;
 use super::resnet::Encoder;
+use crate::lm::{prefix_search, CtcFrames, LanguageModel, SearchSettings};
 use crate::tokenizer::Tokenizer;
 
 /// What [`Recognizer::forward_t`] computes.
@@ -295,13 +296,16 @@ impl Recognizer {
     }
 
     /// Read each line with `mode` (see [`DecodeMode`]). No reading is longer than `max_len`
-    /// characters nor than [`max_chars_for_frames`] of its image. Call inside `tch::no_grad`.
+    /// characters nor than [`max_chars_for_frames`] of its image. `lm` serves
+    /// [`DecodeMode::CtcLm`] (without one, that mode is a prefix beam search over the CTC head
+    /// alone); the other modes ignore it. Call inside `tch::no_grad`.
     pub fn decode(
         &self,
         images: &Tensor,
         widths: &Tensor,
         max_len: i64,
         mode: DecodeMode,
+        lm: Option<&LanguageModel>,
     ) -> Decoded {
         let mode = if self.ctc_head.is_none() {
             DecodeMode::Attention
@@ -318,6 +322,10 @@ impl Recognizer {
             DecodeMode::Attention => self.greedy_from(&enc, &caps, false).0,
             DecodeMode::Ctc => {
                 let hyps = self.ctc_greedy(&enc, &caps);
+                self.rescore(&enc, &hyps).0
+            }
+            DecodeMode::CtcLm => {
+                let hyps = self.ctc_prefix_search(&enc, &caps, lm);
                 self.rescore(&enc, &hyps).0
             }
             DecodeMode::Joint => {
@@ -370,6 +378,47 @@ impl Recognizer {
                     prev = id;
                 }
                 out
+            })
+            .collect()
+    }
+
+    /// Prefix beam search over each item's CTC frames (see [`crate::lm::beam`]), cut to its cap.
+    fn ctc_prefix_search(
+        &self,
+        enc: &Encoded,
+        caps: &[i64],
+        lm: Option<&LanguageModel>,
+    ) -> Vec<Vec<i64>> {
+        let (lp, lengths) = enc.ctc.as_ref().expect("encoded with the CTC head");
+        let (s, b, v) = lp.size3().expect("[S, B, V]");
+        let by_item = lp
+            .transpose(0, 1)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        let values = Vec::<f32>::try_from(by_item.view([-1])).expect("f32 log-probs");
+        let lengths = Vec::<i64>::try_from(lengths.to_device(Device::Cpu)).expect("i64");
+        let settings = lm.map(|l| l.settings).unwrap_or(SearchSettings {
+            alpha: 0.0,
+            beta: 0.0,
+            ..SearchSettings::default()
+        });
+        (0..b as usize)
+            .map(|i| {
+                let start = i * (s * v) as usize;
+                let frames = lengths[i].clamp(0, s) as usize;
+                let frames = CtcFrames {
+                    log_probs: &values[start..start + frames * v as usize],
+                    vocab: v as usize,
+                    blank: Tokenizer::PAD as usize,
+                    first_char: Tokenizer::EOS as usize + 1,
+                };
+                prefix_search(
+                    frames,
+                    lm.map(|l| &l.ngram),
+                    settings,
+                    caps[i].max(0) as usize,
+                )
             })
             .collect()
     }

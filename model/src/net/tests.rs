@@ -314,8 +314,13 @@ fn every_decode_mode_stops_within_what_the_image_can_hold() {
     let (images, widths, _, _) = pair(40, 64);
     let caps = [max_chars_for_frames(10), max_chars_for_frames(16)];
     assert_eq!(caps, [10, 16]);
-    for mode in [DecodeMode::Attention, DecodeMode::Ctc, DecodeMode::Joint] {
-        let out = tch::no_grad(|| net.decode(&images, &widths, 100, mode));
+    for mode in [
+        DecodeMode::Attention,
+        DecodeMode::Ctc,
+        DecodeMode::Joint,
+        DecodeMode::CtcLm,
+    ] {
+        let out = tch::no_grad(|| net.decode(&images, &widths, 100, mode, None));
         for (i, &cap) in caps.iter().enumerate() {
             let tokens = &out.tokens[i];
             assert!(
@@ -332,7 +337,7 @@ fn every_decode_mode_stops_within_what_the_image_can_hold() {
             assert!(mode == DecodeMode::Attention || eos.is_some(), "{mode:?}");
         }
         // The caller's limit still applies.
-        let short = tch::no_grad(|| net.decode(&images, &widths, 3, mode));
+        let short = tch::no_grad(|| net.decode(&images, &widths, 3, mode, None));
         assert!(short.tokens.iter().all(|t| t.len() <= 3), "{mode:?}");
     }
 }
@@ -345,9 +350,9 @@ fn joint_decoding_picks_one_of_the_two_readings_per_line() {
     let (images, widths, _, _) = pair(48, 64);
     let (att, ctc, joint) = tch::no_grad(|| {
         (
-            net.decode(&images, &widths, 20, DecodeMode::Attention),
-            net.decode(&images, &widths, 20, DecodeMode::Ctc),
-            net.decode(&images, &widths, 20, DecodeMode::Joint),
+            net.decode(&images, &widths, 20, DecodeMode::Attention, None),
+            net.decode(&images, &widths, 20, DecodeMode::Ctc, None),
+            net.decode(&images, &widths, 20, DecodeMode::Joint, None),
         )
     });
     for i in 0..2 {
@@ -368,8 +373,8 @@ fn joint_decoding_picks_one_of_the_two_readings_per_line() {
     scramble(&vs);
     let (a, j) = tch::no_grad(|| {
         (
-            net.decode(&images, &widths, 20, DecodeMode::Attention),
-            net.decode(&images, &widths, 20, DecodeMode::Joint),
+            net.decode(&images, &widths, 20, DecodeMode::Attention, None),
+            net.decode(&images, &widths, 20, DecodeMode::Joint, None),
         )
     });
     assert_eq!(a.tokens, j.tokens);

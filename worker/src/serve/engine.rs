@@ -105,6 +105,7 @@ pub(crate) mod fake {
                 preprocessing: PreprocessConfig::default(),
                 metrics: Default::default(),
                 decoding: Default::default(),
+                language_model: None,
                 provenance: Default::default(),
                 files: vec![],
             };

@@ -13,6 +13,7 @@
 //! bit-identical to an uninterrupted one; see [`checkpoint`] for what that takes.
 
 pub mod checkpoint;
+pub mod language_model;
 pub mod metrics_log;
 pub mod optimizer;
 pub mod progress;

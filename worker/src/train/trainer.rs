@@ -22,6 +22,7 @@ use textrec_contract::metrics::{
 use textrec_contract::{layout, Store, TrainConfig};
 use textrec_model::autocast::Autocast;
 use textrec_model::data::{open_dataset, open_training_data, Loader, Sampler};
+use textrec_model::lm::{FolderLm, LanguageModel};
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::tensorio;
@@ -231,7 +232,12 @@ impl Trial<'_> {
 
     /// Error totals of the current weights on `val`, read with `mode`; `None` when cut short
     /// by a stop request.
-    fn score(&self, val: &ValidationSet, mode: DecodeMode) -> Result<Option<ScoreCard>> {
+    fn score(
+        &self,
+        val: &ValidationSet,
+        mode: DecodeMode,
+        lm: Option<&LanguageModel>,
+    ) -> Result<Option<ScoreCard>> {
         val.evaluate(
             &self.net,
             &self.tokenizer,
@@ -241,6 +247,7 @@ impl Trial<'_> {
             self.state.architecture.max_text_len,
             self.autocast,
             mode,
+            lm,
             &self.ctx.stop,
         )
     }
@@ -251,7 +258,7 @@ impl Trial<'_> {
         let started = Instant::now();
         let mut scores = Vec::with_capacity(vals.len());
         for val in vals {
-            let card = self.score(val, DecodeMode::Joint)?;
+            let card = self.score(val, DecodeMode::Joint, None)?;
             let Some(card) = card else {
                 self.display
                     .note(format!("step {}: evaluation interrupted", self.state.step));
@@ -359,13 +366,15 @@ impl Trial<'_> {
     }
 
     /// The decoding the model is served with: the mode with the lowest CER of the best
-    /// weights on the objective's validation set (evaluations use `joint`; `ctc` and
-    /// `attention` are measured here, once). Ties go to the cheaper mode: at short training
-    /// budgets the decoder reads little and the CTC head alone is as good and twice as fast.
-    /// Loads the best weights into the network: call when training is over.
+    /// weights on the objective's validation set (evaluations use `joint`; `ctc`,
+    /// `attention` and, with a language model, `ctc-lm` are measured here, once). Ties go to
+    /// the cheaper mode: at short training budgets the decoder reads little and the CTC head
+    /// alone is as good and twice as fast. Loads the best weights into the network: call when
+    /// training is over.
     fn choose_decoding(
         &mut self,
         val: &ValidationSet,
+        lm: Option<&LanguageModel>,
     ) -> Result<(DecodeMode, Vec<(DecodeMode, f64)>)> {
         let best = self.state.best.clone().context("no evaluation happened")?;
         if self.state.architecture.ctc_weight <= 0.0 {
@@ -377,15 +386,20 @@ impl Trial<'_> {
         let weights = self.best_weights.clone().context("best weights missing")?;
         tensorio::load_varstore(&mut self.vs, &weights).context("reloading the best weights")?;
         let mut scores = Vec::new();
-        for mode in [DecodeMode::Ctc, DecodeMode::Attention] {
-            match self.score(val, mode)? {
+        let modes = [DecodeMode::Ctc, DecodeMode::Attention, DecodeMode::CtcLm];
+        for mode in modes
+            .into_iter()
+            .filter(|&m| m != DecodeMode::CtcLm || lm.is_some())
+        {
+            match self.score(val, mode, lm)? {
                 Some(card) => scores.push((mode, card.score().cer)),
                 // Stopping now keeps the measured default.
                 None => return Ok((DecodeMode::Joint, vec![(DecodeMode::Joint, best.cer)])),
             }
         }
         scores.insert(1, (DecodeMode::Joint, best.cer));
-        // Order: ctc, joint, attention (cheapest first); the first of the lowest CERs wins.
+        // Order: ctc, joint, attention, ctc-lm (the CTC head alone first; the others cost
+        // about the same); the first of the lowest CERs wins.
         let chosen = scores
             .iter()
             .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc })
@@ -403,7 +417,12 @@ impl Trial<'_> {
     }
 
     /// Write the final model folder (best weights + manifest, manifest last).
-    fn write_model(&self, decoding: DecodeMode, by_mode: &[(DecodeMode, f64)]) -> Result<ModelRef> {
+    fn write_model(
+        &self,
+        decoding: DecodeMode,
+        by_mode: &[(DecodeMode, f64)],
+        lm: Option<&FolderLm>,
+    ) -> Result<ModelRef> {
         let best = self
             .state
             .best
@@ -430,6 +449,7 @@ impl Trial<'_> {
                     )
                     .collect(),
                 decoding,
+                language_model: lm.map(|l| l.info.clone()),
                 provenance: Provenance {
                     run: self.ctx.run.clone(),
                     trial: self.ctx.trial.clone(),
@@ -442,11 +462,15 @@ impl Trial<'_> {
             };
             Ok(serde_json::to_vec_pretty(&m)?)
         };
-        let bytes = self.ctx.rt.block_on(self.ctx.store.write_folder(
-            layout::MODEL,
-            vec![(layout::MODEL_WEIGHTS.to_string(), Bytes::from(weights))],
-            manifest,
-        ))?;
+        let bytes = self.ctx.rt.block_on(
+            self.ctx.store.write_folder(
+                layout::MODEL,
+                std::iter::once((layout::MODEL_WEIGHTS.to_string(), Bytes::from(weights)))
+                    .chain(lm.map(|l| (l.info.file.clone(), Bytes::from(l.bytes.clone()))))
+                    .collect(),
+                manifest,
+            ),
+        )?;
         Ok(ModelRef {
             url: self.ctx.store.url_of(layout::MODEL),
             sha256: ModelManifest::version_of(&bytes),
@@ -786,8 +810,14 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         }
         Outcome::Finished => {
             t.save_checkpoint()?;
-            let (decoding, by_mode) = t.choose_decoding(&vals[0])?;
-            let model = t.write_model(decoding, &by_mode)?;
+            // `ctc-lm` searches the CTC head's frames: no head, no language model.
+            let lm = if t.state.architecture.ctc_weight > 0.0 {
+                super::language_model::build(t.cfg, t.tokenizer.charset())?
+            } else {
+                None
+            };
+            let (decoding, by_mode) = t.choose_decoding(&vals[0], lm.as_ref().map(|l| &l.model))?;
+            let model = t.write_model(decoding, &by_mode, lm.as_ref())?;
             let p = t.progress(WorkerPhase::Succeeded, Some(model.clone()), None);
             ctx.rt.block_on(async {
                 t.metrics.flush(&ctx.store).await?;

@@ -7,6 +7,7 @@ use tch::Device;
 use textrec_contract::config::PreprocessConfig;
 use textrec_model::autocast::Autocast;
 use textrec_model::data::Dataset;
+use textrec_model::lm::LanguageModel;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
 use textrec_model::preprocess::{self, PreparedImage};
@@ -107,7 +108,8 @@ impl ValidationSet {
         self.texts.is_empty()
     }
 
-    /// Error totals (overall and by line length) of reading the set with `mode`; `None` when
+    /// Error totals (overall and by line length) of reading the set with `mode` (`lm` serves
+    /// `ctc-lm`); `None` when
     /// `stop` was set part-way (the caller checkpoints, and the evaluation is redone after
     /// resume).
     #[allow(clippy::too_many_arguments)]
@@ -121,6 +123,7 @@ impl ValidationSet {
         max_len: i64,
         autocast: Autocast,
         mode: DecodeMode,
+        lm: Option<&LanguageModel>,
         stop: &StopFlag,
     ) -> Result<Option<ScoreCard>> {
         let mut card = ScoreCard::default();
@@ -134,7 +137,7 @@ impl ValidationSet {
             }
             let (images, widths) = preprocess::collate(chunk, pre, device);
             let decoded =
-                tch::no_grad(|| autocast.run(|| net.decode(&images, &widths, max_len, mode)));
+                tch::no_grad(|| autocast.run(|| net.decode(&images, &widths, max_len, mode, lm)));
             for (tokens, reference) in decoded.tokens.iter().zip(texts) {
                 card.add(reference, &tokenizer.decode(tokens));
             }
