@@ -184,6 +184,53 @@ mod tests {
     }
 
     #[test]
+    fn the_default_model_carries_its_language_model() {
+        let files = fetch_blocking(DEFAULT_MODEL).unwrap();
+        let info = files
+            .manifest
+            .language_model
+            .as_ref()
+            .expect("a language model");
+        assert_eq!(files.manifest.decoding, textrec_contract::DecodeMode::CtcLm);
+        let bytes = files.language_model.as_ref().expect("its bytes");
+        assert_eq!(bytes.len() as u64, {
+            let d = files
+                .manifest
+                .files
+                .iter()
+                .find(|d| d.path == info.file)
+                .unwrap();
+            d.bytes
+        });
+        let model = files.load(tch::Device::Cpu).unwrap();
+        assert_eq!(
+            model.language_model().unwrap().ngram.order(),
+            info.order as usize
+        );
+    }
+
+    #[test]
+    fn a_folder_fetch_brings_and_checks_the_language_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = fetch_blocking(DEFAULT_MODEL).unwrap();
+        let lm_file = files.manifest.language_model.clone().unwrap().file;
+        std::fs::write(tmp.path().join(layout::MANIFEST), &files.manifest_bytes).unwrap();
+        std::fs::write(tmp.path().join(layout::MODEL_WEIGHTS), &files.weights).unwrap();
+        let location = tmp.path().to_str().unwrap();
+        // Named by the manifest but missing: the fetch fails naming it.
+        let err = format!("{:#}", fetch_blocking(location).err().unwrap());
+        assert!(err.contains(&lm_file), "{err}");
+        let mut lm = files.language_model.clone().unwrap().to_vec();
+        std::fs::write(tmp.path().join(&lm_file), &lm).unwrap();
+        let fetched = fetch_blocking(location).unwrap();
+        assert_eq!(fetched.language_model.as_deref(), Some(&lm[..]));
+        lm[64] ^= 1;
+        std::fs::write(tmp.path().join(&lm_file), &lm).unwrap();
+        let err = format!("{:#}", fetch_blocking(location).err().unwrap());
+        assert!(err.contains("sha256"), "{err}");
+    }
+
+    #[test]
     fn unknown_builtin_names_the_ones_there_are() {
         let err = format!("{:#}", fetch_blocking("builtin:huge").err().unwrap());
         assert!(err.contains("no built-in model `builtin:huge`"), "{err}");
