@@ -33,6 +33,10 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Numeric precision on CUDA (CPU always trains in fp32).
     pub precision: Precision,
+    /// Drop the encoder's highest-resolution activations (the stem and first stage) after
+    /// the forward pass and compute them again for the backward pass: less memory for a
+    /// little more compute, with bit-identical results.
+    pub recompute_activations: bool,
     /// Network architecture.
     pub model: ModelSpec,
     /// Image preprocessing, shared by training and serving through the manifest.
@@ -62,6 +66,7 @@ impl Default for TrainConfig {
             device: Device::Auto,
             threads: 0,
             precision: Precision::Auto,
+            recompute_activations: false,
             model: ModelSpec::default(),
             preprocess: PreprocessConfig::default(),
             data: DataConfig::default(),

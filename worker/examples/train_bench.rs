@@ -17,6 +17,9 @@
 //! warm-up/cosine learning rate; default optimizer settings. `TEXTREC_BENCH_THREADS` (default
 //! 2) intra-op threads, `TEXTREC_BENCH_WARMUP` (default 4) untimed steps, then
 //! `TEXTREC_BENCH_STEPS` (default 20) timed ones, cycling through the batches.
+//! `TEXTREC_BENCH_RECOMPUTE` is `off` (default), `on` (`recompute_activations`: the encoder's
+//! head run again in the backward pass) or `alternate`: every other round of batches with it,
+//! timed apart, so that one run compares the two on the same batches and the same noise.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,26 +160,52 @@ fn run(dir: &Path) -> Result<()> {
     let cfg = OptimizerConfig::default();
     let mut opt = AdamW::new(vs.variables(), &cfg);
     opt.init_grads();
+    let recompute_mode = std::env::var("TEXTREC_BENCH_RECOMPUTE").unwrap_or_else(|_| "off".into());
+    let recompute_at = |step: u64| match recompute_mode.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        "alternate" => Ok((step / batches.len() as u64) % 2 == 1),
+        other => bail!("TEXTREC_BENCH_RECOMPUTE={other}: expected off, on or alternate"),
+    };
     let (mut samples, mut losses) = (0i64, Vec::new());
-    let mut started = Instant::now();
+    // Seconds and samples of the timed steps, without and with recomputation.
+    let mut split = [(0.0f64, 0i64); 2];
     for step in 0..warmup + steps {
         if step == warmup {
-            started = Instant::now();
             samples = 0;
         }
         let [images, widths, tgt_in, tgt_out, lengths] = &batches[step as usize % batches.len()];
+        let recompute = recompute_at(step)?;
+        let started = Instant::now();
         tch::manual_seed(step as i64);
-        let out = net.forward_t(images, widths, tgt_in, true);
+        let (out, head) = if recompute {
+            let (out, head) = net.forward_train_recomputing(images, widths, tgt_in);
+            (out, Some(head))
+        } else {
+            (net.forward_t(images, widths, tgt_in, true), None)
+        };
         let loss = net.loss(&out, tgt_out, lengths, cfg.label_smoothing);
         opt.zero_grad();
         loss.backward();
+        if let Some(head) = head {
+            net.backward_head(head);
+        }
         opt.clip_grad_norm(cfg.grad_clip);
         opt.step(lr_at(step, SCHEDULE_STEPS, &cfg));
-        samples += images.size()[0];
         losses.push(loss.double_value(&[]));
+        if step >= warmup {
+            let cell = &mut split[recompute as usize];
+            cell.0 += started.elapsed().as_secs_f64();
+            cell.1 += images.size()[0];
+            samples += images.size()[0];
+        }
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = split[0].0 + split[1].0;
+    let rate = |(s, n): (f64, i64)| (n > 0).then(|| n as f64 / s);
     let record = json!({
+        "recompute": recompute_mode,
+        "samples_per_s_plain": rate(split[0]),
+        "samples_per_s_recompute": rate(split[1]),
         "impl": "textrec (Rust, tch)",
         "threads": threads,
         "steps": steps,

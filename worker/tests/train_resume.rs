@@ -362,6 +362,24 @@ fn sigkill_at_a_random_moment_then_restart_is_bit_identical() {
     assert_train_records_unique(out);
 }
 
+/// `recompute_activations` trades compute for memory and nothing else: the same weights, bit
+/// for bit, as the reference run.
+#[test]
+fn recomputing_activations_trains_the_same_weights() {
+    let (_, expected) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(train_cmd(
+        dir.path(),
+        &["--set", "recompute_activations=true"],
+    ));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        &model_sha(dir.path()),
+        expected,
+        "weights differ with recomputation"
+    );
+}
+
 /// A tesstrain folder of short rendered lines, written by `textrec-worker synth`.
 fn tesstrain_folder(dir: &Path) -> PathBuf {
     let lines = dir.join("flags");

@@ -26,6 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use tch::{Kind, Tensor};
 
 pub use recognizer::{max_chars_for_frames, DecodeMode, Decoded, ForwardOutput, Recognizer};
+pub use resnet::HeadRecompute;
 
 /// Vertical downsampling of the encoder: a 32-pixel line becomes 4 feature rows.
 pub const HEIGHT_STRIDE: i64 = 8;

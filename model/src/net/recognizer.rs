@@ -9,7 +9,7 @@ use super::attention::linear;
 use super::context::FrameContext;
 use super::decoder::Decoder;
 use super::posenc;
-use super::resnet::Encoder;
+use super::resnet::{Encoder, EncoderOutput, HeadRecompute};
 use crate::lm::{prefix_search, CtcFrames, LanguageModel, SearchSettings};
 use crate::tokenizer::Tokenizer;
 
@@ -173,9 +173,20 @@ impl Recognizer {
             !(train && self.inference_only),
             "this Recognizer is loaded for inference only"
         );
-        let (b, _, _) = Self::check_images(images, widths);
+        Self::check_images(images, widths);
         let out = self.encoder.forward_t(images, widths, train);
-        let (_, d, h, w) = out.features.size4().expect("[B, d, H', W']");
+        self.encode_features(out, images.device(), train, want_ctc)
+    }
+
+    /// The CTC head and the decoder's memory from the encoder's features.
+    fn encode_features(
+        &self,
+        out: EncoderOutput,
+        device: Device,
+        train: bool,
+        want_ctc: bool,
+    ) -> Encoded {
+        let (b, d, h, w) = out.features.size4().expect("[B, d, H', W']");
 
         let ctc = match (&self.ctc_head, want_ctc) {
             (Some(head), true) => {
@@ -192,12 +203,12 @@ impl Recognizer {
             _ => None,
         };
 
-        let pe = posenc::grid(h, w, d, images.device()).to_kind(out.features.kind());
+        let pe = posenc::grid(h, w, d, device).to_kind(out.features.kind());
         let memory = (out.features + pe.unsqueeze(0))
             .flatten(2, 3)
             .transpose(1, 2);
         let memory = self.memory_norm.forward(&memory);
-        let cols = Tensor::arange(w, (Kind::Int64, images.device()));
+        let cols = Tensor::arange(w, (Kind::Int64, device));
         let key_mask = cols
             .view([1, 1, w])
             .lt_tensor(&out.widths.view([b, 1, 1]))
@@ -226,6 +237,38 @@ impl Recognizer {
         train: bool,
     ) -> ForwardOutput {
         let enc = self.encode(images, widths, train, true);
+        self.forward_decoder(enc, tgt_in, train)
+    }
+
+    /// [`Self::forward_t`] in training mode, holding fewer activations: the encoder's
+    /// highest-resolution layers are run again in the backward pass instead of kept (see
+    /// [`Encoder::forward_train_recomputing`]). Pass the returned [`HeadRecompute`] to
+    /// [`Self::backward_head`] right after the loss's backward pass. Outputs, gradients and
+    /// BatchNorm statistics are bit-identical to `forward_t(.., true)`'s.
+    pub fn forward_train_recomputing(
+        &self,
+        images: &Tensor,
+        widths: &Tensor,
+        tgt_in: &Tensor,
+    ) -> (ForwardOutput, HeadRecompute) {
+        assert!(
+            !self.inference_only,
+            "this Recognizer is loaded for inference only"
+        );
+        Self::check_images(images, widths);
+        let (out, head) = self.encoder.forward_train_recomputing(images, widths);
+        let enc = self.encode_features(out, images.device(), true, true);
+        (self.forward_decoder(enc, tgt_in, true), head)
+    }
+
+    /// The backward pass of the encoder's head, owed by [`Self::forward_train_recomputing`].
+    /// Run it inside the forward pass's autocast setting, before gradients are rescaled or
+    /// clipped.
+    pub fn backward_head(&self, head: HeadRecompute) {
+        head.backward(&self.encoder);
+    }
+
+    fn forward_decoder(&self, enc: Encoded, tgt_in: &Tensor, train: bool) -> ForwardOutput {
         assert_eq!(tgt_in.dim(), 2, "tgt_in must be [B, T]");
         let logits = self
             .decoder

@@ -191,10 +191,20 @@ impl Trial<'_> {
         let tgt_in = batch.tgt_in.to_device(d);
         let tgt_out = batch.tgt_out.to_device(d);
         let lengths = batch.target_lengths.to_device(d);
-        let loss = self.autocast.run(|| {
-            let out = self.net.forward_t(&images, &widths, &tgt_in, true);
-            self.net
-                .loss(&out, &tgt_out, &lengths, self.cfg.optimizer.label_smoothing)
+        let recompute = self.cfg.recompute_activations;
+        let (loss, head) = self.autocast.run(|| {
+            let (out, head) = if recompute {
+                let (out, head) = self
+                    .net
+                    .forward_train_recomputing(&images, &widths, &tgt_in);
+                (out, Some(head))
+            } else {
+                (self.net.forward_t(&images, &widths, &tgt_in, true), None)
+            };
+            let loss = self
+                .net
+                .loss(&out, &tgt_out, &lengths, self.cfg.optimizer.label_smoothing);
+            (loss, head)
         });
         let loss_value = loss.double_value(&[]);
         self.opt.zero_grad();
@@ -203,9 +213,14 @@ impl Trial<'_> {
             let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
             if scale != 1.0 {
                 (&loss * scale).backward();
-                self.opt.scale_grads(1.0 / scale);
             } else {
                 loss.backward();
+            }
+            if let Some(head) = head {
+                self.autocast.run(|| self.net.backward_head(head));
+            }
+            if scale != 1.0 {
+                self.opt.scale_grads(1.0 / scale);
             }
             let norm = self.opt.clip_grad_norm(self.cfg.optimizer.grad_clip);
             finite = norm.is_finite();
