@@ -35,7 +35,7 @@ impl ConvBn {
         };
         let conv = nn::conv(vs / "conv", c_in, c_out, [kernel, kernel], cfg);
         let bn_config = nn::BatchNormConfig::default();
-        let bn = nn::batch_norm2d(vs / "bn", c_out, bn_config.clone());
+        let bn = nn::batch_norm2d(vs / "bn", c_out, bn_config);
         Self {
             conv,
             bn,
