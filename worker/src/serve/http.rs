@@ -189,6 +189,14 @@ impl IntoResponse for ServeError {
                 HeaderValue::from(retry_after_secs(*after)),
             );
         }
+        // A refused or broken upload may leave body bytes unread on the connection: it cannot
+        // carry another request, and a client that pooled it would send its next one into a
+        // connection the server is closing.
+        if matches!(self, ServeError::TooLarge(_) | ServeError::Incomplete(_)) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
