@@ -178,12 +178,7 @@ fn run(dir: &Path) -> Result<()> {
         let recompute = recompute_at(step)?;
         let started = Instant::now();
         tch::manual_seed(step as i64);
-        let (out, head) = if recompute {
-            let (out, head) = net.forward_train_recomputing(images, widths, tgt_in);
-            (out, Some(head))
-        } else {
-            (net.forward_t(images, widths, tgt_in, true), None)
-        };
+        let (out, head) = net.forward_train(images, widths, tgt_in, recompute);
         let loss = net.loss(&out, tgt_out, lengths, cfg.label_smoothing);
         opt.zero_grad();
         loss.backward();

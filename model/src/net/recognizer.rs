@@ -156,6 +156,13 @@ impl Recognizer {
         self.inference_only = true;
     }
 
+    fn check_trainable(&self, train: bool) {
+        assert!(
+            !(train && self.inference_only),
+            "this Recognizer is loaded for inference only"
+        );
+    }
+
     fn check_images(images: &Tensor, widths: &Tensor) -> (i64, i64, i64) {
         let (b, c, h, w) = images.size4().expect("images must be [B, 1, H, W]");
         assert_eq!(c, 1, "images must have one channel");
@@ -169,10 +176,7 @@ impl Recognizer {
     }
 
     fn encode(&self, images: &Tensor, widths: &Tensor, train: bool, want_ctc: bool) -> Encoded {
-        assert!(
-            !(train && self.inference_only),
-            "this Recognizer is loaded for inference only"
-        );
+        self.check_trainable(train);
         Self::check_images(images, widths);
         let out = self.encoder.forward_t(images, widths, train);
         self.encode_features(out, images.device(), train, want_ctc)
@@ -240,28 +244,29 @@ impl Recognizer {
         self.forward_decoder(enc, tgt_in, train)
     }
 
-    /// [`Self::forward_t`] in training mode, holding fewer activations: the encoder's
-    /// highest-resolution layers are run again in the backward pass instead of kept (see
-    /// [`Encoder::forward_train_recomputing`]). Pass the returned [`HeadRecompute`] to
+    /// [`Self::forward_t`] in training mode. With `recompute`, holding fewer activations: the
+    /// encoder's highest-resolution layers are run again in the backward pass instead of kept
+    /// (see [`Encoder::forward_train_recomputing`]); pass the returned [`HeadRecompute`] to
     /// [`Self::backward_head`] right after the loss's backward pass. Outputs, gradients and
-    /// BatchNorm statistics are bit-identical to `forward_t(.., true)`'s.
-    pub fn forward_train_recomputing(
+    /// BatchNorm statistics are bit-identical either way.
+    pub fn forward_train(
         &self,
         images: &Tensor,
         widths: &Tensor,
         tgt_in: &Tensor,
-    ) -> (ForwardOutput, HeadRecompute) {
-        assert!(
-            !self.inference_only,
-            "this Recognizer is loaded for inference only"
-        );
+        recompute: bool,
+    ) -> (ForwardOutput, Option<HeadRecompute>) {
+        if !recompute {
+            return (self.forward_t(images, widths, tgt_in, true), None);
+        }
+        self.check_trainable(true);
         Self::check_images(images, widths);
         let (out, head) = self.encoder.forward_train_recomputing(images, widths);
         let enc = self.encode_features(out, images.device(), true, true);
-        (self.forward_decoder(enc, tgt_in, true), head)
+        (self.forward_decoder(enc, tgt_in, true), Some(head))
     }
 
-    /// The backward pass of the encoder's head, owed by [`Self::forward_train_recomputing`].
+    /// The backward pass of the encoder's head, owed by [`Self::forward_train`].
     /// Run it inside the forward pass's autocast setting, before gradients are rescaled or
     /// clipped.
     pub fn backward_head(&self, head: HeadRecompute) {

@@ -162,7 +162,6 @@ pub struct EncoderOutput {
     pub widths: Tensor,
 }
 
-/// The ResNet encoder followed by a 1×1 projection to the Transformer width.
 /// The encoder head of a training pass run by [`Encoder::forward_train_recomputing`], still
 /// owing its backward pass.
 #[derive(Debug)]
@@ -190,6 +189,7 @@ impl HeadRecompute {
     }
 }
 
+/// The ResNet encoder followed by a 1×1 projection to the Transformer width.
 #[derive(Debug)]
 pub struct Encoder {
     stem: ConvBn,

@@ -193,14 +193,7 @@ impl Trial<'_> {
         let lengths = batch.target_lengths.to_device(d);
         let recompute = self.cfg.recompute_activations;
         let (loss, head) = self.autocast.run(|| {
-            let (out, head) = if recompute {
-                let (out, head) = self
-                    .net
-                    .forward_train_recomputing(&images, &widths, &tgt_in);
-                (out, Some(head))
-            } else {
-                (self.net.forward_t(&images, &widths, &tgt_in, true), None)
-            };
+            let (out, head) = self.net.forward_train(&images, &widths, &tgt_in, recompute);
             let loss = self
                 .net
                 .loss(&out, &tgt_out, &lengths, self.cfg.optimizer.label_smoothing);
