@@ -115,6 +115,11 @@ pub struct EvalPoint {
     /// CER of each extra validation set by name (e.g. `unseen-fonts`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_cer: BTreeMap<String, f64>,
+    /// How the lines were read. Absent for the evaluations made while training, which read
+    /// with `joint`; a finished trial's `best` is its best weights read with the decoding its
+    /// model is served with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding: Option<crate::manifest::DecodeMode>,
 }
 
 /// Reference to a stored checkpoint.
@@ -133,7 +138,7 @@ pub struct ModelRef {
     pub url: String,
     /// The model version (sha256 of its manifest).
     pub sha256: String,
-    /// Validation CER of the model.
+    /// Validation CER of the model, read with the decoding it is served with.
     pub cer: f64,
 }
 

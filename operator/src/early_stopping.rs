@@ -208,6 +208,7 @@ pub fn evals_of_metrics(text: &str) -> Vec<EvalPoint> {
                     cer,
                     wer,
                     extra_cer: Default::default(),
+                    decoding: None,
                 },
             );
         }

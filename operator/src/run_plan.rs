@@ -892,6 +892,7 @@ mod tests {
             latest_metric: best,
             best_metric: best,
             best_extra_cer: Default::default(),
+            best_decoding: None,
             restarts: 0,
             preemptions: 0,
             checkpoint: None,
@@ -1009,6 +1010,7 @@ mod tests {
                     crate::trial_state::MAX_MESSAGE,
                 )),
                 params: crate::util::truncate(&long, 256),
+                best_decoding: Some(textrec_contract::manifest::DecodeMode::CtcLm),
                 checkpoint: Some(crate::crd::CheckpointStatus {
                     step: 1,
                     url: "s3://bucket/a/long/prefix/run/trial/checkpoints/step-0000000001/".into(),
@@ -1095,6 +1097,7 @@ mod tests {
                 cer: *v,
                 wer: 1.0,
                 extra_cer: Default::default(),
+                decoding: None,
             })
             .collect()
     }

@@ -238,7 +238,7 @@ pub fn observe(
         }
     }
 
-    let (step, latest, best, best_extra_cer, checkpoint) = match &progress {
+    let (step, latest, best, best_extra_cer, best_decoding, checkpoint) = match &progress {
         Some(p) => (
             p.step,
             p.latest.as_ref().map(|e| metric_of(e, metric)),
@@ -247,6 +247,7 @@ pub fn observe(
                 .as_ref()
                 .map(|e| e.extra_cer.clone())
                 .unwrap_or_default(),
+            p.best.as_ref().and_then(|e| e.decoding),
             p.checkpoint.as_ref().map(|c| CheckpointStatus {
                 step: c.step,
                 url: c.url.clone(),
@@ -258,9 +259,10 @@ pub fn observe(
                 p.latest_metric,
                 p.best_metric,
                 p.best_extra_cer.clone(),
+                p.best_decoding,
                 p.checkpoint.clone(),
             ),
-            None => (0, None, None, Default::default(), None),
+            None => (0, None, None, Default::default(), None, None),
         },
     };
     let status = TrialStatus {
@@ -271,6 +273,7 @@ pub fn observe(
         latest_metric: latest,
         best_metric: best,
         best_extra_cer,
+        best_decoding,
         restarts,
         preemptions,
         checkpoint,
@@ -298,6 +301,7 @@ pub fn observe(
 mod tests {
     use super::*;
     use serde_json::json;
+    use textrec_contract::manifest::DecodeMode;
 
     fn pod(phase: &str, exit: Option<i32>, disrupted: bool) -> Pod {
         let mut status = json!({"phase": phase});
@@ -353,6 +357,7 @@ mod tests {
             latest_metric: Some(0.3),
             best_metric: Some(0.3),
             best_extra_cer: Default::default(),
+            best_decoding: None,
             restarts: 2,
             preemptions: 3,
             checkpoint: None,
@@ -431,5 +436,35 @@ mod tests {
         };
         let (again, _) = observe("t", "", Some(&s), &obs, ObjectiveMetric::Cer);
         assert_eq!(again.best_extra_cer, s.best_extra_cer);
+    }
+
+    #[test]
+    fn a_finished_trials_best_says_how_it_was_read() {
+        let running: TrialProgress = serde_json::from_value(json!({
+            "phase": "Running", "step": 400, "max_steps": 400,
+            "best": {"step": 400, "cer": 0.09, "wer": 0.3, "extra_cer": {"unseen-fonts": 0.2}},
+            "updated": "2026-01-01T00:00:00Z"}))
+        .unwrap();
+        let j = job(json!([]));
+        let obs = |p| TrialObservation {
+            job: Some(&j),
+            pods: vec![],
+            progress: p,
+        };
+        let (s, _) = observe("t", "", None, &obs(Some(&running)), ObjectiveMetric::Cer);
+        assert_eq!(s.best_decoding, None);
+        // Read again with the decoding the model chose, once it is written.
+        let done: TrialProgress = serde_json::from_value(json!({
+            "phase": "Succeeded", "step": 400, "max_steps": 400,
+            "best": {"step": 400, "cer": 0.06, "wer": 0.2, "extra_cer": {"unseen-fonts": 0.15},
+                     "decoding": "ctc-lm"},
+            "updated": "2026-01-01T00:00:00Z"}))
+        .unwrap();
+        let (s, _) = observe("t", "", Some(&s), &obs(Some(&done)), ObjectiveMetric::Cer);
+        assert_eq!(s.best_decoding, Some(DecodeMode::CtcLm));
+        assert_eq!(s.best_metric, Some(0.06));
+        assert_eq!(s.best_extra_cer.get("unseen-fonts"), Some(&0.15));
+        let (again, _) = observe("t", "", Some(&s), &obs(None), ObjectiveMetric::Cer);
+        assert_eq!(again.best_decoding, Some(DecodeMode::CtcLm));
     }
 }

@@ -346,7 +346,7 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
             },
         )
         .await;
-        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9},
+        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9, "decoding": "ctc-lm"},
             "model": {"url": format!("{storage}/grid/grid-t0/model/"), "sha256": "a".repeat(64), "cer": 0.5}, "updated": "2030-01-01T00:00:00Z"});
         set_pod_outcome(
             &client,
@@ -373,6 +373,20 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
     })
     .await;
     let best_url = status["bestModel"]["url"].as_str().unwrap().to_string();
+    // The best trial's best is its model as served: read with the model's decoding, the same
+    // CER the run's best model carries.
+    let best_trial = status["bestModel"]["trial"].as_str().unwrap();
+    let t = status["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == best_trial)
+        .unwrap();
+    assert!(t["bestDecoding"].is_string(), "{t}");
+    assert_eq!(t["bestMetric"], status["bestModel"]["metric"], "{status}");
+    if no_kubelet() {
+        assert_eq!(t["bestDecoding"], "ctc-lm", "{t}");
+    }
 
     // Events were recorded on the run.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
@@ -1084,7 +1098,7 @@ async fn submit_waits_for_a_tiny_run_and_exits_zero() {
             },
         )
         .await;
-        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9},
+        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9, "decoding": "ctc-lm"},
             "model": {"url": format!("{storage}/submitted/submitted-t0/model/"), "sha256": "a".repeat(64), "cer": 0.5}, "updated": "2030-01-01T00:00:00Z"});
         let status = json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "worker", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": 0, "message": done.to_string()}}}]}});

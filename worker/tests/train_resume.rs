@@ -207,11 +207,21 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
         serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
     let best = p.best.unwrap();
     assert_eq!(manifest.provenance.step, best.step);
-    assert_eq!(manifest.metrics["cer"], best.cer);
-    assert_eq!(model.cer, best.cer);
+    let best_eval = evals
+        .iter()
+        .filter(|e| e.step == best.step)
+        .map(|e| e.cer.unwrap())
+        .next()
+        .unwrap();
+    assert_eq!(manifest.metrics["cer"], best_eval);
     // Every decoding was measured on the validation set, and the model reads with the best
     // (joint's CER is the evaluation's own); ties go to the cheaper mode (ctc, joint, attention).
-    assert_eq!(manifest.metrics["cer@joint"], best.cer);
+    assert_eq!(manifest.metrics["cer@joint"], best_eval);
+    // The finished trial's best, and the model reference, are the model read as served.
+    assert_eq!(best.decoding, Some(manifest.decoding));
+    let served = format!("cer@{}", manifest.decoding.as_str());
+    assert_eq!(best.cer, manifest.metrics[&served]);
+    assert_eq!(model.cer, best.cer);
     let by_mode = [
         (DecodeMode::Ctc, manifest.metrics["cer@ctc"]),
         (DecodeMode::Joint, manifest.metrics["cer@joint"]),
@@ -220,11 +230,19 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
     let lowest = by_mode.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
     let first_lowest = by_mode.iter().find(|m| m.1 == lowest).unwrap().0;
     assert_eq!(manifest.decoding, first_lowest, "{by_mode:?}");
-    // Each extra validation set's CER is recorded too.
-    assert_eq!(
-        manifest.metrics["cer:unseen-fonts"],
-        best.extra_cer["unseen-fonts"]
-    );
+    // Each extra validation set's CER is recorded too: as evaluated, and as served.
+    let unseen_eval = evals
+        .iter()
+        .find(|e| e.step == best.step)
+        .map(|e| e.sets["unseen-fonts"].cer)
+        .unwrap();
+    assert_eq!(manifest.metrics["cer:unseen-fonts"], unseen_eval);
+    if manifest.decoding == DecodeMode::Joint {
+        assert_eq!(best.extra_cer["unseen-fonts"], unseen_eval);
+    } else {
+        let served = format!("cer:unseen-fonts@{}", manifest.decoding.as_str());
+        assert_eq!(best.extra_cer["unseen-fonts"], manifest.metrics[&served]);
+    }
     // Only the newest `keep` checkpoints survive.
     assert_eq!(complete_checkpoints(out), vec![30, 35, 40]);
 }

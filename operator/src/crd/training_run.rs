@@ -800,6 +800,11 @@ pub struct TrialStatus {
     /// `unseen-fonts`: held-out prose in fonts the model never trains on).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub best_extra_cer: BTreeMap<String, f64>,
+    /// How the best metrics were read: absent while training (evaluations read with `joint`);
+    /// once the trial succeeded, the decoding its model is served with, which the best
+    /// metrics were measured again in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_decoding: Option<textrec_contract::manifest::DecodeMode>,
     /// Pods that failed and were replaced (not counting preemptions).
     #[serde(default)]
     pub restarts: i32,

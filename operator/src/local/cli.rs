@@ -404,6 +404,7 @@ fn trials_table(state: &LocalState) -> String {
         "LATEST",
         "BEST",
         "BEST-UNSEEN-FONTS",
+        "READ-WITH",
         "RESTARTS",
         "PREEMPTIONS",
         "PARAMS",
@@ -424,6 +425,13 @@ fn trials_table(state: &LocalState) -> String {
                     .best_extra_cer
                     .get(textrec_contract::config::UNSEEN_FONTS_SET)
                     .copied()),
+                // Evaluations while training read with `joint`; a finished trial's best is
+                // read again with its model's decoding.
+                t.best_decoding
+                    .map_or(if t.best_metric.is_some() { "joint" } else { "" }, |d| {
+                        d.as_str()
+                    })
+                    .to_string(),
                 t.restarts.to_string(),
                 t.preemptions.to_string(),
                 t.params.clone(),
@@ -562,6 +570,45 @@ mod tests {
             head,
             ["NAME", "PHASE", "REVISION", "METRIC", "READY", "AGE"]
         );
+    }
+
+    #[test]
+    fn the_trials_table_says_how_each_best_was_read() {
+        use crate::local::state::RunRecord;
+        let run: TrainingRun = serde_json::from_value(json!({
+            "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "lr"}, "spec": {},
+            "status": {"phase": "Running", "trials": [
+                {"name": "lr-t0", "phase": "Succeeded", "step": 400, "bestMetric": 0.0605,
+                 "bestExtraCer": {"unseen-fonts": 0.15}, "bestDecoding": "ctc-lm"},
+                {"name": "lr-t1", "phase": "Running", "step": 200, "bestMetric": 0.2},
+                {"name": "lr-t2", "phase": "Pending"}]}}))
+        .unwrap();
+        let mut state = LocalState::default();
+        state.runs.insert(
+            "lr".into(),
+            RunRecord {
+                run,
+                trials: Default::default(),
+            },
+        );
+        let t = trials_table(&state);
+        let lines: Vec<&str> = t.lines().collect();
+        // Cells are aligned under their headings.
+        let cell = |row: usize, heading: &str| {
+            let at = lines[0].find(&format!(" {heading} ")).unwrap() + 1;
+            let line = lines[row];
+            line.get(at..)
+                .filter(|rest| !rest.starts_with(' '))
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let read = |row| ["BEST", "BEST-UNSEEN-FONTS", "READ-WITH"].map(|h| cell(row, h));
+        assert_eq!(read(1), ["0.0605", "0.1500", "ctc-lm"], "{t}");
+        // Evaluations while training read with `joint`; a trial without a best says nothing.
+        assert_eq!(read(2), ["0.2000", "", "joint"], "{t}");
+        assert_eq!(read(3), ["", "", ""], "{t}");
     }
 
     #[test]

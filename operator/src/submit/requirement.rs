@@ -247,6 +247,7 @@ mod tests {
                 latest_metric: Some(0.05),
                 best_metric: Some(0.04),
                 best_extra_cer: [("unseen-fonts".to_string(), 0.09)].into(),
+                best_decoding: None,
                 restarts: 0,
                 preemptions: 0,
                 checkpoint: None,

@@ -723,7 +723,13 @@ pub fn run_page(
         }
         let _ = write!(
             body,
-            "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wrap muted\">{}</td></tr>",
+            "<td class=\"num\" title=\"{}\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wrap muted\">{}</td></tr>",
+            // Evaluations while training read with `joint`; a finished trial's best is read
+            // again with its model's decoding.
+            t.best_decoding
+                .map_or("read with joint (as evaluated)".to_string(), |d| {
+                    format!("read with {} (as served)", d.as_str())
+                }),
             metric(t.best_metric),
             metric(t.latest_metric),
             t.step,

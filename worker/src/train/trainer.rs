@@ -283,6 +283,7 @@ impl Trial<'_> {
                 .iter()
                 .map(|(name, s)| (name.clone(), s.cer))
                 .collect(),
+            decoding: None,
         };
         self.state.latest = Some(point.clone());
         self.state.last_eval_step = Some(point.step);
@@ -378,18 +379,19 @@ impl Trial<'_> {
     /// `attention` and, with a language model, `ctc-lm` are measured here, once). Ties go to
     /// the cheaper mode: at short training budgets the decoder reads little and the CTC head
     /// alone is as good and twice as fast. Loads the best weights into the network: call when
-    /// training is over.
+    /// training is over. Returns the chosen mode, every mode's objective CER, and the best
+    /// weights' scores read with the chosen mode (a stop request leaves out the extra sets
+    /// not read yet).
     fn choose_decoding(
         &mut self,
-        val: &ValidationSet,
+        vals: &[ValidationSet],
         lm: Option<&LanguageModel>,
-    ) -> Result<(DecodeMode, Vec<(DecodeMode, f64)>)> {
+    ) -> Result<DecodingChoice> {
         let best = self.state.best.clone().context("no evaluation happened")?;
         if self.state.architecture.ctc_weight <= 0.0 {
-            return Ok((
-                DecodeMode::Attention,
-                vec![(DecodeMode::Attention, best.cer)],
-            ));
+            // Without a CTC head, joint decoding is the attention decoder's reading.
+            let mode = DecodeMode::Attention;
+            return Ok(DecodingChoice::as_evaluated(mode, &best));
         }
         let weights = self.best_weights.clone().context("best weights missing")?;
         tensorio::load_varstore(&mut self.vs, &weights).context("reloading the best weights")?;
@@ -399,20 +401,23 @@ impl Trial<'_> {
             .into_iter()
             .filter(|&m| m != DecodeMode::CtcLm || lm.is_some())
         {
-            match self.score(val, mode, lm)? {
-                Some(card) => scores.push((mode, card.score().cer)),
+            match self.score(&vals[0], mode, lm)? {
+                Some(card) => {
+                    let s = card.score();
+                    scores.push((mode, s.cer, s.wer));
+                }
                 // Stopping now keeps the measured default.
-                None => return Ok((DecodeMode::Joint, vec![(DecodeMode::Joint, best.cer)])),
+                None => return Ok(DecodingChoice::as_evaluated(DecodeMode::Joint, &best)),
             }
         }
-        scores.insert(1, (DecodeMode::Joint, best.cer));
+        scores.insert(1, (DecodeMode::Joint, best.cer, best.wer));
         // Order: ctc, joint, attention, ctc-lm (the CTC head alone first; the others cost
         // about the same); the first of the lowest CERs wins.
-        let chosen = scores
+        let (chosen, cer, wer) = scores
             .iter()
-            .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc })
-            .0;
-        let listed: Vec<String> = scores
+            .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc });
+        let by_mode: Vec<(DecodeMode, f64)> = scores.iter().map(|&(m, c, _)| (m, c)).collect();
+        let listed: Vec<String> = by_mode
             .iter()
             .map(|(m, c)| format!("{} {c:.4}", m.as_str()))
             .collect();
@@ -421,16 +426,42 @@ impl Trial<'_> {
             listed.join(", "),
             chosen.as_str()
         );
-        Ok((chosen, scores))
+        if chosen == DecodeMode::Joint {
+            return Ok(DecodingChoice {
+                by_mode,
+                ..DecodingChoice::as_evaluated(chosen, &best)
+            });
+        }
+        // The extra sets were read with `joint` at the best evaluation: read them again the way
+        // the model will be served, so a trial's scores compare with another trial's.
+        let mut reading = EvalPoint {
+            step: best.step,
+            cer,
+            wer,
+            extra_cer: Default::default(),
+            decoding: Some(chosen),
+        };
+        for val in &vals[1..] {
+            match self.score(val, chosen, lm)? {
+                Some(card) => reading.extra_cer.insert(val.name.clone(), card.score().cer),
+                None => break,
+            };
+        }
+        Ok(DecodingChoice {
+            mode: chosen,
+            by_mode,
+            reading,
+        })
     }
 
     /// Write the final model folder (best weights + manifest, manifest last).
-    fn write_model(
-        &self,
-        decoding: DecodeMode,
-        by_mode: &[(DecodeMode, f64)],
-        lm: Option<&FolderLm>,
-    ) -> Result<ModelRef> {
+    fn write_model(&self, choice: &DecodingChoice, lm: Option<&FolderLm>) -> Result<ModelRef> {
+        let DecodingChoice {
+            mode: decoding,
+            by_mode,
+            reading,
+        } = choice;
+        let decoding = *decoding;
         let best = self
             .state
             .best
@@ -445,8 +476,8 @@ impl Trial<'_> {
                 charset: self.tokenizer.charset().to_string(),
                 preprocessing: self.cfg.preprocess.clone(),
                 // The objective's scores (as evaluated, joint decoding), each extra validation
-                // set's CER as `cer:NAME`, and the objective's CER by decoding as
-                // `cer@MODE`.
+                // set's CER as `cer:NAME`, the objective's CER by decoding as `cer@MODE`, and
+                // each extra set's CER in the chosen decoding as `cer:NAME@MODE`.
                 metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]
                     .into_iter()
                     .chain(best.extra_cer.iter().map(|(n, c)| (format!("cer:{n}"), *c)))
@@ -454,6 +485,12 @@ impl Trial<'_> {
                         by_mode
                             .iter()
                             .map(|(m, c)| (format!("cer@{}", m.as_str()), *c)),
+                    )
+                    .chain(
+                        reading
+                            .extra_cer
+                            .iter()
+                            .map(|(n, c)| (format!("cer:{n}@{}", decoding.as_str()), *c)),
                     )
                     .collect(),
                 decoding,
@@ -482,8 +519,31 @@ impl Trial<'_> {
         Ok(ModelRef {
             url: self.ctx.store.url_of(layout::MODEL),
             sha256: ModelManifest::version_of(&bytes),
-            cer: best.cer,
+            cer: reading.cer,
         })
+    }
+}
+
+/// The decoding a finished trial's model is served with, and how its best weights read.
+struct DecodingChoice {
+    mode: DecodeMode,
+    /// The objective's CER in each decoding measured, in the order tried.
+    by_mode: Vec<(DecodeMode, f64)>,
+    /// The best weights' scores read with `mode`.
+    reading: EvalPoint,
+}
+
+impl DecodingChoice {
+    /// `mode` without measuring the others: the best evaluation's own reading.
+    fn as_evaluated(mode: DecodeMode, best: &EvalPoint) -> Self {
+        Self {
+            mode,
+            by_mode: vec![(mode, best.cer)],
+            reading: EvalPoint {
+                decoding: Some(mode),
+                ..best.clone()
+            },
+        }
     }
 }
 
@@ -824,18 +884,23 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             } else {
                 None
             };
-            let (decoding, by_mode) = t.choose_decoding(&vals[0], lm.as_ref().map(|l| &l.model))?;
-            let model = t.write_model(decoding, &by_mode, lm.as_ref())?;
-            let p = t.progress(WorkerPhase::Succeeded, Some(model.clone()), None);
+            let choice = t.choose_decoding(&vals, lm.as_ref().map(|l| &l.model))?;
+            let decoding = choice.mode;
+            let model = t.write_model(&choice, lm.as_ref())?;
+            let mut p = t.progress(WorkerPhase::Succeeded, Some(model.clone()), None);
+            // The finished trial's best is its model as served, so trials that chose different
+            // decodings compare on what they read.
+            p.best = Some(choice.reading);
             ctx.rt.block_on(async {
                 t.metrics.flush(&ctx.store).await?;
                 progress::write(&ctx.store, &p).await
             })?;
             tracing::info!(
-                "finished {} steps in {:.1}s; model (best CER {:.4}) written to {}",
+                "finished {} steps in {:.1}s; model (best CER {:.4} with `{}`) written to {}",
                 t.state.step,
                 t.elapsed(),
                 model.cer,
+                decoding.as_str(),
                 model.url
             );
             Ok((Outcome::Finished, p))
