@@ -12,7 +12,9 @@ English model, LSTM engine), one process for the whole set so that its start-up 
 as textrec's is. Both run on one thread (OMP_THREAD_LIMIT=1, --threads 1). CER is computed here
 with the definition of model/src/metrics.rs (case-sensitive; whitespace runs collapsed and
 trimmed; errors and reference characters summed over lines), overall and by reference length,
-and textrec's is checked against the number `eval` reports itself.
+and textrec's is checked against the number `eval` reports itself. `eval` also reports how well
+textrec's line confidence picks out the lines it read wrong (AUROC, and at a few thresholds the
+share flagged and the CER of the rest); that is printed under each set.
 """
 
 from __future__ import annotations
@@ -152,7 +154,10 @@ def run_textrec(worker: Path, model: str, data: Path, refs: dict[str, str], thre
             scores.add(reference, (Path(predictions) / f"{name}.txt").read_text().strip("\n"))
     if abs(scores.total.cer - reported["cer"]) > 1e-9:
         raise SystemExit(f"CER mismatch: eval says {reported['cer']}, recomputed {scores.total.cer}")
-    return scores.as_dict(secs)
+    result = scores.as_dict(secs)
+    # How well the line confidence picks out the lines read wrong (eval computes it).
+    result["confidence"] = reported.get("confidence")
+    return result
 
 
 def run_tesseract(data: Path, refs: dict[str, str]) -> dict:
@@ -241,6 +246,15 @@ def main() -> None:
             x = r[k]
             cells = " ".join(f"{x['by_length'].get(b, {}).get('cer', float('nan')):>9.4f}" for b in buckets)
             print(f"{k:<12} {x['cer']:>7.4f} {x['wer']:>7.4f} {x['ms_per_line']:>8.1f}  {cells}")
+        conf = r["textrec"].get("confidence")
+        if conf:
+            auroc = "n/a" if conf["auroc"] is None else f"{conf['auroc']:.3f}"
+            print(f"textrec confidence: {conf['wrong_lines']} of {conf['lines']} lines not read exactly, AUROC {auroc}")
+            for t in conf["thresholds"]:
+                pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
+                kept = "-" if t["cer_kept"] is None else f"{t['cer_kept']:.4f}"
+                print(f"  below {t['below']:.1f}: {pct(t['flagged'])} flagged, {pct(t['wrong_among_flagged'])} of them wrong, "
+                      f"{pct(t['wrong_caught'])} of wrong lines caught; the rest at CER {kept}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 
 pub mod autocast;
 pub mod batching;
+pub mod calibration;
 pub mod data;
 pub mod inference;
 pub mod lm;

@@ -20,7 +20,9 @@ use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
 use textrec_contract::exit::{self, ConfigError};
 use textrec_contract::manifest::ModelManifest;
+use textrec_model::calibration::{ConfidenceCard, ConfidenceReport};
 use textrec_model::data::open_dataset;
+use textrec_model::inference::Prediction;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
 use textrec_model::LoadedModel;
@@ -214,6 +216,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     }
 
     let mut card = ScoreCard::default();
+    let mut confidence = ConfidenceCard::default();
     // Files rejected while the folder was scanned (unreadable, bad size, no transcription) count
     // as skipped just like those that fail to decode now.
     let mut skipped: Vec<String> = data
@@ -224,8 +227,10 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let mut pending: Vec<(String, String, GrayImage)> = Vec::new();
     let mut flush =
         |pending: &mut Vec<(String, String, GrayImage)>, skipped: &mut Vec<String>| -> Result<()> {
-            for (id, reference, hyp) in recognize_batch(&model, std::mem::take(pending), skipped) {
+            for (id, reference, pred) in recognize_batch(&model, std::mem::take(pending), skipped) {
+                let hyp = pred.text;
                 card.add(&reference, &hyp);
+                confidence.add(&reference, &hyp, pred.confidence);
                 if let Some(dir) = &args.predictions {
                     let path = dir.join(format!("{id}.txt"));
                     std::fs::write(&path, format!("{hyp}\n"))
@@ -267,6 +272,9 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         if !skipped.is_empty() {
             j["skipped"] = serde_json::json!(skipped.len());
         }
+        if let Some(r) = confidence.report() {
+            j["confidence"] = serde_json::to_value(r).context("confidence report")?;
+        }
         if args.json {
             println!("{j}");
         }
@@ -275,6 +283,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             let mut small = j.clone();
             if let Some(o) = small.as_object_mut() {
                 o.remove("by_length");
+                o.remove("confidence");
             }
             std::fs::write(path, small.to_string())
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -302,23 +311,51 @@ pub fn run(args: EvalArgs) -> Result<i32> {
                 b.cer, b.lines
             );
         }
+        if let Some(r) = confidence.report() {
+            print_calibration(&r);
+        }
     }
     Ok(exit::SUCCESS)
 }
 
+/// What the line confidence says of the readings: which threshold to send to review.
+fn print_calibration(r: &ConfidenceReport) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
+    println!(
+        "confidence: {} of {} lines not read exactly; a wrong line ranks below a right one {}",
+        r.wrong_lines,
+        r.lines,
+        r.auroc
+            .map_or("(no ranking: all right or all wrong)".to_string(), |a| {
+                format!("with probability {a:.3} (AUROC)")
+            })
+    );
+    for t in &r.thresholds {
+        println!(
+            "  below {:.1}: {:>4} of lines flagged, {:>4} of them wrong, {:>4} of wrong lines caught; the rest read at CER {}",
+            t.below,
+            pct(Some(t.flagged)),
+            pct(t.wrong_among_flagged),
+            pct(t.wrong_caught),
+            t.cer_kept.map_or("-".to_string(), |c| format!("{c:.4}")),
+        );
+    }
+}
+
 /// Recognize a batch; when the batch fails (one image too large, say), retry line by line so
-/// one bad image costs only itself. Returns (id, reference, hypothesis) of the lines that worked.
+/// one bad image costs only itself. Returns (id, reference, prediction) of the lines that
+/// worked.
 fn recognize_batch(
     model: &LoadedModel,
     batch: Vec<(String, String, GrayImage)>,
     skipped: &mut Vec<String>,
-) -> Vec<(String, String, String)> {
+) -> Vec<(String, String, Prediction)> {
     let images: Vec<GrayImage> = batch.iter().map(|(_, _, img)| img.clone()).collect();
     match model.recognize(&images) {
         Ok(preds) => batch
             .into_iter()
             .zip(preds)
-            .map(|((id, r, _), p)| (id, r, p.text))
+            .map(|((id, r, _), p)| (id, r, p))
             .collect(),
         Err(_) if batch.len() > 1 => batch
             .into_iter()

@@ -129,6 +129,16 @@ fn eval_json_reports_cer_wer_lines_and_skipped() {
     );
     let digest = j["dataset_digest"].as_str().unwrap().to_string();
     assert_eq!(digest.len(), 64, "{j}");
+    // How the line confidence separates wrong readings, at each review threshold.
+    let conf = &j["confidence"];
+    assert_eq!(conf["lines"], LINES, "{j}");
+    let thresholds = conf["thresholds"].as_array().unwrap();
+    assert_eq!(thresholds.len(), 5, "{j}");
+    let flagged: Vec<f64> = thresholds
+        .iter()
+        .map(|t| t["flagged"].as_f64().unwrap())
+        .collect();
+    assert!(flagged.windows(2).all(|w| w[0] <= w[1]), "{flagged:?}");
 
     // --samples caps the lines; --result-file gets the same result (without the table).
     let result = preds.path().join("result.json");
@@ -146,6 +156,7 @@ fn eval_json_reports_cer_wer_lines_and_skipped() {
     assert!(r["lines"].as_u64().unwrap() <= 2, "{r}");
     assert_eq!(r["dataset_digest"], digest.as_str());
     assert!(r.get("by_length").is_none(), "{r}");
+    assert!(r.get("confidence").is_none(), "{r}");
 }
 
 #[test]
