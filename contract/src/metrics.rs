@@ -26,6 +26,10 @@ pub struct MetricsRecord {
     /// Training throughput since the previous record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_sec: Option<f64>,
+    /// Peak resident memory of the trial's process so far, in MiB (Linux's `VmHWM`): what a
+    /// pod's memory limit must hold. Absent where the system does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
     /// Validation character error rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cer: Option<f64>,

@@ -202,6 +202,11 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
     assert!(train
         .iter()
         .all(|r| r.loss.unwrap().is_finite() && r.lr.unwrap() > 0.0));
+    // The process's peak memory, for sizing a pod's limit: libtorch alone is tens of MiB, and
+    // a peak never goes down.
+    let peaks: Vec<f64> = train.iter().map(|r| r.peak_rss_mib.unwrap()).collect();
+    assert!(peaks[0] > 20.0, "{peaks:?}");
+    assert!(peaks.windows(2).all(|w| w[0] <= w[1]), "{peaks:?}");
     // The model is the best evaluation's, with its metrics.
     let manifest: ModelManifest =
         serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();

@@ -117,6 +117,7 @@ mod tests {
             loss: Some(1.0),
             lr: Some(0.1),
             samples_per_sec: None,
+            peak_rss_mib: None,
             cer: None,
             wer: None,
             sets: Default::default(),

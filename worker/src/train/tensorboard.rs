@@ -187,6 +187,7 @@ fn summary_values(r: &MetricsRecord) -> Vec<SummaryValue> {
             scalar("train/loss".into(), r.loss);
             scalar("train/lr".into(), r.lr);
             scalar("train/samples_per_sec".into(), r.samples_per_sec);
+            scalar("train/peak_rss_mib".into(), r.peak_rss_mib);
         }
         RecordKind::Eval => {
             for (set, s) in &r.sets {

@@ -174,6 +174,7 @@ impl Trial<'_> {
             loss: None,
             lr: None,
             samples_per_sec: None,
+            peak_rss_mib: None,
             cer: None,
             wer: None,
             sets: Default::default(),
@@ -524,6 +525,20 @@ impl Trial<'_> {
     }
 }
 
+/// The process's peak resident memory so far, in MiB (`VmHWM`); `None` off Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 /// The decoding a finished trial's model is served with, and how its best weights read.
 struct DecodingChoice {
     mode: DecodeMode,
@@ -840,8 +855,13 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             rec.loss = Some(window.loss_sum / window.steps as f64);
             rec.lr = Some(t.state.lr);
             rec.samples_per_sec = Some(sps);
+            rec.peak_rss_mib = peak_rss_mib();
+            let memory = rec
+                .peak_rss_mib
+                .map(|m| format!(", peak RSS {m:.0} MiB"))
+                .unwrap_or_default();
             t.display.report(format!(
-                "step {}/{}: loss {:.4} lr {:.2e} {:.1} samples/s",
+                "step {}/{}: loss {:.4} lr {:.2e} {:.1} samples/s{memory}",
                 t.state.step,
                 cfg.max_steps,
                 rec.loss.unwrap_or_default(),
