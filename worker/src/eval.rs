@@ -63,14 +63,28 @@ pub struct EvalArgs {
     pub search: SearchArgs,
 }
 
+/// Read with `decode` (default: the manifest's decoding) and the search weights given.
+pub fn set_reading(
+    model: &mut LoadedModel,
+    decode: Option<DecodeArg>,
+    search: &SearchArgs,
+) -> Result<()> {
+    if let Some(mode) = decode {
+        model
+            .set_decode_mode(mode.into())
+            .map_err(|e| ConfigError::new(format!("--decode: {e:#}")))?;
+    }
+    search.apply(model)
+}
+
 /// Overrides of the manifest's `language_model` weights, for tuning `ctc-lm` decoding.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SearchArgs {
     /// Weight of the language model's log-probability (manifest: `language_model.alpha`).
     #[arg(long, value_name = "W")]
     pub lm_alpha: Option<f32>,
-    /// Score added per character read (manifest: `language_model.beta`).
-    #[arg(long, value_name = "B")]
+    /// Score added per character read (manifest: `language_model.beta`; may be negative).
+    #[arg(long, value_name = "B", allow_negative_numbers = true)]
     pub lm_beta: Option<f32>,
     /// Readings the beam search keeps (manifest: `language_model.beam`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -178,12 +192,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let files = crate::model_source::fetch_blocking(&args.model)?;
     let model_sha256 = ModelManifest::version_of(&files.manifest_bytes);
     let mut model = files.load(parse_device(&args.run.device)?)?;
-    if let Some(mode) = args.decode {
-        model
-            .set_decode_mode(mode.into())
-            .map_err(|e| ConfigError::new(format!("--decode: {e:#}")))?;
-    }
-    args.search.apply(&mut model)?;
+    set_reading(&mut model, args.decode, &args.search)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -34,6 +34,14 @@ pub struct RecognizeArgs {
     /// How the model runs in this process (not used with --endpoint).
     #[command(flatten)]
     pub run: crate::eval::LocalInference,
+    /// How lines are read: `joint`, `attention`, `ctc` or `ctc-lm` (as `eval --decode`).
+    /// Default: the model's own choice. Not with --endpoint (the server reads as it was
+    /// started).
+    #[arg(long, value_enum, conflicts_with = "endpoint")]
+    pub decode: Option<crate::eval::DecodeArg>,
+    /// `ctc-lm` search weights (as `eval`); not with --endpoint.
+    #[command(flatten)]
+    pub search: crate::eval::SearchArgs,
     /// Image files of single text lines.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -49,6 +57,12 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
             &args,
         )?,
         (None, Some(endpoint)) => {
+            let search = &args.search;
+            if search.lm_alpha.is_some() || search.lm_beta.is_some() || search.beam.is_some() {
+                bail!(ConfigError::new(
+                    "--lm-alpha, --lm-beta and --beam set how this process reads; with --endpoint the server reads as it was started"
+                ));
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -91,7 +105,8 @@ type Outcome = (PathBuf, Result<(String, f32)>);
 
 /// Recognize with a model loaded into this process; per-image errors are kept per image.
 fn local(model: &str, args: &RecognizeArgs) -> Result<Vec<Outcome>> {
-    let model = args.run.load(model)?;
+    let mut model = args.run.load(model)?;
+    crate::eval::set_reading(&mut model, args.decode, &args.search)?;
     let mut out = Vec::with_capacity(args.images.len());
     for chunk in args.images.chunks(args.run.batch()) {
         let mut ok_paths = Vec::new();

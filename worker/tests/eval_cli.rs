@@ -405,3 +405,54 @@ fn recognize_without_a_model_reads_with_the_built_in_one() {
         "CER {cer} on the model's own check lines: {stdout}"
     );
 }
+
+#[test]
+fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/training-fonts");
+    let images: Vec<PathBuf> = (0..4)
+        .map(|i| check.join(format!("line-{i:04}.png")))
+        .collect();
+    let read = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["recognize", "--threads", "1"])
+            .args(extra)
+            .args(&images);
+        let out = run(c);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_once('\t').unwrap().1.to_string())
+            .collect::<Vec<_>>()
+    };
+    let chars = |texts: &[String]| texts.iter().map(|t| t.chars().count()).sum::<usize>();
+    let default = read(&[]);
+    assert_eq!(default.len(), images.len());
+    // A per-character penalty this large makes the `ctc-lm` search give up most characters:
+    // the weights reach the search.
+    let starved = read(&["--decode", "ctc-lm", "--lm-beta", "-50"]);
+    assert!(
+        chars(&starved) < chars(&default) / 2,
+        "{starved:?} vs {default:?}"
+    );
+    assert_eq!(read(&["--decode", "ctc"]).len(), images.len());
+    // A server reads as it was started: asking it to read otherwise is a usage error.
+    for extra in [&["--decode", "ctc"][..], &["--beam", "4"][..]] {
+        let mut c = bin();
+        c.args(["recognize", "--endpoint", "grpc://127.0.0.1:1"])
+            .args(extra)
+            .arg(&images[0]);
+        let out = run(c);
+        // clap refuses --decode (2); --beam is refused as a config error (78).
+        assert!(
+            matches!(out.status.code(), Some(2 | 78)),
+            "{extra:?}: {:?}",
+            out.status
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--endpoint"));
+    }
+}
