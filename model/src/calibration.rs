@@ -50,11 +50,10 @@ pub struct ConfidenceReport {
 }
 
 impl ConfidenceCard {
-    /// Score one line read with `confidence`.
-    pub fn add(&mut self, reference: &str, hypothesis: &str, confidence: f32) {
-        let mut counts = ErrorCounts::default();
-        counts.add(reference, hypothesis);
-        self.lines.push((confidence, counts));
+    /// One line read with `confidence`, by its error counts (as [`crate::metrics::ScoreCard::add`]
+    /// returns them).
+    pub fn add(&mut self, line: ErrorCounts, confidence: f32) {
+        self.lines.push((confidence, line));
     }
 
     /// The report, or `None` before any line was added.
@@ -137,7 +136,9 @@ mod tests {
     fn card(lines: &[(&str, f32)]) -> ConfidenceCard {
         let mut c = ConfidenceCard::default();
         for (hyp, conf) in lines {
-            c.add("abcd", hyp, *conf);
+            let mut line = ErrorCounts::default();
+            line.add("abcd", hyp);
+            c.add(line, *conf);
         }
         c
     }

@@ -115,8 +115,8 @@ impl ScoreCard {
     /// How many lines' readings are kept as samples.
     pub const SAMPLES: usize = 4;
 
-    /// Count one line, overall and in its length bucket.
-    pub fn add(&mut self, reference: &str, hypothesis: &str) {
+    /// Count one line, overall and in its length bucket; returns that line's counts.
+    pub fn add(&mut self, reference: &str, hypothesis: &str) -> ErrorCounts {
         let mut line = ErrorCounts::default();
         line.add(reference, hypothesis);
         let bucket = LENGTH_BUCKETS
@@ -129,6 +129,7 @@ impl ScoreCard {
             self.samples
                 .push((reference.to_string(), hypothesis.to_string()));
         }
+        line
     }
 
     /// The scores as recorded in `metrics.jsonl` (empty buckets left out).

@@ -92,10 +92,15 @@ pub struct SearchArgs {
 }
 
 impl SearchArgs {
+    /// Whether any weight was given.
+    pub fn any(&self) -> bool {
+        self.lm_alpha.is_some() || self.lm_beta.is_some() || self.beam.is_some()
+    }
+
     /// Apply the overrides to `model`; an error when one is given and the model has no
     /// language model.
     pub fn apply(&self, model: &mut LoadedModel) -> Result<()> {
-        if self.lm_alpha.is_none() && self.lm_beta.is_none() && self.beam.is_none() {
+        if !self.any() {
             return Ok(());
         }
         let Some(lm) = model.language_model() else {
@@ -238,8 +243,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         |pending: &mut Vec<(String, String, GrayImage)>, skipped: &mut Vec<String>| -> Result<()> {
             for (id, reference, pred) in recognize_batch(&model, std::mem::take(pending), skipped) {
                 let hyp = pred.text;
-                card.add(&reference, &hyp);
-                confidence.add(&reference, &hyp, pred.confidence);
+                confidence.add(card.add(&reference, &hyp), pred.confidence);
                 if let Some(dir) = &args.predictions {
                     let path = dir.join(format!("{id}.txt"));
                     std::fs::write(&path, format!("{hyp}\n"))
@@ -267,6 +271,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         );
     }
     let score = card.score();
+    let calibration = confidence.report();
     if score.lines == 0 {
         bail!(ConfigError::new(format!(
             "--data {}: no readable lines (the evaluation set is empty)",
@@ -281,7 +286,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         if !skipped.is_empty() {
             j["skipped"] = serde_json::json!(skipped.len());
         }
-        if let Some(r) = confidence.report() {
+        if let Some(r) = &calibration {
             j["confidence"] = serde_json::to_value(r).context("confidence report")?;
         }
         if args.json {
@@ -320,8 +325,8 @@ pub fn run(args: EvalArgs) -> Result<i32> {
                 b.cer, b.lines
             );
         }
-        if let Some(r) = confidence.report() {
-            print_calibration(&r);
+        if let Some(r) = &calibration {
+            print_calibration(r);
         }
     }
     Ok(exit::SUCCESS)

@@ -57,8 +57,7 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
             &args,
         )?,
         (None, Some(endpoint)) => {
-            let search = &args.search;
-            if search.lm_alpha.is_some() || search.lm_beta.is_some() || search.beam.is_some() {
+            if args.search.any() {
                 bail!(ConfigError::new(
                     "--lm-alpha, --lm-beta and --beam set how this process reads; with --endpoint the server reads as it was started"
                 ));
