@@ -60,7 +60,7 @@ pub struct SynthArgs {
 /// The corpus split, as a command-line value.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SplitArg {
-    /// Package descriptions from /var/lib/dpkg/status.
+    /// Debian package descriptions (shipped with textrec).
     Descriptions,
     /// Held-out corpus text.
     Validation,

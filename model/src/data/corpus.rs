@@ -73,21 +73,44 @@ pub struct CorpusStats {
     pub names: u64,
 }
 
+/// Package descriptions shipped with textrec (`model/data/package-descriptions.txt`, in dpkg
+/// status form): the `descriptions` split's text when the config names no status file, so that
+/// a validation set holds the same lines on every machine and in every container image.
+pub const BUILTIN_DESCRIPTIONS: &str = include_str!("../../data/package-descriptions.txt");
+
+/// Where a config's `descriptions` split takes its text from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DescriptionsSource {
+    /// Another split: no descriptions are loaded.
+    None,
+    /// [`BUILTIN_DESCRIPTIONS`].
+    Shipped,
+    /// The dpkg status file the config names.
+    File(String),
+}
+
+impl DescriptionsSource {
+    fn of(cfg: &SyntheticConfig) -> Self {
+        match cfg.split {
+            TextSplit::Descriptions if cfg.descriptions_file.is_empty() => Self::Shipped,
+            TextSplit::Descriptions => Self::File(cfg.descriptions_file.clone()),
+            TextSplit::Train | TextSplit::Validation => Self::None,
+        }
+    }
+}
+
 impl Corpus {
     /// Load the fortune files and the word list a synthetic config names, mapped into
     /// `charset`. Loaded corpora are cached per process (training and validation share one).
     pub fn load(cfg: &SyntheticConfig, charset: &str) -> Result<Arc<Corpus>> {
         type Key = (String, String, String, String);
         static CACHE: Mutex<Vec<(Key, Arc<Corpus>)>> = Mutex::new(Vec::new());
-        let descriptions_file = match cfg.split {
-            TextSplit::Descriptions => cfg.descriptions_file.clone(),
-            _ => String::new(),
-        };
+        let descriptions = DescriptionsSource::of(cfg);
         let key = (
             cfg.fortunes_dir.clone(),
             cfg.words_file.clone(),
             charset.to_string(),
-            descriptions_file.clone(),
+            format!("{descriptions:?}"),
         );
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
@@ -106,17 +129,21 @@ impl Corpus {
             .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut corpus = Corpus::from_texts(&refs, &String::from_utf8_lossy(&words), charset);
-        if !descriptions_file.is_empty() {
-            let status = std::fs::read(&descriptions_file).with_context(|| {
-                format!(
-                    "cannot read the package descriptions in {descriptions_file} (the \
-                     `descriptions` text split reads a dpkg status file; set \
-                     `descriptions_file` or use `split: validation`)"
-                )
-            })?;
-            corpus.add_descriptions(&String::from_utf8_lossy(&status));
-            if corpus.stats(TextSplit::Descriptions).passages == 0 {
-                bail!("{descriptions_file} holds no package descriptions");
+        match descriptions {
+            DescriptionsSource::None => {}
+            DescriptionsSource::Shipped => corpus.add_descriptions(BUILTIN_DESCRIPTIONS),
+            DescriptionsSource::File(file) => {
+                let status = std::fs::read(&file).with_context(|| {
+                    format!(
+                        "cannot read the package descriptions in {file} (the `descriptions` \
+                         text split reads a dpkg status file; leave `descriptions_file` empty \
+                         for the descriptions shipped with textrec, or use `split: validation`)"
+                    )
+                })?;
+                corpus.add_descriptions(&String::from_utf8_lossy(&status));
+                if corpus.stats(TextSplit::Descriptions).passages == 0 {
+                    bail!("{file} holds no package descriptions");
+                }
             }
         }
         let corpus = Arc::new(corpus);
@@ -886,6 +913,45 @@ mod tests {
         assert!(t.passages > 5_000 && t.words > 50_000, "{t:?}");
         assert!(v.passages > 200 && v.words > 2_000, "{v:?}");
         assert!(v.passages * 10 < t.passages);
+    }
+
+    #[test]
+    fn the_descriptions_split_reads_the_shipped_text_unless_a_file_is_named() {
+        let shipped = package_descriptions(BUILTIN_DESCRIPTIONS);
+        assert_eq!(shipped.len(), 757);
+        let cfg = SyntheticConfig {
+            split: TextSplit::Descriptions,
+            ..SyntheticConfig::default()
+        };
+        assert_eq!(DescriptionsSource::of(&cfg), DescriptionsSource::Shipped);
+        let c = Corpus::load(&cfg, IAM_CHARSET).expect("apt-get install fortunes wamerican");
+        let d = c.stats(TextSplit::Descriptions);
+        assert!(d.passages > 700 && d.prose_words > 40_000, "{d:?}");
+        assert_eq!(
+            c.pool(TextSplit::Descriptions).passages[0],
+            map_into_charset(&shipped[0], &IAM_CHARSET.chars().collect::<HashSet<_>>())
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        std::fs::write(
+            &status,
+            "Package: a\nDescription: a tool that reads printed lines of text\n",
+        )
+        .unwrap();
+        let named = SyntheticConfig {
+            descriptions_file: status.display().to_string(),
+            ..cfg.clone()
+        };
+        let c = Corpus::load(&named, IAM_CHARSET).unwrap();
+        assert_eq!(c.stats(TextSplit::Descriptions).passages, 1);
+
+        let missing = SyntheticConfig {
+            descriptions_file: dir.path().join("nope").display().to_string(),
+            ..cfg
+        };
+        let err = format!("{:#}", Corpus::load(&missing, IAM_CHARSET).unwrap_err());
+        assert!(err.contains("nope") && err.contains("empty"), "{err}");
     }
 
     #[test]
