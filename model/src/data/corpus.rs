@@ -76,7 +76,7 @@ pub struct CorpusStats {
 /// Package descriptions shipped with textrec (`model/data/package-descriptions.txt`, in dpkg
 /// status form): the `descriptions` split's text when the config names no status file, so that
 /// a validation set holds the same lines on every machine and in every container image.
-pub const BUILTIN_DESCRIPTIONS: &str = include_str!("../../data/package-descriptions.txt");
+const BUILTIN_DESCRIPTIONS: &str = include_str!("../../data/package-descriptions.txt");
 
 /// Where a config's `descriptions` split takes its text from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,14 +103,14 @@ impl Corpus {
     /// Load the fortune files and the word list a synthetic config names, mapped into
     /// `charset`. Loaded corpora are cached per process (training and validation share one).
     pub fn load(cfg: &SyntheticConfig, charset: &str) -> Result<Arc<Corpus>> {
-        type Key = (String, String, String, String);
+        type Key = (String, String, String, DescriptionsSource);
         static CACHE: Mutex<Vec<(Key, Arc<Corpus>)>> = Mutex::new(Vec::new());
         let descriptions = DescriptionsSource::of(cfg);
         let key = (
             cfg.fortunes_dir.clone(),
             cfg.words_file.clone(),
             charset.to_string(),
-            format!("{descriptions:?}"),
+            descriptions.clone(),
         );
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
