@@ -20,6 +20,9 @@
 //! `TEXTREC_BENCH_RECOMPUTE` is `off` (default), `on` (`recompute_activations`: the encoder's
 //! head run again in the backward pass) or `alternate`: every other round of batches with it,
 //! timed apart, so that one run compares the two on the same batches and the same noise.
+//! `TEXTREC_BENCH_FUSED` likewise: `on` (default: the encoder's BatchNorm-ReLU-conv runs as one
+//! autograd node that recomputes the activation), `off` (separate ops, as before that node) or
+//! `alternate`. At most one of the two alternates.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +38,7 @@ use textrec_contract::{layout, PreprocessConfig, Preset};
 use textrec_model::data::synthetic::SyntheticDataset;
 use textrec_model::data::{Batch, Dataset};
 use textrec_model::inference::write_random_model_dir;
-use textrec_model::net::Recognizer;
+use textrec_model::net::{with_composed_ops, Recognizer};
 use textrec_model::{tensorio, Tokenizer};
 use textrec_worker::train::optimizer::AdamW;
 use textrec_worker::train::schedule::lr_at;
@@ -161,24 +164,36 @@ fn run(dir: &Path) -> Result<()> {
     let mut opt = AdamW::new(vs.variables(), &cfg);
     opt.init_grads();
     let recompute_mode = std::env::var("TEXTREC_BENCH_RECOMPUTE").unwrap_or_else(|_| "off".into());
-    let recompute_at = |step: u64| match recompute_mode.as_str() {
+    let fused_mode = std::env::var("TEXTREC_BENCH_FUSED").unwrap_or_else(|_| "on".into());
+    if recompute_mode == "alternate" && fused_mode == "alternate" {
+        bail!("TEXTREC_BENCH_RECOMPUTE and TEXTREC_BENCH_FUSED cannot both alternate");
+    }
+    let mode_at = |name: &str, mode: &str, step: u64| match mode {
         "on" => Ok(true),
         "off" => Ok(false),
         "alternate" => Ok((step / batches.len() as u64) % 2 == 1),
-        other => bail!("TEXTREC_BENCH_RECOMPUTE={other}: expected off, on or alternate"),
+        other => bail!("{name}={other}: expected off, on or alternate"),
     };
     let (mut samples, mut losses) = (0i64, Vec::new());
-    // Seconds and samples of the timed steps, without and with recomputation.
+    // Seconds and samples of the timed steps, without and with recomputation, and with the
+    // separate ops and the fused node.
     let mut split = [(0.0f64, 0i64); 2];
+    let mut split_fused = [(0.0f64, 0i64); 2];
     for step in 0..warmup + steps {
         if step == warmup {
             samples = 0;
         }
         let [images, widths, tgt_in, tgt_out, lengths] = &batches[step as usize % batches.len()];
-        let recompute = recompute_at(step)?;
+        let recompute = mode_at("TEXTREC_BENCH_RECOMPUTE", &recompute_mode, step)?;
+        let fused = mode_at("TEXTREC_BENCH_FUSED", &fused_mode, step)?;
         let started = Instant::now();
         tch::manual_seed(step as i64);
-        let (out, head) = net.forward_train(images, widths, tgt_in, recompute);
+        let forward = || net.forward_train(images, widths, tgt_in, recompute);
+        let (out, head) = if fused {
+            forward()
+        } else {
+            with_composed_ops(forward)
+        };
         let loss = net.loss(&out, tgt_out, lengths, cfg.label_smoothing);
         opt.zero_grad();
         loss.backward();
@@ -189,9 +204,14 @@ fn run(dir: &Path) -> Result<()> {
         opt.step(lr_at(step, SCHEDULE_STEPS, &cfg));
         losses.push(loss.double_value(&[]));
         if step >= warmup {
-            let cell = &mut split[recompute as usize];
-            cell.0 += started.elapsed().as_secs_f64();
-            cell.1 += images.size()[0];
+            let secs = started.elapsed().as_secs_f64();
+            for cell in [
+                &mut split[recompute as usize],
+                &mut split_fused[fused as usize],
+            ] {
+                cell.0 += secs;
+                cell.1 += images.size()[0];
+            }
             samples += images.size()[0];
         }
     }
@@ -201,6 +221,10 @@ fn run(dir: &Path) -> Result<()> {
         "recompute": recompute_mode,
         "samples_per_s_plain": rate(split[0]),
         "samples_per_s_recompute": rate(split[1]),
+        "fused": fused_mode,
+        "fused_recompute_path": textrec_model::net::recompute_path(),
+        "samples_per_s_composed": rate(split_fused[0]),
+        "samples_per_s_fused": rate(split_fused[1]),
         "impl": "textrec (Rust, tch)",
         "threads": threads,
         "steps": steps,

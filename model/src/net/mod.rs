@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod context;
 pub mod decoder;
+mod norm_act_conv;
 pub mod posenc;
 pub mod recognizer;
 pub mod resnet;
@@ -25,6 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Kind, Tensor};
 
+pub use norm_act_conv::{recompute_path, with_composed_ops};
 pub use recognizer::{max_chars_for_frames, DecodeMode, Decoded, ForwardOutput, Recognizer};
 pub use resnet::HeadRecompute;
 

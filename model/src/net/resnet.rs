@@ -8,12 +8,16 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
+use super::norm_act_conv::{self, ConvSpec};
 use super::{column_mask, valid_columns, HEIGHT_STRIDE, WIDTH_STRIDE};
 
 /// Conv (no bias: BN follows) then BatchNorm.
 #[derive(Debug)]
 struct ConvBn {
     conv: nn::Conv2D,
+    /// `conv`'s stride and padding (tch keeps its own copy private).
+    stride: [i64; 2],
+    padding: [i64; 2],
     bn: nn::BatchNorm,
     /// `bn`'s settings (tch keeps its own copy private).
     bn_config: nn::BatchNormConfig,
@@ -38,6 +42,8 @@ impl ConvBn {
         let bn = nn::batch_norm2d(vs / "bn", c_out, bn_config);
         Self {
             conv,
+            stride,
+            padding: [kernel / 2, kernel / 2],
             bn,
             bn_config,
         }
@@ -56,14 +62,18 @@ impl ConvBn {
     }
 
     fn forward(&self, xs: &Tensor, pass: Pass) -> Tensor {
-        let ys = xs.apply(&self.conv);
+        self.norm(&xs.apply(&self.conv), pass)
+    }
+
+    /// The BatchNorm alone, on this layer's conv output `ys`.
+    fn norm(&self, ys: &Tensor, pass: Pass) -> Tensor {
         match pass {
             Pass::Eval => ys.apply_t(&self.bn, false),
             Pass::Train => ys.apply_t(&self.bn, true),
             // Batch statistics, as in the training pass, but the running statistics were
             // updated by that pass already and must not move twice.
             Pass::Recompute => Tensor::batch_norm(
-                &ys,
+                ys,
                 self.bn.ws.as_ref(),
                 self.bn.bs.as_ref(),
                 None::<&Tensor>,
@@ -74,6 +84,50 @@ impl ConvBn {
                 self.bn_config.cudnn_enabled,
             ),
         }
+    }
+
+    fn conv_spec(&self) -> ConvSpec<'_> {
+        ConvSpec {
+            weight: &self.conv.ws,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
+/// A layer's conv output whose BatchNorm, column mask and ReLU are still to come: kept in this
+/// form until the convolutions that read the activation are known, so that a training pass
+/// can run all of them as one node that does not hold the activation (see
+/// [`super::norm_act_conv`]).
+struct Pending<'a> {
+    /// The conv output.
+    ys: Tensor,
+    layer: &'a ConvBn,
+    /// Column mask of `ys`'s resolution.
+    mask: &'a Tensor,
+}
+
+impl Pending<'_> {
+    /// The activation itself.
+    fn activate(self, pass: Pass) -> Tensor {
+        relu_masked(self.layer.norm(&self.ys, pass), self.mask)
+    }
+
+    /// The conv outputs of `readers` (before their own BatchNorms), reading the activation.
+    fn convolve(self, readers: &[&ConvBn], pass: Pass) -> Vec<Tensor> {
+        if pass == Pass::Eval || !norm_act_conv::applies(&self.ys) {
+            let act = self.activate(pass);
+            return readers.iter().map(|r| act.apply(&r.conv)).collect();
+        }
+        let specs: Vec<ConvSpec<'_>> = readers.iter().map(|r| r.conv_spec()).collect();
+        norm_act_conv::norm_act_conv(
+            &self.ys,
+            &self.layer.bn,
+            &self.layer.bn_config,
+            pass == Pass::Train,
+            self.mask,
+            &specs,
+        )
     }
 }
 
@@ -128,16 +182,46 @@ impl BasicBlock {
         }
     }
 
-    /// `mask` is the column mask of this block's output resolution.
-    fn forward(&self, xs: &Tensor, mask: &Tensor, pass: Pass) -> Tensor {
-        let ys = relu_masked(self.conv1.forward(xs, pass), mask);
-        let ys = self.conv2.forward(&ys, pass);
-        let short = match &self.shortcut {
-            Some(s) => s.forward(xs, pass),
-            None => xs.shallow_clone(),
+    /// `mask` is the column mask of this block's output resolution. A pending input (the
+    /// stem's) is activated inside the convolutions that read it where the block has a
+    /// shortcut conv; an identity shortcut needs the activation itself.
+    fn forward(&self, input: BlockInput<'_>, mask: &Tensor, pass: Pass) -> Tensor {
+        let (ys, short) = match (input, &self.shortcut) {
+            (BlockInput::Pending(pre), Some(shortcut)) => {
+                let mut outs = pre.convolve(&[&self.conv1, shortcut], pass).into_iter();
+                let ys = outs.next().expect("one output per reader");
+                let short = outs.next().expect("one output per reader");
+                (ys, shortcut.norm(&short, pass))
+            }
+            (input, shortcut) => {
+                let xs = match input {
+                    BlockInput::Pending(pre) => pre.activate(pass),
+                    BlockInput::Ready(xs) => xs,
+                };
+                let short = match shortcut {
+                    Some(s) => s.forward(&xs, pass),
+                    None => xs.shallow_clone(),
+                };
+                (xs.apply(&self.conv1.conv), short)
+            }
         };
-        relu_masked(ys + short, mask)
+        let first = Pending {
+            ys,
+            layer: &self.conv1,
+            mask,
+        };
+        let ys = first
+            .convolve(&[&self.conv2], pass)
+            .pop()
+            .expect("one output per reader");
+        relu_masked(self.conv2.norm(&ys, pass) + short, mask)
     }
+}
+
+/// What a block reads: an activated map, or one still pending (the stem's).
+enum BlockInput<'a> {
+    Ready(Tensor),
+    Pending(Pending<'a>),
 }
 
 /// One resolution level: blocks of which the first may downsample.
@@ -252,21 +336,28 @@ impl Encoder {
     fn run_stage(
         &self,
         stage: &Stage,
-        xs: Tensor,
+        input: BlockInput<'_>,
         widths: &Tensor,
         stride_w: i64,
         kind: Kind,
         pass: Pass,
     ) -> (Tensor, i64) {
         let stride_w = stride_w * stage.stride[1];
+        let w_in = match &input {
+            BlockInput::Ready(xs) => xs.size()[3],
+            BlockInput::Pending(pre) => pre.ys.size()[3],
+        };
         // Output width of a k=3/p=1 or k=1/p=0 conv with stride s: ceil(W / s).
-        let w_out = (xs.size()[3] + stage.stride[1] - 1) / stage.stride[1];
+        let w_out = (w_in + stage.stride[1] - 1) / stage.stride[1];
         let mask = column_mask(widths, stride_w, w_out, kind);
-        let mut xs = xs;
+        let mut input = input;
         for block in &stage.blocks {
-            xs = block.forward(&xs, &mask, pass);
+            input = BlockInput::Ready(block.forward(input, &mask, pass));
         }
-        (xs, stride_w)
+        match input {
+            BlockInput::Ready(xs) => (xs, stride_w),
+            BlockInput::Pending(pre) => (pre.activate(pass), stride_w),
+        }
     }
 
     fn total_stride(&self) -> [i64; 2] {
@@ -313,8 +404,13 @@ impl Encoder {
         let stride_w = self.stem_stride[1];
         let w_stem = (images.size()[3] + stride_w - 1) / stride_w;
         let mask = column_mask(widths, stride_w, w_stem, kind);
-        let xs = relu_masked(self.stem.forward(images, pass), &mask);
-        self.run_stage(&self.stages[0], xs, widths, stride_w, kind, pass)
+        let stem = Pending {
+            ys: images.apply(&self.stem.conv),
+            layer: &self.stem,
+            mask: &mask,
+        };
+        let input = BlockInput::Pending(stem);
+        self.run_stage(&self.stages[0], input, widths, stride_w, kind, pass)
             .0
     }
 
@@ -323,7 +419,8 @@ impl Encoder {
         let mut stride_w = self.stem_stride[1] * self.stages[0].stride[1];
         let mut xs = head;
         for stage in &self.stages[1..] {
-            (xs, stride_w) = self.run_stage(stage, xs, widths, stride_w, kind, pass);
+            let input = BlockInput::Ready(xs);
+            (xs, stride_w) = self.run_stage(stage, input, widths, stride_w, kind, pass);
         }
         let mask = column_mask(widths, stride_w, xs.size()[3], kind);
         let features = xs.apply(&self.proj) * &mask;

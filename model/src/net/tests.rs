@@ -353,6 +353,69 @@ fn recomputing_the_encoder_head_gives_identical_gradients_and_statistics() {
     assert!(head_grads >= 4, "only {head_grads} head gradients compared");
 }
 
+/// The fused BatchNorm-ReLU-conv node must change nothing but memory: the same loss, the same
+/// gradient on every weight, the same running statistics, bit for bit, against the encoder
+/// built from separate ops; in a plain training pass and in one that recomputes the head.
+/// Two blocks in the middle stage, so that an identity shortcut is covered too.
+#[test]
+fn the_fused_norm_act_conv_node_gives_identical_gradients_and_statistics() {
+    let _rng = global_rng_lock();
+    let arch = Architecture {
+        dropout: 0.2,
+        encoder_blocks: vec![1, 2, 1],
+        ..tiny()
+    };
+    let (images, widths, _, _) = pair(40, 71);
+    let (tin, tout, lens) = targets(&[&[3, 4], &[5, 6, 7]]);
+    let run = |recompute: bool| {
+        let (vs, net) = build(&arch, 9);
+        scramble(&vs);
+        tch::manual_seed(21); // dropout's draws
+        let (out, head) = net.forward_train(&images, &widths, &tin, recompute);
+        let loss = net.loss(&out, &tout, &lens, 0.1);
+        loss.backward();
+        if let Some(head) = head {
+            net.backward_head(head);
+        }
+        let mut vars: Vec<_> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss.double_value(&[]), vars)
+    };
+    for recompute in [false, true] {
+        let (loss_a, a) = crate::net::with_composed_ops(|| run(recompute));
+        let (loss_b, b) = run(recompute);
+        assert_eq!(loss_a.to_bits(), loss_b.to_bits(), "recompute {recompute}");
+        let mut encoder_grads = 0;
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x.equal(y), "{name} differs (recompute {recompute})");
+            let (gx, gy) = (x.grad(), y.grad());
+            assert_eq!(
+                gx.defined(),
+                gy.defined(),
+                "{name}: gradient only on one side"
+            );
+            if gx.defined() {
+                assert!(
+                    gx.equal(&gy),
+                    "{name}: gradients differ (recompute {recompute})"
+                );
+                if name.starts_with("encoder.") && name.contains(".bn.") {
+                    assert!(
+                        gx.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                        "{name}: no gradient"
+                    );
+                    encoder_grads += 1;
+                }
+            }
+        }
+        // stem 2, stage 0: 3 layers, stage 1: 1 + 2 + 2 layers, stage 2: 3 (×2 weights each)
+        assert!(
+            encoder_grads >= 20,
+            "only {encoder_grads} BatchNorm gradients compared"
+        );
+    }
+}
+
 #[test]
 fn column_mask_rounds_widths_up() {
     let _rng = global_rng_lock();
