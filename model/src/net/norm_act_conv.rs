@@ -62,10 +62,15 @@ thread_local! {
 /// existed: for the tests and benchmarks that compare the two. Values and gradients are the
 /// same either way; only memory and time differ.
 pub fn with_composed_ops<T>(f: impl FnOnce() -> T) -> T {
-    let before = COMPOSED.with(|c| c.replace(true));
-    let out = f();
-    COMPOSED.with(|c| c.set(before));
-    out
+    /// Puts the previous setting back, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSED.with(|c| c.replace(true)));
+    f()
 }
 
 /// Whether the fused node applies to a training pass on `ys`: float on the CPU. On CUDA,

@@ -296,6 +296,89 @@ fn training_step_is_deterministic() {
     }
 }
 
+/// Two padded lines of different widths and their targets (`tgt_in`, `tgt_out`, lengths):
+/// the input of [`one_training_step`], drawn once so that the steps compared read the same.
+struct StepInput {
+    images: Tensor,
+    widths: Tensor,
+    targets: (Tensor, Tensor, Tensor),
+}
+
+impl StepInput {
+    fn new() -> Self {
+        let (images, widths, _, _) = pair(40, 71);
+        let targets = targets(&[&[3, 4], &[5, 6, 7]]);
+        Self {
+            images,
+            widths,
+            targets,
+        }
+    }
+}
+
+/// One training step of a fresh `arch` network (seed 9, scrambled weights, dropout's draws
+/// seeded) on `input`: the loss and every variable, by name, with its gradient.
+fn one_training_step(
+    arch: &Architecture,
+    input: &StepInput,
+    recompute: bool,
+) -> (f64, Vec<(String, Tensor)>) {
+    let StepInput {
+        images,
+        widths,
+        targets: (tin, tout, lens),
+    } = input;
+    let (vs, net) = build(arch, 9);
+    scramble(&vs);
+    tch::manual_seed(21); // dropout's draws
+    let (out, head) = net.forward_train(images, widths, tin, recompute);
+    let loss = net.loss(&out, tout, lens, 0.1);
+    loss.backward();
+    if let Some(head) = head {
+        net.backward_head(head);
+    }
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    (loss.double_value(&[]), vars)
+}
+
+/// Asserts two steps from [`one_training_step`] agree bit for bit: loss, every variable, every
+/// gradient. The gradients of the variables `counted` picks must also be nonzero; returns how
+/// many those were.
+fn assert_identical_steps(
+    (loss_a, a): &(f64, Vec<(String, Tensor)>),
+    (loss_b, b): &(f64, Vec<(String, Tensor)>),
+    context: &str,
+    counted: impl Fn(&str) -> bool,
+) -> usize {
+    assert_eq!(
+        loss_a.to_bits(),
+        loss_b.to_bits(),
+        "{context}: losses differ"
+    );
+    let mut compared = 0;
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        assert!(x.equal(y), "{name} differs ({context})");
+        let (gx, gy) = (x.grad(), y.grad());
+        assert_eq!(
+            gx.defined(),
+            gy.defined(),
+            "{name}: gradient only on one side"
+        );
+        if gx.defined() {
+            assert!(gx.equal(&gy), "{name}: gradients differ ({context})");
+            if counted(name) {
+                assert!(
+                    gx.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                    "{name}: no gradient"
+                );
+                compared += 1;
+            }
+        }
+    }
+    compared
+}
+
 /// Recomputing the encoder's head in the backward pass must change nothing but memory: the
 /// same loss, the same gradient on every weight, the same BatchNorm running statistics, bit
 /// for bit, with dropout on and padded images of different widths.
@@ -306,50 +389,13 @@ fn recomputing_the_encoder_head_gives_identical_gradients_and_statistics() {
         dropout: 0.2,
         ..tiny()
     };
-    let (images, widths, _, _) = pair(40, 71);
-    let (tin, tout, lens) = targets(&[&[3, 4], &[5, 6, 7]]);
-    let run = |recompute: bool| {
-        let (vs, net) = build(&arch, 9);
-        scramble(&vs);
-        tch::manual_seed(21); // dropout's draws
-        let loss = if recompute {
-            let (out, head) = net.forward_train(&images, &widths, &tin, true);
-            let loss = net.loss(&out, &tout, &lens, 0.1);
-            loss.backward();
-            net.backward_head(head.expect("a head to recompute"));
-            loss
-        } else {
-            let out = net.forward_t(&images, &widths, &tin, true);
-            let loss = net.loss(&out, &tout, &lens, 0.1);
-            loss.backward();
-            loss
-        };
-        let mut vars: Vec<_> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        (loss.double_value(&[]), vars)
-    };
-    let ((loss_a, a), (loss_b, b)) = (run(false), run(true));
-    assert_eq!(loss_a.to_bits(), loss_b.to_bits());
-    let mut head_grads = 0;
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{name} differs");
-        let (gx, gy) = (x.grad(), y.grad());
-        assert_eq!(
-            gx.defined(),
-            gy.defined(),
-            "{name}: gradient only on one side"
-        );
-        if gx.defined() {
-            assert!(gx.equal(&gy), "{name}: gradients differ");
-            if name.starts_with("encoder.stem") || name.starts_with("encoder.stages.0.") {
-                assert!(
-                    gx.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                    "{name}: no gradient"
-                );
-                head_grads += 1;
-            }
-        }
-    }
+    let input = StepInput::new();
+    let head_grads = assert_identical_steps(
+        &one_training_step(&arch, &input, false),
+        &one_training_step(&arch, &input, true),
+        "recomputed head",
+        |name| name.starts_with("encoder.stem") || name.starts_with("encoder.stages.0."),
+    );
     assert!(head_grads >= 4, "only {head_grads} head gradients compared");
 }
 
@@ -365,49 +411,17 @@ fn the_fused_norm_act_conv_node_gives_identical_gradients_and_statistics() {
         encoder_blocks: vec![1, 2, 1],
         ..tiny()
     };
-    let (images, widths, _, _) = pair(40, 71);
-    let (tin, tout, lens) = targets(&[&[3, 4], &[5, 6, 7]]);
-    let run = |recompute: bool| {
-        let (vs, net) = build(&arch, 9);
-        scramble(&vs);
-        tch::manual_seed(21); // dropout's draws
-        let (out, head) = net.forward_train(&images, &widths, &tin, recompute);
-        let loss = net.loss(&out, &tout, &lens, 0.1);
-        loss.backward();
-        if let Some(head) = head {
-            net.backward_head(head);
-        }
-        let mut vars: Vec<_> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        (loss.double_value(&[]), vars)
-    };
+    let input = StepInput::new();
     for recompute in [false, true] {
-        let (loss_a, a) = crate::net::with_composed_ops(|| run(recompute));
-        let (loss_b, b) = run(recompute);
-        assert_eq!(loss_a.to_bits(), loss_b.to_bits(), "recompute {recompute}");
-        let mut encoder_grads = 0;
-        for ((name, x), (_, y)) in a.iter().zip(&b) {
-            assert!(x.equal(y), "{name} differs (recompute {recompute})");
-            let (gx, gy) = (x.grad(), y.grad());
-            assert_eq!(
-                gx.defined(),
-                gy.defined(),
-                "{name}: gradient only on one side"
-            );
-            if gx.defined() {
-                assert!(
-                    gx.equal(&gy),
-                    "{name}: gradients differ (recompute {recompute})"
-                );
-                if name.starts_with("encoder.") && name.contains(".bn.") {
-                    assert!(
-                        gx.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                        "{name}: no gradient"
-                    );
-                    encoder_grads += 1;
-                }
-            }
-        }
+        let composed =
+            crate::net::with_composed_ops(|| one_training_step(&arch, &input, recompute));
+        let fused = one_training_step(&arch, &input, recompute);
+        let encoder_grads = assert_identical_steps(
+            &composed,
+            &fused,
+            &format!("recompute {recompute}"),
+            |name| name.starts_with("encoder.") && name.contains(".bn."),
+        );
         // stem 2, stage 0: 3 layers, stage 1: 1 + 2 + 2 layers, stage 2: 3 (×2 weights each)
         assert!(
             encoder_grads >= 20,
