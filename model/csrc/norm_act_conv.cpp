@@ -79,7 +79,8 @@ void mask_relu_(at::Tensor& z, const at::Tensor& mask) {
 
 // The backward of mask_relu_: bit for bit `threshold_backward(grad, z, 0) * mask` (a gradient
 // where z > 0 or z is NaN, else 0), in one pass into a new tensor. (Written over `grad` in
-// place instead, the trainer's peak grew by 100 MiB: the allocator reused freed blocks worse.)
+// place instead, the trainer's peak grew by 100 MiB: the allocator reused freed blocks worse;
+// written into a second per-thread buffer like the activation's, it grew by 25 MiB.)
 at::Tensor mask_relu_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mask) {
   if (!single_pass(z, mask) || !single_pass(grad, mask) || grad.sizes() != z.sizes()) {
     return at::threshold_backward(grad, z, 0) * mask;
@@ -97,16 +98,41 @@ at::Tensor mask_relu_backward(const at::Tensor& grad, const at::Tensor& z, const
   return out;
 }
 
+// Where a node's activation goes: the map lives only while the node's convolutions read it.
+// Allocated afresh for every node, in forward and again in backward, these full-size
+// temporaries landed between the maps autograd keeps, and over hundreds of steps of changing
+// widths the allocator's resident pages grew far past the live peak: 1.5-2.0 GB at step 300
+// of the recipe, against 1.1 GB for the composed ops, which keep every map until backward.
+// One buffer per thread, grown to the largest map seen, holds them all instead (0.98 GB, flat
+// from step 50; BENCHMARKS.md, "Over a whole run"). Nodes run one at a time on the thread that
+// runs the pass (CPU autograd runs backward on the calling thread), so no two activations
+// overlap; `Scratch::kNone` allocates, for callers that hold two at once.
+enum class Scratch { kNone, kBuffer };
+
+at::Tensor activation_like(const at::Tensor& y, Scratch scratch) {
+  if (scratch == Scratch::kNone || !y.is_contiguous()) return at::empty_like(y);
+  thread_local at::Tensor buffer;
+  const int64_t n = y.numel();
+  if (!buffer.defined() || buffer.numel() < n || buffer.scalar_type() != y.scalar_type() ||
+      buffer.device() != y.device()) {
+    buffer.reset();  // freed before its successor is taken
+    buffer = at::empty({n}, y.options());
+  }
+  return buffer.narrow(0, 0, n).view(y.sizes());
+}
+
 // relu(mask * batch_norm(y)) with batch statistics, as the composed ops compute it: the same
 // BatchNorm kernel, then the mask and the ReLU in place on its output.
 at::Tensor activate(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta,
                     const at::Tensor& mask, const RunningStats& running, double momentum,
-                    double eps, at::Tensor* mean, at::Tensor* invstd) {
-  auto normed = at::native_batch_norm(y, gamma, beta, running.mean, running.var,
-                                      /*training=*/true, momentum, eps);
-  at::Tensor z = std::get<0>(normed);
-  if (mean != nullptr) *mean = std::get<1>(normed);
-  if (invstd != nullptr) *invstd = std::get<2>(normed);
+                    double eps, at::Tensor* mean, at::Tensor* invstd, Scratch scratch) {
+  at::Tensor z = activation_like(y, scratch);
+  at::Tensor save_mean = at::empty({0}, y.options());
+  at::Tensor save_invstd = at::empty({0}, y.options());
+  at::native_batch_norm_out(z, save_mean, save_invstd, y, gamma, beta, running.mean, running.var,
+                            /*training=*/true, momentum, eps);
+  if (mean != nullptr) *mean = save_mean;
+  if (invstd != nullptr) *invstd = save_invstd;
   mask_relu_(z, mask);
   return z;
 }
@@ -148,7 +174,7 @@ void affine_mask_relu_separate(const float* y, float* z, const float* m, float a
 // relu(mask * batch_norm(y)) from saved statistics, with `kind` kFused or kSeparate.
 at::Tensor affine_mask_relu(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta,
                             const at::Tensor& mask, const at::Tensor& mean,
-                            const at::Tensor& invstd, Affine kind) {
+                            const at::Tensor& invstd, Affine kind, Scratch scratch) {
   const int64_t channels = y.size(1);
   const auto g = gamma.contiguous();
   const auto b = beta.contiguous();
@@ -162,7 +188,7 @@ at::Tensor affine_mask_relu(const at::Tensor& y, const at::Tensor& gamma, const 
     shift[c] = kind == Affine::kFused ? std::fma(-m, alpha[c], b.data_ptr<float>()[c])
                                       : b.data_ptr<float>()[c] - m * alpha[c];
   }
-  at::Tensor z = at::empty_like(y);
+  at::Tensor z = activation_like(y, scratch);
   const float* src = y.data_ptr<float>();
   float* dst = z.data_ptr<float>();
   const int64_t rows_per_channel = y.size(2);
@@ -191,13 +217,13 @@ Affine probe_affine() {
   const at::Tensor gamma = at::arange(4, opts).mul(0.7).cos().add(0.2);
   const at::Tensor beta = at::arange(4, opts).mul(1.3).sin();
   const at::Tensor mask = at::ones({2, 1, 1, 67}, opts);
-  auto normed = at::native_batch_norm(y, gamma, beta, {}, {}, true, 0.1, 1e-5);
-  at::Tensor expected = std::get<0>(normed);
-  mask_relu_(expected, mask);
+  at::Tensor mean;
+  at::Tensor invstd;
+  const at::Tensor expected =
+      activate(y, gamma, beta, mask, RunningStats{}, 0.1, 1e-5, &mean, &invstd, Scratch::kNone);
   for (const Affine kind : {Affine::kFused, Affine::kSeparate}) {
     if (kind == Affine::kFused && !cpu_has_fma()) continue;
-    const at::Tensor z = affine_mask_relu(y, gamma, beta, mask, std::get<1>(normed),
-                                          std::get<2>(normed), kind);
+    const at::Tensor z = affine_mask_relu(y, gamma, beta, mask, mean, invstd, kind, Scratch::kNone);
     if (at::equal(z, expected)) return kind;
   }
   return Affine::kLibtorch;
@@ -224,7 +250,8 @@ struct NormActConv : public torch::autograd::Function<NormActConv> {
                                const RunningStats& running, double momentum, double eps) {
     at::Tensor mean;
     at::Tensor invstd;
-    const at::Tensor z = activate(y, gamma, beta, mask, running, momentum, eps, &mean, &invstd);
+    const at::Tensor z =
+        activate(y, gamma, beta, mask, running, momentum, eps, &mean, &invstd, Scratch::kBuffer);
     variable_list outputs;
     for (size_t i = 0; i < weights.size(); ++i) {
       outputs.push_back(conv(z, weights[i], geometry, i));
@@ -258,8 +285,9 @@ struct NormActConv : public torch::autograd::Function<NormActConv> {
     // again (batch statistics, running ones untouched: the same kernel on the same input).
     const Affine kind = affine_applies(y, gamma, mask) ? affine_kind() : Affine::kLibtorch;
     at::Tensor z = kind == Affine::kLibtorch
-                       ? activate(y, gamma, beta, mask, RunningStats{}, 0.0, eps, nullptr, nullptr)
-                       : affine_mask_relu(y, gamma, beta, mask, mean, invstd, kind);
+                       ? activate(y, gamma, beta, mask, RunningStats{}, 0.0, eps, nullptr, nullptr,
+                                  Scratch::kBuffer)
+                       : affine_mask_relu(y, gamma, beta, mask, mean, invstd, kind, Scratch::kBuffer);
 
     variable_list result(kWeights + n + kPlainArguments);  // undefined where none
     at::Tensor grad_z;
