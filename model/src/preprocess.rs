@@ -217,11 +217,40 @@ fn shape_error(width: u32, height: u32, max_pixels: u64) -> Option<SourceError> 
 
 /// Resize and normalize a decoded grayscale line (either polarity).
 pub fn prepare(image: &GrayImage, cfg: &PreprocessConfig) -> Result<PreparedImage> {
+    Ok(resize(image, cfg)?.prepare())
+}
+
+/// A line resized to the configured height but still 8-bit gray: a quarter of the memory of
+/// its [`PreparedImage`]. For lines held in memory and read many times (validation sets),
+/// normalized again each time they are read, since normalizing is cheap beside the network.
+#[derive(Debug, Clone)]
+pub struct ResizedLine(GrayImage);
+
+impl ResizedLine {
+    /// Exactly what [`prepare`] gives for the source this was resized from.
+    pub fn prepare(&self) -> PreparedImage {
+        let (width, height) = self.0.dimensions();
+        PreparedImage {
+            data: normalize(&self.0),
+            height,
+            width,
+        }
+    }
+
+    /// Width after resizing.
+    pub fn width(&self) -> u32 {
+        self.0.width()
+    }
+}
+
+/// The first half of [`prepare`]: check a decoded line's shape and resize it, without
+/// normalizing.
+pub fn resize(image: &GrayImage, cfg: &PreprocessConfig) -> Result<ResizedLine> {
     let (w, h) = image.dimensions();
     if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
         return Err(e.into());
     }
-    Ok(resize_and_normalize(image, cfg))
+    Ok(ResizedLine(resized(image, cfg)))
 }
 
 /// Decode an encoded image (PNG, JPEG, TIFF, BMP) and [`prepare`] it.
@@ -238,23 +267,19 @@ pub fn prepare_checked(
     cfg: &PreprocessConfig,
 ) -> Result<PreparedImage> {
     let gray = decode_checked(encoded, source)?;
-    Ok(resize_and_normalize(&gray, cfg))
+    Ok(ResizedLine(resized(&gray, cfg)).prepare())
 }
 
-fn resize_and_normalize(image: &GrayImage, cfg: &PreprocessConfig) -> PreparedImage {
+/// `image` at the configured height, aspect ratio kept, width capped at `max_width`.
+fn resized(image: &GrayImage, cfg: &PreprocessConfig) -> GrayImage {
     let (w, h) = image.dimensions();
     let height = cfg.height.max(1);
     let scaled = (f64::from(w) * f64::from(height) / f64::from(h)).round() as u32;
     let width = scaled.clamp(1, cfg.max_width.max(1));
-    let resized = if (width, height) == (w, h) {
+    if (width, height) == (w, h) {
         image.clone()
     } else {
         image::imageops::resize(image, width, height, FilterType::CatmullRom)
-    };
-    PreparedImage {
-        data: normalize(&resized),
-        height,
-        width,
     }
 }
 

@@ -109,11 +109,12 @@ fn main() -> Result<()> {
         let batch = loader.next_batch()?;
         waited += t0.elapsed().as_secs_f64();
         samples += batch.ids.len();
-        valid_cols += batch.widths.sum(tch::Kind::Int64).int64_value(&[]);
-        padded_cols += batch.images.size()[0] * batch.images.size()[3];
+        let (images, widths) = batch.images();
+        valid_cols += widths.sum(tch::Kind::Int64).int64_value(&[]);
+        padded_cols += images.size()[0] * images.size()[3];
         tch::manual_seed(step as i64);
         let t1 = Instant::now();
-        let out = net.forward_t(&batch.images, &batch.widths, &batch.tgt_in, true);
+        let out = net.forward_t(&images, &widths, &batch.tgt_in, true);
         let loss = net.loss(&out, &batch.tgt_out, &batch.target_lengths, 0.0);
         let _ = loss.double_value(&[]);
         let t2 = Instant::now();

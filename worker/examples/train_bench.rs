@@ -89,9 +89,10 @@ fn dump(dir: &Path) -> Result<()> {
             .map(|i| set.get(i))
             .collect::<Result<Vec<_>>>()?;
         let b = Batch::collate(samples, &tokenizer, &pre, k * batch)?;
+        let (images, widths) = b.images();
         for (name, t) in [
-            ("images", b.images),
-            ("widths", b.widths),
+            ("images", images),
+            ("widths", widths),
             ("tgt_in", b.tgt_in),
             ("tgt_out", b.tgt_out),
             ("target_lengths", b.target_lengths),

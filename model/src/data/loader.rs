@@ -296,7 +296,7 @@ mod tests {
         (0..batches)
             .map(|_| {
                 let b = l.next_batch().unwrap();
-                let pixels = Vec::<f32>::try_from(b.images.flatten(0, -1)).unwrap();
+                let pixels = Vec::<f32>::try_from(b.images().0.flatten(0, -1)).unwrap();
                 (b.first_position, b.ids, pixels)
             })
             .collect()

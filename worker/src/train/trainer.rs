@@ -187,8 +187,8 @@ impl Trial<'_> {
         let lr = lr_at(completed, self.cfg.max_steps, &self.cfg.optimizer);
         tch::manual_seed(step_seed(self.cfg.seed, completed + 1));
         let d = self.ctx.device;
-        let images = batch.images.to_device(d);
-        let widths = batch.widths.to_device(d);
+        let (images, widths) = batch.images();
+        let (images, widths) = (images.to_device(d), widths.to_device(d));
         let tgt_in = batch.tgt_in.to_device(d);
         let tgt_out = batch.tgt_out.to_device(d);
         let lengths = batch.target_lengths.to_device(d);

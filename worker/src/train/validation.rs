@@ -10,17 +10,19 @@ use textrec_model::data::Dataset;
 use textrec_model::lm::LanguageModel;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::{DecodeMode, Recognizer};
-use textrec_model::preprocess::{self, PreparedImage};
+use textrec_model::preprocess::{self, PreparedImage, ResizedLine};
 use textrec_model::Tokenizer;
 
 use super::signals::StopFlag;
 use super::tensorboard::TaggedImage;
 
-/// Validation lines, preprocessed once (they are evaluated many times).
+/// Validation lines, rendered and resized once (they are evaluated many times). They are kept
+/// as 8-bit lines and normalized at each evaluation: the same values as preparing them once,
+/// at a quarter of the memory the trainer holds for them throughout its run.
 pub struct ValidationSet {
     /// The set's name in `metrics.jsonl` (`validation` for the objective's set).
     pub name: String,
-    images: Vec<PreparedImage>,
+    images: Vec<ResizedLine>,
     texts: Vec<String>,
     /// Samples that could not be read or prepared.
     pub skipped: usize,
@@ -46,7 +48,7 @@ impl ValidationSet {
         for i in 0..n {
             let prepared = dataset
                 .get(i)
-                .and_then(|s| preprocess::prepare(&s.image, pre).map(|p| (p, s.text)))
+                .and_then(|s| preprocess::resize(&s.image, pre).map(|p| (p, s.text)))
                 .with_context(|| format!("validation sample {i}"));
             match prepared {
                 Ok((img, text)) => {
@@ -83,7 +85,8 @@ impl ValidationSet {
             .iter()
             .take(n)
             .enumerate()
-            .filter_map(|(i, img)| {
+            .filter_map(|(i, line)| {
+                let img = line.prepare();
                 let pixels: Vec<u8> = img
                     .data
                     .iter()
@@ -135,7 +138,8 @@ impl ValidationSet {
             if stop.is_set() {
                 return Ok(None);
             }
-            let (images, widths) = preprocess::collate(chunk, pre, device);
+            let prepared: Vec<PreparedImage> = chunk.iter().map(ResizedLine::prepare).collect();
+            let (images, widths) = preprocess::collate(&prepared, pre, device);
             let decoded =
                 tch::no_grad(|| autocast.run(|| net.decode(&images, &widths, max_len, mode, lm)));
             for (tokens, reference) in decoded.tokens.iter().zip(texts) {
