@@ -6,7 +6,7 @@
 //! way: its manifest must parse and its weights must match the manifest's sha256
 //! (`LoadedModel::from_bytes` verifies that again before loading).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use textrec_contract::layout;
 use textrec_contract::manifest::ModelManifest;
@@ -81,9 +81,11 @@ pub async fn fetch(location: &str) -> Result<ModelFiles> {
         return builtin(name);
     }
     let store = Store::open(location).with_context(|| format!("model {location}"))?;
-    let manifest_bytes = store.get(layout::MANIFEST).await.with_context(|| {
-        format!(
-            "{} is not a model folder: it has no readable {}",
+    // A store that cannot be read (endpoint down, no access) says so: only a manifest that is
+    // really absent makes the folder "not a model".
+    let manifest_bytes = store.get_opt(layout::MANIFEST).await?.ok_or_else(|| {
+        anyhow!(
+            "{} is not a model folder: it has no {}",
             store.url(),
             layout::MANIFEST
         )

@@ -341,6 +341,35 @@ fn eval_of_a_missing_model_fails_naming_it() {
 }
 
 #[test]
+fn a_model_on_unreachable_storage_is_a_storage_error_not_a_missing_model() {
+    // A port nothing listens on: every request is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let f = fixture();
+    let mut c = bin();
+    c.args(["recognize", "--model", "s3://models/ocr"])
+        .arg(f.data.join("line-0.png"))
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1");
+    let out = run(c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit 1 (may pass on retry), not 78: the location is not wrong, the store is down.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read s3://models/ocr/manifest.json"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("after 10 retries"), "{stderr}");
+    assert!(!stderr.contains("not a model folder"), "{stderr}");
+}
+
+#[test]
 fn recognize_prints_path_tab_text_per_image() {
     let f = fixture();
     let images: Vec<PathBuf> = (0..3)
