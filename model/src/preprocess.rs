@@ -221,8 +221,9 @@ pub fn prepare(image: &GrayImage, cfg: &PreprocessConfig) -> Result<PreparedImag
 }
 
 /// A line resized to the configured height but still 8-bit gray: a quarter of the memory of
-/// its [`PreparedImage`]. For lines held in memory and read many times (validation sets),
-/// normalized again each time they are read, since normalizing is cheap beside the network.
+/// its [`PreparedImage`]. For lines held in memory before they are read (a loader's queued
+/// batches) or read many times (validation sets), normalized each time they are read, since
+/// normalizing is cheap beside the network.
 #[derive(Debug, Clone)]
 pub struct ResizedLine(GrayImage);
 
@@ -235,11 +236,6 @@ impl ResizedLine {
             height,
             width,
         }
-    }
-
-    /// Width after resizing.
-    pub fn width(&self) -> u32 {
-        self.0.width()
     }
 }
 
