@@ -1,0 +1,94 @@
+"""Reading each line at several widths and keeping the most confident reading (an experiment).
+
+Each line of a tesstrain folder is stretched horizontally by each factor (height unchanged, so
+after preprocessing the network sees the same characters spread over more or fewer frames), every
+variant is read by `textrec-worker recognize --confidence`, and for each line the reading with
+the highest line confidence is kept. Prints the CER of every width alone, of keeping the most
+confident reading over the widths, and of an oracle that always picks the best reading.
+
+    python3 benches/reference/width_readings.py --data DIR [--data DIR ...] [--model builtin:small]
+        [--widths 1,1.1,1.25,1.4,1.6]
+
+CER uses textrec's definition (whitespace runs collapsed, trimmed, case-sensitive, totals over
+lines). The stretched copies are written next to each folder as `DIR-xFACTOR/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from pathlib import Path
+
+from PIL import Image
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def worker_binary() -> str:
+    found = os.environ.get("TEXTREC_BIN_DIR")
+    return str(Path(found) / "textrec-worker") if found else "textrec-worker"
+
+
+def stretched(folder: Path, factor: float, names: list[str]) -> Path:
+    if factor == 1.0:
+        return folder
+    out = folder.parent / f"{folder.name}-x{factor:g}"
+    out.mkdir(exist_ok=True)
+    for name in names:
+        target = out / name
+        if not target.exists():
+            img = Image.open(folder / name).convert("L")
+            w, h = img.size
+            img.resize((max(1, round(w * factor)), h), Image.BICUBIC).save(target)
+    return out
+
+
+def read(worker: str, model: str, folder: Path, names: list[str]) -> dict[str, tuple[str, float]]:
+    cmd = [worker, "recognize", "--model", model, "--confidence", "--threads", "1"]
+    out = subprocess.run(cmd + [str(folder / n) for n in names], capture_output=True, text=True,
+                         check=True).stdout
+    readings = {}
+    for line in out.splitlines():
+        path, text, confidence = line.rsplit("\t", 2)
+        readings[Path(path).name] = (text, float(confidence))
+    return readings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, action="append", required=True, help="tesstrain folder (repeatable)")
+    parser.add_argument("--model", default="builtin:small")
+    parser.add_argument("--widths", default="1,1.1,1.25,1.4,1.6", help="stretch factors, comma-separated")
+    args = parser.parse_args()
+    factors = [float(f) for f in args.widths.split(",")]
+    worker = worker_binary()
+    for folder in args.data:
+        refs = {p.name[: -len(".gt.txt")] + ".png": normalize(p.read_text()) for p in folder.glob("*.gt.txt")}
+        names = sorted(n for n in refs if (folder / n).exists())
+        total = sum(len(refs[n]) for n in names)
+        readings = {f: read(worker, args.model, stretched(folder, f, names), names) for f in factors}
+        errors = {f: {n: edit_distance(normalize(readings[f][n][0]), refs[n]) for n in names} for f in factors}
+        print(f"{folder} ({len(names)} lines, {total} characters)")
+        for f in factors:
+            print(f"  width x{f:g}: CER {sum(errors[f].values()) / total:.4f}")
+        kept = sum(errors[max(factors, key=lambda f: readings[f][n][1])][n] for n in names)
+        oracle = sum(min(errors[f][n] for f in factors) for n in names)
+        print(f"  most confident of {len(factors)} widths: CER {kept / total:.4f}")
+        print(f"  oracle (best reading of each line): CER {oracle / total:.4f}")
+
+
+if __name__ == "__main__":
+    main()
