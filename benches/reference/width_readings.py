@@ -16,54 +16,39 @@ lines). The stretched copies are written next to each folder as `DIR-xFACTOR/`.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
 
-
-def normalize(text: str) -> str:
-    return " ".join(text.split())
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import default_worker, edit_distance, image_of, normalize, references  # noqa: E402
 
 
-def worker_binary() -> str:
-    found = os.environ.get("TEXTREC_BIN_DIR")
-    return str(Path(found) / "textrec-worker") if found else "textrec-worker"
-
-
-def stretched(folder: Path, factor: float, names: list[str]) -> Path:
+def stretched(folder: Path, factor: float, images: list[Path]) -> list[Path]:
+    """The lines stretched by `factor`, written once into `DIR-xFACTOR/`."""
     if factor == 1.0:
-        return folder
+        return images
     out = folder.parent / f"{folder.name}-x{factor:g}"
     out.mkdir(exist_ok=True)
-    for name in names:
-        target = out / name
+    for image in images:
+        target = out / image.name
         if not target.exists():
-            img = Image.open(folder / name).convert("L")
+            img = Image.open(image).convert("L")
             w, h = img.size
             img.resize((max(1, round(w * factor)), h), Image.BICUBIC).save(target)
-    return out
+    return [out / image.name for image in images]
 
 
-def read(worker: str, model: str, folder: Path, names: list[str]) -> dict[str, tuple[str, float]]:
-    cmd = [worker, "recognize", "--model", model, "--confidence", "--threads", "1"]
-    out = subprocess.run(cmd + [str(folder / n) for n in names], capture_output=True, text=True,
-                         check=True).stdout
+def read(worker: Path, model: str, images: list[Path]) -> dict[str, tuple[str, float]]:
+    """Line id (file stem) to reading and line confidence."""
+    cmd = [str(worker), "recognize", "--model", model, "--confidence", "--threads", "1"]
+    out = subprocess.run(cmd + [str(p) for p in images], capture_output=True, text=True, check=True).stdout
     readings = {}
     for line in out.splitlines():
         path, text, confidence = line.rsplit("\t", 2)
-        readings[Path(path).name] = (text, float(confidence))
+        readings[Path(path).stem] = (text, float(confidence))
     return readings
 
 
@@ -74,12 +59,13 @@ def main() -> None:
     parser.add_argument("--widths", default="1,1.1,1.25,1.4,1.6", help="stretch factors, comma-separated")
     args = parser.parse_args()
     factors = [float(f) for f in args.widths.split(",")]
-    worker = worker_binary()
+    worker = default_worker()
     for folder in args.data:
-        refs = {p.name[: -len(".gt.txt")] + ".png": normalize(p.read_text()) for p in folder.glob("*.gt.txt")}
-        names = sorted(n for n in refs if (folder / n).exists())
+        refs = {name: normalize(text) for name, text in references(folder).items()}
+        names = list(refs)
+        images = [image_of(folder, n) for n in names]
         total = sum(len(refs[n]) for n in names)
-        readings = {f: read(worker, args.model, stretched(folder, f, names), names) for f in factors}
+        readings = {f: read(worker, args.model, stretched(folder, f, images)) for f in factors}
         errors = {f: {n: edit_distance(normalize(readings[f][n][0]), refs[n]) for n in names} for f in factors}
         print(f"{folder} ({len(names)} lines, {total} characters)")
         for f in factors:

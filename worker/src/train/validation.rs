@@ -1,4 +1,4 @@
-//! Validation sets, prepared once, and evaluation over them with the decoding serving uses.
+//! Validation sets, rendered and resized once, and evaluation over them with the decoding serving uses.
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use super::tensorboard::TaggedImage;
 pub struct ValidationSet {
     /// The set's name in `metrics.jsonl` (`validation` for the objective's set).
     pub name: String,
-    images: Vec<ResizedLine>,
+    lines: Vec<ResizedLine>,
     texts: Vec<String>,
     /// Samples that could not be read or prepared.
     pub skipped: usize,
@@ -42,17 +42,17 @@ impl ValidationSet {
             (None, Some(l)) => l,
             (None, None) => 256,
         };
-        let mut images = Vec::with_capacity(n as usize);
+        let mut lines = Vec::with_capacity(n as usize);
         let mut texts = Vec::with_capacity(n as usize);
         let mut skipped = Vec::new();
         for i in 0..n {
-            let prepared = dataset
+            let resized = dataset
                 .get(i)
                 .and_then(|s| preprocess::resize(&s.image, pre).map(|p| (p, s.text)))
                 .with_context(|| format!("validation sample {i}"));
-            match prepared {
-                Ok((img, text)) => {
-                    images.push(img);
+            match resized {
+                Ok((line, text)) => {
+                    lines.push(line);
                     texts.push(text);
                 }
                 Err(e) => skipped.push(format!("{e:#}")),
@@ -67,7 +67,7 @@ impl ValidationSet {
         }
         Ok(Self {
             name: name.to_string(),
-            images,
+            lines,
             texts,
             skipped: skipped.len(),
         })
@@ -81,7 +81,7 @@ impl ValidationSet {
     /// The first `n` lines as PNGs (dark ink on white, as prepared for the network), tagged
     /// `<set>/line-<i>` for TensorBoard.
     pub fn preview_images(&self, n: usize) -> Vec<TaggedImage> {
-        self.images
+        self.lines
             .iter()
             .take(n)
             .enumerate()
@@ -131,7 +131,7 @@ impl ValidationSet {
     ) -> Result<Option<ScoreCard>> {
         let mut card = ScoreCard::default();
         for (chunk, texts) in self
-            .images
+            .lines
             .chunks(batch_size)
             .zip(self.texts.chunks(batch_size))
         {
