@@ -1,10 +1,15 @@
-"""Reading each line at several widths and keeping the most confident reading (an experiment).
+"""Reading each line at several widths: every width's CER alone, and the oracle's.
+
+`textrec-worker recognize|eval|serve --widths` does the reading itself (keeping the most
+confident reading); this script measures what that choice is worth: the CER of each width on
+its own and of an oracle that always picks the best reading, beside the most confident one.
 
 Each line of a tesstrain folder is stretched horizontally by each factor (height unchanged, so
 after preprocessing the network sees the same characters spread over more or fewer frames), every
 variant is read by `textrec-worker recognize --confidence`, and for each line the reading with
-the highest line confidence is kept. Prints the CER of every width alone, of keeping the most
-confident reading over the widths, and of an oracle that always picks the best reading.
+the highest line confidence is kept. The stretch is done here with Pillow (bicubic) before
+textrec's own resize, so the figures differ slightly from `--widths`, which stretches in the
+resize itself.
 
     python3 benches/reference/width_readings.py --data DIR [--data DIR ...] [--model builtin:small]
         [--widths 1,1.1,1.25,1.4,1.6]

@@ -4,6 +4,7 @@
 //! builds the network from the manifest's architecture and charset, and refuses weights that do
 //! not fit it exactly. The loaded model is `Send + Sync`: a server shares one in an `Arc`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -20,6 +21,7 @@ use crate::net::{DecodeMode, Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
 use crate::preprocess::{self, PreparedImage};
 use crate::tensorio;
 use crate::tokenizer::Tokenizer;
+use crate::widths::{PreparedLine, WidthReadings};
 
 /// The reading of one line.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +61,7 @@ pub struct LoadedModel {
     device: Device,
     batch_limits: BatchLimits,
     decode_mode: DecodeMode,
+    widths: WidthReadings,
     language_model: Option<LanguageModel>,
 }
 
@@ -159,6 +162,7 @@ impl LoadedModel {
             _vs: vs,
             device,
             batch_limits: BatchLimits::for_device(device),
+            widths: WidthReadings::default(),
             language_model,
         })
     }
@@ -243,41 +247,82 @@ impl LoadedModel {
         Ok(())
     }
 
-    /// Preprocess, batch and recognize lines; one prediction per image, in order.
-    pub fn recognize(&self, images: &[GrayImage]) -> Result<Vec<Prediction>> {
-        let prepared = images
-            .iter()
-            .enumerate()
-            .map(|(i, im)| {
-                preprocess::prepare(im, self.preprocess()).with_context(|| format!("image {i}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.recognize_prepared(&prepared)
+    /// At which widths lines are read (once, as they are, unless changed).
+    pub fn widths(&self) -> &WidthReadings {
+        &self.widths
     }
 
-    /// Recognize already prepared lines (the server's batcher prepares them off the model
-    /// thread); one prediction per image, in order.
+    /// Read every line at these widths from now on, keeping the most confident reading.
+    pub fn set_widths(&mut self, widths: WidthReadings) {
+        self.widths = widths;
+    }
+
+    /// Preprocess, batch and recognize lines; one prediction per image, in order.
+    pub fn recognize(&self, images: &[GrayImage]) -> Result<Vec<Prediction>> {
+        let (pre, factors) = (self.preprocess(), self.widths.factors());
+        let line_at = |i: usize, k: usize| {
+            preprocess::prepare_stretched(&images[i], pre, factors[k])
+                .map(Cow::Owned)
+                .with_context(|| format!("image {i}"))
+        };
+        self.widths
+            .read(images.len(), line_at, |lines| self.read_in_passes(lines))
+    }
+
+    /// Recognize already prepared lines, each read once as it is (not at the model's
+    /// [`LoadedModel::widths`]: see [`LoadedModel::recognize_lines`]); one prediction per
+    /// image, in order.
     pub fn recognize_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Prediction>> {
         self.check_prepared(images)?;
+        Ok(self.read_in_passes(&images.iter().collect::<Vec<_>>()))
+    }
+
+    /// Recognize prepared lines in exactly one forward pass, however many and however wide:
+    /// for callers that plan their own passes.
+    pub fn recognize_pass(&self, images: &[PreparedImage]) -> Result<Vec<Prediction>> {
+        self.check_prepared(images)?;
+        Ok(self.forward_pass(&images.iter().collect::<Vec<_>>()))
+    }
+
+    /// `image` prepared at each of the model's widths, for [`LoadedModel::recognize_lines`].
+    pub fn prepare_line(&self, image: &GrayImage) -> Result<PreparedLine> {
+        self.widths.prepare(image, self.preprocess())
+    }
+
+    /// Recognize lines prepared at the model's widths ([`LoadedModel::prepare_line`]) in one
+    /// forward pass, or two when lines are read at several widths (the first width, then the
+    /// doubtful lines at the others): for callers that plan their own passes (the server's
+    /// batcher), keeping each line's most confident reading.
+    pub fn recognize_lines(&self, lines: &[PreparedLine]) -> Result<Vec<Prediction>> {
+        let count = self.widths.factors().len();
+        for (i, line) in lines.iter().enumerate() {
+            if line.widths().len() != count {
+                bail!(
+                    "line {i}: prepared at {} widths; the model reads at {count}",
+                    line.widths().len()
+                );
+            }
+            self.check_prepared(line.widths())
+                .with_context(|| format!("line {i}"))?;
+        }
+        let line_at = |i: usize, k: usize| Ok(Cow::Borrowed(&lines[i].widths()[k]));
+        self.widths
+            .read(lines.len(), line_at, |batch| self.forward_pass(batch))
+    }
+
+    /// `images` split into forward passes by the model's batch limits.
+    fn read_in_passes(&self, images: &[&PreparedImage]) -> Vec<Prediction> {
         let widths: Vec<u32> = images.iter().map(|im| im.width).collect();
         let mut out: Vec<Option<Prediction>> = vec![None; images.len()];
         for pass in plan_batches(&widths, self.batch_limits) {
-            let chunk: Vec<&PreparedImage> = pass.iter().map(|&i| &images[i]).collect();
+            let chunk: Vec<&PreparedImage> = pass.iter().map(|&i| images[i]).collect();
             for (&i, prediction) in pass.iter().zip(self.forward_pass(&chunk)) {
                 out[i] = Some(prediction);
             }
         }
-        Ok(out
-            .into_iter()
+        out.into_iter()
             .map(|p| p.expect("every image is in exactly one pass"))
-            .collect())
-    }
-
-    /// Recognize prepared lines in exactly one forward pass, however many and however wide:
-    /// for callers that plan their own passes (the server's batcher).
-    pub fn recognize_pass(&self, images: &[PreparedImage]) -> Result<Vec<Prediction>> {
-        self.check_prepared(images)?;
-        Ok(self.forward_pass(&images.iter().collect::<Vec<_>>()))
+            .collect()
     }
 
     fn check_prepared(&self, images: &[PreparedImage]) -> Result<()> {
@@ -626,6 +671,53 @@ mod tests {
                 split[i].text
             );
         }
+    }
+
+    #[test]
+    fn reading_at_several_widths_keeps_each_lines_most_confident_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let mut model = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        let lines: Vec<_> = [120, 30, 64, 200].map(line).to_vec();
+        let factors = [1.0f32, 0.7, 1.5];
+        // Each width read on its own.
+        let alone: Vec<Vec<Prediction>> = factors
+            .iter()
+            .map(|&f| {
+                model.set_widths(WidthReadings::new(vec![f], None).unwrap());
+                model.recognize(&lines).unwrap()
+            })
+            .collect();
+        model.set_widths(WidthReadings::new(factors.to_vec(), None).unwrap());
+        let prepared: Vec<_> = lines
+            .iter()
+            .map(|l| model.prepare_line(l).unwrap())
+            .collect();
+        for kept in [
+            model.recognize(&lines).unwrap(),
+            model.recognize_lines(&prepared).unwrap(),
+        ] {
+            for (i, p) in kept.iter().enumerate() {
+                let best = alone
+                    .iter()
+                    .map(|a| a[i].confidence)
+                    .fold(f32::MIN, f32::max);
+                assert!((p.confidence - best).abs() < 1e-4, "line {i}");
+                assert!(alone.iter().any(|a| a[i].text == p.text), "line {i}");
+            }
+        }
+        assert!(
+            (0..lines.len()).any(|i| alone[0][i].confidence < alone[1][i].confidence
+                || alone[0][i].confidence < alone[2][i].confidence),
+            "some line must read better stretched for the choice to be checked"
+        );
+        // Lines prepared for other widths are refused, not misread.
+        model.set_widths(WidthReadings::default());
+        let err = model.recognize_lines(&prepared).unwrap_err().to_string();
+        assert!(
+            err.contains("prepared at 3 widths; the model reads at 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod net;
 pub mod preprocess;
 pub mod tensorio;
 pub mod tokenizer;
+pub mod widths;
 
 pub use inference::{LoadedModel, Prediction};
 pub use tokenizer::Tokenizer;

@@ -246,7 +246,21 @@ pub fn resize(image: &GrayImage, cfg: &PreprocessConfig) -> Result<ResizedLine> 
     if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
         return Err(e.into());
     }
-    Ok(ResizedLine(resized(image, cfg)))
+    Ok(ResizedLine(resized(image, cfg, 1.0)))
+}
+
+/// [`prepare`] with the line stretched horizontally by `factor` (height unchanged) in the same
+/// resampling: for reading a line at several widths.
+pub fn prepare_stretched(
+    image: &GrayImage,
+    cfg: &PreprocessConfig,
+    factor: f32,
+) -> Result<PreparedImage> {
+    let (w, h) = image.dimensions();
+    if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
+        return Err(e.into());
+    }
+    Ok(ResizedLine(resized(image, cfg, factor)).prepare())
 }
 
 /// Decode an encoded image (PNG, JPEG, TIFF, BMP) and [`prepare`] it.
@@ -263,14 +277,16 @@ pub fn prepare_checked(
     cfg: &PreprocessConfig,
 ) -> Result<PreparedImage> {
     let gray = decode_checked(encoded, source)?;
-    Ok(ResizedLine(resized(&gray, cfg)).prepare())
+    Ok(ResizedLine(resized(&gray, cfg, 1.0)).prepare())
 }
 
-/// `image` at the configured height, aspect ratio kept, width capped at `max_width`.
-fn resized(image: &GrayImage, cfg: &PreprocessConfig) -> GrayImage {
+/// `image` at the configured height, aspect ratio kept (times `stretch`), width capped at
+/// `max_width`.
+fn resized(image: &GrayImage, cfg: &PreprocessConfig, stretch: f32) -> GrayImage {
     let (w, h) = image.dimensions();
     let height = cfg.height.max(1);
-    let scaled = (f64::from(w) * f64::from(height) / f64::from(h)).round() as u32;
+    let scaled =
+        (f64::from(w) * f64::from(height) / f64::from(h) * f64::from(stretch)).round() as u32;
     let width = scaled.clamp(1, cfg.max_width.max(1));
     if (width, height) == (w, h) {
         image.clone()

@@ -25,6 +25,7 @@ use textrec_model::data::open_dataset;
 use textrec_model::inference::Prediction;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
+use textrec_model::widths::WidthReadings;
 use textrec_model::LoadedModel;
 
 /// Arguments of `eval`.
@@ -61,20 +62,52 @@ pub struct EvalArgs {
     pub decode: Option<DecodeArg>,
     #[command(flatten)]
     pub search: SearchArgs,
+    #[command(flatten)]
+    pub widths: WidthArgs,
 }
 
-/// Read with `decode` (default: the manifest's decoding) and the search weights given.
+/// Read with `decode` (default: the manifest's decoding), the search weights and the widths
+/// given.
 pub fn set_reading(
     model: &mut LoadedModel,
     decode: Option<DecodeArg>,
     search: &SearchArgs,
+    widths: &WidthArgs,
 ) -> Result<()> {
     if let Some(mode) = decode {
         model
             .set_decode_mode(mode.into())
             .map_err(|e| ConfigError::new(format!("--decode: {e:#}")))?;
     }
-    search.apply(model)
+    search.apply(model)?;
+    model.set_widths(widths.readings()?);
+    Ok(())
+}
+
+/// Reading each line at several widths (stretched horizontally) and keeping the most
+/// confident reading: for fonts narrower or wider than the model was trained on.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WidthArgs {
+    /// Horizontal stretch factors, comma-separated (e.g. `1,1.1,1.25,1.4,1.6`): every line is
+    /// read at the first, and at the others as `--reread-below` says; the most confident
+    /// reading is kept. Each further width costs about one more reading of the line.
+    #[arg(long, value_name = "F,F,...", value_delimiter = ',')]
+    pub widths: Vec<f32>,
+    /// Read a line at the further `--widths` only when its first reading's confidence is
+    /// below C (0..1); without it every line is read at every width.
+    #[arg(long, value_name = "C", requires = "widths")]
+    pub reread_below: Option<f32>,
+}
+
+impl WidthArgs {
+    /// The readings these arguments ask for (one, as the line is, when none are given).
+    pub fn readings(&self) -> Result<WidthReadings> {
+        if self.widths.is_empty() {
+            return Ok(WidthReadings::default());
+        }
+        WidthReadings::new(self.widths.clone(), self.reread_below)
+            .map_err(|e| ConfigError::new(format!("--widths: {e:#}")).into())
+    }
 }
 
 /// Overrides of the manifest's `language_model` weights, for tuning `ctc-lm` decoding.
@@ -197,7 +230,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let files = crate::model_source::fetch_blocking(&args.model)?;
     let model_sha256 = ModelManifest::version_of(&files.manifest_bytes);
     let mut model = files.load(parse_device(&args.run.device)?)?;
-    set_reading(&mut model, args.decode, &args.search)?;
+    set_reading(&mut model, args.decode, &args.search, &args.widths)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -42,6 +42,9 @@ pub struct RecognizeArgs {
     /// `ctc-lm` search weights (as `eval`); not with --endpoint.
     #[command(flatten)]
     pub search: crate::eval::SearchArgs,
+    /// Reading at several widths (as `eval`); not with --endpoint.
+    #[command(flatten)]
+    pub widths: crate::eval::WidthArgs,
     /// Image files of single text lines.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -57,9 +60,9 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
             &args,
         )?,
         (None, Some(endpoint)) => {
-            if args.search.any() {
+            if args.search.any() || !args.widths.widths.is_empty() {
                 bail!(ConfigError::new(
-                    "--lm-alpha, --lm-beta and --beam set how this process reads; with --endpoint the server reads as it was started"
+                    "--lm-alpha, --lm-beta, --beam and --widths set how this process reads; with --endpoint the server reads as it was started"
                 ));
             }
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -105,7 +108,7 @@ type Outcome = (PathBuf, Result<(String, f32)>);
 /// Recognize with a model loaded into this process; per-image errors are kept per image.
 fn local(model: &str, args: &RecognizeArgs) -> Result<Vec<Outcome>> {
     let mut model = args.run.load(model)?;
-    crate::eval::set_reading(&mut model, args.decode, &args.search)?;
+    crate::eval::set_reading(&mut model, args.decode, &args.search, &args.widths)?;
     let mut out = Vec::with_capacity(args.images.len());
     for chunk in args.images.chunks(args.run.batch()) {
         let mut ok_paths = Vec::new();

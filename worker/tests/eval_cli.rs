@@ -470,18 +470,82 @@ fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
     );
     assert_eq!(read(&["--decode", "ctc"]).len(), images.len());
     // A server reads as it was started: asking it to read otherwise is a usage error.
-    for extra in [&["--decode", "ctc"][..], &["--beam", "4"][..]] {
+    for extra in [
+        &["--decode", "ctc"][..],
+        &["--beam", "4"][..],
+        &["--widths", "1,1.2"][..],
+    ] {
         let mut c = bin();
         c.args(["recognize", "--endpoint", "grpc://127.0.0.1:1"])
             .args(extra)
             .arg(&images[0]);
         let out = run(c);
-        // clap refuses --decode (2); --beam is refused as a config error (78).
+        // clap refuses --decode (2); --beam and --widths are refused as config errors (78).
         assert!(
             matches!(out.status.code(), Some(2 | 78)),
             "{extra:?}: {:?}",
             out.status
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("--endpoint"));
+    }
+}
+
+#[test]
+fn recognize_at_several_widths_keeps_the_most_confident_reading() {
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/unseen-fonts");
+    let images: Vec<PathBuf> = (0..8)
+        .map(|i| check.join(format!("line-{i:04}.png")))
+        .collect();
+    let read = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["recognize", "--threads", "1", "--confidence"])
+            .args(extra)
+            .args(&images);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.rsplit_once('\t').unwrap().1.parse::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let once = read(&[]);
+    let widths = read(&["--widths", "1,0.8,1.25,1.5"]);
+    assert_eq!(widths.len(), images.len());
+    for (i, (a, b)) in once.iter().zip(&widths).enumerate() {
+        assert!(
+            b >= a,
+            "line {i}: {b} < {a}: the first width's reading is a candidate"
+        );
+    }
+    assert!(
+        once.iter().zip(&widths).any(|(a, b)| b > a),
+        "no line read more confidently at another width: {once:?} {widths:?}"
+    );
+    // With a threshold no line falls below, only the first width is read.
+    assert_eq!(
+        read(&["--widths", "1,0.8,1.25,1.5", "--reread-below", "0"]),
+        once
+    );
+
+    for (extra, code, says) in [
+        (
+            &["--widths", "1,9"][..],
+            78,
+            "--widths: width factor 9 is outside",
+        ),
+        (&["--widths", "1,1"][..], 78, "given twice"),
+        (
+            &["--widths", "1,1.2", "--reread-below", "2"][..],
+            78,
+            "threshold 2",
+        ),
+        (&["--reread-below", "0.5"][..], 2, "--widths"),
+    ] {
+        let mut c = bin();
+        c.args(["recognize"]).args(extra).arg(&images[0]);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
 }

@@ -501,7 +501,8 @@ async fn model_info_hides_credentials_in_urls() {
     let loader: textrec_worker::serve::reload::Loader = std::sync::Arc::new(move |_url: String| {
         let local = local.clone();
         Box::pin(async move {
-            textrec_worker::serve::engine::load_model(&local, tch::Device::Cpu).await
+            textrec_worker::serve::engine::load_model(&local, tch::Device::Cpu, Default::default())
+                .await
         })
     });
     let mut a = s::args(&dir);
@@ -675,4 +676,69 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_flag_budget() 
         }
         s::stop(server).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
+    use textrec_model::widths::WidthReadings;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 11);
+    let factors = vec![1.0f32, 0.7, 1.5];
+    let mut a = s::args(&dir);
+    a.widths.widths = factors.clone();
+    let server = s::start(a).await;
+    let base = s::http_base(&server);
+    let http = reqwest::Client::new();
+    // Diagonal stripes, which the random model reads differently at different widths.
+    let pngs: Vec<Vec<u8>> = [120, 30, 64, 200]
+        .iter()
+        .map(|&w| {
+            let img = image::GrayImage::from_fn(w, 20, |x, y| {
+                image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
+            });
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            png
+        })
+        .collect();
+    let mut served = Vec::new();
+    for png in &pngs {
+        let r: Value = http
+            .post(format!("{base}/v1/recognize"))
+            .header("content-type", "image/png")
+            .body(png.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        served.push((
+            r["text"].as_str().unwrap().to_string(),
+            r["confidence"].as_f64().unwrap() as f32,
+        ));
+    }
+    s::stop(server).await;
+
+    // The same model in this process, read at the same widths and at the first alone.
+    let mut model =
+        textrec_model::LoadedModel::load_dir(&dir, tch::Device::Cpu).expect("model loads");
+    let images: Vec<_> = pngs
+        .iter()
+        .map(|p| image::load_from_memory(p).unwrap().to_luma8())
+        .collect();
+    let once = model.recognize(&images).unwrap();
+    model.set_widths(WidthReadings::new(factors, None).unwrap());
+    let kept = model.recognize(&images).unwrap();
+    for (i, ((text, confidence), p)) in served.iter().zip(&kept).enumerate() {
+        assert_eq!(text, &p.text, "line {i}");
+        assert!((confidence - p.confidence).abs() < 1e-4, "line {i}");
+    }
+    assert!(
+        once.iter()
+            .zip(&kept)
+            .any(|(a, b)| b.confidence > a.confidence + 1e-4),
+        "some line must read better at another width for the test to tell"
+    );
 }

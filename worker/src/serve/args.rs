@@ -74,6 +74,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 
+    /// Reading each line at several widths, for every model served (as `eval --widths`). The
+    /// further widths' readings of a batch run as one more forward pass after the first.
+    #[command(flatten)]
+    pub widths: crate::eval::WidthArgs,
+
     /// Largest accepted encoded image, in bytes. A text line of the largest accepted size is
     /// well under this as PNG or JPEG.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
@@ -191,6 +196,7 @@ impl ServeArgs {
             inference_threads: 0,
             torch_threads: 0,
             device: "cpu".into(),
+            widths: Default::default(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_call_pixels: DEFAULT_MAX_CALL_PIXELS,

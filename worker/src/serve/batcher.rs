@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use textrec_model::batching::{plan_batches, BatchLimits};
 use textrec_model::inference::Prediction;
-use textrec_model::preprocess::PreparedImage;
+use textrec_model::widths::PreparedLine;
 use tokio::sync::oneshot;
 
 use super::engine::Engine;
@@ -82,8 +82,8 @@ pub struct Job {
     /// The model the request was admitted under: in-flight requests finish on it even when a
     /// newer model is swapped in meanwhile.
     pub engine: Arc<dyn Engine>,
-    /// The prepared image.
-    pub image: PreparedImage,
+    /// The prepared line (at every width the model reads).
+    pub image: PreparedLine,
     /// When the caller stops waiting.
     pub deadline: Instant,
     /// Where the answer goes.
@@ -97,7 +97,7 @@ impl Job {
     /// A job; `pending` is released when its forward pass starts.
     pub fn new(
         engine: Arc<dyn Engine>,
-        image: PreparedImage,
+        image: PreparedLine,
         deadline: Instant,
         pending: PendingGuard,
     ) -> (Self, oneshot::Receiver<Result<BatchOutput, ServeError>>) {
@@ -259,7 +259,7 @@ fn run_batch(jobs: Vec<Job>, cfg: &BatchConfig, metrics: &Metrics) {
             max_columns: cfg.max_columns.unwrap_or(model_limits.max_columns),
             pass_cost_columns: model_limits.pass_cost_columns,
         };
-        let widths: Vec<u32> = group.iter().map(|j| j.image.width).collect();
+        let widths: Vec<u32> = group.iter().map(|j| j.image.first().width).collect();
         let mut passes = plan_batches(&widths, limits);
         // The passes run one after another, so their order decides who waits for the others:
         // the pass holding the longest-waiting request goes first, which bounds the worst wait
@@ -324,13 +324,14 @@ fn run_pass(engine: &Arc<dyn Engine>, group: Vec<Job>, metrics: &Metrics) {
 mod tests {
     use super::super::engine::fake::FakeEngine;
     use super::*;
+    use textrec_model::preprocess::PreparedImage;
 
-    fn image() -> PreparedImage {
-        PreparedImage {
+    fn image() -> PreparedLine {
+        PreparedLine::single(PreparedImage {
             data: vec![0.0; 8],
             height: 1,
             width: 8,
-        }
+        })
     }
 
     fn batcher(max_batch: usize, max_wait_ms: u64, cap: usize) -> Arc<Batcher> {
@@ -364,11 +365,11 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut rxs = Vec::new();
         for (g, &w) in guards.into_iter().zip(widths) {
-            let image = PreparedImage {
+            let image = PreparedLine::single(PreparedImage {
                 data: vec![0.0; w as usize],
                 height: 1,
                 width: w,
-            };
+            });
             let (job, rx) = Job::new(engine.clone(), image, deadline, g);
             b.submit(job).unwrap();
             rxs.push(rx);

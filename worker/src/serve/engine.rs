@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use textrec_contract::{ModelManifest, PreprocessConfig};
 use textrec_model::batching::BatchLimits;
 use textrec_model::inference::{LoadedModel, Prediction};
-use textrec_model::preprocess::{prepare_checked, CheckedSource, PreparedImage};
+use textrec_model::preprocess::{decode_checked, prepare_checked, CheckedSource};
+use textrec_model::widths::{PreparedLine, WidthReadings};
 
 /// What the server can ask of a model.
 pub trait Engine: Send + Sync + 'static {
@@ -17,10 +18,10 @@ pub trait Engine: Send + Sync + 'static {
     fn manifest(&self) -> &ModelManifest;
     /// The preprocessing the model was trained with.
     fn preprocess(&self) -> &PreprocessConfig;
-    /// Decode and prepare one image whose header was checked (CPU work; called off the async
-    /// runtime).
-    fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedImage> {
-        prepare_checked(encoded, source, self.preprocess())
+    /// Decode and prepare one image whose header was checked, at every width the model reads
+    /// lines at (CPU work; called off the async runtime).
+    fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedLine> {
+        prepare_checked(encoded, source, self.preprocess()).map(PreparedLine::single)
     }
     /// How this model prefers its input split into forward passes.
     fn batch_limits(&self) -> BatchLimits {
@@ -30,9 +31,9 @@ pub trait Engine: Send + Sync + 'static {
             pass_cost_columns: BatchLimits::GPU_PASS_COST,
         }
     }
-    /// One batched forward pass over exactly `batch` (the batcher has planned it); one
-    /// prediction per image, in order.
-    fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>>;
+    /// One batched forward pass over exactly `batch` (the batcher has planned it; a second
+    /// one follows when lines are read at several widths); one prediction per line, in order.
+    fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Vec<Prediction>>;
 }
 
 impl Engine for LoadedModel {
@@ -45,13 +46,16 @@ impl Engine for LoadedModel {
     fn preprocess(&self) -> &PreprocessConfig {
         LoadedModel::preprocess(self)
     }
+    fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedLine> {
+        self.prepare_line(&decode_checked(encoded, source)?)
+    }
     fn batch_limits(&self) -> BatchLimits {
         LoadedModel::batch_limits(self)
     }
-    fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>> {
+    fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Vec<Prediction>> {
         // The batcher already split its gathering by --max-batch-columns; planning again with
         // the model's own limits would override a larger budget.
-        self.recognize_pass(batch)
+        self.recognize_lines(batch)
     }
 }
 
@@ -66,13 +70,19 @@ pub struct ServedModel {
 }
 
 /// Fetch a model (a folder in storage or `builtin:NAME`), verify it (manifest format, the
-/// weights' sha256) and load it onto `device`. The heavy part runs on a blocking thread.
-pub async fn load_model(url: &str, device: tch::Device) -> anyhow::Result<Arc<dyn Engine>> {
+/// weights' sha256) and load it onto `device`, to read lines at `widths`. The heavy part runs
+/// on a blocking thread.
+pub async fn load_model(
+    url: &str,
+    device: tch::Device,
+    widths: WidthReadings,
+) -> anyhow::Result<Arc<dyn Engine>> {
     use anyhow::Context;
     let files = crate::model_source::fetch(url).await?;
-    let model = tokio::task::spawn_blocking(move || files.load(device))
+    let mut model = tokio::task::spawn_blocking(move || files.load(device))
         .await
         .context("model loading thread failed")??;
+    model.set_widths(widths);
     Ok(Arc::new(model))
 }
 
@@ -82,6 +92,7 @@ pub(crate) mod fake {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+    use textrec_model::preprocess::PreparedImage;
 
     /// Answers `text` for every image after sleeping `delay` per batch; records batch sizes.
     pub struct FakeEngine {
@@ -131,26 +142,22 @@ pub(crate) mod fake {
         fn preprocess(&self) -> &PreprocessConfig {
             &self.manifest.preprocessing
         }
-        fn prepare(
-            &self,
-            encoded: &[u8],
-            _source: &CheckedSource,
-        ) -> anyhow::Result<PreparedImage> {
-            Ok(PreparedImage {
+        fn prepare(&self, encoded: &[u8], _source: &CheckedSource) -> anyhow::Result<PreparedLine> {
+            Ok(PreparedLine::single(PreparedImage {
                 data: vec![0.0; encoded.len().min(8)],
                 height: 1,
                 width: 8,
-            })
+            }))
         }
-        fn recognize(&self, batch: &[PreparedImage]) -> anyhow::Result<Vec<Prediction>> {
+        fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Vec<Prediction>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.batches.lock().unwrap().push(batch.len());
             std::thread::sleep(self.delay);
             Ok(batch
                 .iter()
-                .map(|im| Prediction {
+                .map(|line| Prediction {
                     text: if self.echo_width {
-                        im.width.to_string()
+                        line.first().width.to_string()
                     } else {
                         self.text.clone()
                     },

@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use textrec_model::widths::WidthReadings;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -136,16 +137,21 @@ fn parse_device(s: &str) -> Result<tch::Device> {
     crate::device::select(d)
 }
 
-/// The loader of real models: storage, verification, libtorch on `device`.
-fn torch_loader(device: tch::Device) -> Loader {
-    Arc::new(move |url: String| Box::pin(async move { engine::load_model(&url, device).await }))
+/// The loader of real models: storage, verification, libtorch on `device`, each model read
+/// at `widths`.
+fn torch_loader(device: tch::Device, widths: WidthReadings) -> Loader {
+    Arc::new(move |url: String| {
+        let widths = widths.clone();
+        Box::pin(async move { engine::load_model(&url, device, widths).await })
+    })
 }
 
 /// Start a server loading models with libtorch on `--device`; returns once the first model is
 /// in service (or, with `--model-pointer`, once the first attempt has been made).
 pub async fn start(args: ServeArgs) -> Result<RunningServer> {
     let resolved = Resolved::from_args(&args)?;
-    start_resolved(args, resolved, torch_loader(resolved.device)).await
+    let widths = args.widths.readings()?;
+    start_resolved(args, resolved, torch_loader(resolved.device, widths)).await
 }
 
 /// [`start`] with a custom model loader.
@@ -550,6 +556,7 @@ pub fn run(mut args: ServeArgs) -> Result<i32> {
         args.model = Some(crate::model_source::DEFAULT_MODEL.to_string());
     }
     let resolved = Resolved::from_args(&args)?;
+    let widths = args.widths.readings()?;
     crate::device::set_threads(resolved.threads.torch);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -558,7 +565,7 @@ pub fn run(mut args: ServeArgs) -> Result<i32> {
     rt.block_on(async move {
         // Install the handlers before loading, so a SIGTERM during a slow load is graceful too.
         let signal = tokio::spawn(termination_signal());
-        let server = start_resolved(args, resolved, torch_loader(resolved.device)).await?;
+        let server = start_resolved(args, resolved, torch_loader(resolved.device, widths)).await?;
         tokio::select! {
             _ = signal => server.shutdown(),
             _ = server.shutdown_requested() => {}
