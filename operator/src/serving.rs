@@ -141,6 +141,9 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
             format!("{AUTH_DIR}/{}", auth.key),
         ]);
     }
+    if let Some(reading) = &spec.reading {
+        args.extend(reading.serve_args());
+    }
 
     let (tmp_volume, tmp_mount) = pod_parts::scratch_tmp();
     let mut volumes = vec![tmp_volume];
@@ -532,6 +535,31 @@ mod tests {
         })));
         let args = cpu.containers[0].args.clone().unwrap();
         assert!(!args.contains(&"--device".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn reading_at_several_widths_reaches_the_server_only_when_asked() {
+        let args = |spec: serde_json::Value| pod(&md(spec)).containers[0].args.clone().unwrap();
+        let with = args(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1",
+            "reading": {"widths": [1, 1.1, 1.25], "rereadBelow": 0.8}
+        }));
+        let at = with.iter().position(|a| a == "--widths").expect("--widths");
+        assert_eq!(with[at + 1], "1,1.1,1.25");
+        let at = with
+            .iter()
+            .position(|a| a == "--reread-below")
+            .expect("--reread-below");
+        assert_eq!(with[at + 1], "0.8");
+        let every_line = args(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1", "reading": {"widths": [1, 1.2]}
+        }));
+        assert!(every_line.contains(&"--widths".to_string()));
+        assert!(!every_line.contains(&"--reread-below".to_string()));
+        let plain = args(serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}));
+        assert!(!plain
+            .iter()
+            .any(|a| a == "--widths" || a == "--reread-below"));
     }
 
     #[test]

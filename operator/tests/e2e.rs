@@ -406,11 +406,24 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         "spec": {"model": {"fromTrainingRun": "grid"}, "image": std::env::var("TEXTREC_E2E_WORKER_IMAGE").unwrap_or_else(|_| "textrec-worker:e2e".into()),
                  "promotion": {"policy": "Automatic", "selector": {"matchLabels": {"team": "e2e"}}},
                  "credentials": {"pvc": {"claimName": "textrec-e2e", "mountPath": "/e2e"}},
-                 "flagging": {"storage": "file:///e2e/flags/reader/", "maxSamples": 100}}
+                 "flagging": {"storage": "file:///e2e/flags/reader/", "maxSamples": 100},
+                 "reading": {"widths": [1, 1.25], "rereadBelow": 0.8}}
     }))
     .unwrap();
     let _ = mds.delete("reader", &Default::default()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The API server refuses a width factor given twice (CEL) and one out of range.
+    for (widths, says) in [(json!([1, 1.25, 1]), "repeat"), (json!([1, 9]), "widths")] {
+        let mut bad = serde_json::to_value(&md).unwrap();
+        bad["metadata"]["name"] = json!("bad-reading");
+        bad["spec"]["reading"]["widths"] = widths;
+        let bad: ModelDeployment = serde_json::from_value(bad).unwrap();
+        let err = mds
+            .create(&PostParams::default(), &bad)
+            .await
+            .expect_err("spec.reading is validated by the API server");
+        assert!(err.to_string().contains(says), "{err}");
+    }
     mds.create(&PostParams::default(), &md).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let dep = eventually(
@@ -424,6 +437,8 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         .clone()
         .unwrap();
     assert!(args.contains(&best_url), "{args:?}");
+    let at = args.iter().position(|a| a == "--widths").expect("--widths");
+    assert_eq!(args[at + 1..at + 4], ["1,1.25", "--reread-below", "0.8"]);
     // Flags go to the PVC, which is then mounted writable.
     let at = args.iter().position(|a| a == "--flags").expect("--flags");
     assert_eq!(args[at + 1], "file:///e2e/flags/reader/");

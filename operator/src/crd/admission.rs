@@ -188,6 +188,40 @@ mod tests {
     }
 
     #[test]
+    fn reading_widths_are_bounded_and_named_in_the_error() {
+        let md = |reading: Value| {
+            json!({
+                "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "m"},
+                "spec": {"model": {"fromTrainingRun": "r"}, "reading": reading}
+            })
+        };
+        admit(
+            "ModelDeployment",
+            &md(json!({"widths": [1, 1.1, 1.25, 1.4, 1.6], "rereadBelow": 0.8})),
+        )
+        .unwrap();
+        for (reading, field) in [
+            (json!({"widths": []}), "spec.reading.widths"),
+            (json!({"widths": [1, 9]}), "spec.reading.widths[1]"),
+            (json!({"widths": [0.1]}), "spec.reading.widths[0]"),
+            (
+                json!({"widths": [1], "rereadBelow": 1.5}),
+                "spec.reading.rereadBelow",
+            ),
+            (json!({"rereadBelow": 0.5}), "spec.reading"),
+        ] {
+            let v = admit("ModelDeployment", &md(reading.clone())).unwrap_err();
+            assert!(v.iter().any(|v| v.field == field), "{reading}: {v:?}");
+        }
+        let v = admit("ModelDeployment", &md(json!({"rereadBelow": 0.5}))).unwrap_err();
+        assert!(
+            v[0].message.contains("\"widths\" is a required property"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn image_and_storage_may_be_left_to_the_operator_defaults() {
         let run = json!({
             "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",
@@ -411,6 +445,9 @@ mod tests {
              vec![("spec.autoscaling", json!({"minReplicas": 5, "maxReplicas": 2}))]),
             ("ModelDeployment", ".spec", "self.ports.grpc != self.ports.http",
              vec![("spec.ports", json!({"grpc": 9000, "http": 9000}))]),
+            ("ModelDeployment", ".spec.reading",
+             "self.widths.all(w, self.widths.filter(x, x == w).size() == 1)",
+             vec![("spec.reading", json!({"widths": [1.0, 1.25, 1.0]}))]),
         ];
         let rules = crd_rules();
         let mut covered: Vec<(String, String, String)> = cases

@@ -104,6 +104,40 @@ pub struct ModelDeploymentSpec {
     /// Require a bearer token on every API call (health, readiness and /metrics are exempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ServingAuth>,
+    /// Read each line at several widths and keep the most confident reading (`serve
+    /// --widths`): for fonts narrower or wider than the model's training fonts, at the cost
+    /// of more readings per line. Left out: each line is read once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<Reading>,
+}
+
+/// Reading each line at several horizontal stretches.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.widths.all(w, self.widths.filter(x, x == w).size() == 1)").message("spec.reading.widths must not repeat a factor").field_path(".widths"))]
+pub struct Reading {
+    /// Horizontal stretch factors (height unchanged), e.g. `[1, 1.1, 1.25, 1.4, 1.6]`: every
+    /// line is read at the first, and at the others as `rereadBelow` says. Each further
+    /// width costs about one more reading of the line.
+    #[schemars(length(min = 1, max = 8), inner(range(min = 0.25, max = 4.0)))]
+    pub widths: Vec<f64>,
+    /// Read a line at the further widths only when its first reading's confidence is below
+    /// this (0-1). Left out: every line is read at every width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub reread_below: Option<f64>,
+}
+
+impl Reading {
+    /// The `serve` arguments that ask for this reading.
+    pub fn serve_args(&self) -> Vec<String> {
+        let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
+        let mut args = vec!["--widths".to_string(), widths.join(",")];
+        if let Some(c) = self.reread_below {
+            args.extend(["--reread-below".to_string(), c.to_string()]);
+        }
+        args
+    }
 }
 
 /// Where flagged lines go and how many are kept.

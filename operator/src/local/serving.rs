@@ -218,24 +218,13 @@ impl Servers {
         let (grpc, http) = addresses(settings, rec.deployment.spec.ports, rec.server.as_ref())?;
         write_atomic(pointer, url.as_bytes())?;
         write_atomic(&pointer.with_file_name(POINTER_SHA_KEY), sha.as_bytes())?;
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--model-pointer".into(),
-            pointer.display().to_string(),
-            "--reload-interval".into(),
-            "1s".into(),
-            "--grpc-addr".into(),
-            grpc.clone(),
-            "--http-addr".into(),
-            http.clone(),
-        ];
-        if rec.deployment.spec.resources.gpus > 0 {
-            // As in the cluster (crate::serving): GPUs requested, GPU used.
-            args.extend(["--device".into(), "cuda".into()]);
-        }
-        if let Some(url) = flags_url(&rec.deployment, &settings.storage_root) {
-            args.extend(rec.deployment.spec.flagging.serve_args(&url));
-        }
+        let args = serve_args(
+            &rec.deployment,
+            &settings.storage_root,
+            pointer,
+            &grpc,
+            &http,
+        );
         let child = process::spawn(
             &settings.worker,
             &args,
@@ -367,6 +356,38 @@ pub fn flags_url(md: &ModelDeployment, storage_root: &str) -> Option<String> {
     }))
 }
 
+/// The `textrec-worker serve` arguments of `md`'s local server, as the cluster's pods get them
+/// (crate::serving) where they apply: GPUs, flagging and reading.
+fn serve_args(
+    md: &ModelDeployment,
+    storage_root: &str,
+    pointer: &std::path::Path,
+    grpc: &str,
+    http: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--model-pointer".into(),
+        pointer.display().to_string(),
+        "--reload-interval".into(),
+        "1s".into(),
+        "--grpc-addr".into(),
+        grpc.into(),
+        "--http-addr".into(),
+        http.into(),
+    ];
+    if md.spec.resources.gpus > 0 {
+        args.extend(["--device".into(), "cuda".into()]);
+    }
+    if let Some(url) = flags_url(md, storage_root) {
+        args.extend(md.spec.flagging.serve_args(&url));
+    }
+    if let Some(reading) = &md.spec.reading {
+        args.extend(reading.serve_args());
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,5 +510,33 @@ mod tests {
         assert_eq!(flags_url(&md, "file:///data").as_deref(), Some("s3://b/f/"));
         md.spec.flagging.enabled = false;
         assert_eq!(flags_url(&md, "file:///data"), None);
+    }
+
+    #[test]
+    fn the_local_server_reads_at_the_widths_the_spec_asks_for() {
+        let md = |spec: Value| -> ModelDeployment {
+            serde_json::from_value(json!({
+                "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "ocr", "namespace": "ml"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let args = |m: &ModelDeployment| {
+            serve_args(
+                m,
+                "file:///data",
+                std::path::Path::new("/p"),
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+            )
+        };
+        let read = md(json!({"model": {"url": "file:///m"},
+                             "reading": {"widths": [1, 1.3], "rereadBelow": 0.75}}));
+        let a = args(&read);
+        let at = a.iter().position(|x| x == "--widths").expect("--widths");
+        assert_eq!(a[at + 1..at + 4], ["1,1.3", "--reread-below", "0.75"]);
+        assert_eq!(a[..3], ["serve", "--model-pointer", "/p"]);
+        let plain = args(&md(json!({"model": {"url": "file:///m"}})));
+        assert!(!plain.iter().any(|x| x == "--widths"), "{plain:?}");
     }
 }
