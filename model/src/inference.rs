@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::GrayImage;
@@ -21,7 +22,7 @@ use crate::net::{DecodeMode, Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
 use crate::preprocess::{self, PreparedImage};
 use crate::tensorio;
 use crate::tokenizer::Tokenizer;
-use crate::widths::{PreparedLine, WidthReadings};
+use crate::widths::{PreparedLine, Readings, WidthReadings};
 
 /// The reading of one line.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +63,8 @@ pub struct LoadedModel {
     batch_limits: BatchLimits,
     decode_mode: DecodeMode,
     widths: WidthReadings,
+    lines_read: AtomicU64,
+    lines_reread: AtomicU64,
     language_model: Option<LanguageModel>,
 }
 
@@ -163,6 +166,8 @@ impl LoadedModel {
             device,
             batch_limits: BatchLimits::for_device(device),
             widths: WidthReadings::default(),
+            lines_read: AtomicU64::new(0),
+            lines_reread: AtomicU64::new(0),
             language_model,
         })
     }
@@ -265,8 +270,10 @@ impl LoadedModel {
                 .map(Cow::Owned)
                 .with_context(|| format!("image {i}"))
         };
-        self.widths
-            .read(images.len(), line_at, |lines| self.read_in_passes(lines))
+        let readings = self
+            .widths
+            .read(images.len(), line_at, |lines| self.read_in_passes(lines))?;
+        Ok(self.counted(readings))
     }
 
     /// Recognize already prepared lines, each read once as it is (not at the model's
@@ -306,8 +313,27 @@ impl LoadedModel {
                 .with_context(|| format!("line {i}"))?;
         }
         let line_at = |i: usize, k: usize| Ok(Cow::Borrowed(&lines[i].widths()[k]));
-        self.widths
-            .read(lines.len(), line_at, |batch| self.forward_pass(batch))
+        let readings = self
+            .widths
+            .read(lines.len(), line_at, |batch| self.forward_pass(batch))?;
+        Ok(self.counted(readings))
+    }
+
+    /// Lines read by [`LoadedModel::recognize`] and [`LoadedModel::recognize_lines`] so far,
+    /// and how many of them were read again at further widths.
+    pub fn reading_counts(&self) -> (u64, u64) {
+        (
+            self.lines_read.load(Ordering::Relaxed),
+            self.lines_reread.load(Ordering::Relaxed),
+        )
+    }
+
+    fn counted(&self, readings: Readings) -> Vec<Prediction> {
+        let n = readings.predictions.len() as u64;
+        self.lines_read.fetch_add(n, Ordering::Relaxed);
+        self.lines_reread
+            .fetch_add(readings.reread as u64, Ordering::Relaxed);
+        readings.predictions
     }
 
     /// `images` split into forward passes by the model's batch limits.
@@ -711,6 +737,8 @@ mod tests {
                 || alone[0][i].confidence < alone[2][i].confidence),
             "some line must read better stretched for the choice to be checked"
         );
+        // Every line was doubtful (no threshold): 4 lines in each of the two readings.
+        assert_eq!(model.reading_counts().1, 8);
         // Lines prepared for other widths are refused, not misread.
         model.set_widths(WidthReadings::default());
         let err = model.recognize_lines(&prepared).unwrap_err().to_string();

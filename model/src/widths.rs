@@ -103,12 +103,7 @@ impl WidthReadings {
     /// called once for the first width and at most once more for every other width together
     /// (only for the lines whose first reading is doubtful); a width a line already had (a
     /// line capped at the model's widest) is not read twice.
-    pub fn read<'a, S, F>(
-        &self,
-        count: usize,
-        mut line_at: S,
-        mut read: F,
-    ) -> Result<Vec<Prediction>>
+    pub fn read<'a, S, F>(&self, count: usize, mut line_at: S, mut read: F) -> Result<Readings>
     where
         S: FnMut(usize, usize) -> Result<Cow<'a, PreparedImage>>,
         F: FnMut(&[&PreparedImage]) -> Vec<Prediction>,
@@ -121,10 +116,12 @@ impl WidthReadings {
 
         // Every further width of every doubtful line, each at a width the line did not have.
         let mut variants: Vec<(usize, Cow<PreparedImage>)> = Vec::new();
+        let mut reread = 0;
         for i in 0..count {
-            if !doubtful(&best[i]) {
+            if !doubtful(&best[i]) || self.factors.len() == 1 {
                 continue;
             }
+            reread += 1;
             let mut widths_read = vec![first[i].width];
             for k in 1..self.factors.len() {
                 let v = line_at(i, k)?;
@@ -135,7 +132,10 @@ impl WidthReadings {
             }
         }
         if variants.is_empty() {
-            return Ok(best);
+            return Ok(Readings {
+                predictions: best,
+                reread,
+            });
         }
         let again = read(&variants.iter().map(|(_, v)| v.as_ref()).collect::<Vec<_>>());
         for ((i, _), p) in variants.iter().zip(again) {
@@ -143,8 +143,21 @@ impl WidthReadings {
                 best[*i] = p;
             }
         }
-        Ok(best)
+        Ok(Readings {
+            predictions: best,
+            reread,
+        })
     }
+}
+
+/// What [`WidthReadings::read`] gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readings {
+    /// Each line's kept reading, in order.
+    pub predictions: Vec<Prediction>,
+    /// How many lines were doubtful after their first reading and so were read again at the
+    /// other widths.
+    pub reread: usize,
 }
 
 /// One line prepared at every width of a [`WidthReadings`], first width first.
@@ -224,7 +237,8 @@ mod tests {
         let base = [40, 20];
         let out = widths
             .read(2, preparer(&widths, &base, 1000), reader(50, &mut calls))
-            .unwrap();
+            .unwrap()
+            .predictions;
         // 40 → 50 (×1.25) is exact; 20 → 30 (×1.5) is the nearest of 20, 25, 30.
         assert_eq!(out[0].text, "50");
         assert_eq!(out[1].text, "30");
@@ -240,6 +254,8 @@ mod tests {
         let out = widths
             .read(2, preparer(&widths, &base, 1000), reader(10, &mut calls))
             .unwrap();
+        assert_eq!(out.reread, 1);
+        let out = out.predictions;
         assert_eq!(calls, vec![vec![10, 12], vec![24]]);
         assert_eq!(out[0].text, "10");
         assert_eq!(
@@ -252,10 +268,11 @@ mod tests {
     fn no_second_pass_when_every_line_is_sure() {
         let widths = WidthReadings::new(vec![1.0, 1.5], Some(0.9)).unwrap();
         let mut calls = Vec::new();
-        widths
+        let out = widths
             .read(1, preparer(&widths, &[10], 1000), reader(10, &mut calls))
             .unwrap();
         assert_eq!(calls.len(), 1);
+        assert_eq!(out.reread, 0);
     }
 
     #[test]
@@ -277,7 +294,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(calls, vec![vec![20], vec![30]]);
-        assert_eq!(out[0].text, "20");
+        assert_eq!(out.predictions[0].text, "20");
+        assert_eq!(out.reread, 1);
     }
 
     #[test]

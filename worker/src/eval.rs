@@ -319,6 +319,9 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         if !skipped.is_empty() {
             j["skipped"] = serde_json::json!(skipped.len());
         }
+        if !model.widths().is_single() {
+            j["reread_lines"] = serde_json::json!(model.reading_counts().1);
+        }
         if let Some(r) = &calibration {
             j["confidence"] = serde_json::to_value(r).context("confidence report")?;
         }
@@ -348,6 +351,13 @@ pub fn run(args: EvalArgs) -> Result<i32> {
                 format!(" ({} skipped)", skipped.len())
             }
         );
+        if !model.widths().is_single() {
+            let (read, reread) = model.reading_counts();
+            println!(
+                "  read again at other widths: {reread} of {read} lines ({:.0}%)",
+                100.0 * reread as f64 / read.max(1) as f64
+            );
+        }
         for b in &score.by_length {
             let range = match b.max_chars {
                 u32::MAX => format!("> {}", b.min_chars - 1),

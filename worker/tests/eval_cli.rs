@@ -521,6 +521,27 @@ fn recognize_at_several_widths_keeps_the_most_confident_reading() {
         once.iter().zip(&widths).any(|(a, b)| b > a),
         "no line read more confidently at another width: {once:?} {widths:?}"
     );
+    // `eval` says how many lines were read again; without --widths it says nothing of it.
+    let eval = |extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "eval",
+            "--threads",
+            "1",
+            "--samples",
+            "8",
+            "--json",
+            "--data",
+        ])
+        .arg(&check)
+        .args(extra);
+        last_json(&run(c))
+    };
+    let j = eval(&["--widths", "1,1.25", "--reread-below", "0.9"]);
+    let reread = j["reread_lines"].as_u64().expect("reread_lines");
+    assert!((1..=8).contains(&reread), "{j}");
+    assert!(eval(&[])["reread_lines"].is_null());
+
     // With a threshold no line falls below, only the first width is read.
     assert_eq!(
         read(&["--widths", "1,0.8,1.25,1.5", "--reread-below", "0"]),
