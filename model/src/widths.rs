@@ -1,9 +1,10 @@
 //! Reading a line at several widths and keeping the most confident reading.
 //!
-//! A font much narrower or wider than the training fonts puts its characters on fewer or more
-//! of the encoder's frames than the network learned; stretching the line horizontally (height
-//! unchanged) moves it back into range. No single stretch suits every font, so each line is
-//! read at every width given and the reading with the highest line confidence is kept. With a
+//! A network reads some lines better stretched horizontally (height unchanged): faces narrower
+//! or wider than its training fonts, whose characters fall on fewer or more encoder frames than
+//! it learned, and, for the pretrained model, even its training fonts a little wider than
+//! preprocessing draws them. No single stretch suits every face, so each line is read at every
+//! width given and the reading with the highest line confidence is kept. With a
 //! confidence threshold, only the lines whose first reading falls below it are read again,
 //! which keeps most of the gain at a fraction of the cost (BENCHMARKS.md, "Reading each line at
 //! several widths").
@@ -131,16 +132,12 @@ impl WidthReadings {
                 }
             }
         }
-        if variants.is_empty() {
-            return Ok(Readings {
-                predictions: best,
-                reread,
-            });
-        }
-        let again = read(&variants.iter().map(|(_, v)| v.as_ref()).collect::<Vec<_>>());
-        for ((i, _), p) in variants.iter().zip(again) {
-            if p.confidence > best[*i].confidence {
-                best[*i] = p;
+        if !variants.is_empty() {
+            let again = read(&variants.iter().map(|(_, v)| v.as_ref()).collect::<Vec<_>>());
+            for ((i, _), p) in variants.iter().zip(again) {
+                if p.confidence > best[*i].confidence {
+                    best[*i] = p;
+                }
             }
         }
         Ok(Readings {

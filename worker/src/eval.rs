@@ -90,7 +90,8 @@ pub fn set_reading(
 pub struct WidthArgs {
     /// Horizontal stretch factors, comma-separated (e.g. `1,1.1,1.25,1.4,1.6`): every line is
     /// read at the first, and at the others as `--reread-below` says; the most confident
-    /// reading is kept. Each further width costs about one more reading of the line.
+    /// reading is kept. Each further width costs about one more reading of the line; one
+    /// factor alone (`--widths 1.1`) reads every line once at that stretch.
     #[arg(long, value_name = "F,F,...", value_delimiter = ',')]
     pub widths: Vec<f32>,
     /// Read a line at the further `--widths` only when its first reading's confidence is
