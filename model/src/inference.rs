@@ -273,7 +273,8 @@ impl LoadedModel {
         let readings = self
             .widths
             .read(images.len(), line_at, |lines| self.read_in_passes(lines))?;
-        Ok(self.counted(readings))
+        self.count(&readings);
+        Ok(readings.predictions)
     }
 
     /// Recognize already prepared lines, each read once as it is (not at the model's
@@ -299,8 +300,9 @@ impl LoadedModel {
     /// Recognize lines prepared at the model's widths ([`LoadedModel::prepare_line`]) in one
     /// forward pass, or two when lines are read at several widths (the first width, then the
     /// doubtful lines at the others): for callers that plan their own passes (the server's
-    /// batcher), keeping each line's most confident reading.
-    pub fn recognize_lines(&self, lines: &[PreparedLine]) -> Result<Vec<Prediction>> {
+    /// batcher), keeping each line's most confident reading and saying how many lines were
+    /// read again.
+    pub fn recognize_lines(&self, lines: &[PreparedLine]) -> Result<Readings> {
         let count = self.widths.factors().len();
         for (i, line) in lines.iter().enumerate() {
             if line.widths().len() != count {
@@ -316,7 +318,8 @@ impl LoadedModel {
         let readings = self
             .widths
             .read(lines.len(), line_at, |batch| self.forward_pass(batch))?;
-        Ok(self.counted(readings))
+        self.count(&readings);
+        Ok(readings)
     }
 
     /// Lines read by [`LoadedModel::recognize`] and [`LoadedModel::recognize_lines`] so far,
@@ -328,12 +331,11 @@ impl LoadedModel {
         )
     }
 
-    fn counted(&self, readings: Readings) -> Vec<Prediction> {
+    fn count(&self, readings: &Readings) {
         let n = readings.predictions.len() as u64;
         self.lines_read.fetch_add(n, Ordering::Relaxed);
         self.lines_reread
             .fetch_add(readings.reread as u64, Ordering::Relaxed);
-        readings.predictions
     }
 
     /// `images` split into forward passes by the model's batch limits.
@@ -721,7 +723,7 @@ mod tests {
             .collect();
         for kept in [
             model.recognize(&lines).unwrap(),
-            model.recognize_lines(&prepared).unwrap(),
+            model.recognize_lines(&prepared).unwrap().predictions,
         ] {
             for (i, p) in kept.iter().enumerate() {
                 let best = alone

@@ -719,6 +719,12 @@ async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
             r["confidence"].as_f64().unwrap() as f32,
         ));
     }
+    // No threshold: every line was read again, and /metrics says so.
+    let metrics = s::metrics(&http, &base).await;
+    assert!(
+        metrics.contains("textrec_lines_reread_total 4"),
+        "{metrics}"
+    );
     s::stop(server).await;
 
     // The same model in this process, read at the same widths and at the first alone.

@@ -291,10 +291,13 @@ fn run_pass(engine: &Arc<dyn Engine>, group: Vec<Job>, metrics: &Metrics) {
     let inference = t0.elapsed();
     metrics.observe_batch(n, inference);
     let outcome: Result<Vec<Prediction>, String> = match result {
-        Ok(Ok(p)) if p.len() == n => Ok(p),
-        Ok(Ok(p)) => Err(format!(
+        Ok(Ok(r)) if r.predictions.len() == n => {
+            metrics.observe_rereads(r.reread);
+            Ok(r.predictions)
+        }
+        Ok(Ok(r)) => Err(format!(
             "model returned {} predictions for {n} images",
-            p.len()
+            r.predictions.len()
         )),
         Ok(Err(e)) => Err(format!("inference failed: {e:#}")),
         Err(_) => Err("inference panicked".to_string()),

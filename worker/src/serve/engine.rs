@@ -6,9 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use textrec_contract::{ModelManifest, PreprocessConfig};
 use textrec_model::batching::BatchLimits;
-use textrec_model::inference::{LoadedModel, Prediction};
+use textrec_model::inference::LoadedModel;
 use textrec_model::preprocess::{decode_checked, prepare_checked, CheckedSource};
-use textrec_model::widths::{PreparedLine, WidthReadings};
+use textrec_model::widths::{PreparedLine, Readings, WidthReadings};
 
 /// What the server can ask of a model.
 pub trait Engine: Send + Sync + 'static {
@@ -32,8 +32,9 @@ pub trait Engine: Send + Sync + 'static {
         }
     }
     /// One batched forward pass over exactly `batch` (the batcher has planned it; a second
-    /// one follows when lines are read at several widths); one prediction per line, in order.
-    fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Vec<Prediction>>;
+    /// one follows when lines are read at several widths): one prediction per line, in order,
+    /// and how many lines were read again.
+    fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Readings>;
 }
 
 impl Engine for LoadedModel {
@@ -52,7 +53,7 @@ impl Engine for LoadedModel {
     fn batch_limits(&self) -> BatchLimits {
         LoadedModel::batch_limits(self)
     }
-    fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Vec<Prediction>> {
+    fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Readings> {
         // The batcher already split its gathering by --max-batch-columns; planning again with
         // the model's own limits would override a larger budget.
         self.recognize_lines(batch)
@@ -92,6 +93,7 @@ pub(crate) mod fake {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+    use textrec_model::inference::Prediction;
     use textrec_model::preprocess::PreparedImage;
 
     /// Answers `text` for every image after sleeping `delay` per batch; records batch sizes.
@@ -149,11 +151,11 @@ pub(crate) mod fake {
                 width: 8,
             }))
         }
-        fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Vec<Prediction>> {
+        fn recognize(&self, batch: &[PreparedLine]) -> anyhow::Result<Readings> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.batches.lock().unwrap().push(batch.len());
             std::thread::sleep(self.delay);
-            Ok(batch
+            let predictions = batch
                 .iter()
                 .map(|line| Prediction {
                     text: if self.echo_width {
@@ -164,7 +166,11 @@ pub(crate) mod fake {
                     confidence: 0.5,
                     char_confidences: vec![0.5; self.text.chars().count()],
                 })
-                .collect())
+                .collect();
+            Ok(Readings {
+                predictions,
+                reread: 0,
+            })
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub flags: Family<Labels, Counter>,
     /// Requests refused for a missing or wrong bearer token, by `protocol` and `reason`.
     pub auth_refusals: Family<Labels, Counter>,
+    /// Lines read again at further widths after a doubtful first reading (`--widths`).
+    pub lines_reread: Counter,
 }
 
 impl Default for Metrics {
@@ -112,6 +114,12 @@ impl Metrics {
             "Requests refused for a missing or wrong bearer token, by protocol and reason",
             auth_refusals.clone(),
         );
+        let lines_reread = Counter::default();
+        registry.register(
+            "lines_reread",
+            "Lines read again at further widths (serve --widths) after a doubtful first reading",
+            lines_reread.clone(),
+        );
         Self {
             registry,
             requests,
@@ -125,6 +133,7 @@ impl Metrics {
             last_reload_failed,
             flags,
             auth_refusals,
+            lines_reread,
         }
     }
 
@@ -145,6 +154,11 @@ impl Metrics {
     pub fn observe_batch(&self, size: usize, elapsed: Duration) {
         self.batch_size.observe(size as f64);
         self.inference_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Record lines read again at further widths.
+    pub fn observe_rereads(&self, lines: usize) {
+        self.lines_reread.inc_by(lines as u64);
     }
 
     /// Record a model load attempt; on success `version` becomes the served one.
