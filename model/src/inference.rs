@@ -298,10 +298,10 @@ impl LoadedModel {
     }
 
     /// Recognize lines prepared at the model's widths ([`LoadedModel::prepare_line`]) in one
-    /// forward pass, or two when lines are read at several widths (the first width, then the
-    /// doubtful lines at the others): for callers that plan their own passes (the server's
-    /// batcher), keeping each line's most confident reading and saying how many lines were
-    /// read again.
+    /// forward pass, for callers that plan their own passes (the server's batcher); when lines
+    /// are read at several widths, the doubtful lines are then read at the others in passes
+    /// within the model's [`BatchLimits`]. Keeps each line's most confident reading and says
+    /// how many lines were read again.
     pub fn recognize_lines(&self, lines: &[PreparedLine]) -> Result<Readings> {
         let count = self.widths.factors().len();
         for (i, line) in lines.iter().enumerate() {
@@ -315,9 +315,18 @@ impl LoadedModel {
                 .with_context(|| format!("line {i}"))?;
         }
         let line_at = |i: usize, k: usize| Ok(Cow::Borrowed(&lines[i].widths()[k]));
-        let readings = self
-            .widths
-            .read(lines.len(), line_at, |batch| self.forward_pass(batch))?;
+        // The first width as the caller planned it; the re-reads (up to one line per further
+        // width for each doubtful line, often wider) split by the model's own limits, so one
+        // pass stays as small as the caller's.
+        let mut first_pass = true;
+        let read = |batch: &[&PreparedImage]| {
+            if std::mem::take(&mut first_pass) {
+                self.forward_pass(batch)
+            } else {
+                self.read_in_passes(batch)
+            }
+        };
+        let readings = self.widths.read(lines.len(), line_at, read)?;
         self.count(&readings);
         Ok(readings)
     }
