@@ -556,6 +556,13 @@ mod tests {
         }));
         assert!(every_line.contains(&"--widths".to_string()));
         assert!(!every_line.contains(&"--reread-below".to_string()));
+        // Factors apart only beyond f32's precision reach the server once.
+        let close = args(serde_json::json!({
+            "model": {"fromTrainingRun": "r"}, "image": "w:1",
+            "reading": {"widths": [1.0, 1.000000001, 1.2]}
+        }));
+        let at = close.iter().position(|a| a == "--widths").unwrap();
+        assert_eq!(close[at + 1], "1,1.2");
         let plain = args(serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}));
         assert!(!plain
             .iter()

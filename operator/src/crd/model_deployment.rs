@@ -129,9 +129,22 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// The `serve` arguments that ask for this reading.
+    /// The `serve` arguments that ask for this reading. The server reads factors as `f32`:
+    /// two that the API server told apart but `f32` does not are passed once, since the server
+    /// refuses a repeated factor.
     pub fn serve_args(&self) -> Vec<String> {
-        let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
+        let mut seen: Vec<f32> = Vec::new();
+        let widths: Vec<String> = self
+            .widths
+            .iter()
+            .filter(|&&w| {
+                let narrow = w as f32;
+                let new = !seen.contains(&narrow);
+                seen.push(narrow);
+                new
+            })
+            .map(|w| w.to_string())
+            .collect();
         let mut args = vec!["--widths".to_string(), widths.join(",")];
         if let Some(c) = self.reread_below {
             args.extend(["--reread-below".to_string(), c.to_string()]);
