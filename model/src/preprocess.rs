@@ -242,11 +242,7 @@ impl ResizedLine {
 /// The first half of [`prepare`]: check a decoded line's shape and resize it, without
 /// normalizing.
 pub fn resize(image: &GrayImage, cfg: &PreprocessConfig) -> Result<ResizedLine> {
-    let (w, h) = image.dimensions();
-    if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
-        return Err(e.into());
-    }
-    Ok(ResizedLine(resized(image, cfg, 1.0)))
+    resize_stretched(image, cfg, 1.0)
 }
 
 /// [`prepare`] with the line stretched horizontally by `factor` (height unchanged) in the same
@@ -256,11 +252,16 @@ pub fn prepare_stretched(
     cfg: &PreprocessConfig,
     factor: f32,
 ) -> Result<PreparedImage> {
+    Ok(resize_stretched(image, cfg, factor)?.prepare())
+}
+
+/// [`resize`] with the line stretched horizontally by `factor`.
+fn resize_stretched(image: &GrayImage, cfg: &PreprocessConfig, factor: f32) -> Result<ResizedLine> {
     let (w, h) = image.dimensions();
     if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
         return Err(e.into());
     }
-    Ok(ResizedLine(resized(image, cfg, factor)).prepare())
+    Ok(ResizedLine(resized(image, cfg, factor)))
 }
 
 /// Decode an encoded image (PNG, JPEG, TIFF, BMP) and [`prepare`] it.

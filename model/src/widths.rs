@@ -76,12 +76,6 @@ impl WidthReadings {
         &self.factors
     }
 
-    /// Lines whose first reading is less confident than this are read at the other widths
-    /// (`None`: every line is).
-    pub fn reread_below(&self) -> Option<f32> {
-        self.reread_below
-    }
-
     /// Whether each line is read once, as it is.
     pub fn is_single(&self) -> bool {
         self.factors == [1.0]

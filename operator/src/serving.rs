@@ -96,6 +96,23 @@ pub fn flags_url(spec: &ModelDeploymentSpec) -> Option<&str> {
         .filter(|_| spec.flagging.enabled)
 }
 
+/// The `serve` arguments a ModelDeployment's spec asks for, the same in the cluster and in the
+/// local runner: the device, flagging (to `flags`, when on) and reading at several widths.
+pub fn spec_serve_args(spec: &ModelDeploymentSpec, flags: Option<&str>) -> Vec<String> {
+    let mut args = Vec::new();
+    if spec.resources.gpus > 0 {
+        // The server defaults to the CPU: a pod holding a GPU must ask for it.
+        args.extend(["--device".into(), "cuda".into()]);
+    }
+    if let Some(url) = flags {
+        args.extend(spec.flagging.serve_args(url));
+    }
+    if let Some(reading) = &spec.reading {
+        args.extend(reading.serve_args());
+    }
+    args
+}
+
 /// The serving Deployment for `model` at `revision`.
 pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) -> Deployment {
     let spec = &md.spec;
@@ -116,14 +133,8 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         "--http-addr".into(),
         format!("0.0.0.0:{}", spec.ports.http),
     ]);
-    if spec.resources.gpus > 0 {
-        // The server defaults to the CPU: a pod holding a GPU must ask for it.
-        args.extend(["--device".into(), "cuda".into()]);
-    }
     let flags = flags_url(spec);
-    if let Some(url) = flags {
-        args.extend(spec.flagging.serve_args(url));
-    }
+    args.extend(spec_serve_args(spec, flags));
     if let Some(tls) = &spec.tls {
         args.extend([
             "--tls-cert".into(),
@@ -140,9 +151,6 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
             "--auth-token-file".into(),
             format!("{AUTH_DIR}/{}", auth.key),
         ]);
-    }
-    if let Some(reading) = &spec.reading {
-        args.extend(reading.serve_args());
     }
 
     let (tmp_volume, tmp_mount) = pod_parts::scratch_tmp();

@@ -690,18 +690,15 @@ async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
     let base = s::http_base(&server);
     let http = reqwest::Client::new();
     // Diagonal stripes, which the random model reads differently at different widths.
-    let pngs: Vec<Vec<u8>> = [120, 30, 64, 200]
+    let images: Vec<image::GrayImage> = [120, 30, 64, 200]
         .iter()
         .map(|&w| {
-            let img = image::GrayImage::from_fn(w, 20, |x, y| {
+            image::GrayImage::from_fn(w, 20, |x, y| {
                 image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
-            });
-            let mut png = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                .unwrap();
-            png
+            })
         })
         .collect();
+    let pngs: Vec<Vec<u8>> = images.iter().map(s::png).collect();
     let mut served = Vec::new();
     for png in &pngs {
         let r: Value = http
@@ -730,10 +727,6 @@ async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
     // The same model in this process, read at the same widths and at the first alone.
     let mut model =
         textrec_model::LoadedModel::load_dir(&dir, tch::Device::Cpu).expect("model loads");
-    let images: Vec<_> = pngs
-        .iter()
-        .map(|p| image::load_from_memory(p).unwrap().to_luma8())
-        .collect();
     let once = model.recognize(&images).unwrap();
     model.set_widths(WidthReadings::new(factors, None).unwrap());
     let kept = model.recognize(&images).unwrap();

@@ -356,8 +356,8 @@ pub fn flags_url(md: &ModelDeployment, storage_root: &str) -> Option<String> {
     }))
 }
 
-/// The `textrec-worker serve` arguments of `md`'s local server, as the cluster's pods get them
-/// (crate::serving) where they apply: GPUs, flagging and reading.
+/// The `textrec-worker serve` arguments of `md`'s local server: its own addresses and pointer,
+/// then what the spec asks for, as in the cluster.
 fn serve_args(
     md: &ModelDeployment,
     storage_root: &str,
@@ -376,15 +376,8 @@ fn serve_args(
         "--http-addr".into(),
         http.into(),
     ];
-    if md.spec.resources.gpus > 0 {
-        args.extend(["--device".into(), "cuda".into()]);
-    }
-    if let Some(url) = flags_url(md, storage_root) {
-        args.extend(md.spec.flagging.serve_args(&url));
-    }
-    if let Some(reading) = &md.spec.reading {
-        args.extend(reading.serve_args());
-    }
+    let flags = flags_url(md, storage_root);
+    args.extend(crate::serving::spec_serve_args(&md.spec, flags.as_deref()));
     args
 }
 

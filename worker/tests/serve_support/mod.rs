@@ -32,10 +32,14 @@ pub fn tiny_model(root: &Path, name: &str, seed: i64) -> (PathBuf, String) {
 
 /// A PNG of a `w`×`h` text-line-like image: dark strokes on a light background.
 pub fn line_png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::GrayImage::from_fn(w, h, |x, y| {
+    png(&image::GrayImage::from_fn(w, h, |x, y| {
         let stroke = (x / 3) % 4 == 0 && y > h / 4 && y < h * 3 / 4;
         image::Luma([if stroke { 20 } else { 235 }])
-    });
+    }))
+}
+
+/// `img` encoded as PNG.
+pub fn png(img: &image::GrayImage) -> Vec<u8> {
     let mut out = Vec::new();
     img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
         .unwrap();
