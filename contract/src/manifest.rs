@@ -154,10 +154,29 @@ pub struct ModelManifest {
     /// has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language_model: Option<LanguageModelInfo>,
+    /// At which widths lines are read by default: the horizontal stretch the trial measured
+    /// best on its validation set (absent: as preprocessing draws them). `recognize`, `eval`
+    /// and `serve` take `--widths` over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<ReadingSettings>,
     /// Where the model came from.
     pub provenance: Provenance,
     /// Every file of the folder, with its digest.
     pub files: Vec<FileDigest>,
+}
+
+/// How a model reads each line: at which horizontal stretches, and which lines at more than
+/// the first (the same settings as `--widths` and `--reread-below`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingSettings {
+    /// Horizontal stretch factors (1: the line as preprocessing draws it); every line is read
+    /// at the first.
+    pub widths: Vec<f32>,
+    /// Lines whose first reading's confidence is below this are read at the other widths too
+    /// (absent: every line, when there are several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reread_below: Option<f32>,
 }
 
 /// A model folder's character language model: its file and how decoding weighs it.

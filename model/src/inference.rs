@@ -138,6 +138,11 @@ impl LoadedModel {
         let arch = &manifest.architecture;
         arch.validate().context("manifest architecture")?;
         check_preprocess(&manifest.preprocessing)?;
+        let widths = match &manifest.reading {
+            Some(r) => WidthReadings::new(r.widths.clone(), r.reread_below)
+                .context("manifest `reading`")?,
+            None => WidthReadings::default(),
+        };
         let tokenizer = Tokenizer::new(&manifest.charset);
         if tokenizer.vocab_size() <= Tokenizer::EOS + 1 {
             bail!("manifest charset is empty");
@@ -165,7 +170,7 @@ impl LoadedModel {
             _vs: vs,
             device,
             batch_limits: BatchLimits::for_device(device),
-            widths: WidthReadings::default(),
+            widths,
             lines_read: AtomicU64::new(0),
             lines_reread: AtomicU64::new(0),
             language_model,
@@ -252,7 +257,8 @@ impl LoadedModel {
         Ok(())
     }
 
-    /// At which widths lines are read (once, as they are, unless changed).
+    /// At which widths lines are read (the manifest's `reading` unless changed; once, as they
+    /// are, when it has none).
     pub fn widths(&self) -> &WidthReadings {
         &self.widths
     }
@@ -460,6 +466,7 @@ pub fn model_files(
         metrics,
         decoding: Default::default(),
         language_model: None,
+        reading: None,
         provenance,
         files: vec![FileDigest::of(layout::MODEL_WEIGHTS, &weights)],
     };
@@ -783,6 +790,62 @@ mod tests {
         );
         m.set_decode_mode(DecodeMode::Attention).unwrap();
         assert_eq!(m.decode_mode(), DecodeMode::Attention);
+    }
+
+    #[test]
+    fn the_manifest_chooses_the_reading_width() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let plain = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        assert!(plain.widths().is_single());
+        let path = dir.path().join(layout::MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut with = |reading: serde_json::Value| {
+            manifest["reading"] = reading;
+            std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+            LoadedModel::load_dir(dir.path(), Device::Cpu)
+        };
+        let wide = with(serde_json::json!({"widths": [1.5]})).unwrap();
+        assert_eq!(wide.widths().factors(), [1.5]);
+        // It reads exactly as told to read at that width, and not as drawn.
+        let lines: Vec<_> = [120, 30, 64].map(line).to_vec();
+        let mut told = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        told.set_widths(WidthReadings::new(vec![1.5], None).unwrap());
+        let (a, b) = (
+            wide.recognize(&lines).unwrap(),
+            told.recognize(&lines).unwrap(),
+        );
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((&a.text, a.confidence), (&b.text, b.confidence));
+        }
+        let drawn = plain.recognize(&lines).unwrap();
+        assert!(
+            a.iter()
+                .zip(&drawn)
+                .any(|(a, d)| a.confidence != d.confidence),
+            "the manifest's width was not used"
+        );
+        let several = with(serde_json::json!({"widths": [1, 1.25], "reread_below": 0.5})).unwrap();
+        assert_eq!(
+            several.widths(),
+            &WidthReadings::new(vec![1.0, 1.25], Some(0.5)).unwrap()
+        );
+        // A reading the model cannot use is refused when loading, with the reason.
+        for (bad, why) in [
+            (serde_json::json!({"widths": [9]}), "outside"),
+            (serde_json::json!({"widths": []}), "no width given"),
+            (
+                serde_json::json!({"widths": [1], "stretch": 2}),
+                "unknown field",
+            ),
+        ] {
+            let err = match with(bad.clone()) {
+                Ok(_) => panic!("{bad} was accepted"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -255,8 +255,13 @@ pub fn prepare_stretched(
     Ok(resize_stretched(image, cfg, factor)?.prepare())
 }
 
-/// [`resize`] with the line stretched horizontally by `factor`.
-fn resize_stretched(image: &GrayImage, cfg: &PreprocessConfig, factor: f32) -> Result<ResizedLine> {
+/// [`resize`] with the line stretched horizontally by `factor` (height unchanged) in the same
+/// resampling.
+pub fn resize_stretched(
+    image: &GrayImage,
+    cfg: &PreprocessConfig,
+    factor: f32,
+) -> Result<ResizedLine> {
     let (w, h) = image.dimensions();
     if let Some(e) = shape_error(w, h, cfg.max_source_pixels) {
         return Err(e.into());

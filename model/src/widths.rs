@@ -76,6 +76,11 @@ impl WidthReadings {
         &self.factors
     }
 
+    /// The confidence below which a line is read at the further widths (`None`: every line).
+    pub fn reread_below(&self) -> Option<f32> {
+        self.reread_below
+    }
+
     /// Whether each line is read once, as it is.
     pub fn is_single(&self) -> bool {
         self.factors == [1.0]

@@ -80,7 +80,9 @@ pub fn set_reading(
             .map_err(|e| ConfigError::new(format!("--decode: {e:#}")))?;
     }
     search.apply(model)?;
-    model.set_widths(widths.readings()?);
+    if let Some(widths) = widths.readings()? {
+        model.set_widths(widths);
+    }
     Ok(())
 }
 
@@ -91,7 +93,8 @@ pub struct WidthArgs {
     /// Horizontal stretch factors, comma-separated (e.g. `1,1.1,1.25,1.4,1.6`): every line is
     /// read at the first, and at the others as `--reread-below` says; the most confident
     /// reading is kept. Each further width costs about one more reading of the line; one
-    /// factor alone (`--widths 1.1`) reads every line once at that stretch.
+    /// factor alone (`--widths 1.1`) reads every line once at that stretch. Default: the
+    /// model's manifest (`reading`), else once as drawn; `--widths 1` reads as drawn.
     #[arg(long, value_name = "F,F,...", value_delimiter = ',')]
     pub widths: Vec<f32>,
     /// Read a line at the further `--widths` only when its first reading's confidence is
@@ -101,12 +104,14 @@ pub struct WidthArgs {
 }
 
 impl WidthArgs {
-    /// The readings these arguments ask for (one, as the line is, when none are given).
-    pub fn readings(&self) -> Result<WidthReadings> {
+    /// The readings these arguments ask for; `None` when none are given (the model's
+    /// manifest decides).
+    pub fn readings(&self) -> Result<Option<WidthReadings>> {
         if self.widths.is_empty() {
-            return Ok(WidthReadings::default());
+            return Ok(None);
         }
         WidthReadings::new(self.widths.clone(), self.reread_below)
+            .map(Some)
             .map_err(|e| ConfigError::new(format!("--widths: {e:#}")).into())
     }
 }
@@ -321,6 +326,9 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             j["skipped"] = serde_json::json!(skipped.len());
         }
         if !model.widths().is_single() {
+            j["widths"] = serde_json::json!(model.widths().factors());
+        }
+        if model.widths().factors().len() > 1 {
             j["reread_lines"] = serde_json::json!(model.reading_counts().1);
         }
         if let Some(r) = &calibration {
@@ -353,6 +361,15 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             }
         );
         if !model.widths().is_single() {
+            let factors: Vec<String> = model
+                .widths()
+                .factors()
+                .iter()
+                .map(|f| format!("x{f}"))
+                .collect();
+            println!("  read at widths {}", factors.join(", "));
+        }
+        if model.widths().factors().len() > 1 {
             let (read, reread) = model.reading_counts();
             println!(
                 "  read again at other widths: {reread} of {read} lines ({:.0}%)",

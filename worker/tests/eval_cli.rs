@@ -508,7 +508,11 @@ fn recognize_at_several_widths_keeps_the_most_confident_reading() {
             .map(|l| l.rsplit_once('\t').unwrap().1.parse::<f32>().unwrap())
             .collect::<Vec<_>>()
     };
-    let once = read(&[]);
+    let once = read(&["--widths", "1"]);
+    // The built-in model's manifest reads at x1.25 unless told otherwise.
+    let default = read(&[]);
+    assert_eq!(default, read(&["--widths", "1.25"]));
+    assert_ne!(default, once, "the manifest's reading width was not used");
     let widths = read(&["--widths", "1,0.8,1.25,1.5"]);
     assert_eq!(widths.len(), images.len());
     for (i, (a, b)) in once.iter().zip(&widths).enumerate() {
@@ -541,6 +545,9 @@ fn recognize_at_several_widths_keeps_the_most_confident_reading() {
     let reread = j["reread_lines"].as_u64().expect("reread_lines");
     assert!((1..=8).contains(&reread), "{j}");
     assert!(eval(&[])["reread_lines"].is_null());
+    // It names the widths it read at when they are not the line as drawn.
+    assert_eq!(eval(&[])["widths"], serde_json::json!([1.25]));
+    assert!(eval(&["--widths", "1"])["widths"].is_null());
 
     // With a threshold no line falls below, only the first width is read.
     assert_eq!(

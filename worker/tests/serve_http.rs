@@ -741,3 +741,80 @@ async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
         "some line must read better at another width for the test to tell"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reads_at_its_models_width_unless_started_with_others() {
+    use textrec_model::widths::WidthReadings;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 11);
+    // The trainer writes the width it chose into the manifest.
+    let path = dir.join("manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["reading"] = serde_json::json!({"widths": [1.5]});
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let images: Vec<image::GrayImage> = [120, 30, 64, 200]
+        .iter()
+        .map(|&w| {
+            image::GrayImage::from_fn(w, 20, |x, y| {
+                image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
+            })
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let serve = |widths: Vec<f32>| {
+        let (dir, http, images) = (dir.clone(), http.clone(), images.clone());
+        async move {
+            let mut a = s::args(&dir);
+            a.widths.widths = widths;
+            let server = s::start(a).await;
+            let base = s::http_base(&server);
+            let info: Value = http
+                .get(format!("{base}/v1/model"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let mut served = Vec::new();
+            for image in &images {
+                let r: Value = http
+                    .post(format!("{base}/v1/recognize"))
+                    .header("content-type", "image/png")
+                    .body(s::png(image))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                served.push(r["confidence"].as_f64().unwrap() as f32);
+            }
+            s::stop(server).await;
+            (served, info["reading"].clone())
+        }
+    };
+    let mut model = textrec_model::LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap();
+    let confidences = |m: &textrec_model::LoadedModel| -> Vec<f32> {
+        m.recognize(&images)
+            .unwrap()
+            .iter()
+            .map(|p| p.confidence)
+            .collect()
+    };
+    let wide = confidences(&model);
+    model.set_widths(WidthReadings::default());
+    let drawn = confidences(&model);
+    assert!(
+        wide.iter().zip(&drawn).any(|(a, b)| (a - b).abs() > 1e-4),
+        "the widths must read differently for the test to tell"
+    );
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4);
+    // GET /v1/model says how the server reads, which --widths may have set over the manifest.
+    let (by_manifest, reading) = serve(Vec::new()).await;
+    assert!(close(&by_manifest, &wide), "{by_manifest:?} vs {wide:?}");
+    assert_eq!(reading, json!({"widths": [1.5]}));
+    let (as_drawn, reading) = serve(vec![1.0]).await;
+    assert!(close(&as_drawn, &drawn), "{as_drawn:?} vs {drawn:?}");
+    assert_eq!(reading, json!({"widths": [1.0]}));
+}

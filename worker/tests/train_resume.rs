@@ -224,8 +224,21 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
     assert_eq!(manifest.metrics["cer@joint"], best_eval);
     // The finished trial's best, and the model reference, are the model read as served.
     assert_eq!(best.decoding, Some(manifest.decoding));
-    let served = format!("cer@{}", manifest.decoding.as_str());
-    assert_eq!(best.cer, manifest.metrics[&served]);
+    let decoded = format!("cer@{}", manifest.decoding.as_str());
+    // Then each reading width was measured in that decoding (x1 is the decoding's own
+    // measurement), and the model reads at the first of the lowest.
+    assert_eq!(manifest.metrics["cer@x1"], manifest.metrics[&decoded]);
+    let by_width = [1.0, 1.1, 1.25].map(|f| (f, manifest.metrics[&format!("cer@x{f}")]));
+    let lowest = by_width.iter().map(|w| w.1).fold(f64::INFINITY, f64::min);
+    let width = by_width.iter().find(|w| w.1 == lowest).unwrap().0;
+    match &manifest.reading {
+        None => assert_eq!(width, 1.0, "{by_width:?}"),
+        Some(r) => {
+            assert_eq!(r.widths, vec![width as f32], "{by_width:?}");
+            assert_eq!(r.reread_below, None);
+        }
+    }
+    assert_eq!(best.cer, manifest.metrics[&format!("cer@x{width}")]);
     assert_eq!(model.cer, best.cer);
     let by_mode = [
         (DecodeMode::Ctc, manifest.metrics["cer@ctc"]),
@@ -242,7 +255,7 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
         .map(|e| e.sets["unseen-fonts"].cer)
         .unwrap();
     assert_eq!(manifest.metrics["cer:unseen-fonts"], unseen_eval);
-    if manifest.decoding == DecodeMode::Joint {
+    if manifest.decoding == DecodeMode::Joint && manifest.reading.is_none() {
         assert_eq!(best.extra_cer["unseen-fonts"], unseen_eval);
     } else {
         let served = format!("cer:unseen-fonts@{}", manifest.decoding.as_str());
@@ -631,6 +644,9 @@ fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
             &format!("model.init_from={}", model.display()),
             "--set",
             "max_steps=10",
+            // As drawn only: no width is compared (the reference run compares three).
+            "--set",
+            "reading_widths=[1]",
         ],
     ));
     assert_eq!(tuned.status.code(), Some(0));
@@ -659,6 +675,15 @@ fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
         serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
     let parent = tuned_manifest.provenance.parent.expect("a parent");
     assert_eq!(parent.sha256, parent_version);
+    assert_eq!(tuned_manifest.reading, None);
+    assert!(
+        !tuned_manifest
+            .metrics
+            .keys()
+            .any(|k| k.starts_with("cer@x")),
+        "{:?}",
+        tuned_manifest.metrics
+    );
 
     // The expected version is checked before anything trains.
     let wrong = run(train_cmd(

@@ -106,7 +106,8 @@ pub struct ModelDeploymentSpec {
     pub auth: Option<ServingAuth>,
     /// Read each line at several widths and keep the most confident reading (`serve
     /// --widths`): for fonts narrower or wider than the model's training fonts, at the cost
-    /// of more readings per line. Left out: each line is read once.
+    /// of more readings per line. Left out: as the model's manifest says (the width its
+    /// training chose; `widths: [1]` reads each line once as drawn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reading: Option<Reading>,
 }

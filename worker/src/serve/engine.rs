@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use textrec_contract::manifest::ReadingSettings;
 use textrec_contract::{ModelManifest, PreprocessConfig};
 use textrec_model::batching::BatchLimits;
 use textrec_model::inference::LoadedModel;
@@ -22,6 +23,14 @@ pub trait Engine: Send + Sync + 'static {
     /// lines at (CPU work; called off the async runtime).
     fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedLine> {
         prepare_checked(encoded, source, self.preprocess()).map(PreparedLine::single)
+    }
+    /// At which widths lines are read (the manifest's `reading`, or what `serve --widths`
+    /// set): what `GET /v1/model` reports.
+    fn reading(&self) -> ReadingSettings {
+        ReadingSettings {
+            widths: vec![1.0],
+            reread_below: None,
+        }
     }
     /// How this model prefers its input split into forward passes.
     fn batch_limits(&self) -> BatchLimits {
@@ -50,6 +59,13 @@ impl Engine for LoadedModel {
     fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedLine> {
         self.prepare_line(&decode_checked(encoded, source)?)
     }
+    fn reading(&self) -> ReadingSettings {
+        let w = self.widths();
+        ReadingSettings {
+            widths: w.factors().to_vec(),
+            reread_below: w.reread_below(),
+        }
+    }
     fn batch_limits(&self) -> BatchLimits {
         LoadedModel::batch_limits(self)
     }
@@ -71,19 +87,21 @@ pub struct ServedModel {
 }
 
 /// Fetch a model (a folder in storage or `builtin:NAME`), verify it (manifest format, the
-/// weights' sha256) and load it onto `device`, to read lines at `widths`. The heavy part runs
-/// on a blocking thread.
+/// weights' sha256) and load it onto `device`, to read lines at `widths` (`None`: as its
+/// manifest says). The heavy part runs on a blocking thread.
 pub async fn load_model(
     url: &str,
     device: tch::Device,
-    widths: WidthReadings,
+    widths: Option<WidthReadings>,
 ) -> anyhow::Result<Arc<dyn Engine>> {
     use anyhow::Context;
     let files = crate::model_source::fetch(url).await?;
     let mut model = tokio::task::spawn_blocking(move || files.load(device))
         .await
         .context("model loading thread failed")??;
-    model.set_widths(widths);
+    if let Some(widths) = widths {
+        model.set_widths(widths);
+    }
     Ok(Arc::new(model))
 }
 
@@ -119,6 +137,7 @@ pub(crate) mod fake {
                 metrics: Default::default(),
                 decoding: Default::default(),
                 language_model: None,
+                reading: None,
                 provenance: Default::default(),
                 files: vec![],
             };

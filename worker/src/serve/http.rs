@@ -447,6 +447,8 @@ async fn model(State(state): State<Arc<ServeState>>) -> Response {
         "source": current.as_ref().map(|m| redact_url(&m.source)),
         "loaded_at": current.as_ref().map(|m| m.loaded_at),
         "manifest": manifest,
+        // As the server reads, which `serve --widths` may have set over the manifest's.
+        "reading": current.as_ref().map(|m| m.engine.reading()),
         "last_reload": last_reload,
         "batching": {"max_batch": state.max_batch, "max_wait_ms": state.max_wait.as_millis() as u64},
         "limits": {

@@ -139,7 +139,7 @@ fn parse_device(s: &str) -> Result<tch::Device> {
 
 /// The loader of real models: storage, verification, libtorch on `device`, each model read
 /// at `widths`.
-fn torch_loader(device: tch::Device, widths: WidthReadings) -> Loader {
+fn torch_loader(device: tch::Device, widths: Option<WidthReadings>) -> Loader {
     Arc::new(move |url: String| {
         let widths = widths.clone();
         Box::pin(async move { engine::load_model(&url, device, widths).await })

@@ -14,7 +14,9 @@ use tch::nn::VarStore;
 use tch::Device;
 use textrec_contract::charset::IAM_CHARSET;
 use textrec_contract::exit::ConfigError;
-use textrec_contract::manifest::{ModelManifest, ParentModel, Provenance, MODEL_FORMAT};
+use textrec_contract::manifest::{
+    ModelManifest, ParentModel, Provenance, ReadingSettings, MODEL_FORMAT,
+};
 use textrec_contract::metrics::{
     CheckpointRef, EvalPoint, MetricsRecord, ModelRef, RecordKind, TrialProgress, WorkerPhase,
     OBJECTIVE_SET,
@@ -451,8 +453,77 @@ impl Trial<'_> {
         Ok(DecodingChoice {
             mode: chosen,
             by_mode,
+            width: 1.0,
+            by_width: Vec::new(),
             reading,
         })
+    }
+
+    /// The width the model reads at: each of `reading_widths` tried on the objective's set
+    /// with the chosen decoding (the best weights are loaded: call after
+    /// [`Self::choose_decoding`]), the lowest CER winning and a tie going to the earlier
+    /// factor. When a stretch wins, the extra sets are read again at it, so the trial's scores
+    /// are what its model reads as served. A stop request keeps the lines as drawn.
+    fn choose_width(
+        &self,
+        vals: &[ValidationSet],
+        choice: &mut DecodingChoice,
+        lm: Option<&LanguageModel>,
+    ) -> Result<()> {
+        let factors = &self.cfg.reading_widths;
+        if factors.as_slice() == [1.0] {
+            return Ok(());
+        }
+        let pre = &self.cfg.preprocess;
+        let mut scores = Vec::with_capacity(factors.len());
+        for &factor in factors {
+            let (cer, wer) = if factor == 1.0 {
+                (choice.reading.cer, choice.reading.wer)
+            } else {
+                let stretched = vals[0].at_width(pre, factor as f32)?;
+                match self.score(&stretched, choice.mode, lm)? {
+                    Some(card) => {
+                        let s = card.score();
+                        (s.cer, s.wer)
+                    }
+                    None => return Ok(()),
+                }
+            };
+            scores.push((factor, cer, wer));
+        }
+        let (width, cer, wer) = scores
+            .iter()
+            .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc });
+        let listed: Vec<String> = scores
+            .iter()
+            .map(|(f, c, _)| format!("x{f} {c:.4}"))
+            .collect();
+        tracing::info!(
+            "reading width: validation CER {} with `{}`; the model reads at x{width}",
+            listed.join(", "),
+            choice.mode.as_str()
+        );
+        let mut reading = EvalPoint {
+            cer,
+            wer,
+            extra_cer: Default::default(),
+            ..choice.reading.clone()
+        };
+        if width == 1.0 {
+            reading.extra_cer = choice.reading.extra_cer.clone();
+        } else {
+            for val in &vals[1..] {
+                let stretched = val.at_width(pre, width as f32)?;
+                match self.score(&stretched, choice.mode, lm)? {
+                    Some(card) => reading.extra_cer.insert(val.name.clone(), card.score().cer),
+                    None => return Ok(()),
+                };
+            }
+        }
+        choice.width = width;
+        choice.by_width = scores.iter().map(|&(f, c, _)| (f, c)).collect();
+        choice.reading = reading;
+        Ok(())
     }
 
     /// Write the final model folder (best weights + manifest, manifest last).
@@ -460,6 +531,8 @@ impl Trial<'_> {
         let DecodingChoice {
             mode: decoding,
             by_mode,
+            width,
+            by_width,
             reading,
         } = choice;
         let decoding = *decoding;
@@ -477,8 +550,9 @@ impl Trial<'_> {
                 charset: self.tokenizer.charset().to_string(),
                 preprocessing: self.cfg.preprocess.clone(),
                 // The objective's scores (as evaluated, joint decoding), each extra validation
-                // set's CER as `cer:NAME`, the objective's CER by decoding as `cer@MODE`, and
-                // each extra set's CER in the chosen decoding as `cer:NAME@MODE`.
+                // set's CER as `cer:NAME`, the objective's CER by decoding as `cer@MODE`, in
+                // that decoding by reading width as `cer@xFACTOR`, and each extra set's CER as
+                // the model reads (chosen decoding and width) as `cer:NAME@MODE`.
                 metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]
                     .into_iter()
                     .chain(best.extra_cer.iter().map(|(n, c)| (format!("cer:{n}"), *c)))
@@ -487,6 +561,7 @@ impl Trial<'_> {
                             .iter()
                             .map(|(m, c)| (format!("cer@{}", m.as_str()), *c)),
                     )
+                    .chain(by_width.iter().map(|(f, c)| (format!("cer@x{f}"), *c)))
                     .chain(
                         reading
                             .extra_cer
@@ -496,6 +571,10 @@ impl Trial<'_> {
                     .collect(),
                 decoding,
                 language_model: lm.map(|l| l.info.clone()),
+                reading: (*width != 1.0).then(|| ReadingSettings {
+                    widths: vec![*width as f32],
+                    reread_below: None,
+                }),
                 provenance: Provenance {
                     run: self.ctx.run.clone(),
                     trial: self.ctx.trial.clone(),
@@ -539,12 +618,17 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The decoding a finished trial's model is served with, and how its best weights read.
+/// The decoding and reading width a finished trial's model is served with, and how its best
+/// weights read.
 struct DecodingChoice {
     mode: DecodeMode,
     /// The objective's CER in each decoding measured, in the order tried.
     by_mode: Vec<(DecodeMode, f64)>,
-    /// The best weights' scores read with `mode`.
+    /// The horizontal stretch lines are read at (1: as drawn).
+    width: f64,
+    /// The objective's CER with `mode` at each width measured (empty when none was compared).
+    by_width: Vec<(f64, f64)>,
+    /// The best weights' scores read with `mode` at `width`.
     reading: EvalPoint,
 }
 
@@ -554,6 +638,8 @@ impl DecodingChoice {
         Self {
             mode,
             by_mode: vec![(mode, best.cer)],
+            width: 1.0,
+            by_width: Vec::new(),
             reading: EvalPoint {
                 decoding: Some(mode),
                 ..best.clone()
@@ -904,7 +990,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             } else {
                 None
             };
-            let choice = t.choose_decoding(&vals, lm.as_ref().map(|l| &l.model))?;
+            let mut choice = t.choose_decoding(&vals, lm.as_ref().map(|l| &l.model))?;
+            t.choose_width(&vals, &mut choice, lm.as_ref().map(|l| &l.model))?;
             let decoding = choice.mode;
             let model = t.write_model(&choice, lm.as_ref())?;
             let mut p = t.progress(WorkerPhase::Succeeded, Some(model.clone()), None);

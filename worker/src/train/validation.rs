@@ -22,6 +22,9 @@ use super::tensorboard::TaggedImage;
 pub struct ValidationSet {
     /// The set's name in `metrics.jsonl` (`validation` for the objective's set).
     pub name: String,
+    /// Where the lines come from, to render them again at another width.
+    dataset: Arc<dyn Dataset>,
+    limit: Option<u64>,
     lines: Vec<ResizedLine>,
     texts: Vec<String>,
     /// Samples that could not be read or prepared.
@@ -36,6 +39,22 @@ impl ValidationSet {
         pre: &PreprocessConfig,
         limit: Option<u64>,
     ) -> Result<Self> {
+        Self::load_stretched(name, dataset, pre, limit, 1.0)
+    }
+
+    /// The same lines stretched horizontally by `factor` (read from their source again, so the
+    /// stretch is one resampling, as when a model reads at that width).
+    pub fn at_width(&self, pre: &PreprocessConfig, factor: f32) -> Result<Self> {
+        Self::load_stretched(&self.name, &self.dataset, pre, self.limit, factor)
+    }
+
+    fn load_stretched(
+        name: &str,
+        dataset: &Arc<dyn Dataset>,
+        pre: &PreprocessConfig,
+        limit: Option<u64>,
+        factor: f32,
+    ) -> Result<Self> {
         let n = match (dataset.len(), limit) {
             (Some(len), Some(l)) => len.min(l),
             (Some(len), None) => len,
@@ -48,7 +67,9 @@ impl ValidationSet {
         for i in 0..n {
             let resized = dataset
                 .get(i)
-                .and_then(|s| preprocess::resize(&s.image, pre).map(|p| (p, s.text)))
+                .and_then(|s| {
+                    preprocess::resize_stretched(&s.image, pre, factor).map(|p| (p, s.text))
+                })
                 .with_context(|| format!("validation sample {i}"));
             match resized {
                 Ok((line, text)) => {
@@ -67,6 +88,8 @@ impl ValidationSet {
         }
         Ok(Self {
             name: name.to_string(),
+            dataset: Arc::clone(dataset),
+            limit,
             lines,
             texts,
             skipped: skipped.len(),
@@ -147,5 +170,59 @@ impl ValidationSet {
             }
         }
         Ok(Some(card))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::GrayImage;
+    use textrec_model::data::Sample;
+
+    /// Lines of known sizes; the one at index 2 cannot be read.
+    struct Lines;
+
+    impl Dataset for Lines {
+        fn len(&self) -> Option<u64> {
+            Some(4)
+        }
+        fn get(&self, index: u64) -> Result<Sample> {
+            anyhow::ensure!(index != 2, "unreadable");
+            let w = 40 + 20 * index as u32;
+            Ok(Sample {
+                image: GrayImage::from_fn(w, 16, |x, _| image::Luma([(x * 7 % 256) as u8])),
+                text: format!("line {index}"),
+                id: index.to_string(),
+            })
+        }
+        fn describe(&self) -> String {
+            "test lines".into()
+        }
+    }
+
+    #[test]
+    fn a_set_read_again_at_another_width_holds_the_same_lines_stretched() {
+        let pre = PreprocessConfig::default();
+        let ds: Arc<dyn Dataset> = Arc::new(Lines);
+        let set = ValidationSet::load("validation", &ds, &pre, None).unwrap();
+        let wide = set.at_width(&pre, 1.5).unwrap();
+        assert_eq!((set.len(), set.skipped), (3, 1));
+        assert_eq!((wide.len(), wide.skipped), (3, 1));
+        assert_eq!(
+            (wide.name.as_str(), &wide.texts),
+            ("validation", &set.texts)
+        );
+        let widths =
+            |s: &ValidationSet| -> Vec<u32> { s.lines.iter().map(|l| l.prepare().width).collect() };
+        // 16 pixels high becomes 32: each line twice as wide, then half as wide again.
+        assert_eq!(widths(&set), vec![80, 120, 200]);
+        assert_eq!(widths(&wide), vec![120, 180, 300]);
+        // At x1 the lines are the ones loaded.
+        let same = set.at_width(&pre, 1.0).unwrap();
+        assert!(same
+            .lines
+            .iter()
+            .zip(&set.lines)
+            .all(|(a, b)| a.prepare().data == b.prepare().data));
     }
 }
