@@ -124,6 +124,10 @@ pub struct EvalPoint {
     /// model is served with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoding: Option<crate::manifest::DecodeMode>,
+    /// The horizontal stretch the lines were read at, when the finished trial compared reading
+    /// widths (1: as drawn); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading_width: Option<f64>,
 }
 
 /// Reference to a stored checkpoint.

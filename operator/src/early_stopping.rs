@@ -209,6 +209,7 @@ pub fn evals_of_metrics(text: &str) -> Vec<EvalPoint> {
                     wer,
                     extra_cer: Default::default(),
                     decoding: None,
+                    reading_width: None,
                 },
             );
         }

@@ -893,6 +893,7 @@ mod tests {
             best_metric: best,
             best_extra_cer: Default::default(),
             best_decoding: None,
+            best_reading_width: None,
             restarts: 0,
             preemptions: 0,
             checkpoint: None,
@@ -1011,6 +1012,7 @@ mod tests {
                 )),
                 params: crate::util::truncate(&long, 256),
                 best_decoding: Some(textrec_contract::manifest::DecodeMode::CtcLm),
+                best_reading_width: None,
                 checkpoint: Some(crate::crd::CheckpointStatus {
                     step: 1,
                     url: "s3://bucket/a/long/prefix/run/trial/checkpoints/step-0000000001/".into(),
@@ -1098,6 +1100,7 @@ mod tests {
                 wer: 1.0,
                 extra_cer: Default::default(),
                 decoding: None,
+                reading_width: None,
             })
             .collect()
     }

@@ -238,7 +238,7 @@ pub fn observe(
         }
     }
 
-    let (step, latest, best, best_extra_cer, best_decoding, checkpoint) = match &progress {
+    let (step, latest, best, best_extra_cer, best_read, checkpoint) = match &progress {
         Some(p) => (
             p.step,
             p.latest.as_ref().map(|e| metric_of(e, metric)),
@@ -247,7 +247,9 @@ pub fn observe(
                 .as_ref()
                 .map(|e| e.extra_cer.clone())
                 .unwrap_or_default(),
-            p.best.as_ref().and_then(|e| e.decoding),
+            p.best
+                .as_ref()
+                .map_or((None, None), |e| (e.decoding, e.reading_width)),
             p.checkpoint.as_ref().map(|c| CheckpointStatus {
                 step: c.step,
                 url: c.url.clone(),
@@ -259,12 +261,13 @@ pub fn observe(
                 p.latest_metric,
                 p.best_metric,
                 p.best_extra_cer.clone(),
-                p.best_decoding,
+                (p.best_decoding, p.best_reading_width),
                 p.checkpoint.clone(),
             ),
-            None => (0, None, None, Default::default(), None, None),
+            None => (0, None, None, Default::default(), (None, None), None),
         },
     };
+    let (best_decoding, best_reading_width) = best_read;
     let status = TrialStatus {
         name: name.to_string(),
         phase,
@@ -274,6 +277,7 @@ pub fn observe(
         best_metric: best,
         best_extra_cer,
         best_decoding,
+        best_reading_width,
         restarts,
         preemptions,
         checkpoint,
@@ -358,6 +362,7 @@ mod tests {
             best_metric: Some(0.3),
             best_extra_cer: Default::default(),
             best_decoding: None,
+            best_reading_width: None,
             restarts: 2,
             preemptions: 3,
             checkpoint: None,
@@ -457,14 +462,17 @@ mod tests {
         let done: TrialProgress = serde_json::from_value(json!({
             "phase": "Succeeded", "step": 400, "max_steps": 400,
             "best": {"step": 400, "cer": 0.06, "wer": 0.2, "extra_cer": {"unseen-fonts": 0.15},
-                     "decoding": "ctc-lm"},
+                     "decoding": "ctc-lm", "reading_width": 1.1},
             "updated": "2026-01-01T00:00:00Z"}))
         .unwrap();
+        assert_eq!(s.best_reading_width, None);
         let (s, _) = observe("t", "", Some(&s), &obs(Some(&done)), ObjectiveMetric::Cer);
         assert_eq!(s.best_decoding, Some(DecodeMode::CtcLm));
+        assert_eq!(s.best_reading_width, Some(1.1));
         assert_eq!(s.best_metric, Some(0.06));
         assert_eq!(s.best_extra_cer.get("unseen-fonts"), Some(&0.15));
         let (again, _) = observe("t", "", Some(&s), &obs(None), ObjectiveMetric::Cer);
         assert_eq!(again.best_decoding, Some(DecodeMode::CtcLm));
+        assert_eq!(again.best_reading_width, Some(1.1));
     }
 }

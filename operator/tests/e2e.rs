@@ -346,7 +346,7 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
             },
         )
         .await;
-        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9, "decoding": "ctc-lm"},
+        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9, "decoding": "ctc-lm", "reading_width": 1.1},
             "model": {"url": format!("{storage}/grid/grid-t0/model/"), "sha256": "a".repeat(64), "cer": 0.5}, "updated": "2030-01-01T00:00:00Z"});
         set_pod_outcome(
             &client,
@@ -383,9 +383,12 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         .find(|t| t["name"] == best_trial)
         .unwrap();
     assert!(t["bestDecoding"].is_string(), "{t}");
+    // Trials compare reading widths as they end (by default ×1, ×1.1 and ×1.25).
+    assert!(t["bestReadingWidth"].is_number(), "{t}");
     assert_eq!(t["bestMetric"], status["bestModel"]["metric"], "{status}");
     if no_kubelet() {
         assert_eq!(t["bestDecoding"], "ctc-lm", "{t}");
+        assert_eq!(t["bestReadingWidth"], 1.1, "{t}");
     }
 
     // Events were recorded on the run.
@@ -1113,7 +1116,7 @@ async fn submit_waits_for_a_tiny_run_and_exits_zero() {
             },
         )
         .await;
-        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9, "decoding": "ctc-lm"},
+        let done = json!({"phase": "Succeeded", "step": 20, "max_steps": 20, "best": {"step": 20, "cer": 0.5, "wer": 0.9, "decoding": "ctc-lm", "reading_width": 1.1},
             "model": {"url": format!("{storage}/submitted/submitted-t0/model/"), "sha256": "a".repeat(64), "cer": 0.5}, "updated": "2030-01-01T00:00:00Z"});
         let status = json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "worker", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": 0, "message": done.to_string()}}}]}});

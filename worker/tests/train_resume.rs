@@ -239,6 +239,7 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
         }
     }
     assert_eq!(best.cer, manifest.metrics[&format!("cer@x{width}")]);
+    assert_eq!(best.reading_width, Some(width));
     assert_eq!(model.cer, best.cer);
     let by_mode = [
         (DecodeMode::Ctc, manifest.metrics["cer@ctc"]),
@@ -676,6 +677,7 @@ fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
     let parent = tuned_manifest.provenance.parent.expect("a parent");
     assert_eq!(parent.sha256, parent_version);
     assert_eq!(tuned_manifest.reading, None);
+    assert_eq!(progress(&out).best.unwrap().reading_width, None);
     assert!(
         !tuned_manifest
             .metrics

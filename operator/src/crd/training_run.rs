@@ -805,6 +805,10 @@ pub struct TrialStatus {
     /// metrics were measured again in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_decoding: Option<textrec_contract::manifest::DecodeMode>,
+    /// The horizontal stretch the best metrics were read at (1: lines as drawn), once the
+    /// trial succeeded and compared reading widths: its model reads at this width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_reading_width: Option<f64>,
     /// Pods that failed and were replaced (not counting preemptions).
     #[serde(default)]
     pub restarts: i32,

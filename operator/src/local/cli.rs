@@ -427,11 +427,7 @@ fn trials_table(state: &LocalState) -> String {
                     .copied()),
                 // Evaluations while training read with `joint`; a finished trial's best is
                 // read again with its model's decoding.
-                t.best_decoding
-                    .map_or(if t.best_metric.is_some() { "joint" } else { "" }, |d| {
-                        d.as_str()
-                    })
-                    .to_string(),
+                read_with(t),
                 t.restarts.to_string(),
                 t.preemptions.to_string(),
                 t.params.clone(),
@@ -440,6 +436,19 @@ fn trials_table(state: &LocalState) -> String {
         }
     }
     render(&rows)
+}
+
+/// How a trial's best was read: `joint` while training (its evaluations read so); once the
+/// trial succeeded, its model's decoding, and the width when not as drawn (`ctc-lm@x1.1`).
+fn read_with(t: &crate::crd::TrialStatus) -> String {
+    match (t.best_decoding, t.best_metric) {
+        (Some(d), _) => match t.best_reading_width.filter(|&w| w != 1.0) {
+            Some(w) => format!("{}@x{w}", d.as_str()),
+            None => d.as_str().to_string(),
+        },
+        (None, Some(_)) => "joint".to_string(),
+        (None, None) => String::new(),
+    }
 }
 
 async fn rollback(a: RollbackArgs) -> Result<i32> {
@@ -582,7 +591,11 @@ mod tests {
                 {"name": "lr-t0", "phase": "Succeeded", "step": 400, "bestMetric": 0.0605,
                  "bestExtraCer": {"unseen-fonts": 0.15}, "bestDecoding": "ctc-lm"},
                 {"name": "lr-t1", "phase": "Running", "step": 200, "bestMetric": 0.2},
-                {"name": "lr-t2", "phase": "Pending"}]}}))
+                {"name": "lr-t2", "phase": "Pending"},
+                {"name": "lr-t3", "phase": "Succeeded", "step": 400, "bestMetric": 0.0596,
+                 "bestDecoding": "ctc-lm", "bestReadingWidth": 1.1},
+                {"name": "lr-t4", "phase": "Succeeded", "step": 400, "bestMetric": 0.07,
+                 "bestDecoding": "ctc", "bestReadingWidth": 1.0}]}}))
         .unwrap();
         let mut state = LocalState::default();
         state.runs.insert(
@@ -609,6 +622,9 @@ mod tests {
         // Evaluations while training read with `joint`; a trial without a best says nothing.
         assert_eq!(read(2), ["0.2000", "", "joint"], "{t}");
         assert_eq!(read(3), ["", "", ""], "{t}");
+        // A stretched reading width is named; lines read as drawn are not.
+        assert_eq!(read(4), ["0.0596", "", "ctc-lm@x1.1"], "{t}");
+        assert_eq!(read(5), ["0.0700", "", "ctc"], "{t}");
     }
 
     #[test]

@@ -65,7 +65,8 @@ fn run_line(run: &TrainingRun) -> String {
 }
 
 /// `trial ocr-t0: Running, step 300/1000, best cer 0.1234`; a finished trial adds the decoding
-/// its best was read with: `… best cer 0.0605 (read with ctc-lm)`.
+/// its best was read with: `… best cer 0.0605 (read with ctc-lm at x1.1)` (the width only
+/// when not as drawn).
 fn trial_line(trial: &TrialStatus, metric: &str, max_steps: Option<u64>) -> String {
     let mut line = format!(
         "trial {}: {:?}, step {}",
@@ -77,7 +78,11 @@ fn trial_line(trial: &TrialStatus, metric: &str, max_steps: Option<u64>) -> Stri
     if let Some(best) = trial.best_metric {
         line += &format!(", best {metric} {best}");
         if let Some(decoding) = trial.best_decoding {
-            line += &format!(" (read with {})", decoding.as_str());
+            line += &format!(" (read with {}", decoding.as_str());
+            if let Some(w) = trial.best_reading_width.filter(|&w| w != 1.0) {
+                line += &format!(" at x{w}");
+            }
+            line += ")";
         }
     }
     if let Some(reason) = &trial.reason {
@@ -141,13 +146,14 @@ mod tests {
         let done = run(json!({"phase": "Succeeded", "trialsDone": "2/2",
             "bestModel": {"trial": "ocr-t0", "url": "u", "sha256": "s", "metric": 0.04, "metricName": "cer"},
             "trials": [
-            {"name": "ocr-t0", "phase": "Succeeded", "step": 1000, "bestMetric": 0.04, "bestDecoding": "ctc-lm"},
+            {"name": "ocr-t0", "phase": "Succeeded", "step": 1000, "bestMetric": 0.04, "bestDecoding": "ctc-lm",
+             "bestReadingWidth": 1.25},
             {"name": "ocr-t1", "phase": "Failed", "reason": "ConfigError", "message": "bad lr"}]}));
         assert_eq!(
             p.changes(&done),
             [
                 "run ml/ocr: Succeeded, 2/2 trials done, best cer 0.04",
-                "trial ocr-t0: Succeeded, step 1000/1000, best cer 0.04 (read with ctc-lm)",
+                "trial ocr-t0: Succeeded, step 1000/1000, best cer 0.04 (read with ctc-lm at x1.25)",
                 "trial ocr-t1: Failed, step 0/1000 (ConfigError: bad lr)"
             ]
         );

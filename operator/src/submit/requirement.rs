@@ -248,6 +248,7 @@ mod tests {
                 best_metric: Some(0.04),
                 best_extra_cer: [("unseen-fonts".to_string(), 0.09)].into(),
                 best_decoding: None,
+                best_reading_width: None,
                 restarts: 0,
                 preemptions: 0,
                 checkpoint: None,

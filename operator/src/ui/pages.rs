@@ -728,7 +728,10 @@ pub fn run_page(
             // again with its model's decoding.
             t.best_decoding
                 .map_or("read with joint (as evaluated)".to_string(), |d| {
-                    format!("read with {} (as served)", d.as_str())
+                    match t.best_reading_width.filter(|&w| w != 1.0) {
+                        Some(w) => format!("read with {} at x{w} (as served)", d.as_str()),
+                        None => format!("read with {} (as served)", d.as_str()),
+                    }
                 }),
             metric(t.best_metric),
             metric(t.latest_metric),

@@ -287,6 +287,7 @@ impl Trial<'_> {
                 .map(|(name, s)| (name.clone(), s.cer))
                 .collect(),
             decoding: None,
+            reading_width: None,
         };
         self.state.latest = Some(point.clone());
         self.state.last_eval_step = Some(point.step);
@@ -443,6 +444,7 @@ impl Trial<'_> {
             wer,
             extra_cer: Default::default(),
             decoding: Some(chosen),
+            reading_width: None,
         };
         for val in &vals[1..] {
             match self.score(val, chosen, lm)? {
@@ -520,6 +522,7 @@ impl Trial<'_> {
                 };
             }
         }
+        reading.reading_width = Some(width);
         choice.width = width;
         choice.by_width = scores.iter().map(|&(f, c, _)| (f, c)).collect();
         choice.reading = reading;
