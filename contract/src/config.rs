@@ -407,6 +407,14 @@ pub struct PreprocessConfig {
     /// Largest accepted source image, in pixels; larger ones are rejected before decoding
     /// (decompression bombs, whole pages sent to a line recognizer).
     pub max_source_pixels: u64,
+    /// Horizontal scale of every line after resizing to `height` (1: aspect ratio kept): more
+    /// than 1 gives each character more encoder frames.
+    #[serde(skip_serializing_if = "is_one")]
+    pub stretch: f64,
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 impl Default for PreprocessConfig {
@@ -416,6 +424,7 @@ impl Default for PreprocessConfig {
             max_width: 1024,
             width_multiple: 4,
             max_source_pixels: 16_000_000,
+            stretch: 1.0,
         }
     }
 }
@@ -926,6 +935,9 @@ impl TrainConfig {
         if self.preprocess.height < 8 || !self.preprocess.height.is_multiple_of(8) {
             return bad("preprocess.height", "must be a positive multiple of 8");
         }
+        if !(READING_WIDTH_RANGE.0..=READING_WIDTH_RANGE.1).contains(&self.preprocess.stretch) {
+            return bad("preprocess.stretch", "must be in 0.25..=4");
+        }
         if self.preprocess.width_multiple == 0 || self.preprocess.max_width < self.preprocess.height
         {
             return bad("preprocess.max_width", "must be at least the height");
@@ -1252,13 +1264,12 @@ mod tests {
             ("reading_widths: [1, 5]", "factor 5 is outside 0.25..=4"),
             ("reading_widths: [0.1]", "factor 0.1 is outside"),
             ("reading_widths: [1, 1.1, 1]", "factor 1 is given twice"),
+            ("preprocess: {stretch: 5}", "must be in 0.25..=4"),
         ] {
             let err = TrainConfig::parse(yaml, &[]).unwrap_err();
             let msg = format!("{err:#}");
-            assert!(
-                msg.contains("reading_widths") && msg.contains(why),
-                "{yaml}: {msg}"
-            );
+            let field = yaml.split(':').next().unwrap();
+            assert!(msg.contains(field) && msg.contains(why), "{yaml}: {msg}");
             assert!(err.downcast_ref::<ConfigError>().is_some(), "{yaml}");
         }
     }

@@ -793,6 +793,35 @@ mod tests {
     }
 
     #[test]
+    fn a_model_trained_wider_reads_every_line_at_its_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let mut plain = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        let path = dir.path().join(layout::MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["preprocessing"]["stretch"] = serde_json::json!(1.5);
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let wide = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        let lines: Vec<_> = [120, 30, 64].map(line).to_vec();
+        let read = |m: &LoadedModel| -> Vec<(String, f32)> {
+            m.recognize(&lines)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.text, p.confidence))
+                .collect()
+        };
+        let at_stretch = read(&wide);
+        assert_ne!(at_stretch, read(&plain), "the stretch was not applied");
+        // The same as a plain model told to read at x1.5; a reading width multiplies it.
+        plain.set_widths(WidthReadings::new(vec![1.5], None).unwrap());
+        assert_eq!(at_stretch, read(&plain));
+        let p = wide.prepare_line(&line(64)).unwrap();
+        // 64 pixels at height 20 are 102.4 at height 32, and 154 stretched by 1.5.
+        assert_eq!(p.first().width, 154);
+    }
+
+    #[test]
     fn the_manifest_chooses_the_reading_width() {
         let dir = tempfile::tempdir().unwrap();
         write_tiny(dir.path());

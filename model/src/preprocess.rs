@@ -291,8 +291,8 @@ pub fn prepare_checked(
 fn resized(image: &GrayImage, cfg: &PreprocessConfig, stretch: f32) -> GrayImage {
     let (w, h) = image.dimensions();
     let height = cfg.height.max(1);
-    let scaled =
-        (f64::from(w) * f64::from(height) / f64::from(h) * f64::from(stretch)).round() as u32;
+    let stretch = f64::from(stretch) * cfg.stretch;
+    let scaled = (f64::from(w) * f64::from(height) / f64::from(h) * stretch).round() as u32;
     let width = scaled.clamp(1, cfg.max_width.max(1));
     if (width, height) == (w, h) {
         image.clone()
@@ -597,6 +597,7 @@ mod tests {
             max_width: 256,
             width_multiple: 4,
             max_source_pixels: 1_000_000,
+            stretch: 1.0,
         }
     }
 
@@ -632,6 +633,21 @@ mod tests {
         assert_eq!(p.data.len(), 32 * 160);
         let p = prepare(&line(10, 16, 250, 10), &cfg()).unwrap();
         assert_eq!((p.height, p.width), (32, 20));
+    }
+
+    #[test]
+    fn the_configured_stretch_widens_every_line_and_multiplies_a_reading_width() {
+        let wide = PreprocessConfig {
+            stretch: 1.25,
+            ..cfg()
+        };
+        let p = prepare(&line(300, 60, 250, 10), &wide).unwrap();
+        assert_eq!((p.height, p.width), (32, 200));
+        let p = prepare_stretched(&line(300, 60, 250, 10), &wide, 1.2).unwrap();
+        assert_eq!((p.height, p.width), (32, 240));
+        // The width cap still holds.
+        let p = prepare(&line(2000, 40, 250, 10), &wide).unwrap();
+        assert_eq!(p.width, 256);
     }
 
     #[test]

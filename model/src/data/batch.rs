@@ -121,6 +121,7 @@ mod tests {
             max_width: 64,
             width_multiple: 4,
             max_source_pixels: 10_000,
+            stretch: 1.0,
         };
         let b = Batch::collate(
             vec![sample("ab", 30), sample("cabc", 9), sample("", 4)],
@@ -175,6 +176,7 @@ mod tests {
             max_width: 64,
             width_multiple: 4,
             max_source_pixels: 10_000,
+            stretch: 1.0,
         };
         let err = Batch::collate(vec![sample("abz", 20)], &tok, &pre, 0).unwrap_err();
         let msg = format!("{err:#}");

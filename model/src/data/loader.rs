@@ -262,6 +262,7 @@ mod tests {
             max_width: 128,
             width_multiple: 4,
             max_source_pixels: 100_000,
+            stretch: 1.0,
         }
     }
 
