@@ -935,8 +935,8 @@ impl TrainConfig {
         if self.preprocess.height < 8 || !self.preprocess.height.is_multiple_of(8) {
             return bad("preprocess.height", "must be a positive multiple of 8");
         }
-        if !(READING_WIDTH_RANGE.0..=READING_WIDTH_RANGE.1).contains(&self.preprocess.stretch) {
-            return bad("preprocess.stretch", "must be in 0.25..=4");
+        if !(lo..=hi).contains(&self.preprocess.stretch) {
+            return bad("preprocess.stretch", &format!("must be in {lo}..={hi}"));
         }
         if self.preprocess.width_multiple == 0 || self.preprocess.max_width < self.preprocess.height
         {

@@ -139,8 +139,7 @@ impl LoadedModel {
         arch.validate().context("manifest architecture")?;
         check_preprocess(&manifest.preprocessing)?;
         let widths = match &manifest.reading {
-            Some(r) => WidthReadings::new(r.widths.clone(), r.reread_below)
-                .context("manifest `reading`")?,
+            Some(r) => WidthReadings::from_settings(r).context("manifest `reading`")?,
             None => WidthReadings::default(),
         };
         let tokenizer = Tokenizer::new(&manifest.charset);

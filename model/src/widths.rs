@@ -18,12 +18,14 @@ use std::borrow::Cow;
 
 use anyhow::{bail, Result};
 use image::GrayImage;
+use textrec_contract::config::READING_WIDTH_RANGE;
+use textrec_contract::manifest::ReadingSettings;
 
 use crate::inference::Prediction;
 use crate::preprocess::{self, PreparedImage, PreprocessConfig};
 
-/// Smallest and largest accepted stretch factor: beyond them a line is no longer legible.
-pub const FACTOR_RANGE: (f32, f32) = (0.25, 4.0);
+/// Smallest and largest accepted stretch factor (the contract's [`READING_WIDTH_RANGE`]).
+pub const FACTOR_RANGE: (f32, f32) = (READING_WIDTH_RANGE.0 as f32, READING_WIDTH_RANGE.1 as f32);
 
 /// At which widths lines are read, and which lines are read at more than the first.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,14 +73,22 @@ impl WidthReadings {
         })
     }
 
+    /// The readings a manifest's `reading` asks for (checked as [`WidthReadings::new`]).
+    pub fn from_settings(settings: &ReadingSettings) -> Result<Self> {
+        Self::new(settings.widths.clone(), settings.reread_below)
+    }
+
+    /// These readings as a manifest's `reading` writes them.
+    pub fn settings(&self) -> ReadingSettings {
+        ReadingSettings {
+            widths: self.factors.clone(),
+            reread_below: self.reread_below,
+        }
+    }
+
     /// The stretch factors, the first read for every line.
     pub fn factors(&self) -> &[f32] {
         &self.factors
-    }
-
-    /// The confidence below which a line is read at the further widths (`None`: every line).
-    pub fn reread_below(&self) -> Option<f32> {
-        self.reread_below
     }
 
     /// Whether each line is read once, as it is.

@@ -678,6 +678,19 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_flag_budget() 
     }
 }
 
+/// Diagonal stripes of four widths, which the random model reads differently at different
+/// widths.
+fn stripes() -> Vec<image::GrayImage> {
+    [120, 30, 64, 200]
+        .iter()
+        .map(|&w| {
+            image::GrayImage::from_fn(w, 20, |x, y| {
+                image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
     use textrec_model::widths::WidthReadings;
@@ -689,28 +702,10 @@ async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
     let server = s::start(a).await;
     let base = s::http_base(&server);
     let http = reqwest::Client::new();
-    // Diagonal stripes, which the random model reads differently at different widths.
-    let images: Vec<image::GrayImage> = [120, 30, 64, 200]
-        .iter()
-        .map(|&w| {
-            image::GrayImage::from_fn(w, 20, |x, y| {
-                image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
-            })
-        })
-        .collect();
-    let pngs: Vec<Vec<u8>> = images.iter().map(s::png).collect();
+    let images = stripes();
     let mut served = Vec::new();
-    for png in &pngs {
-        let r: Value = http
-            .post(format!("{base}/v1/recognize"))
-            .header("content-type", "image/png")
-            .body(png.clone())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    for image in &images {
+        let r = s::post_png(&http, &base, s::png(image)).await;
         served.push((
             r["text"].as_str().unwrap().to_string(),
             r["confidence"].as_f64().unwrap() as f32,
@@ -752,14 +747,7 @@ async fn a_server_reads_at_its_models_width_unless_started_with_others() {
     let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     manifest["reading"] = serde_json::json!({"widths": [1.5]});
     std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let images: Vec<image::GrayImage> = [120, 30, 64, 200]
-        .iter()
-        .map(|&w| {
-            image::GrayImage::from_fn(w, 20, |x, y| {
-                image::Luma([if (x / 3 + y / 4) % 3 == 0 { 20 } else { 235 }])
-            })
-        })
-        .collect();
+    let images = stripes();
     let http = reqwest::Client::new();
     let serve = |widths: Vec<f32>| {
         let (dir, http, images) = (dir.clone(), http.clone(), images.clone());
@@ -778,16 +766,7 @@ async fn a_server_reads_at_its_models_width_unless_started_with_others() {
                 .unwrap();
             let mut served = Vec::new();
             for image in &images {
-                let r: Value = http
-                    .post(format!("{base}/v1/recognize"))
-                    .header("content-type", "image/png")
-                    .body(s::png(image))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let r = s::post_png(&http, &base, s::png(image)).await;
                 served.push(r["confidence"].as_f64().unwrap() as f32);
             }
             s::stop(server).await;

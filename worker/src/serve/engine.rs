@@ -27,10 +27,7 @@ pub trait Engine: Send + Sync + 'static {
     /// At which widths lines are read (the manifest's `reading`, or what `serve --widths`
     /// set): what `GET /v1/model` reports.
     fn reading(&self) -> ReadingSettings {
-        ReadingSettings {
-            widths: vec![1.0],
-            reread_below: None,
-        }
+        WidthReadings::default().settings()
     }
     /// How this model prefers its input split into forward passes.
     fn batch_limits(&self) -> BatchLimits {
@@ -60,11 +57,7 @@ impl Engine for LoadedModel {
         self.prepare_line(&decode_checked(encoded, source)?)
     }
     fn reading(&self) -> ReadingSettings {
-        let w = self.widths();
-        ReadingSettings {
-            widths: w.factors().to_vec(),
-            reread_below: w.reread_below(),
-        }
+        self.widths().settings()
     }
     fn batch_limits(&self) -> BatchLimits {
         LoadedModel::batch_limits(self)

@@ -417,9 +417,7 @@ impl Trial<'_> {
         scores.insert(1, (DecodeMode::Joint, best.cer, best.wer));
         // Order: ctc, joint, attention, ctc-lm (the CTC head alone first; the others cost
         // about the same); the first of the lowest CERs wins.
-        let (chosen, cer, wer) = scores
-            .iter()
-            .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc });
+        let (chosen, cer, wer) = first_lowest(&scores, |s| s.1);
         let by_mode: Vec<(DecodeMode, f64)> = scores.iter().map(|&(m, c, _)| (m, c)).collect();
         let listed: Vec<String> = by_mode
             .iter()
@@ -455,7 +453,6 @@ impl Trial<'_> {
         Ok(DecodingChoice {
             mode: chosen,
             by_mode,
-            width: 1.0,
             by_width: Vec::new(),
             reading,
         })
@@ -493,9 +490,7 @@ impl Trial<'_> {
             };
             scores.push((factor, cer, wer));
         }
-        let (width, cer, wer) = scores
-            .iter()
-            .fold(scores[0], |acc, &s| if s.1 < acc.1 { s } else { acc });
+        let (width, cer, wer) = first_lowest(&scores, |s| s.1);
         let listed: Vec<String> = scores
             .iter()
             .map(|(f, c, _)| format!("x{f} {c:.4}"))
@@ -505,27 +500,24 @@ impl Trial<'_> {
             listed.join(", "),
             choice.mode.as_str()
         );
-        let mut reading = EvalPoint {
-            cer,
-            wer,
-            extra_cer: Default::default(),
-            ..choice.reading.clone()
-        };
-        if width == 1.0 {
-            reading.extra_cer = choice.reading.extra_cer.clone();
-        } else {
+        let mut extra_cer = choice.reading.extra_cer.clone();
+        if width != 1.0 {
             for val in &vals[1..] {
                 let stretched = val.at_width(pre, width as f32)?;
                 match self.score(&stretched, choice.mode, lm)? {
-                    Some(card) => reading.extra_cer.insert(val.name.clone(), card.score().cer),
+                    Some(card) => extra_cer.insert(val.name.clone(), card.score().cer),
                     None => return Ok(()),
                 };
             }
         }
-        reading.reading_width = Some(width);
-        choice.width = width;
+        choice.reading = EvalPoint {
+            cer,
+            wer,
+            extra_cer,
+            reading_width: Some(width),
+            ..choice.reading.clone()
+        };
         choice.by_width = scores.iter().map(|&(f, c, _)| (f, c)).collect();
-        choice.reading = reading;
         Ok(())
     }
 
@@ -534,7 +526,6 @@ impl Trial<'_> {
         let DecodingChoice {
             mode: decoding,
             by_mode,
-            width,
             by_width,
             reading,
         } = choice;
@@ -574,10 +565,13 @@ impl Trial<'_> {
                     .collect(),
                 decoding,
                 language_model: lm.map(|l| l.info.clone()),
-                reading: (*width != 1.0).then(|| ReadingSettings {
-                    widths: vec![*width as f32],
-                    reread_below: None,
-                }),
+                reading: reading
+                    .reading_width
+                    .filter(|&w| w != 1.0)
+                    .map(|w| ReadingSettings {
+                        widths: vec![w as f32],
+                        reread_below: None,
+                    }),
                 provenance: Provenance {
                     run: self.ctx.run.clone(),
                     trial: self.ctx.trial.clone(),
@@ -607,6 +601,14 @@ impl Trial<'_> {
     }
 }
 
+/// The first of the items with the lowest `cer` (ties go to the earlier, cheaper choice).
+fn first_lowest<T: Copy>(items: &[T], cer: impl Fn(&T) -> f64) -> T {
+    items.iter().copied().fold(
+        items[0],
+        |best, x| if cer(&x) < cer(&best) { x } else { best },
+    )
+}
+
 /// The process's peak resident memory so far, in MiB (`VmHWM`); `None` off Linux.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -627,11 +629,10 @@ struct DecodingChoice {
     mode: DecodeMode,
     /// The objective's CER in each decoding measured, in the order tried.
     by_mode: Vec<(DecodeMode, f64)>,
-    /// The horizontal stretch lines are read at (1: as drawn).
-    width: f64,
     /// The objective's CER with `mode` at each width measured (empty when none was compared).
     by_width: Vec<(f64, f64)>,
-    /// The best weights' scores read with `mode` at `width`.
+    /// The best weights' scores read with `mode`, at `reading.reading_width` when widths
+    /// were compared.
     reading: EvalPoint,
 }
 
@@ -641,7 +642,6 @@ impl DecodingChoice {
         Self {
             mode,
             by_mode: vec![(mode, best.cer)],
-            width: 1.0,
             by_width: Vec::new(),
             reading: EvalPoint {
                 decoding: Some(mode),

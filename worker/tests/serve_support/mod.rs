@@ -114,6 +114,19 @@ pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
     r.text().await.expect("/metrics body")
 }
 
+/// `POST {base}/v1/recognize` with one PNG; the JSON answer.
+pub async fn post_png(http: &reqwest::Client, base: &str, png: Vec<u8>) -> serde_json::Value {
+    http.post(format!("{base}/v1/recognize"))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .expect("/v1/recognize answers")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// Shut down and wait.
 pub async fn stop(server: RunningServer) {
     server.shutdown();
