@@ -165,8 +165,9 @@ pub struct ModelSpec {
     pub ctc_context_layers: Option<i64>,
     /// Start from this model's weights instead of random ones (fine-tuning): a model folder
     /// (URL or path) or `builtin:small`, the pretrained model built into the worker. Its
-    /// architecture becomes this config's (see [`ModelSpec::adopt`]); its charset and
-    /// preprocessing must be the ones this config trains with. A trial that resumes from its own
+    /// architecture becomes this config's (see [`ModelSpec::adopt`]), and so does its
+    /// preprocessing (see [`PreprocessConfig::adopt`]); its charset must be the one this config
+    /// trains with. A trial that resumes from its own
     /// checkpoint takes the weights from there, but still reads this model's manifest (its
     /// architecture and version must not have changed).
     pub init_from: Option<String>,
@@ -415,6 +416,25 @@ pub struct PreprocessConfig {
 
 fn is_one(v: &f64) -> bool {
     *v == 1.0
+}
+
+impl PreprocessConfig {
+    /// The preprocessing a fine-tune of a model trained with `parent` trains with: the
+    /// parent's when this config leaves `preprocess` at its defaults (a model must read lines
+    /// as it learned them), this config's when it is the parent's. Other preprocessing is a
+    /// configuration error that names both.
+    pub fn adopt(&self, parent: &PreprocessConfig) -> Result<PreprocessConfig, ConfigError> {
+        if self == parent || *self == Self::default() {
+            return Ok(parent.clone());
+        }
+        let show = |p: &PreprocessConfig| serde_json::to_string(p).unwrap_or_default();
+        Err(ConfigError::new(format!(
+            "preprocess: the config sets {}, but the initFrom model was trained with {}; \
+             leave `preprocess` out to take the model's",
+            show(self),
+            show(parent)
+        )))
+    }
 }
 
 impl Default for PreprocessConfig {
@@ -1272,6 +1292,33 @@ mod tests {
             assert!(msg.contains(field) && msg.contains(why), "{yaml}: {msg}");
             assert!(err.downcast_ref::<ConfigError>().is_some(), "{yaml}");
         }
+    }
+
+    #[test]
+    fn a_fine_tune_takes_its_parents_preprocessing_unless_it_sets_another() {
+        let wide = PreprocessConfig {
+            stretch: 1.25,
+            ..PreprocessConfig::default()
+        };
+        let plain = PreprocessConfig::default();
+        // Left at the defaults: the parent's, whatever it is.
+        assert_eq!(plain.adopt(&wide).unwrap(), wide);
+        assert_eq!(plain.adopt(&plain).unwrap(), plain);
+        // Set to the parent's: kept.
+        assert_eq!(wide.adopt(&wide).unwrap(), wide);
+        // Set to something else: refused, naming both.
+        let taller = PreprocessConfig {
+            height: 48,
+            ..PreprocessConfig::default()
+        };
+        let err = taller.adopt(&wide).unwrap_err().to_string();
+        assert!(
+            err.contains("preprocess")
+                && err.contains("\"height\":48")
+                && err.contains("\"stretch\":1.25"),
+            "{err}"
+        );
+        assert!(err.contains("leave `preprocess` out"), "{err}");
     }
 
     #[test]

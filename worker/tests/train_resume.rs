@@ -633,7 +633,7 @@ fn unwritable_output_fails_fast_before_training() {
 }
 
 #[test]
-fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
+fn fine_tuning_starts_from_a_model_takes_its_preprocessing_and_refuses_another_network() {
     let (reference_dir, _) = reference();
     let model = reference_dir.path().join("model");
     let dir = tempfile::tempdir().unwrap();
@@ -685,6 +685,50 @@ fn fine_tuning_starts_from_a_model_and_refuses_another_network() {
             .any(|k| k.starts_with("cer@x")),
         "{:?}",
         tuned_manifest.metrics
+    );
+
+    // A parent trained on stretched lines: a config that leaves `preprocess` out trains and
+    // records the parent's, one that sets another is refused before training.
+    let wide = dir.path().join("wide-parent");
+    std::fs::create_dir(&wide).unwrap();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), wide.join(entry.file_name())).unwrap();
+        }
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wide.join("manifest.json")).unwrap()).unwrap();
+    manifest["preprocessing"]["stretch"] = serde_json::json!(1.5);
+    std::fs::write(wide.join("manifest.json"), manifest.to_string()).unwrap();
+    let from_wide = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--set".to_string(),
+            format!("model.init_from={}", wide.display()),
+            "--set".into(),
+            "max_steps=2".into(),
+            "--set".into(),
+            "reading_widths=[1]".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (
+            dir.path().join(name),
+            run(train_cmd(&dir.path().join(name), &args)),
+        )
+    };
+    let (adopting, out_adopting) = from_wide("adopting", &[]);
+    assert_eq!(out_adopting.status.code(), Some(0));
+    let adopted: ModelManifest =
+        serde_json::from_slice(&std::fs::read(adopting.join("model/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(adopted.preprocessing.stretch, 1.5);
+    let (_, refused) = from_wide("refused", &["--set", "preprocess.stretch=2"]);
+    assert_eq!(refused.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("preprocess") && stderr.contains("\"stretch\":1.5"),
+        "{stderr}"
     );
 
     // The expected version is checked before anything trains.

@@ -652,19 +652,17 @@ impl DecodingChoice {
 }
 
 /// Fetch the model `model.init_from` names and check it is one this config can start from:
-/// the expected version (`model.init_sha256`), the trainer's charset and preprocessing. Its
-/// architecture becomes the trial's ([`ModelSpec::adopt`]).
+/// the expected version (`model.init_sha256`) and the trainer's charset. Its architecture
+/// ([`ModelSpec::adopt`]) and preprocessing ([`PreprocessConfig::adopt`]) become the trial's.
 ///
 /// [`ModelSpec::adopt`]: textrec_contract::config::ModelSpec::adopt
+/// [`PreprocessConfig::adopt`]: textrec_contract::config::PreprocessConfig::adopt
 fn fetch_parent(
     rt: &Runtime,
     cfg: &TrainConfig,
     location: &str,
     tokenizer: &Tokenizer,
-) -> Result<(
-    crate::model_source::ModelFiles,
-    textrec_contract::config::Architecture,
-)> {
+) -> Result<Parent> {
     let files = rt
         .block_on(crate::model_source::fetch(location))
         .with_context(|| format!("model.init_from: cannot read {location}"))?;
@@ -691,14 +689,23 @@ fn fetch_parent(
             files.source
         )));
     }
-    if m.preprocessing != cfg.preprocess {
-        bail!(ConfigError::new(format!(
-            "model.init_from: {} was trained with other preprocessing; set `preprocess` to {}",
-            files.source,
-            serde_json::to_string(&m.preprocessing)?
-        )));
-    }
-    Ok((files, arch))
+    let preprocess = cfg
+        .preprocess
+        .adopt(&m.preprocessing)
+        .map_err(|e| ConfigError::new(format!("{e} (model.init_from: {})", files.source)))?;
+    Ok(Parent {
+        files,
+        architecture: arch,
+        preprocess,
+    })
+}
+
+/// A fine-tune's parent model, and what the trial takes from it.
+struct Parent {
+    files: crate::model_source::ModelFiles,
+    architecture: textrec_contract::config::Architecture,
+    /// The parent's preprocessing (or the config's, when it names the same).
+    preprocess: textrec_contract::config::PreprocessConfig,
 }
 
 /// Load the parent's weights (see [`fetch_parent`]) into `vs`.
@@ -733,6 +740,30 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     ))?;
     let train_ds = open_training_data(&data.train, cfg.seed, IAM_CHARSET)
         .map_err(|e| ConfigError::new(format!("{e:#}")))?;
+
+    // A fine-tune is the parent's network reading lines the parent's way: the parent decides
+    // the architecture (on resume too: the checkpoint's must match it) and, unless the config
+    // names the same, the preprocessing, which the validation sets below are prepared with.
+    let parent = match &cfg.model.init_from {
+        Some(location) => Some(fetch_parent(&ctx.rt, cfg, location, &tokenizer)?),
+        None => None,
+    };
+    let adopted;
+    let cfg = match &parent {
+        Some(p) if p.preprocess != cfg.preprocess => {
+            tracing::info!(
+                "preprocessing taken from {}: {}",
+                p.files.source,
+                serde_json::to_string(&p.preprocess)?
+            );
+            adopted = TrainConfig {
+                preprocess: p.preprocess.clone(),
+                ..cfg.clone()
+            };
+            &adopted
+        }
+        _ => cfg,
+    };
     // A synthetic validation set ignores the trial seed (the data module fixes it), so every
     // trial of a search is scored on the same lines.
     let sets = std::iter::once((OBJECTIVE_SET.to_string(), &data.validation)).chain(
@@ -765,14 +796,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     }
     tracing::info!("data: train {}", train_ds.describe());
 
-    // A fine-tune is the parent's network, so the parent decides the architecture, on resume
-    // too (the checkpoint's must match it).
-    let parent = match &cfg.model.init_from {
-        Some(location) => Some(fetch_parent(&ctx.rt, cfg, location, &tokenizer)?),
-        None => None,
-    };
     let arch = match &parent {
-        Some((_, a)) => a.clone(),
+        Some(p) => p.architecture.clone(),
         None => arch,
     };
 
@@ -829,8 +854,8 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             state
         }
         None => {
-            if let Some((files, _)) = &parent {
-                init_from(&mut vs, files)?;
+            if let Some(p) = &parent {
+                init_from(&mut vs, &p.files)?;
             }
             TrainState {
                 step: 0,
@@ -893,9 +918,9 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         display: Display::new(state.step, cfg.max_steps),
         state,
         best_weights,
-        parent: parent.map(|(files, _)| ParentModel {
-            url: files.source.clone(),
-            sha256: ModelManifest::version_of(&files.manifest_bytes),
+        parent: parent.map(|p| ParentModel {
+            url: p.files.source.clone(),
+            sha256: ModelManifest::version_of(&p.files.manifest_bytes),
         }),
         metrics,
         checkpoint: checkpoint_ref,
