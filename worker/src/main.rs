@@ -37,7 +37,7 @@ enum Command {
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options for every command; `MALLOC_CONF` in the environment still overrides them.
-/// jemalloc reads this symbol as a `const char *`. Both options are for the trainer, whose
+/// jemalloc reads this symbol as a `const char *`. The first two are for the trainer, whose
 /// activations of ever-changing sizes are freed and reallocated every step (BENCHMARKS.md,
 /// "Over a whole run"):
 /// - `oversize_threshold:0` serves blocks over 8 MiB (a training batch's full-resolution
@@ -48,13 +48,23 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   over the recipe's first 300 steps the trainer's peak stays at 977-982 MiB, against
 ///   985-1001 MiB and climbing with the default. Ratios of 10 and up lose the gain, 4 and
 ///   below take far more memory.
+///
+/// The third is for reading (`eval`, `recognize`, `serve`), which frees a line's activations
+/// after every line and allocates them again for the next:
+/// - `muzzy_decay_ms:-1` hands freed pages back lazily (`MADV_FREE`: the kernel takes them when
+///   it needs the memory, and counts them as reclaimable meanwhile) instead of at once
+///   (`MADV_DONTNEED`, jemalloc's default), which faulted and zeroed every page again on the
+///   next line: a sixth of reading's CPU time went to the kernel (BENCHMARKS.md, "Freed pages
+///   when reading").
 #[export_name = "malloc_conf"]
-static MALLOC_CONF: &[u8; 48] = b"oversize_threshold:0,lg_extent_max_active_fit:8\0";
+static MALLOC_CONF: &[u8; 66] =
+    b"oversize_threshold:0,lg_extent_max_active_fit:8,muzzy_decay_ms:-1\0";
 
 /// Keep freed pages instead of returning them to the kernel over time. A training step frees
 /// and reallocates the same activation sizes every step; returning them (jemalloc's default
 /// decay) costs a page fault per page per step, about a fifth of the CPU trainer's speed. A
-/// server keeps the default, so memory a burst of large requests took goes back.
+/// server keeps jemalloc's 10 s decay, so memory a burst of large requests took is handed back
+/// (lazily, see `muzzy_decay_ms` above).
 fn keep_freed_pages() {
     // SAFETY: every key written names an `ssize_t` option, and `arenas.narenas` an `unsigned`.
     let write = |key: &str| unsafe {
@@ -116,5 +126,9 @@ mod tests {
         let fit: usize =
             unsafe { tikv_jemalloc_ctl::raw::read(b"opt.lg_extent_max_active_fit\0") }.unwrap();
         assert_eq!(fit, 8);
+        // SAFETY: `opt.muzzy_decay_ms` is an `ssize_t`.
+        let muzzy: isize =
+            unsafe { tikv_jemalloc_ctl::raw::read(b"opt.muzzy_decay_ms\0") }.unwrap();
+        assert_eq!(muzzy, -1);
     }
 }
