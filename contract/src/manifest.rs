@@ -172,11 +172,33 @@ pub struct ModelManifest {
 pub struct ReadingSettings {
     /// Horizontal stretch factors (1: the line as preprocessing draws it); every line is read
     /// at the first.
+    #[serde(serialize_with = "decimal_f32s")]
     pub widths: Vec<f32>,
     /// Lines whose first reading's confidence is below this are read at the other widths too
     /// (absent: every line, when there are several).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "decimal_f32_opt"
+    )]
     pub reread_below: Option<f32>,
+}
+
+/// `f` as the `f64` its shortest decimal spells: 1.1, where a widening cast gives
+/// 1.100000023841858 (which `serde_json::to_value` and the `json!` macro would show).
+pub fn decimal_f32(f: f32) -> f64 {
+    f.to_string().parse().unwrap_or(f64::from(f))
+}
+
+fn decimal_f32s<S: serde::Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|&f| decimal_f32(f)))
+}
+
+fn decimal_f32_opt<S: serde::Serializer>(v: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(f) => s.serialize_some(&decimal_f32(*f)),
+        None => s.serialize_none(),
+    }
 }
 
 /// A model folder's character language model: its file and how decoding weighs it.
@@ -250,5 +272,24 @@ mod tests {
         d.verify(b"abc").unwrap();
         assert!(d.verify(b"abd").unwrap_err().contains("sha256"));
         assert!(d.verify(b"ab").unwrap_err().contains("size"));
+    }
+
+    #[test]
+    fn reading_widths_show_as_written_in_json_values_too() {
+        let r = ReadingSettings {
+            widths: vec![1.1, 1.25],
+            reread_below: Some(0.8),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"widths": [1.1, 1.25], "reread_below": 0.8})
+        );
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"widths":[1.1,1.25],"reread_below":0.8}"#
+        );
+        let back: ReadingSettings = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
     }
 }

@@ -326,7 +326,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             j["skipped"] = serde_json::json!(skipped.len());
         }
         if !model.widths().is_single() {
-            j["widths"] = serde_json::json!(model.widths().factors());
+            j["widths"] = serde_json::to_value(model.widths().settings())?["widths"].take();
         }
         if model.widths().factors().len() > 1 {
             j["reread_lines"] = serde_json::json!(model.reading_counts().1);
