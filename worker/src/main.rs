@@ -54,8 +54,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `muzzy_decay_ms:-1` hands freed pages back lazily (`MADV_FREE`: the kernel takes them when
 ///   it needs the memory, and counts them as reclaimable meanwhile) instead of at once
 ///   (`MADV_DONTNEED`, jemalloc's default), which faulted and zeroed every page again on the
-///   next line: a sixth of reading's CPU time went to the kernel (BENCHMARKS.md, "Freed pages
-///   when reading").
+///   next line: about a seventh of `eval`'s CPU time went to the kernel (BENCHMARKS.md,
+///   "Freed pages when reading").
 #[export_name = "malloc_conf"]
 static MALLOC_CONF: &[u8; 66] =
     b"oversize_threshold:0,lg_extent_max_active_fit:8,muzzy_decay_ms:-1\0";
