@@ -19,7 +19,7 @@ use clap::Args;
 use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
 use textrec_contract::exit::{self, ConfigError};
-use textrec_contract::manifest::ModelManifest;
+use textrec_contract::manifest::{decimal_f32, ModelManifest};
 use textrec_model::calibration::{ConfidenceCard, ConfidenceReport};
 use textrec_model::data::open_dataset;
 use textrec_model::inference::Prediction;
@@ -326,7 +326,13 @@ pub fn run(args: EvalArgs) -> Result<i32> {
             j["skipped"] = serde_json::json!(skipped.len());
         }
         if !model.widths().is_single() {
-            j["widths"] = serde_json::to_value(model.widths().settings())?["widths"].take();
+            let widths: Vec<f64> = model
+                .widths()
+                .factors()
+                .iter()
+                .map(|&f| decimal_f32(f))
+                .collect();
+            j["widths"] = serde_json::json!(widths);
         }
         if model.widths().factors().len() > 1 {
             j["reread_lines"] = serde_json::json!(model.reading_counts().1);
