@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures::future::BoxFuture;
 use textrec_contract::metrics::EvalPoint;
@@ -25,14 +28,34 @@ pub trait ProgressSource: Send + Sync {
     }
 }
 
+/// How long one read of a trial's storage may take before it counts as failed. Reads happen
+/// inside reconciles (and the local runner's loop); without a bound, an endpoint that accepts
+/// connections and never answers holds them for `object_store`'s retry budget (minutes), and
+/// with them every status change of the run, a preempted trial's included.
+pub const PROGRESS_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Reads `progress.json` through `object_store` (credentials from the operator's environment:
 /// IRSA / Workload Identity / `AWS_*`).
-#[derive(Default)]
 pub struct StorageProgress {
     stores: Mutex<HashMap<String, Store>>,
+    read_timeout: Duration,
+}
+
+impl Default for StorageProgress {
+    fn default() -> Self {
+        Self::with_read_timeout(PROGRESS_READ_TIMEOUT)
+    }
 }
 
 impl StorageProgress {
+    /// A reader whose every storage read gives up after `read_timeout`.
+    pub fn with_read_timeout(read_timeout: Duration) -> Self {
+        Self {
+            stores: Mutex::default(),
+            read_timeout,
+        }
+    }
+
     fn store(&self, url: &str) -> anyhow::Result<Store> {
         // Opening a store builds a cloud client; keep one per trial folder (bounded by active trials).
         let mut map = self.stores.lock().expect("progress store map");
@@ -52,33 +75,57 @@ impl StorageProgress {
         map.insert(url.to_string(), s.clone());
         Ok(s)
     }
+
+    /// The trial's file `rel`: `Some(None)` when it does not exist yet, `None` when it could not
+    /// be read (logged).
+    async fn fetch(&self, trial_url: &str, rel: &str) -> Option<Option<Bytes>> {
+        let store = match self.store(trial_url) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(url = trial_url, error = %e, "cannot open trial storage");
+                return None;
+            }
+        };
+        match tokio::time::timeout(self.read_timeout, store.get_opt(rel)).await {
+            Ok(Ok(found)) => Some(found),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    url = trial_url,
+                    error = format!("{e:#}"),
+                    "cannot read {rel}"
+                );
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    url = trial_url,
+                    "cannot read {rel}: the storage did not answer within {:?}",
+                    self.read_timeout
+                );
+                None
+            }
+        }
+    }
+
+    /// `metrics.jsonl`'s evaluations (see [`ProgressSource::read_evals`]).
+    async fn evals(&self, trial_url: &str) -> Option<Vec<EvalPoint>> {
+        Some(match self.fetch(trial_url, layout::METRICS).await? {
+            Some(bytes) => {
+                crate::early_stopping::evals_of_metrics(&String::from_utf8_lossy(&bytes))
+            }
+            None => Vec::new(),
+        })
+    }
 }
 
 impl ProgressSource for StorageProgress {
     fn read<'a>(&'a self, trial_url: &'a str) -> BoxFuture<'a, Option<TrialProgress>> {
         Box::pin(async move {
-            let store = match self.store(trial_url) {
-                Ok(s) => s,
+            let bytes = self.fetch(trial_url, layout::PROGRESS).await??;
+            match serde_json::from_slice(&bytes) {
+                Ok(p) => Some(p),
                 Err(e) => {
-                    tracing::debug!(url = trial_url, error = %e, "cannot open trial storage");
-                    return None;
-                }
-            };
-            match store.get_opt(layout::PROGRESS).await {
-                Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::warn!(url = trial_url, error = %e, "unreadable progress.json");
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(
-                        url = trial_url,
-                        error = format!("{e:#}"),
-                        "cannot read progress.json"
-                    );
+                    tracing::warn!(url = trial_url, error = %e, "unreadable progress.json");
                     None
                 }
             }
@@ -87,27 +134,6 @@ impl ProgressSource for StorageProgress {
 
     fn read_evals<'a>(&'a self, trial_url: &'a str) -> BoxFuture<'a, Option<Vec<EvalPoint>>> {
         Box::pin(self.evals(trial_url))
-    }
-}
-
-impl StorageProgress {
-    /// `metrics.jsonl`'s evaluations (see [`ProgressSource::read_evals`]).
-    async fn evals(&self, trial_url: &str) -> Option<Vec<EvalPoint>> {
-        let store = self.store(trial_url).ok()?;
-        match store.get_opt(layout::METRICS).await {
-            Ok(Some(bytes)) => Some(crate::early_stopping::evals_of_metrics(
-                &String::from_utf8_lossy(&bytes),
-            )),
-            Ok(None) => Some(Vec::new()),
-            Err(e) => {
-                tracing::warn!(
-                    url = trial_url,
-                    error = format!("{e:#}"),
-                    "cannot read metrics.jsonl"
-                );
-                None
-            }
-        }
     }
 }
 
@@ -160,5 +186,39 @@ mod tests {
         .unwrap();
         let evals = src.read_evals(&url).await.unwrap();
         assert_eq!((evals[0].step, evals[0].cer), (250, 0.3));
+    }
+
+    /// An S3 endpoint that accepts connections and never answers: the reads give up after the
+    /// reader's timeout instead of `object_store`'s request timeout and retries (minutes).
+    #[tokio::test]
+    async fn a_storage_endpoint_that_never_answers_costs_one_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            // Hold every connection open, unanswered.
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("runs")
+            .with_region("us-east-1")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .with_access_key_id("key")
+            .with_secret_access_key("secret")
+            .build()
+            .unwrap();
+        let url = "s3://runs/run/run-t0/";
+        let src = StorageProgress::with_read_timeout(Duration::from_millis(300));
+        src.stores.lock().unwrap().insert(
+            url.to_string(),
+            Store::from_object_store(std::sync::Arc::new(s3), url).unwrap(),
+        );
+        let started = std::time::Instant::now();
+        assert!(src.read(url).await.is_none());
+        assert!(src.read_evals(url).await.is_none(), "unknown, not empty");
+        let waited = started.elapsed();
+        // object_store alone waits 30 s for one answer before it even retries.
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
     }
 }
