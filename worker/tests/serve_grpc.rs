@@ -482,6 +482,85 @@ async fn grpc_errors_are_specific() {
     s::stop(server).await;
 }
 
+/// A message that has begun to arrive holds its declared length of the body budget the HTTP
+/// port uses too, until its last byte: a message that does not fit beside it is refused at once
+/// with RESOURCE_EXHAUSTED naming the setting, and the room comes back when the holder leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_share_the_body_budget_while_they_arrive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 5);
+    let mut a = s::args(&dir);
+    a.max_body_bytes_in_flight = 64 * 1024;
+    let server = s::start(a).await;
+    let mut c = s::recognizer(&server).await;
+    let img = s::line_png(120, 32);
+    c.recognize(req(&img, "before")).await.unwrap();
+
+    // A raw HTTP/2 client sends a message header declaring 64 KiB and three bytes of it, then
+    // stops sending.
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let (h2c, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut h2c = h2c.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/textrec.v1.Recognizer/Recognize",
+            server.grpc_addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, mut holder) = h2c.send_request(request, false).unwrap();
+    let mut start = vec![0u8];
+    start.extend_from_slice(&(64u32 * 1024).to_be_bytes());
+    start.extend_from_slice(b"abc");
+    holder.send_data(start.into(), false).unwrap();
+
+    // Until the server has seen that header, a small request may still get through.
+    let mut refused = None;
+    for _ in 0..50 {
+        match c.recognize(req(&img, "beside")).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("a message beside the held budget was refused");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("--max-body-bytes-in-flight"),
+        "{}",
+        e.message()
+    );
+    let http = reqwest::Client::new();
+    let metrics = s::metrics(&http, &s::http_base(&server)).await;
+    assert!(
+        metrics.contains(r#"textrec_requests_total{api="grpc_upload",outcome="overloaded"} 1"#),
+        "{metrics}"
+    );
+
+    // The holder goes away (its stream is reset); the budget comes back.
+    drop((holder, answer, h2c));
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.recognize(req(&img, "after")).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the body budget was not released");
+    s::stop(server).await;
+}
+
 /// A stream of `n` requests, one every `gap`, the first at once.
 fn spaced(
     img: Vec<u8>,

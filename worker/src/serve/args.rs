@@ -122,10 +122,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Bytes of HTTP request bodies held at once over all requests. A body is admitted by its
-    /// `Content-Length` (by the largest allowed body when it has none) before any of it is read;
-    /// bodies that do not fit wait within their deadline, then get 503. With the size limit
-    /// this bounds what uploads cost in memory, whatever the number of clients.
+    /// Bytes of request bodies held at once over all requests, on both ports. An HTTP body is
+    /// admitted by its `Content-Length` (by the largest allowed body when it has none) before
+    /// any of it is read; bodies that do not fit wait within their deadline, then get 429. A
+    /// gRPC message holds its declared length from its header until its last byte arrives; one
+    /// that does not fit gets RESOURCE_EXHAUSTED at once. With the size limits this bounds what
+    /// uploads cost in memory, whatever the number of clients.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_body_bytes_in_flight: u64,
 

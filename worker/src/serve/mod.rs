@@ -23,6 +23,7 @@ pub mod demo;
 pub mod engine;
 pub mod flags;
 pub mod grpc;
+pub mod grpc_budget;
 pub mod handoff;
 pub mod http;
 pub mod kserve;
@@ -406,6 +407,7 @@ fn spawn_grpc(
     let guard = auth::GrpcAuth::new(security.tokens.clone(), state.metrics.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(grpc_budget::BodyBudgetLayer::new(state.clone()))
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection_v1, guard.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, guard.clone()))

@@ -264,16 +264,42 @@ impl ServeState {
             .clamp(1, u64::from(self.body_budget_units)) as u32;
         let acquire = self.body_budget.clone().acquire_many_owned(units);
         match tokio::time::timeout_at(deadline.into(), acquire).await {
-            Err(_) => Err(ServeError::Overloaded(format!(
-                "server busy: other uploads hold the request body budget \
-                 ({} bytes, --max-body-bytes-in-flight); retry with backoff",
-                u64::from(self.body_budget_units) * BODY_UNIT_BYTES
-            ))),
+            Err(_) => Err(self.body_budget_full()),
             Ok(Err(_)) => Err(ServeError::Unavailable(
                 "the server is shutting down".into(),
             )),
             Ok(Ok(p)) => Ok(BodyPermit { _held: p }),
         }
+    }
+
+    /// Room for a body of `bytes` in the body budget at once, or an error: for bodies that
+    /// cannot wait, such as a gRPC message checked by its declared length as it starts to
+    /// arrive. A body larger than the whole budget needs all of it.
+    pub fn try_body_permit(&self, bytes: u64) -> Result<BodyPermit, ServeError> {
+        let units = bytes
+            .div_ceil(BODY_UNIT_BYTES)
+            .clamp(1, u64::from(self.body_budget_units)) as u32;
+        match self.body_budget.clone().try_acquire_many_owned(units) {
+            Ok(p) => Ok(BodyPermit { _held: p }),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(ServeError::Unavailable(
+                "the server is shutting down".into(),
+            )),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(self.body_budget_full()),
+        }
+    }
+
+    /// Units of [`BODY_UNIT_BYTES`] free in the body budget.
+    #[cfg(test)]
+    pub(crate) fn body_budget_free(&self) -> usize {
+        self.body_budget.available_permits()
+    }
+
+    fn body_budget_full(&self) -> ServeError {
+        ServeError::Overloaded(format!(
+            "server busy: other uploads hold the request body budget \
+             ({} bytes, --max-body-bytes-in-flight); retry with backoff",
+            u64::from(self.body_budget_units) * BODY_UNIT_BYTES
+        ))
     }
 
     /// Run `work` (decoding) on the blocking pool, holding `permit` until it ends; the caller
@@ -444,11 +470,12 @@ pub fn deadline_error(start: Instant) -> ServeError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::batcher::BatchConfig;
     use super::*;
 
-    fn state(decode_budget_pixels: u64) -> ServeState {
+    /// A state with a 4 KiB body budget and no model.
+    pub(crate) fn state(decode_budget_pixels: u64) -> ServeState {
         let metrics = Arc::new(Metrics::new());
         let slot = Arc::new(ModelSlot::new(metrics.clone()));
         let batcher = Batcher::start(
