@@ -328,8 +328,23 @@ impl Store {
     }
 
     /// Fail early, with the URL in the message, when this folder cannot be written
-    /// (wrong credentials, missing bucket, read-only mount, dead endpoint).
-    pub async fn probe_writable(&self) -> Result<()> {
+    /// (wrong credentials, missing bucket, read-only mount, dead endpoint), or when the store
+    /// has not answered within `timeout`: an endpoint that accepts connections and never
+    /// answers would otherwise hold the caller for the client's retries, minutes.
+    pub async fn probe_writable(&self, timeout: std::time::Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.probe_write_and_delete())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "output location {}: the storage did not answer within {} s \
+                     (check the endpoint, and that the network lets this pod reach it)",
+                    self.url,
+                    timeout.as_secs_f64()
+                )
+            })?
+    }
+
+    async fn probe_write_and_delete(&self) -> Result<()> {
         let name = format!(".textrec-write-probe-{}", std::process::id());
         self.put(&name, Bytes::from_static(b"probe"))
             .await
@@ -404,7 +419,45 @@ mod tests {
         assert!(store.get_opt("nope").await.unwrap().is_none());
         store.delete_prefix("a/b").await.unwrap();
         assert_eq!(store.list_dirs("a").await.unwrap(), vec!["c"]);
-        store.probe_writable().await.unwrap();
+        store
+            .probe_writable(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    /// An S3 endpoint that accepts connections and never answers: the probe names the
+    /// location and gives up at its timeout, not after the client's minutes of retries.
+    #[tokio::test]
+    async fn a_probe_of_a_store_that_never_answers_ends_at_its_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            // Hold every connection open, unanswered.
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("runs")
+            .with_region("us-east-1")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .with_access_key_id("key")
+            .with_secret_access_key("secret")
+            .build()
+            .unwrap();
+        let store = Store::from_object_store(Arc::new(s3), "s3://runs/trial/").unwrap();
+        let started = std::time::Instant::now();
+        let e = store
+            .probe_writable(std::time::Duration::from_millis(300))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s3://runs/trial/") && e.contains("did not answer within 0.3 s"),
+            "{e}"
+        );
+        // object_store alone waits 30 s for one answer before it even retries.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     #[tokio::test]

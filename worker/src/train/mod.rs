@@ -107,6 +107,12 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     }
 }
 
+/// How long the start-up check of `--output` waits for the storage to answer. A healthy store
+/// answers a small write in well under a second; one that has not answered in a minute is
+/// misconfigured or unreachable, and waiting out the client's retries (three minutes) would
+/// only delay the error.
+const OUTPUT_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Parse the config, fix the thread count, and check the output location, all before any
 /// training work: a bad config or an unwritable bucket must fail in seconds, not after an hour.
 fn setup(args: &TrainArgs) -> Result<(TrainConfig, TrialContext)> {
@@ -130,7 +136,7 @@ fn setup(args: &TrainArgs) -> Result<(TrainConfig, TrialContext)> {
         .context("cannot start the async runtime")?;
     let store = Store::open(&args.output)
         .map_err(|e| ConfigError::new(format!("--output {}: {e:#}", args.output)))?;
-    rt.block_on(store.probe_writable())
+    rt.block_on(store.probe_writable(OUTPUT_PROBE_TIMEOUT))
         .map_err(|e| ConfigError::new(format!("--output: {e:#}")))?;
     let device = crate::device::select(cfg.device)?;
     tracing::info!(
