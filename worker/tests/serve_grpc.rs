@@ -561,6 +561,52 @@ async fn grpc_messages_share_the_body_budget_while_they_arrive() {
     s::stop(server).await;
 }
 
+/// The gRPC port holds at most `--max-connections` connections: while silent clients hold
+/// both slots, a caller is not served; the silent ones are closed after
+/// `--header-read-timeout`, and then the caller is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_are_capped_and_silent_ones_closed() {
+    use tokio::io::AsyncReadExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 6);
+    let mut a = s::args(&dir);
+    a.max_connections = 2;
+    a.header_read_timeout = Duration::from_secs(2);
+    let server = s::start(a).await;
+    let img = s::line_png(120, 32);
+
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(
+            tokio::net::TcpStream::connect(server.grpc_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = tokio::time::timeout(Duration::from_millis(800), async {
+        s::recognizer(&server)
+            .await
+            .recognize(req(&img, "third"))
+            .await
+    })
+    .await;
+    assert!(served.is_err(), "a third connection was served: {served:?}");
+
+    // The silent clients are closed by the server.
+    for (i, mut c) in silent.into_iter().enumerate() {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("silent connection {i} is still open"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let mut c = s::recognizer(&server).await;
+    c.recognize(req(&img, "after")).await.unwrap();
+    s::stop(server).await;
+}
+
 /// A stream of `n` requests, one every `gap`, the first at once.
 fn spaced(
     img: Vec<u8>,

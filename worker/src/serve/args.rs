@@ -112,13 +112,16 @@ pub struct ServeArgs {
     pub request_timeout: Duration,
 
     /// How long an HTTP client may take to send a request's headers; slower connections (and
-    /// idle keep-alive connections) are closed.
+    /// idle keep-alive connections) are closed. On the gRPC port, how long a new plain-text
+    /// connection may stay silent before its first bytes (over TLS the handshake must finish
+    /// within 10 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// Most HTTP connections open at once. Beyond it new connections wait in the kernel's
-    /// accept queue until one closes, so a flood of idle or slow clients cannot exhaust file
-    /// descriptors or memory (idle ones are closed after `--header-read-timeout`).
+    /// Most connections open at once, on each port (HTTP and gRPC). Beyond it new connections
+    /// wait in the kernel's accept queue until one closes, so a flood of idle or slow clients
+    /// cannot exhaust file descriptors or memory (idle HTTP connections, and gRPC connections
+    /// that send nothing, are closed after `--header-read-timeout`).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 

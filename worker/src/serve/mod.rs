@@ -24,6 +24,7 @@ pub mod engine;
 pub mod flags;
 pub mod grpc;
 pub mod grpc_budget;
+pub mod grpc_connections;
 pub mod handoff;
 pub mod http;
 pub mod kserve;
@@ -414,15 +415,39 @@ fn spawn_grpc(
         .add_service(InterceptedService::new(recognizer, guard.clone()))
         .add_service(InterceptedService::new(kserve, guard));
     let tls = security.tls.clone();
+    let max_connections = args.max_connections as usize;
+    let silent = args.header_read_timeout;
     Ok(tokio::spawn(async move {
         let stopped = stop_listening.clone().cancelled_owned();
         let r = match tls {
             None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming = grpc_connections::incoming(
+                    listener,
+                    max_connections,
+                    stop_listening,
+                    move |stream, remote| grpc_connections::first_bytes(stream, remote, silent),
+                );
                 server.serve_with_incoming_shutdown(incoming, stopped).await
             }
             Some(tls) => {
-                let incoming = tls::incoming(listener, tls, tls::Port::Grpc, stop_listening);
+                let handshake = move |stream, remote: std::net::SocketAddr| {
+                    let tls = tls.clone();
+                    async move {
+                        match tls.accept(tls::Port::Grpc, stream).await {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                tracing::debug!(client = %remote, "TLS handshake failed: {e}");
+                                None
+                            }
+                        }
+                    }
+                };
+                let incoming = grpc_connections::incoming(
+                    listener,
+                    max_connections,
+                    stop_listening,
+                    handshake,
+                );
                 server.serve_with_incoming_shutdown(incoming, stopped).await
             }
         };

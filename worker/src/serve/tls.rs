@@ -26,8 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use textrec_contract::exit::ConfigError;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -294,45 +293,6 @@ impl ServerTls {
             )),
         }
     }
-}
-
-/// The TLS connections of `listener`, for tonic's `serve_with_incoming`: an accept loop that
-/// handshakes each connection on its own task and passes on those that succeed, until `stop`.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    port: Port,
-    stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (stream, remote) = tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tx.closed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let tls = tls.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tls.accept(port, stream).await {
-                    Ok(s) => {
-                        let _ = tx.send(Ok(s)).await;
-                    }
-                    Err(e) => tracing::debug!(client = %remote, "TLS handshake failed: {e}"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 #[cfg(test)]
