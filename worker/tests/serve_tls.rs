@@ -171,6 +171,47 @@ async fn grpc_over_tls_needs_the_bearer_token_but_health_does_not() {
     s::stop(server).await;
 }
 
+/// A gRPC client that finishes its TLS handshake and then sends nothing is closed after
+/// `--header-read-timeout`, so it cannot hold one of the port's connection slots for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_silent_after_its_tls_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = s::pki(tmp.path(), "silent");
+    let (model, _) = s::tiny_model(tmp.path(), "m", 7);
+    let mut a = secure_args(&model, tmp.path(), &pki, false);
+    a.header_read_timeout = Duration::from_secs(2);
+    let server = s::start(a).await;
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&pki.ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("the silent client is still connected after 10 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the server spoke first: {read:?}"
+    );
+    s::stop(server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_over_tls_needs_the_token_except_probes_metrics_and_the_page() {
     let tmp = tempfile::tempdir().unwrap();

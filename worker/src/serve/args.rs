@@ -112,8 +112,8 @@ pub struct ServeArgs {
     pub request_timeout: Duration,
 
     /// How long an HTTP client may take to send a request's headers; slower connections (and
-    /// idle keep-alive connections) are closed. On the gRPC port, how long a new plain-text
-    /// connection may stay silent before its first bytes (over TLS the handshake must finish
+    /// idle keep-alive connections) are closed. On the gRPC port, how long a new connection may
+    /// stay silent before its first bytes (over TLS: after the handshake, which must finish
     /// within 10 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,

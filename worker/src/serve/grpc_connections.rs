@@ -5,9 +5,9 @@
 //! of costing a task, HTTP/2 buffers and a file descriptor each; a flood of idle clients cannot
 //! take the descriptors the model reload and the HTTP port need. A connection's slot is held by
 //! the stream tonic serves and freed when tonic drops it. Handshakes run concurrently, so a slow
-//! client holds up nobody but its own slot. A plain client that sends nothing at all is closed
-//! after `--header-read-timeout`; over TLS the handshake must finish within its own 10 s. A
-//! client that has spoken keeps its slot while its connection is open, idle or not: gRPC
+//! client holds up nobody but its own slot. A client that sends nothing within
+//! `--header-read-timeout` (over TLS: after its handshake, which has 10 s of its own) is closed.
+//! A client that has spoken keeps its slot while its connection is open, idle or not: gRPC
 //! clients hold connections for reuse.
 
 use std::future::Future;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -80,21 +80,96 @@ where
     ReceiverStream::new(rx)
 }
 
-/// `stream` once its client has sent something, or `None` when it stayed silent for
-/// `timeout`: a connection that never speaks would otherwise hold its slot for good.
-pub async fn first_bytes(
-    stream: TcpStream,
+/// `stream` once its client has sent something (what it sent is read again first), or `None`
+/// when it stayed silent for `timeout`: a connection that never speaks would otherwise hold its
+/// slot for good.
+pub async fn first_bytes<IO: AsyncRead + Unpin>(
+    mut stream: IO,
     remote: SocketAddr,
     timeout: Duration,
-) -> Option<TcpStream> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => Some(stream),
+) -> Option<Prefixed<IO>> {
+    let mut first = vec![0u8; 1024];
+    match tokio::time::timeout(timeout, stream.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {
+            first.truncate(n);
+            Some(Prefixed {
+                prefix: first,
+                consumed: 0,
+                inner: stream,
+            })
+        }
         Ok(Ok(_)) | Ok(Err(_)) => None,
         Err(_) => {
             tracing::debug!(client = %remote, "gRPC connection sent nothing within {timeout:?}; closed");
             None
         }
+    }
+}
+
+/// A stream whose first bytes were read ahead, handed out again before the rest.
+pub struct Prefixed<IO> {
+    prefix: Vec<u8>,
+    consumed: usize,
+    inner: IO,
+}
+
+impl<IO: Connected> Connected for Prefixed<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let rest = &this.prefix[this.consumed..];
+        if rest.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        this.consumed += n;
+        if this.consumed == this.prefix.len() {
+            this.prefix = Vec::new();
+            this.consumed = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -143,5 +218,44 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn the_bytes_read_ahead_come_first_then_the_rest() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"PRI * HTTP/2.0").await.unwrap();
+        let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut s = first_bytes(server, remote, Duration::from_secs(5))
+            .await
+            .expect("the client spoke");
+        client.write_all(b" and more").await.unwrap();
+        drop(client);
+        // A small buffer takes the read-ahead bytes in pieces.
+        let mut small = [0u8; 4];
+        let n = s.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"PRI ");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"* HTTP/2.0 and more");
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_closed_client_is_dropped() {
+        let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (_client, server) = tokio::io::duplex(64);
+        assert!(first_bytes(server, remote, Duration::from_millis(50))
+            .await
+            .is_none());
+        let (client, server) = tokio::io::duplex(64);
+        drop(client);
+        assert!(first_bytes(server, remote, Duration::from_secs(30))
+            .await
+            .is_none());
     }
 }

@@ -434,7 +434,7 @@ fn spawn_grpc(
                     let tls = tls.clone();
                     async move {
                         match tls.accept(tls::Port::Grpc, stream).await {
-                            Ok(s) => Some(s),
+                            Ok(s) => grpc_connections::first_bytes(s, remote, silent).await,
                             Err(e) => {
                                 tracing::debug!(client = %remote, "TLS handshake failed: {e}");
                                 None
