@@ -226,18 +226,21 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
         requests.insert("nvidia.com/gpu".into(), q(&spec.resources.gpus.to_string()));
         limits.insert("nvidia.com/gpu".into(), q(&spec.resources.gpus.to_string()));
     }
-    // The kubelet's gRPC probes speak plain text only: over TLS the probes use the HTTP port
-    // (`scheme: HTTPS`; the kubelet does not verify the certificate, and with mutual TLS the
-    // server answers the probe paths to clients without a certificate).
+    // Readiness asks the gRPC port itself where it can. The kubelet's gRPC probes speak plain
+    // text only: over TLS the probes use the HTTP port (`scheme: HTTPS`; the kubelet does not
+    // verify the certificate, and with mutual TLS the server answers the probe paths to
+    // clients without a certificate). Liveness always uses the HTTP port: the gRPC port takes
+    // at most `--max-connections`, and a pod whose gRPC connections are all taken should stop
+    // getting traffic (readiness), not be restarted.
     let probe = |path: &str, initial: i32, period: i32, failures: i32| Probe {
-        grpc: spec.tls.is_none().then(|| GRPCAction {
+        grpc: (spec.tls.is_none() && path != "/healthz").then(|| GRPCAction {
             port: spec.ports.grpc,
             service: Some(String::new()),
         }),
-        http_get: spec.tls.as_ref().map(|_| HTTPGetAction {
+        http_get: (spec.tls.is_some() || path == "/healthz").then(|| HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
-            scheme: Some("HTTPS".into()),
+            scheme: Some(if spec.tls.is_some() { "HTTPS" } else { "HTTP" }.into()),
             ..Default::default()
         }),
         initial_delay_seconds: Some(initial),
@@ -717,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_serving_keeps_grpc_probes_and_mounts_no_secrets() {
+    fn plain_serving_keeps_grpc_readiness_probes_and_mounts_no_secrets() {
         let d = md(serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}));
         let p = pod(&d);
         let c = &p.containers[0];
@@ -731,8 +734,17 @@ mod tests {
             .unwrap()
             .iter()
             .all(|v| v.secret.is_none()));
-        let probe = c.readiness_probe.as_ref().unwrap();
-        assert!(probe.grpc.is_some() && probe.http_get.is_none());
+        for probe in [&c.readiness_probe, &c.startup_probe] {
+            let probe = probe.as_ref().unwrap();
+            assert!(probe.grpc.is_some() && probe.http_get.is_none());
+        }
+        // Liveness stays off the gRPC port, whose connections are capped.
+        let live = c.liveness_probe.as_ref().unwrap();
+        assert!(live.grpc.is_none());
+        let get = live.http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some("/healthz"));
+        assert_eq!(get.scheme.as_deref(), Some("HTTP"));
+        assert_eq!(get.port, IntOrString::String("http".into()));
         let svc = service(&d).spec.unwrap().ports.unwrap();
         assert_eq!(svc[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
     }

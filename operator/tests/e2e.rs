@@ -435,10 +435,18 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
         || async { deps.get_opt("reader").await.ok().flatten() },
     )
     .await;
-    let args = dep.spec.unwrap().template.spec.unwrap().containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let server = dep.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    // Readiness asks the gRPC port; liveness the HTTP port, so that a pod whose capped gRPC
+    // connections are all taken is taken out of the Service, not restarted.
+    let ready = server.readiness_probe.as_ref().unwrap();
+    assert!(ready.grpc.is_some(), "{ready:?}");
+    let live = server.liveness_probe.as_ref().unwrap();
+    assert!(live.grpc.is_none(), "{live:?}");
+    assert_eq!(
+        live.http_get.as_ref().and_then(|g| g.path.as_deref()),
+        Some("/healthz")
+    );
+    let args = server.args.clone().unwrap();
     assert!(args.contains(&best_url), "{args:?}");
     let at = args.iter().position(|a| a == "--widths").expect("--widths");
     assert_eq!(args[at + 1..at + 4], ["1,1.25", "--reread-below", "0.8"]);
