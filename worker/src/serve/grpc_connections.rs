@@ -25,12 +25,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-/// A served connection holding one of the port's slots.
-pub struct Limited<IO> {
-    inner: IO,
-    _slot: OwnedSemaphorePermit,
-}
-
 /// Connections of `listener` after `handshake` (`None`: the client is dropped), at most
 /// `max_connections` open at once, until `stop`.
 pub fn incoming<IO, H, F>(
@@ -38,11 +32,11 @@ pub fn incoming<IO, H, F>(
     max_connections: usize,
     stop: CancellationToken,
     handshake: H,
-) -> ReceiverStream<io::Result<Limited<IO>>>
+) -> ReceiverStream<io::Result<Connection<IO>>>
 where
     IO: Send + 'static,
     H: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
-    F: Future<Output = Option<IO>> + Send + 'static,
+    F: Future<Output = Option<Connection<IO>>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -71,8 +65,9 @@ where
             let shaking = handshake(stream, remote);
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Some(inner) = shaking.await {
-                    let _ = tx.send(Ok(Limited { inner, _slot: slot })).await;
+                if let Some(mut connection) = shaking.await {
+                    connection.slot = Some(slot);
+                    let _ = tx.send(Ok(connection)).await;
                 }
             });
         }
@@ -87,15 +82,16 @@ pub async fn first_bytes<IO: AsyncRead + Unpin>(
     mut stream: IO,
     remote: SocketAddr,
     timeout: Duration,
-) -> Option<Prefixed<IO>> {
+) -> Option<Connection<IO>> {
     let mut first = vec![0u8; 1024];
     match tokio::time::timeout(timeout, stream.read(&mut first)).await {
         Ok(Ok(n)) if n > 0 => {
             first.truncate(n);
-            Some(Prefixed {
+            Some(Connection {
                 prefix: first,
                 consumed: 0,
                 inner: stream,
+                slot: None,
             })
         }
         Ok(Ok(_)) | Ok(Err(_)) => None,
@@ -106,14 +102,16 @@ pub async fn first_bytes<IO: AsyncRead + Unpin>(
     }
 }
 
-/// A stream whose first bytes were read ahead, handed out again before the rest.
-pub struct Prefixed<IO> {
+/// A served connection: its first bytes, read ahead to see that the client speaks, handed out
+/// again before the rest, and the port's slot, held until tonic drops the connection.
+pub struct Connection<IO> {
     prefix: Vec<u8>,
     consumed: usize,
     inner: IO,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
-impl<IO: Connected> Connected for Prefixed<IO> {
+impl<IO: Connected> Connected for Connection<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
@@ -121,7 +119,7 @@ impl<IO: Connected> Connected for Prefixed<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for Connection<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -143,55 +141,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-impl<IO: Connected> Connected for Limited<IO> {
-    type ConnectInfo = IO::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Connection<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
