@@ -232,21 +232,24 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
     // clients without a certificate). Liveness always uses the HTTP port: the gRPC port takes
     // at most `--max-connections`, and a pod whose gRPC connections are all taken should stop
     // getting traffic (readiness), not be restarted.
-    let probe = |path: &str, initial: i32, period: i32, failures: i32| Probe {
-        grpc: (spec.tls.is_none() && path != "/healthz").then(|| GRPCAction {
-            port: spec.ports.grpc,
-            service: Some(String::new()),
-        }),
-        http_get: (spec.tls.is_some() || path == "/healthz").then(|| HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            scheme: Some(if spec.tls.is_some() { "HTTPS" } else { "HTTP" }.into()),
+    let probe = |path: &str, grpc_if_plain: bool, initial: i32, period: i32, failures: i32| {
+        let grpc = grpc_if_plain && spec.tls.is_none();
+        Probe {
+            grpc: grpc.then(|| GRPCAction {
+                port: spec.ports.grpc,
+                service: Some(String::new()),
+            }),
+            http_get: (!grpc).then(|| HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::String("http".into()),
+                scheme: Some(if spec.tls.is_some() { "HTTPS" } else { "HTTP" }.into()),
+                ..Default::default()
+            }),
+            initial_delay_seconds: Some(initial),
+            period_seconds: Some(period),
+            failure_threshold: Some(failures),
             ..Default::default()
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Default::default()
+        }
     };
     let container = Container {
         name: "server".into(),
@@ -276,10 +279,10 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
             ..Default::default()
         }),
         // Ready only once the model is loaded: the server reports SERVING through grpc.health.v1.
-        readiness_probe: Some(probe("/readyz", 2, 5, 3)),
+        readiness_probe: Some(probe("/readyz", true, 2, 5, 3)),
         // Loading a large model can take a while; a startup probe keeps liveness from killing it.
-        startup_probe: Some(probe("/readyz", 2, 5, 60)),
-        liveness_probe: Some(probe("/healthz", 0, 10, 6)),
+        startup_probe: Some(probe("/readyz", true, 2, 5, 60)),
+        liveness_probe: Some(probe("/healthz", false, 0, 10, 6)),
         volume_mounts: Some(mounts),
         security_context: Some(pod_security::container_security_context()),
         ..Default::default()

@@ -74,27 +74,9 @@ pub async fn serve(
         .header_read_timeout(connections.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(connections.max_connections));
-    loop {
-        // At the limit, stop accepting: new clients wait in the kernel's backlog instead of
-        // costing a task, a buffer and a file descriptor each.
-        let slot = tokio::select! {
-            _ = stop.cancelled() => break,
-            slot = open.clone().acquire_owned() => slot.expect("never closed"),
-        };
-        let (stream, remote) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: transient, and retrying at once
-                    // would spin.
-                    tracing::warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((slot, stream, remote)) =
+        super::connections::accept(&listener, &open, &stop, "HTTP").await
+    {
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let app = app.clone();

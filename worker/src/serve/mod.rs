@@ -19,12 +19,12 @@ pub mod auth;
 pub mod batcher;
 pub mod client;
 pub mod client_ip;
+pub mod connections;
 pub mod demo;
 pub mod engine;
 pub mod flags;
 pub mod grpc;
 pub mod grpc_budget;
-pub mod grpc_connections;
 pub mod handoff;
 pub mod http;
 pub mod kserve;
@@ -421,11 +421,11 @@ fn spawn_grpc(
         let stopped = stop_listening.clone().cancelled_owned();
         let r = match tls {
             None => {
-                let incoming = grpc_connections::incoming(
+                let incoming = connections::incoming(
                     listener,
                     max_connections,
                     stop_listening,
-                    move |stream, remote| grpc_connections::first_bytes(stream, remote, silent),
+                    move |stream, remote| connections::first_bytes(stream, remote, silent),
                 );
                 server.serve_with_incoming_shutdown(incoming, stopped).await
             }
@@ -434,7 +434,7 @@ fn spawn_grpc(
                     let tls = tls.clone();
                     async move {
                         match tls.accept(tls::Port::Grpc, stream).await {
-                            Ok(s) => grpc_connections::first_bytes(s, remote, silent).await,
+                            Ok(s) => connections::first_bytes(s, remote, silent).await,
                             Err(e) => {
                                 tracing::debug!(client = %remote, "TLS handshake failed: {e}");
                                 None
@@ -442,12 +442,8 @@ fn spawn_grpc(
                         }
                     }
                 };
-                let incoming = grpc_connections::incoming(
-                    listener,
-                    max_connections,
-                    stop_listening,
-                    handshake,
-                );
+                let incoming =
+                    connections::incoming(listener, max_connections, stop_listening, handshake);
                 server.serve_with_incoming_shutdown(incoming, stopped).await
             }
         };

@@ -259,10 +259,10 @@ impl ServeState {
         bytes: u64,
         deadline: Instant,
     ) -> Result<BodyPermit, ServeError> {
-        let units = bytes
-            .div_ceil(BODY_UNIT_BYTES)
-            .clamp(1, u64::from(self.body_budget_units)) as u32;
-        let acquire = self.body_budget.clone().acquire_many_owned(units);
+        let acquire = self
+            .body_budget
+            .clone()
+            .acquire_many_owned(self.body_units(bytes));
         match tokio::time::timeout_at(deadline.into(), acquire).await {
             Err(_) => Err(self.body_budget_full()),
             Ok(Err(_)) => Err(ServeError::Unavailable(
@@ -276,10 +276,11 @@ impl ServeState {
     /// cannot wait, such as a gRPC message checked by its declared length as it starts to
     /// arrive. A body larger than the whole budget needs all of it.
     pub fn try_body_permit(&self, bytes: u64) -> Result<BodyPermit, ServeError> {
-        let units = bytes
-            .div_ceil(BODY_UNIT_BYTES)
-            .clamp(1, u64::from(self.body_budget_units)) as u32;
-        match self.body_budget.clone().try_acquire_many_owned(units) {
+        match self
+            .body_budget
+            .clone()
+            .try_acquire_many_owned(self.body_units(bytes))
+        {
             Ok(p) => Ok(BodyPermit { _held: p }),
             Err(tokio::sync::TryAcquireError::Closed) => Err(ServeError::Unavailable(
                 "the server is shutting down".into(),
@@ -292,6 +293,13 @@ impl ServeState {
     #[cfg(test)]
     pub(crate) fn body_budget_free(&self) -> usize {
         self.body_budget.available_permits()
+    }
+
+    /// Budget units a body of `bytes` takes: at least one, at most the whole budget.
+    fn body_units(&self, bytes: u64) -> u32 {
+        bytes
+            .div_ceil(BODY_UNIT_BYTES)
+            .clamp(1, u64::from(self.body_budget_units)) as u32
     }
 
     fn body_budget_full(&self) -> ServeError {

@@ -1,10 +1,10 @@
-//! The gRPC port's accept loop: at most `--max-connections` connections open at once, as on
-//! the HTTP port.
+//! Accepting connections within a cap: at most `--max-connections` open at once on each port.
 //!
-//! At the limit the loop stops accepting, so new clients wait in the kernel's backlog instead
-//! of costing a task, HTTP/2 buffers and a file descriptor each; a flood of idle clients cannot
-//! take the descriptors the model reload and the HTTP port need. A connection's slot is held by
-//! the stream tonic serves and freed when tonic drops it. Handshakes run concurrently, so a slow
+//! At the limit a port stops accepting, so new clients wait in the kernel's backlog instead of
+//! costing a task, buffers and a file descriptor each; a flood of idle clients cannot take the
+//! descriptors the model reload and the other port need. [`accept`] is the step both ports
+//! share; [`incoming`] is the gRPC port's whole loop. There a connection's slot is held by the
+//! stream tonic serves and freed when tonic drops it. Handshakes run concurrently, so a slow
 //! client holds up nobody but its own slot. A client that sends nothing within
 //! `--header-read-timeout` (over TLS: after its handshake, which has 10 s of its own) is closed.
 //! A client that has spoken keeps its slot while its connection is open, idle or not: gRPC
@@ -42,26 +42,13 @@ where
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     tokio::spawn(async move {
         loop {
-            let slot = tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tx.closed() => break,
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            let next = tokio::select! {
+                _ = tx.closed() => None,
+                next = accept(&listener, &slots, &stop, "gRPC") => next,
             };
-            let (stream, remote) = tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tx.closed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: transient, and retrying at
-                        // once would spin.
-                        tracing::warn!("gRPC accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((slot, stream, remote)) = next else {
+                break;
             };
-            let _ = stream.set_nodelay(true);
             let shaking = handshake(stream, remote);
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -73,6 +60,37 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The next connection of `listener` with one of `slots`, waiting for a slot first (clients
+/// wait in the kernel's backlog meanwhile); `None` once `stop` is cancelled. Accept errors
+/// (out of file descriptors and the like) are logged and retried after a pause.
+pub async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    port: &str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let slot = tokio::select! {
+        _ = stop.cancelled() => return None,
+        slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((slot, stream, remote));
+                }
+                Err(e) => {
+                    // Transient, and retrying at once would spin.
+                    tracing::warn!("{port} accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 /// `stream` once its client has sent something (what it sent is read again first), or `None`
