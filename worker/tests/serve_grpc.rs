@@ -607,6 +607,108 @@ async fn grpc_connections_are_capped_and_silent_ones_closed() {
     s::stop(server).await;
 }
 
+/// `--grpc-max-connection-age`: an idle connection is closed once it is that old; a client
+/// with a call in flight keeps its connection until the call is done, and a client whose
+/// connection was retired reconnects without failing a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_are_retired_at_their_age_without_failing_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 6);
+    let mut a = s::args(&dir);
+    a.grpc_max_connection_age = Duration::from_secs(1);
+    a.grpc_keepalive = Duration::ZERO;
+    let server = s::start(a).await;
+    let img = s::line_png(120, 32);
+
+    // An HTTP/2 client that opens no stream: its connection ends when the server retires it.
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let (_idle, connection) = h2::client::handshake(tcp).await.unwrap();
+    let idle = tokio::spawn(connection);
+
+    let mut c = s::recognizer(&server).await;
+    c.recognize(req(&img, "before")).await.unwrap();
+    // A stream that outlives the age: every answer comes.
+    let answers: Vec<_> = c
+        .recognize_stream(spaced(img.clone(), 4, Duration::from_millis(500)))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 4);
+    assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+
+    tokio::time::timeout(Duration::from_secs(10), idle)
+        .await
+        .expect("the idle connection is still open past its age")
+        .unwrap()
+        .expect("the server closed the idle connection without GOAWAY");
+
+    // The same client, its connection retired meanwhile: the call succeeds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.recognize(req(&img, "after")).await.unwrap();
+    s::stop(server).await;
+}
+
+/// `--grpc-keepalive`: a client that holds a connection and answers none of the server's PINGs
+/// is closed; one that answers keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_that_answer_no_ping_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 6);
+    let mut a = s::args(&dir);
+    a.grpc_max_connection_age = Duration::ZERO;
+    a.grpc_keepalive = Duration::from_millis(500);
+    let server = s::start(a).await;
+    let img = s::line_png(120, 32);
+
+    // The HTTP/2 preface and an empty SETTINGS frame, then only listening.
+    let mut mute = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut c = s::recognizer(&server).await;
+    c.recognize(req(&img, "before")).await.unwrap();
+
+    let frames = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match mute.read(&mut buf).await {
+                Ok(0) | Err(_) => return frames,
+                Ok(n) => frames.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a client that answers no PING is still connected");
+    assert!(
+        frame_types(&frames).contains(&0x6),
+        "the server sent no PING"
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.recognize(req(&img, "after")).await.unwrap();
+    s::stop(server).await;
+}
+
+/// The frame types in the server-to-client bytes of an HTTP/2 connection.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
 /// A stream of `n` requests, one every `gap`, the first at once.
 fn spaced(
     img: Vec<u8>,

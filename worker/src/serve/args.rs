@@ -125,6 +125,22 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Age after which a gRPC connection is asked to close (HTTP/2 GOAWAY): its calls in
+    /// flight finish, new ones go to a fresh connection, which gRPC clients open by themselves
+    /// without failing a call. This moves long-lived client connections onto replicas added
+    /// since (a Service balances connections, not calls) and bounds how long an idle client
+    /// holds one of `--max-connections`. 0: never.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub grpc_max_connection_age: Duration,
+
+    /// Interval of the HTTP/2 PINGs the gRPC port sends on each connection; a client that does
+    /// not answer one within this interval (at most 20 s) is closed. It finds peers that went
+    /// away without closing (a node lost, a NAT entry dropped) and clients that hold a
+    /// connection without speaking HTTP/2, which `--grpc-max-connection-age` alone cannot
+    /// retire. gRPC clients answer PINGs by themselves. 0: no PINGs.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub grpc_keepalive: Duration,
+
     /// Bytes of request bodies held at once over all requests, on both ports. An HTTP body is
     /// admitted by its `Content-Length` (by the largest allowed body when it has none) before
     /// any of it is read; bodies that do not fit wait within their deadline, then get 429. A
@@ -209,6 +225,8 @@ impl ServeArgs {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            grpc_max_connection_age: Duration::from_secs(600),
+            grpc_keepalive: Duration::from_secs(60),
             max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             trusted_proxies: Vec::new(),
             flags: None,

@@ -7,8 +7,9 @@
 //! stream tonic serves and freed when tonic drops it. Handshakes run concurrently, so a slow
 //! client holds up nobody but its own slot. A client that sends nothing within
 //! `--header-read-timeout` (over TLS: after its handshake, which has 10 s of its own) is closed.
-//! A client that has spoken keeps its slot while its connection is open, idle or not: gRPC
-//! clients hold connections for reuse.
+//! A client that has spoken keeps its slot while its connection is open, idle or not (gRPC
+//! clients hold connections for reuse), until the server retires the connection at
+//! `--grpc-max-connection-age` or closes it for an unanswered PING (`--grpc-keepalive`).
 
 use std::future::Future;
 use std::io;

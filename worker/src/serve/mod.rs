@@ -406,8 +406,18 @@ fn spawn_grpc(
         .max_decoding_message_size(message_limit);
     // Every service but health needs the token (when there is one).
     let guard = auth::GrpcAuth::new(security.tokens.clone(), state.metrics.clone());
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if !args.grpc_max_connection_age.is_zero() {
+        // No `max_connection_age_grace`: with it tonic skips the GOAWAY and closes the
+        // connection outright at age + grace, failing whatever is in flight.
+        builder = builder.max_connection_age(args.grpc_max_connection_age);
+    }
+    if !args.grpc_keepalive.is_zero() {
+        builder = builder
+            .http2_keepalive_interval(Some(args.grpc_keepalive))
+            .http2_keepalive_timeout(Some(args.grpc_keepalive.min(Duration::from_secs(20))));
+    }
+    let server = builder
         .layer(grpc_budget::BodyBudgetLayer::new(state.clone()))
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection_v1, guard.clone()))
