@@ -50,6 +50,26 @@ fn checked_in_crds_match_the_code() {
     }
 }
 
+/// A client-side `kubectl apply` stores the whole object as compact JSON in the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation, and the API server refuses
+/// objects whose annotations pass 256 KiB. The docs apply the CRDs server-side, which keeps no
+/// such copy, but a platform team's own tooling may not.
+#[test]
+fn crds_fit_a_client_side_apply() {
+    const ANNOTATIONS_LIMIT: usize = 256 * 1024;
+    for (file, yaml) in textrec_operator::crd::crd_files() {
+        let v: Value = serde_yaml::from_str(&yaml).unwrap();
+        let applied = serde_json::to_string(&v).unwrap().len();
+        // A quarter of the limit kept free, so that growth is noticed before it breaks.
+        assert!(
+            applied <= ANNOTATIONS_LIMIT * 3 / 4,
+            "{file} is {applied} bytes as compact JSON: a client-side `kubectl apply` of it \
+             comes close to the API server's {ANNOTATIONS_LIMIT}-byte annotation limit; \
+             shorten its field descriptions"
+        );
+    }
+}
+
 fn schema(file: &str) -> Value {
     let all = textrec_operator::crd::crd_files();
     let yaml = &all.iter().find(|(f, _)| *f == file).unwrap().1;
