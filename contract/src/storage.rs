@@ -393,6 +393,39 @@ impl Store {
     }
 }
 
+/// Stores for tests of code that reads or writes through a [`Store`].
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::*;
+
+    /// A store at `url` (`s3://…`) whose S3 endpoint accepts connections and never answers,
+    /// as a hung or blackholed endpoint does: `object_store` alone waits 30 s for each answer
+    /// and then retries, so only a caller's own timeout ends a request.
+    pub fn silent_s3(url: &str) -> Store {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+        let port = listener.local_addr().expect("a bound port").port();
+        std::thread::spawn(move || {
+            // Hold every connection open, unanswered.
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let bucket = Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .expect("an s3://BUCKET/… URL");
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .with_access_key_id("key")
+            .with_secret_access_key("secret")
+            .build()
+            .expect("an S3 client");
+        Store::from_object_store(Arc::new(s3), url).expect("a store URL")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,23 +462,7 @@ mod tests {
     /// location and gives up at its timeout, not after the client's minutes of retries.
     #[tokio::test]
     async fn a_probe_of_a_store_that_never_answers_ends_at_its_timeout() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            // Hold every connection open, unanswered.
-            let held: Vec<_> = listener.incoming().collect();
-            drop(held);
-        });
-        let s3 = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name("runs")
-            .with_region("us-east-1")
-            .with_endpoint(format!("http://127.0.0.1:{port}"))
-            .with_allow_http(true)
-            .with_access_key_id("key")
-            .with_secret_access_key("secret")
-            .build()
-            .unwrap();
-        let store = Store::from_object_store(Arc::new(s3), "s3://runs/trial/").unwrap();
+        let store = testing::silent_s3("s3://runs/trial/");
         let started = std::time::Instant::now();
         let e = store
             .probe_writable(std::time::Duration::from_millis(300))

@@ -192,27 +192,11 @@ mod tests {
     /// reader's timeout instead of `object_store`'s request timeout and retries (minutes).
     #[tokio::test]
     async fn a_storage_endpoint_that_never_answers_costs_one_timeout() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            // Hold every connection open, unanswered.
-            let held: Vec<_> = listener.incoming().collect();
-            drop(held);
-        });
-        let s3 = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name("runs")
-            .with_region("us-east-1")
-            .with_endpoint(format!("http://127.0.0.1:{port}"))
-            .with_allow_http(true)
-            .with_access_key_id("key")
-            .with_secret_access_key("secret")
-            .build()
-            .unwrap();
         let url = "s3://runs/run/run-t0/";
         let src = StorageProgress::with_read_timeout(Duration::from_millis(300));
         src.stores.lock().unwrap().insert(
             url.to_string(),
-            Store::from_object_store(std::sync::Arc::new(s3), url).unwrap(),
+            textrec_contract::storage::testing::silent_s3(url),
         );
         let started = std::time::Instant::now();
         assert!(src.read(url).await.is_none());

@@ -406,7 +406,9 @@ fn spawn_grpc(
         .max_decoding_message_size(message_limit);
     // Every service but health needs the token (when there is one).
     let guard = auth::GrpcAuth::new(security.tokens.clone(), state.metrics.clone());
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    // No `tcp_nodelay` here: tonic ignores it for `serve_with_incoming`; `connections::accept`
+    // sets it on every accepted socket.
+    let mut builder = tonic::transport::Server::builder();
     if !args.grpc_max_connection_age.is_zero() {
         // No `max_connection_age_grace`: with it tonic skips the GOAWAY and closes the
         // connection outright at age + grace, failing whatever is in flight.
