@@ -2,6 +2,8 @@
 //!
 //! Object stores cannot append, so the lines are kept in memory and the whole file is rewritten
 //! when it is flushed (at log, eval and checkpoint time; a few hundred short lines per trial).
+//! Because every flush writes everything, a flush that fails loses nothing: the log stays
+//! unflushed and the next flush that succeeds writes the records it missed.
 //! On resume, records after the resumed step are dropped: those steps run again and would
 //! otherwise appear twice. The trial's TensorBoard event file is derived from the same records
 //! and rewritten with it (see [`super::tensorboard`]).
@@ -18,7 +20,10 @@ use super::tensorboard::{self, TaggedImage};
 #[derive(Default)]
 pub struct MetricsLog {
     lines: Vec<String>,
-    dirty: bool,
+    /// Counts changes; a flush is needed while it is ahead of `flushed`.
+    changes: u64,
+    /// `changes` as of the newest snapshot known to be stored.
+    flushed: u64,
     /// Validation lines TensorBoard shows beside the readings.
     images: Vec<TaggedImage>,
     /// Wall time of the first record: the TensorBoard file's start.
@@ -50,7 +55,9 @@ impl MetricsLog {
                 "metrics.jsonl: dropped {dropped} records after step {resumed_step}; those steps run again"
             );
         }
-        log.dirty = dropped > 0;
+        if dropped > 0 {
+            log.changes += 1;
+        }
         Ok(log)
     }
 
@@ -58,7 +65,7 @@ impl MetricsLog {
     pub fn push(&mut self, record: &MetricsRecord) {
         let line = serde_json::to_string(record).expect("metrics record serializes");
         self.keep(line, record);
-        self.dirty = true;
+        self.changes += 1;
     }
 
     /// Number of records held.
@@ -82,24 +89,57 @@ impl MetricsLog {
     /// Images written into the TensorBoard file at step 0 (from the next flush on).
     pub fn set_images(&mut self, images: Vec<TaggedImage>) {
         self.images = images;
-        self.dirty = true;
+        self.changes += 1;
     }
 
     /// Rewrite the file, and the TensorBoard event file after it, if anything changed.
     pub async fn flush(&mut self, store: &Store) -> Result<()> {
-        if !self.dirty {
-            return Ok(());
+        if let Some(snapshot) = self.unflushed() {
+            let version = snapshot.write(store).await?;
+            self.mark_flushed(version);
+        }
+        Ok(())
+    }
+
+    /// Both files as they stand, to be written elsewhere (a background task), or `None` when
+    /// the stored copy is already current. Hand the version [`MetricsSnapshot::write`] returns
+    /// to [`Self::mark_flushed`]; until then the log counts as unflushed.
+    pub fn unflushed(&self) -> Option<MetricsSnapshot> {
+        if self.changes == self.flushed {
+            return None;
         }
         let mut text = self.lines.join("\n");
         text.push('\n');
-        store.put(layout::METRICS, Bytes::from(text)).await?;
         let mut events = tensorboard::header(self.start.unwrap_or(0.0), &self.images);
         events.extend_from_slice(&self.events);
-        store
-            .put(layout::TENSORBOARD_EVENTS, Bytes::from(events))
-            .await?;
-        self.dirty = false;
-        Ok(())
+        Some(MetricsSnapshot {
+            metrics: Bytes::from(text),
+            events: Bytes::from(events),
+            version: self.changes,
+        })
+    }
+
+    /// Record that a snapshot of `version` was stored. Records pushed after it was taken keep
+    /// the log unflushed.
+    pub fn mark_flushed(&mut self, version: u64) {
+        self.flushed = self.flushed.max(version);
+    }
+}
+
+/// `metrics.jsonl` and the TensorBoard event file as of one moment (see
+/// [`MetricsLog::unflushed`]).
+pub struct MetricsSnapshot {
+    metrics: Bytes,
+    events: Bytes,
+    version: u64,
+}
+
+impl MetricsSnapshot {
+    /// Write both files (`metrics.jsonl` first); returns the version to mark flushed.
+    pub async fn write(self, store: &Store) -> Result<u64> {
+        store.put(layout::METRICS, self.metrics).await?;
+        store.put(layout::TENSORBOARD_EVENTS, self.events).await?;
+        Ok(self.version)
     }
 }
 
@@ -135,5 +175,25 @@ mod tests {
         log.flush(&store).await.unwrap();
         let log = MetricsLog::load(&store, 20).await.unwrap();
         assert_eq!(log.len(), 2);
+    }
+
+    /// A snapshot that was never stored (a failed background write) leaves its records to the
+    /// next flush; one stored after more records arrived does not cover them.
+    #[tokio::test]
+    async fn records_of_a_lost_snapshot_are_written_by_the_next_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        let mut log = MetricsLog::load(&store, 0).await.unwrap();
+        log.push(&rec(10));
+        let lost = log.unflushed().expect("a record to write");
+        drop(lost);
+        let stored = log.unflushed().unwrap();
+        log.push(&rec(20));
+        let version = stored.write(&store).await.unwrap();
+        log.mark_flushed(version);
+        assert!(log.unflushed().is_some(), "step 20 is not stored yet");
+        log.flush(&store).await.unwrap();
+        assert!(log.unflushed().is_none());
+        assert_eq!(MetricsLog::load(&store, 100).await.unwrap().len(), 2);
     }
 }

@@ -12,6 +12,7 @@
 //! On CPU with a fixed thread count a trial resumed from any checkpoint ends with weights
 //! bit-identical to an uninterrupted one; see [`checkpoint`] for what that takes.
 
+pub mod background_writes;
 pub mod checkpoint;
 pub mod language_model;
 pub mod metrics_log;
@@ -130,7 +131,11 @@ fn setup(args: &TrainArgs) -> Result<(TrainConfig, TrialContext)> {
     // Before any tensor exists: libtorch fixes its thread pools on first use.
     crate::device::set_threads(cfg.threads);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker thread runs the mid-run checkpoint and progress writes while the loop trains
+    // (see `background_writes`); storage waits, it hardly computes, so one is plenty.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("textrec-storage")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

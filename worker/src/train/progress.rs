@@ -62,6 +62,14 @@ impl Display {
         }
     }
 
+    /// A warning that must stay visible: something went wrong that training survives.
+    pub fn warn(&self, line: String) {
+        match &self.bar {
+            Some(b) => b.suspend(|| tracing::warn!("{line}")),
+            None => tracing::warn!("{line}"),
+        }
+    }
+
     /// Remove the bar.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {

@@ -5,6 +5,11 @@
 //! `step · batch_size` → clip → AdamW with `lr(step)` → log → evaluate (if due) → checkpoint (if
 //! due, or if a stop was requested). An evaluation cut short by a signal is recorded as not done
 //! (`last_eval_step`), so the resumed process runs it before its first step.
+//!
+//! Mid-run checkpoints and progress are snapshotted at their step and written in the background
+//! ([`super::background_writes`]), so a storage outage costs warnings, not training. The writes
+//! that end a trial (the last checkpoint, progress, the model) are made synchronously, after
+//! the background ones, and their failure is the trial's.
 
 use std::time::Instant;
 
@@ -31,6 +36,7 @@ use textrec_model::tensorio;
 use textrec_model::Tokenizer;
 use tokio::runtime::Runtime;
 
+use super::background_writes::{self, BackgroundWrites, Ended};
 use super::checkpoint::{self, TrainState, RNG_SCHEME};
 use super::metrics_log::MetricsLog;
 use super::optimizer::AdamW;
@@ -52,7 +58,8 @@ pub enum Outcome {
 pub struct TrialContext {
     /// The trial's storage folder.
     pub store: Store,
-    /// The async runtime storage calls run on.
+    /// The async runtime storage calls run on. Multi-threaded, so that mid-run writes move on
+    /// while the loop trains; on a current-thread runtime they only do between steps.
     pub rt: Runtime,
     /// Where tensors live.
     pub device: Device,
@@ -122,7 +129,16 @@ struct Trial<'a> {
     /// The model training started from (`model.init_from`), for the provenance.
     parent: Option<ParentModel>,
     metrics: MetricsLog,
+    /// The newest checkpoint known to be completely stored: the only one progress may name.
     checkpoint: Option<CheckpointRef>,
+    /// Mid-run checkpoint and progress writes in flight.
+    writes: BackgroundWrites<'a>,
+    /// A checkpoint came due and is not taken yet (the previous one is still being written).
+    checkpoint_owed: bool,
+    /// The owed checkpoint's wait for the write in flight was reported.
+    checkpoint_delayed: bool,
+    /// Progress changed (a log step, an evaluation, a new checkpoint) since the last snapshot.
+    progress_owed: bool,
     samples_per_sec: Option<f64>,
     /// When this process started training (elapsed = state's + this).
     session_start: Instant,
@@ -325,42 +341,182 @@ impl Trial<'_> {
             best.cer,
             best.step
         ));
-        self.publish(WorkerPhase::Running)?;
+        self.progress_owed = true;
         Ok(true)
     }
 
-    fn save_checkpoint(&mut self) -> Result<()> {
-        if self
-            .checkpoint
-            .as_ref()
-            .is_some_and(|c| c.step == self.state.step)
-        {
-            return Ok(()); // nothing new since the last one (e.g. stop right after resume)
-        }
-        let started = Instant::now();
+    /// The bytes of a checkpoint of the current step, as a resume needs them; restarts the
+    /// checkpoint clock.
+    fn checkpoint_snapshot(&mut self) -> Result<checkpoint::ToWrite> {
         self.state.elapsed_s = self.elapsed();
         self.state.loss_scale = self.scaler.as_ref().map(|s| s.scale);
-        let ckpt = checkpoint::ToWrite {
+        self.last_checkpoint = Instant::now();
+        Ok(checkpoint::ToWrite {
             state: self.state.clone(),
             weights: tensorio::save_varstore(&self.vs)?,
             optimizer: tensorio::to_safetensors(&self.opt.state_tensors(), None)?,
             best: self.best_weights.clone(),
-        };
+        })
+    }
+
+    fn checkpoint_is_current(&self) -> bool {
+        self.checkpoint
+            .as_ref()
+            .is_some_and(|c| c.step == self.state.step)
+    }
+
+    /// Write a checkpoint of the current step and then progress, waiting for both; for the
+    /// end of the trial, after [`Self::settle_background_writes`].
+    fn save_checkpoint(&mut self) -> Result<()> {
+        if self.checkpoint_is_current() {
+            return Ok(()); // nothing new since the last one (e.g. stop right after resume)
+        }
+        let started = Instant::now();
+        let ckpt = self.checkpoint_snapshot()?;
         let keep = self.cfg.checkpoint.keep;
         let step = self.state.step;
-        let reference = self.ctx.rt.block_on(async {
-            let r = checkpoint::save(&self.ctx.store, ckpt).await?;
-            checkpoint::prune(&self.ctx.store, keep, step).await?;
-            anyhow::Ok(r)
-        })?;
+        let reference = self
+            .ctx
+            .rt
+            .block_on(checkpoint::save(&self.ctx.store, ckpt))
+            .with_context(|| {
+                format!(
+                    "the checkpoint of step {step} that ends this run was not stored; {}",
+                    background_writes::safely_stored(self.checkpoint.as_ref())
+                )
+            })?;
+        self.ctx
+            .rt
+            .block_on(checkpoint::prune(&self.ctx.store, keep, step))?;
         self.display.note(format!(
             "step {step}: checkpoint written to {} ({:.2}s)",
             reference.url,
             started.elapsed().as_secs_f64()
         ));
         self.checkpoint = Some(reference);
-        self.last_checkpoint = Instant::now();
         self.publish(WorkerPhase::Running)
+    }
+
+    /// Between steps: take in the background writes that ended, then start the checkpoint and
+    /// progress writes that are owed and whose previous write is done.
+    ///
+    /// A checkpoint that comes due while the previous one is still being written stays owed,
+    /// and is taken at the first step after that write ends rather than queued: the snapshot
+    /// is then as fresh as it can be, and no second copy of the weights and optimizer state
+    /// waits in memory behind a slow store. Progress works the same way (the latest wins); the
+    /// metrics records it missed are in the next snapshot, since each one holds them all.
+    fn tend_background_writes(&mut self) -> Result<()> {
+        for ended in self.writes.take_ended() {
+            self.take_in(ended, false);
+        }
+        match (self.checkpoint_owed, self.writes.checkpoint_in_flight()) {
+            (true, None) => {
+                self.checkpoint_owed = false;
+                self.checkpoint_delayed = false;
+                if !self.checkpoint_is_current() {
+                    let ckpt = self.checkpoint_snapshot()?;
+                    self.writes
+                        .start_checkpoint(&self.ctx.store, ckpt, self.cfg.checkpoint.keep);
+                }
+            }
+            // Said once per write: a store that hangs stays silent until the client gives up,
+            // minutes later.
+            (true, Some((step, started))) if !self.checkpoint_delayed => {
+                self.checkpoint_delayed = true;
+                self.display.warn(format!(
+                    "step {}: a checkpoint is due, but the one of step {step} is still being written after {:.1}s (the storage is slow or not answering); training continues, and the next checkpoint is taken once that write ends; {}",
+                    self.state.step,
+                    started.elapsed().as_secs_f64(),
+                    background_writes::safely_stored(self.checkpoint.as_ref())
+                ));
+            }
+            _ => {}
+        }
+        if self.progress_owed && !self.writes.progress_busy() {
+            self.progress_owed = false;
+            let p = self.progress(WorkerPhase::Running, None, None);
+            self.writes
+                .start_progress(&self.ctx.store, self.metrics.unflushed(), p);
+        }
+        Ok(())
+    }
+
+    /// Before the final writes, which no background write may overtake: wait for the writes in
+    /// flight (a stop too: a write under way is closer to done than the final one, which a
+    /// short grace period may not see finished). Owed writes are dropped: the final writes
+    /// supersede them.
+    fn settle_background_writes(&mut self) {
+        for ended in self.writes.wait_all() {
+            self.take_in(ended, true);
+        }
+        self.checkpoint_owed = false;
+        self.progress_owed = false;
+    }
+
+    /// Record the outcome of a background write. A failure is a warning: training goes on
+    /// (or, when `ending`, the final writes follow), and progress keeps naming the last
+    /// checkpoint that was stored completely.
+    fn take_in(&mut self, ended: Ended, ending: bool) {
+        let now = self.state.step;
+        let next = if ending {
+            "the final writes follow"
+        } else {
+            "training continues"
+        };
+        match ended {
+            Ended::Checkpoint {
+                step,
+                started,
+                outcome: Ok(written),
+            } => {
+                self.display.note(format!(
+                    "step {now}: checkpoint of step {step} written to {} ({:.2}s, in the background)",
+                    written.reference.url,
+                    started.elapsed().as_secs_f64()
+                ));
+                if let Err(e) = written.pruned {
+                    self.display.warn(format!(
+                        "step {now}: checkpoints older than {} were not pruned to checkpoint.keep = {} ({e:#}); {next}, and the next checkpoint prunes them",
+                        written.reference.url, self.cfg.checkpoint.keep
+                    ));
+                }
+                self.checkpoint = Some(written.reference);
+                // So that progress.json names it.
+                self.progress_owed = true;
+            }
+            Ended::Checkpoint {
+                step,
+                outcome: Err(e),
+                ..
+            } => {
+                let retry = if ending {
+                    ""
+                } else {
+                    " and tries again at the next checkpoint"
+                };
+                self.display.warn(format!(
+                    "step {now}: the checkpoint of step {step} was NOT stored: {e:#}; {next}{retry}; {}",
+                    background_writes::safely_stored(self.checkpoint.as_ref())
+                ));
+            }
+            Ended::Progress {
+                outcome: Ok(version),
+                ..
+            } => {
+                if let Some(v) = version {
+                    self.metrics.mark_flushed(v);
+                }
+            }
+            Ended::Progress {
+                step,
+                outcome: Err(e),
+            } => {
+                self.display.warn(format!(
+                    "step {now}: progress of step {step} (progress.json, metrics.jsonl) was NOT stored: {e:#}; {next}, and the next progress write stores the metrics records this one missed; {}",
+                    background_writes::safely_stored(self.checkpoint.as_ref())
+                ));
+            }
+        }
     }
 
     fn eval_due(&self) -> bool {
@@ -370,11 +526,11 @@ impl Trial<'_> {
             && self.state.last_eval_step != Some(s)
     }
 
+    /// Whether a mid-run checkpoint is due (the last step's is written after the loop).
     fn checkpoint_due(&self) -> bool {
         let c = &self.cfg.checkpoint;
         let s = self.state.step;
-        s == self.cfg.max_steps
-            || (c.every_steps > 0 && s.is_multiple_of(c.every_steps))
+        (c.every_steps > 0 && s.is_multiple_of(c.every_steps))
             || (c.every_seconds > 0 && self.last_checkpoint.elapsed().as_secs() >= c.every_seconds)
     }
 
@@ -911,6 +1067,10 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     let mut t = Trial {
         cfg,
         ctx,
+        writes: BackgroundWrites::new(&ctx.rt),
+        checkpoint_owed: false,
+        checkpoint_delayed: false,
+        progress_owed: false,
         vs,
         net,
         opt,
@@ -984,7 +1144,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
             ));
             t.metrics.push(&rec);
             window = Window::default();
-            t.publish(WorkerPhase::Running)?;
+            t.progress_owed = true;
         }
         if t.eval_due() && !t.evaluate(&vals)? {
             break Outcome::Interrupted;
@@ -993,17 +1153,25 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         if t.ctx.stop_at_step == Some(t.state.step) {
             t.ctx.stop.set();
         }
-        if t.checkpoint_due() || t.ctx.stop.is_set() {
-            t.save_checkpoint()?;
+        // A stop's checkpoint and the last step's are written after the loop, synchronously.
+        if !t.ctx.stop.is_set() && t.state.step < cfg.max_steps {
+            t.checkpoint_owed |= t.checkpoint_due();
+            t.tend_background_writes()?;
         }
     };
 
     t.display.finish();
+    t.settle_background_writes();
     match outcome {
         Outcome::Interrupted => {
             t.save_checkpoint()?;
             let p = t.progress(WorkerPhase::Interrupted, None, None);
-            ctx.rt.block_on(progress::write(&ctx.store, &p))?;
+            // The metrics too: a checkpoint of this step written in the background (a stop
+            // that came just after the loop handed it over) makes the save above a no-op.
+            ctx.rt.block_on(async {
+                t.metrics.flush(&ctx.store).await?;
+                progress::write(&ctx.store, &p).await
+            })?;
             tracing::info!(
                 "interrupted at step {}; resume by running the same command again",
                 t.state.step
