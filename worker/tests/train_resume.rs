@@ -7,6 +7,8 @@
 //! mount a small or read-only tmpfs in a private mount namespace (`unshare -m`) and say so when
 //! the machine does not allow it.
 
+mod train_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use textrec_contract::metrics::{MetricsRecord, RecordKind, TrialProgress, WorkerPhase};
 use textrec_contract::{DecodeMode, ModelManifest};
+use train_support::complete_checkpoints;
 
 const MAX_STEPS: u64 = 40;
 
@@ -108,20 +111,6 @@ fn reference() -> &'static (tempfile::TempDir, String) {
         let sha = model_sha(dir.path());
         (dir, sha)
     })
-}
-
-/// Steps of the complete checkpoints under `out`.
-fn complete_checkpoints(out: &Path) -> Vec<u64> {
-    let Ok(rd) = std::fs::read_dir(out.join("checkpoints")) else {
-        return vec![];
-    };
-    let mut v: Vec<u64> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("manifest.json").exists())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Wait until a checkpoint at `min_step` or later is complete; the child must still be running.

@@ -8,6 +8,8 @@
 //! chooses and logs every write it answers. Runs share the process's torch RNG, so they take
 //! turns ([`RUN_LOCK`]).
 
+mod train_support;
+
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once, OnceLock};
@@ -27,6 +29,7 @@ use textrec_worker::train::checkpoint;
 use textrec_worker::train::signals::StopFlag;
 use textrec_worker::train::trainer::{self, Outcome, TrialContext};
 use tokio::sync::watch;
+use train_support::complete_checkpoints;
 
 /// The store's URL: a remote scheme, as in production (the trainer never sees the folder).
 const URL: &str = "s3://outage-test/";
@@ -323,20 +326,6 @@ fn newest_checkpoint(out: &Path) -> u64 {
         .expect("a complete checkpoint")
         .state
         .step
-}
-
-/// Steps of the complete checkpoints (those with a manifest) under `out`.
-fn complete_checkpoints(out: &Path) -> Vec<u64> {
-    let Ok(rd) = std::fs::read_dir(out.join("checkpoints")) else {
-        return vec![];
-    };
-    let mut v: Vec<u64> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("manifest.json").exists())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-        .collect();
-    v.sort();
-    v
 }
 
 fn records(jsonl: &[u8]) -> Vec<MetricsRecord> {
