@@ -71,9 +71,14 @@ pub struct BackgroundWrites<'rt> {
 }
 
 impl<'rt> BackgroundWrites<'rt> {
-    /// Writes that run on `rt`, which should be multi-threaded: on a current-thread runtime
-    /// they only move on while someone blocks on it (see [`Self::take_ended`]).
+    /// Writes that run on `rt`, which must be multi-threaded: on a current-thread runtime
+    /// nothing would move them on while the loop trains.
     pub fn new(rt: &'rt Runtime) -> Self {
+        assert_eq!(
+            rt.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread,
+            "background writes need a multi-threaded runtime"
+        );
         Self {
             rt,
             checkpoint: None,
@@ -138,10 +143,6 @@ impl<'rt> BackgroundWrites<'rt> {
 
     /// The writes that have ended since the last call; never waits for one.
     pub fn take_ended(&mut self) -> Vec<Ended> {
-        if self.rt.handle().runtime_flavor() == RuntimeFlavor::CurrentThread {
-            // Nothing else drives a current-thread runtime's tasks between steps.
-            self.rt.block_on(tokio::task::yield_now());
-        }
         let mut ended = Vec::new();
         if self
             .checkpoint

@@ -59,7 +59,7 @@ pub struct TrialContext {
     /// The trial's storage folder.
     pub store: Store,
     /// The async runtime storage calls run on. Multi-threaded, so that mid-run writes move on
-    /// while the loop trains; on a current-thread runtime they only do between steps.
+    /// while the loop trains.
     pub rt: Runtime,
     /// Where tensors live.
     pub device: Device,
