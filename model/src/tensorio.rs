@@ -66,39 +66,41 @@ pub fn to_safetensors(
         let meta: BTreeMap<String, String> = meta.into_iter().collect();
         header.insert("__metadata__".into(), serde_json::to_value(meta)?);
     }
-    let mut blobs = Vec::with_capacity(sorted.len());
+    // The header first (every size is known from the shapes), then each tensor's data copied
+    // straight into its place: one buffer, no second copy of the data on the way.
+    let mut placed = Vec::with_capacity(sorted.len());
     let mut offset = 0usize;
     for (name, tensor) in sorted {
         if name == "__metadata__" {
             bail!("`__metadata__` is reserved and cannot name a tensor");
         }
         let dtype = dtype_name(tensor.kind()).with_context(|| format!("tensor `{name}`"))?;
-        let cpu = tensor.to_device(Device::Cpu).contiguous();
-        let numel = cpu.numel();
-        let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
-        cpu.f_copy_data_u8(&mut bytes, numel)
-            .with_context(|| format!("reading tensor `{name}`"))?;
+        let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
         header.insert(
             name.clone(),
             serde_json::json!({
                 "dtype": dtype,
                 "shape": tensor.size(),
-                "data_offsets": [offset, offset + bytes.len()],
+                "data_offsets": [offset, offset + len],
             }),
         );
-        offset += bytes.len();
-        blobs.push(bytes);
+        placed.push((name, tensor, offset..offset + len));
+        offset += len;
     }
     let mut header = serde_json::to_vec(&serde_json::Value::Object(header))?;
     // Readers that map the file expect the data to start 8-byte aligned; spaces are the
     // format's padding.
     header.resize(header.len().div_ceil(8) * 8, b' ');
 
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    for b in blobs {
-        out.extend_from_slice(&b);
+    let start = 8 + header.len();
+    let mut out = vec![0u8; start + offset];
+    out[..8].copy_from_slice(&(header.len() as u64).to_le_bytes());
+    out[8..start].copy_from_slice(&header);
+    for (name, tensor, range) in placed {
+        let cpu = tensor.to_device(Device::Cpu).contiguous();
+        let numel = cpu.numel();
+        cpu.f_copy_data_u8(&mut out[start + range.start..start + range.end], numel)
+            .with_context(|| format!("reading tensor `{name}`"))?;
     }
     Ok(out)
 }
