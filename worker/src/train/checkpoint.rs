@@ -90,8 +90,8 @@ pub struct ToWrite {
     pub weights: Vec<u8>,
     /// Optimizer moments.
     pub optimizer: Vec<u8>,
-    /// Best weights, if any.
-    pub best: Option<Vec<u8>>,
+    /// Best weights, if any (shared with the trainer, which keeps them: no copy per checkpoint).
+    pub best: Option<Bytes>,
 }
 
 /// Write a checkpoint folder, manifest last. Returns its reference.
@@ -104,7 +104,7 @@ pub async fn save(store: &Store, ckpt: ToWrite) -> Result<CheckpointRef> {
         (OPTIMIZER.to_string(), Bytes::from(ckpt.optimizer)),
     ];
     if let Some(best) = ckpt.best {
-        files.push((BEST.to_string(), Bytes::from(best)));
+        files.push((BEST.to_string(), best));
     }
     files.push((STATE.to_string(), Bytes::from(state_json)));
     store
