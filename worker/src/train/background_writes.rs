@@ -11,7 +11,7 @@
 //! At most one write of each kind is in flight: a store that is slow or down must not collect
 //! a backlog of snapshots, each as large as the model and its optimizer state.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use textrec_contract::metrics::{CheckpointRef, TrialProgress};
@@ -157,21 +157,6 @@ impl<'rt> BackgroundWrites<'rt> {
         ended
     }
 
-    /// Wait up to `limit` for the checkpoint write in flight; its outcome if it ended by then.
-    pub fn wait_checkpoint_for(&mut self, limit: Duration) -> Option<Ended> {
-        let rt = self.rt;
-        let w = self.checkpoint.as_mut()?;
-        let joined = rt
-            .block_on(async { tokio::time::timeout(limit, &mut w.task).await })
-            .ok()?;
-        let w = self.checkpoint.take().expect("in flight above");
-        Some(Ended::Checkpoint {
-            step: w.step,
-            started: w.started,
-            outcome: flatten(joined),
-        })
-    }
-
     /// Wait for every write in flight to end.
     pub fn wait_all(&mut self) -> Vec<Ended> {
         self.wait_checkpoint()
@@ -198,12 +183,10 @@ impl<'rt> BackgroundWrites<'rt> {
     }
 
     fn join<T>(&self, task: JoinHandle<Result<T>>) -> Result<T> {
-        flatten(self.rt.block_on(task))
+        self.rt
+            .block_on(task)
+            .map_err(|e| anyhow!("the write stopped before it finished: {e}"))?
     }
-}
-
-fn flatten<T>(joined: Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
-    joined.map_err(|e| anyhow!("the write stopped before it finished: {e}"))?
 }
 
 impl Drop for BackgroundWrites<'_> {

@@ -14,9 +14,7 @@
 
 pub mod background_writes;
 pub mod checkpoint;
-
 pub mod language_model;
-pub mod long_lived_arena;
 pub mod metrics_log;
 pub mod optimizer;
 pub mod progress;

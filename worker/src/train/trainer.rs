@@ -38,7 +38,6 @@ use tokio::runtime::Runtime;
 
 use super::background_writes::{self, BackgroundWrites, Ended};
 use super::checkpoint::{self, TrainState, RNG_SCHEME};
-use super::long_lived_arena::LongLivedArena;
 use super::metrics_log::MetricsLog;
 use super::optimizer::AdamW;
 use super::progress::{self, Display};
@@ -73,14 +72,6 @@ pub struct TrialContext {
     /// Trial name for the provenance.
     pub trial: Option<String>,
 }
-
-/// How long the loop waits for a mid-run checkpoint write before it trains on. A healthy store
-/// finishes well within it (a local disk in under 0.1 s for `small`). Waiting frees the
-/// snapshot (the weights and the optimizer state, 15 MB for `small`) before the next step needs
-/// its pages: held through a step, the snapshot splits the free runs that the widest batch's
-/// activations reuse. A store that is slow or down costs this wait once per write, and the
-/// write goes on in the background.
-const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The torch seed of step `step` (1-based), a pure function so dropout masks replay on resume.
 pub fn step_seed(seed: u64, step: u64) -> i64 {
@@ -134,10 +125,8 @@ struct Trial<'a> {
     opt: AdamW,
     tokenizer: Tokenizer,
     state: TrainState,
+    /// Shared with the checkpoint snapshots, which would otherwise copy them each time.
     best_weights: Option<Bytes>,
-    /// Where the best weights are allocated: away from the step's activations (they outlive
-    /// every step; see [`LongLivedArena`]).
-    long_lived: LongLivedArena,
     /// The model training started from (`model.init_from`), for the provenance.
     parent: Option<ParentModel>,
     metrics: MetricsLog,
@@ -322,9 +311,7 @@ impl Trial<'_> {
         // Strictly better only: on a tie the earlier (less trained) weights stay.
         if self.state.best.as_ref().is_none_or(|b| point.cer < b.cer) {
             self.state.best = Some(point.clone());
-            let vs = &self.vs;
-            let weights = self.long_lived.scope(|| tensorio::save_varstore(vs))?;
-            self.best_weights = Some(weights.into());
+            self.best_weights = Some(tensorio::save_varstore(&self.vs)?.into());
         }
         let mut rec = self.record(RecordKind::Eval);
         rec.cer = Some(point.cer);
@@ -431,11 +418,6 @@ impl Trial<'_> {
                     let ckpt = self.checkpoint_snapshot()?;
                     self.writes
                         .start_checkpoint(&self.ctx.store, ckpt, self.cfg.checkpoint.keep);
-                    // On a healthy store the snapshot's memory is free again before the next
-                    // step needs its pages.
-                    if let Some(ended) = self.writes.wait_checkpoint_for(CHECKPOINT_WAIT) {
-                        self.take_in(ended, false);
-                    }
                 }
             }
             // Said once per write: a store that hangs stays silent until the client gives up,
@@ -984,7 +966,6 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
 
     let prior_progress = ctx.rt.block_on(progress::read(&ctx.store));
     let loaded = ctx.rt.block_on(checkpoint::load_newest(&ctx.store))?;
-    let long_lived = LongLivedArena::create();
     let mut best_weights = None;
     let mut checkpoint_ref = None;
     let state = match loaded {
@@ -1014,8 +995,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
                 tensorio::from_safetensors(&l.optimizer, device).context("checkpoint optimizer")?;
             opt.load_state(moments, l.state.step)
                 .context("checkpoint optimizer")?;
-            // A copy of their own, in their arena (the read buffer is freed after the load).
-            best_weights = long_lived.scope(|| l.best.map(|b| Bytes::from(b.to_vec())));
+            best_weights = l.best;
             let mut state = l.state;
             state.resumes = state
                 .resumes
@@ -1099,7 +1079,6 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         display: Display::new(state.step, cfg.max_steps),
         state,
         best_weights,
-        long_lived,
         parent: parent.map(|p| ParentModel {
             url: p.files.source.clone(),
             sha256: ModelManifest::version_of(&p.files.manifest_bytes),
