@@ -796,7 +796,8 @@ pub struct CheckpointConfig {
     pub every_steps: u64,
     /// Write a checkpoint when this many seconds passed since the last (0: only by steps).
     pub every_seconds: u64,
-    /// Keep the newest this many complete checkpoints.
+    /// Keep the newest this many complete checkpoints (and, until progress names a newer one,
+    /// the one `progress.json` names).
     pub keep: usize,
 }
 

@@ -203,9 +203,9 @@ fn checkpoint_step(path: &str) -> Option<u64> {
 /// Training runs take turns: they share libtorch's global RNG and thread pools.
 static RUN_LOCK: Mutex<()> = Mutex::new(());
 
-/// The test trial: the `tiny` example with a checkpoint every 5 steps (keep 3), a log record
-/// every 5 and evaluations at 20 and 40, on one thread.
-fn config() -> TrainConfig {
+/// The test trial: the `tiny` example with a checkpoint every 5 steps (keeping `keep`), a log
+/// record every 5 and evaluations at 20 and 40, on one thread.
+fn config(keep: usize) -> TrainConfig {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/trial-tiny.yaml");
     let sets: Vec<String> = [
         format!("max_steps={MAX_STEPS}"),
@@ -215,7 +215,7 @@ fn config() -> TrainConfig {
         "log_interval=5".into(),
         "checkpoint.every_steps=5".into(),
         "checkpoint.every_seconds=0".into(),
-        "checkpoint.keep=3".into(),
+        format!("checkpoint.keep={keep}"),
         "data.validation.samples=16".into(),
         "reading_widths=[1]".into(),
     ]
@@ -263,10 +263,15 @@ impl std::io::Write for Captured {
     }
 }
 
-/// Train the test trial into `store`, logging into `captured`.
+/// Train the test trial into `store` (3 checkpoints kept), logging into `captured`.
 fn train_into(store: Store, captured: &Captured) -> Ran {
+    train_keeping(store, captured, 3)
+}
+
+/// [`train_into`] with `checkpoint.keep` = `keep`.
+fn train_keeping(store: Store, captured: &Captured, keep: usize) -> Ran {
     let _turn = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = config();
+    let cfg = config(keep);
     // As the worker builds it: the background writes need a thread of their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -351,10 +356,12 @@ fn assert_all_records(jsonl: &[u8]) {
 }
 
 /// Replay the store's log: a stored `progress.json` only ever names a checkpoint whose
-/// manifest was stored before it and not deleted since, and a checkpoint folder is only
-/// deleted after a newer checkpoint was stored completely (so the newest good one never is).
+/// manifest was stored before it and not deleted since, a checkpoint folder is only deleted
+/// after a newer checkpoint was stored completely (so the newest good one never is), and never
+/// while the stored `progress.json` names it.
 fn assert_progress_names_only_complete_checkpoints(log: &[Logged]) {
     let mut complete = std::collections::BTreeSet::new();
+    let mut named = None;
     for w in log.iter().filter(|w| w.stored) {
         let step = checkpoint_step(&w.path);
         match (&w.bytes, step) {
@@ -362,6 +369,12 @@ fn assert_progress_names_only_complete_checkpoints(log: &[Logged]) {
                 complete.insert(s);
             }
             (None, Some(s)) => {
+                assert_ne!(
+                    named,
+                    Some(s),
+                    "{} deleted while progress.json names its checkpoint",
+                    w.path
+                );
                 complete.remove(&s);
                 let newest = complete.last().copied();
                 assert!(
@@ -372,6 +385,7 @@ fn assert_progress_names_only_complete_checkpoints(log: &[Logged]) {
             }
             (Some(bytes), None) if w.path == "progress.json" => {
                 let p: TrialProgress = serde_json::from_slice(bytes).unwrap();
+                named = p.checkpoint.as_ref().map(|c| c.step);
                 if let Some(c) = p.checkpoint {
                     assert!(
                         complete.contains(&c.step),
@@ -608,4 +622,29 @@ fn failed_mid_run_writes_are_warnings_and_progress_keeps_the_last_good_checkpoin
         "the failures changed the training"
     );
     assert_all_records(&std::fs::read(dir.path().join("metrics.jsonl")).unwrap());
+}
+
+/// With `checkpoint.keep` = 1 on a healthy store, no checkpoint is deleted while
+/// `progress.json` still names it (pruning waits for progress to name the newer one), and the
+/// trial ends with the final checkpoint alone, named by progress.
+#[test]
+fn keeping_one_checkpoint_never_leaves_progress_naming_a_deleted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OutageStore::new(dir.path(), Box::new(|_, _| Verdict::Store));
+    let captured = Captured::default();
+    let ran = train_keeping(
+        Store::from_object_store(store.clone(), URL).unwrap(),
+        &captured,
+        1,
+    );
+    let p = ran.finished();
+    assert_eq!(p.checkpoint.as_ref().map(|c| c.step), Some(MAX_STEPS));
+    let log = store.log();
+    let deletes = log
+        .iter()
+        .filter(|w| w.stored && w.bytes.is_none() && checkpoint_step(&w.path).is_some())
+        .count();
+    assert!(deletes > 0, "nothing was pruned");
+    assert_progress_names_only_complete_checkpoints(&log);
+    assert_eq!(complete_checkpoints(dir.path()), vec![MAX_STEPS]);
 }

@@ -47,6 +47,8 @@ pub enum Ended {
     Progress {
         /// The step it was taken at.
         step: u64,
+        /// The step of the checkpoint it names.
+        names: Option<u64>,
         /// The metrics version stored (see [`super::metrics_log::MetricsLog::mark_flushed`]),
         /// `None` when the metrics had nothing new, or why the write failed.
         outcome: Result<Option<u64>>,
@@ -58,6 +60,8 @@ struct InFlight<T> {
     task: JoinHandle<Result<T>>,
     step: u64,
     started: Instant,
+    /// For a progress write, the step of the checkpoint it names.
+    names: Option<u64>,
 }
 
 /// The trial's writes in flight: at most one checkpoint and one progress snapshot.
@@ -96,22 +100,28 @@ impl<'rt> BackgroundWrites<'rt> {
         self.progress.is_some()
     }
 
-    /// Write `ckpt`, then prune to `keep` checkpoints. Call only when none is
-    /// [in flight](Self::checkpoint_in_flight): two checkpoint writes at once could prune each
-    /// other.
-    pub fn start_checkpoint(&mut self, store: &Store, ckpt: ToWrite, keep: usize) {
+    /// The step of the checkpoint that the progress write in flight names, if any.
+    pub fn progress_in_flight_names(&self) -> Option<u64> {
+        self.progress.as_ref().and_then(|w| w.names)
+    }
+
+    /// Write `ckpt`, then prune to `keep` checkpoints, sparing those in `named` (see
+    /// [`checkpoint::prune`]). Call only when none is [in flight](Self::checkpoint_in_flight):
+    /// two checkpoint writes at once could prune each other.
+    pub fn start_checkpoint(&mut self, store: &Store, ckpt: ToWrite, keep: usize, named: Vec<u64>) {
         assert!(self.checkpoint.is_none(), "a checkpoint write is in flight");
         let step = ckpt.state.step;
         let store = store.clone();
         let task = self.rt.spawn(async move {
             let reference = checkpoint::save(&store, ckpt).await?;
-            let pruned = checkpoint::prune(&store, keep, step).await;
+            let pruned = checkpoint::prune(&store, keep, step, &named).await;
             Ok(CheckpointWritten { reference, pruned })
         });
         self.checkpoint = Some(InFlight {
             task,
             step,
             started: Instant::now(),
+            names: None,
         });
     }
 
@@ -125,6 +135,7 @@ impl<'rt> BackgroundWrites<'rt> {
     ) {
         assert!(self.progress.is_none(), "a progress write is in flight");
         let step = progress.step;
+        let names = progress.checkpoint.as_ref().map(|c| c.step);
         let store = store.clone();
         let task = self.rt.spawn(async move {
             let version = match metrics {
@@ -138,6 +149,7 @@ impl<'rt> BackgroundWrites<'rt> {
             task,
             step,
             started: Instant::now(),
+            names,
         });
     }
 
@@ -178,6 +190,7 @@ impl<'rt> BackgroundWrites<'rt> {
         let w = self.progress.take()?;
         Some(Ended::Progress {
             step: w.step,
+            names: w.names,
             outcome: self.join(w.task),
         })
     }

@@ -221,7 +221,12 @@ pub async fn load_newest(store: &Store) -> Result<Option<Loaded>> {
 /// leftovers that the resume skipped as corrupt or incomplete, and would otherwise outrank the
 /// fresh checkpoint. Called only after the new checkpoint is complete, so a crash in here never
 /// leaves fewer usable checkpoints than before.
-pub async fn prune(store: &Store, keep: usize, current: u64) -> Result<()> {
+///
+/// A complete checkpoint in `named` stays even beyond `keep`: those are the ones
+/// `progress.json` names, or a progress write under way will name, and its readers (the
+/// operator's status, `textrec local status`) must not be pointed at a deleted folder. The
+/// prune after progress names a newer one deletes it.
+pub async fn prune(store: &Store, keep: usize, current: u64, named: &[u64]) -> Result<()> {
     let mut complete = 0usize;
     for (step, name) in folders(store).await? {
         let rel = format!("{}/{name}", layout::CHECKPOINTS);
@@ -233,7 +238,7 @@ pub async fn prune(store: &Store, keep: usize, current: u64) -> Result<()> {
             .is_some()
         {
             complete += 1;
-            complete > keep
+            complete > keep && !named.contains(&step)
         } else {
             step < current
         };
@@ -303,9 +308,26 @@ mod tests {
         .unwrap();
         assert_eq!(load_newest(&store).await.unwrap().unwrap().state.step, 10);
         // Resumed from 10: the corrupt 15 and partial 20 must not outrank what comes next.
-        prune(&store, 1, 10).await.unwrap();
+        prune(&store, 1, 10, &[]).await.unwrap();
         let left = store.list_dirs("checkpoints").await.unwrap();
         assert_eq!(left, vec!["step-0000000010"]);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_checkpoint_progress_names_until_it_names_a_newer_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        for s in [5, 10, 15] {
+            save(&store, write(s)).await.unwrap();
+        }
+        let left = || async { store.list_dirs("checkpoints").await.unwrap() };
+        // 15 just written, progress.json still names 10: keep = 1 keeps both.
+        prune(&store, 1, 15, &[10]).await.unwrap();
+        assert_eq!(left().await, vec!["step-0000000010", "step-0000000015"]);
+        // A name newer than the one just written protects nothing: leftovers still go.
+        save(&store, write(20)).await.unwrap();
+        prune(&store, 1, 15, &[20]).await.unwrap();
+        assert_eq!(left().await, vec!["step-0000000015"]);
     }
 
     #[tokio::test]

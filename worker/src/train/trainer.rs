@@ -132,6 +132,9 @@ struct Trial<'a> {
     metrics: MetricsLog,
     /// The newest checkpoint known to be completely stored: the only one progress may name.
     checkpoint: Option<CheckpointRef>,
+    /// The step of the checkpoint that the stored `progress.json` names, as far as this
+    /// process wrote it: pruning spares it.
+    progress_names: Option<u64>,
     /// Mid-run checkpoint and progress writes in flight.
     writes: BackgroundWrites<'a>,
     /// A checkpoint came due and is not taken yet (the previous one is still being written).
@@ -181,7 +184,18 @@ impl Trial<'_> {
         self.ctx.rt.block_on(async {
             self.metrics.flush(&self.ctx.store).await?;
             progress::write(&self.ctx.store, &p).await
-        })
+        })?;
+        self.progress_names = p.checkpoint.map(|c| c.step);
+        Ok(())
+    }
+
+    /// The checkpoints `progress.json` names or is about to (a write in flight): pruning
+    /// spares them.
+    fn checkpoints_named(&self) -> Vec<u64> {
+        self.progress_names
+            .into_iter()
+            .chain(self.writes.progress_in_flight_names())
+            .collect()
     }
 
     fn record(&self, kind: RecordKind) -> MetricsRecord {
@@ -386,16 +400,18 @@ impl Trial<'_> {
                     background_writes::safely_stored(self.checkpoint.as_ref())
                 )
             })?;
-        self.ctx
-            .rt
-            .block_on(checkpoint::prune(&self.ctx.store, keep, step))?;
         self.display.note(format!(
             "step {step}: checkpoint written to {} ({:.2}s)",
             reference.url,
             started.elapsed().as_secs_f64()
         ));
         self.checkpoint = Some(reference);
-        self.publish(WorkerPhase::Running)
+        // Progress names the new checkpoint before the older ones go.
+        self.publish(WorkerPhase::Running)?;
+        let named = self.checkpoints_named();
+        self.ctx
+            .rt
+            .block_on(checkpoint::prune(&self.ctx.store, keep, step, &named))
     }
 
     /// Between steps: take in the background writes that ended, then start the checkpoint and
@@ -416,8 +432,13 @@ impl Trial<'_> {
                 self.checkpoint_delayed = false;
                 if !self.checkpoint_is_current() {
                     let ckpt = self.checkpoint_snapshot()?;
-                    self.writes
-                        .start_checkpoint(&self.ctx.store, ckpt, self.cfg.checkpoint.keep);
+                    let named = self.checkpoints_named();
+                    self.writes.start_checkpoint(
+                        &self.ctx.store,
+                        ckpt,
+                        self.cfg.checkpoint.keep,
+                        named,
+                    );
                 }
             }
             // Said once per write: a store that hangs stays silent until the client gives up,
@@ -501,9 +522,11 @@ impl Trial<'_> {
                 ));
             }
             Ended::Progress {
+                names,
                 outcome: Ok(version),
                 ..
             } => {
+                self.progress_names = names;
                 if let Some(v) = version {
                     self.metrics.mark_flushed(v);
                 }
@@ -511,6 +534,7 @@ impl Trial<'_> {
             Ended::Progress {
                 step,
                 outcome: Err(e),
+                ..
             } => {
                 self.display.warn(format!(
                     "step {now}: progress of step {step} (progress.json, metrics.jsonl) was NOT stored: {e:#}; {next}, and the next progress write stores the metrics records this one missed; {}",
@@ -1072,6 +1096,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         checkpoint_owed: false,
         checkpoint_delayed: false,
         progress_owed: false,
+        progress_names: None,
         vs,
         net,
         opt,
