@@ -90,8 +90,9 @@ pub async fn read(store: &Store) -> Option<TrialProgress> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The progress as compact JSON of at most [`TERMINATION_LIMIT`] bytes: the message is
-/// shortened first, since everything else is small and fixed-size.
+/// The progress as compact JSON of at most 4000 bytes (Kubernetes truncates a termination
+/// message at 4096): the message is shortened first, since everything else is small and
+/// fixed-size.
 pub fn termination_message(progress: &TrialProgress) -> String {
     let mut p = progress.clone();
     loop {
