@@ -23,6 +23,11 @@ pub const PROGRESS: &str = "progress.json";
 /// (`tensorboard --logdir <storage>/<run>` shows every trial).
 pub const TENSORBOARD_EVENTS: &str = "events.out.tfevents.0.textrec";
 
+/// The storage URL of a trial: `<storage>/<run>/<trial>`.
+pub fn trial_output(storage_url: &str, run: &str, trial: &str) -> String {
+    format!("{}/{run}/{trial}", storage_url.trim_end_matches('/'))
+}
+
 /// Folder name of the checkpoint at `step`; zero-padded so names sort by step.
 pub fn checkpoint_dir(step: u64) -> String {
     format!("{CHECKPOINTS}/step-{step:010}")

@@ -19,22 +19,11 @@ use textrec_contract::{Architecture, PreprocessConfig};
 use crate::batching::{plan_batches, BatchLimits};
 use crate::lm::LanguageModel;
 use crate::net::{DecodeMode, Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
+use crate::prediction::Prediction;
 use crate::preprocess::{self, PreparedImage};
 use crate::tensorio;
 use crate::tokenizer::Tokenizer;
 use crate::widths::{PreparedLine, Readings, WidthReadings};
-
-/// The reading of one line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// The recognized text.
-    pub text: String,
-    /// Geometric mean of the probabilities of every emitted token, the final EOS included
-    /// (0 when nothing at all was emitted).
-    pub confidence: f32,
-    /// Probability of each character of `text`.
-    pub char_confidences: Vec<f32>,
-}
 
 /// `Recognizer` holds `tch::Tensor`s, which are `Send` but not `Sync`, so this wrapper asserts
 /// `Sync` for the one use that needs it: sharing a loaded network between inference threads.

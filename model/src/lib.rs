@@ -12,10 +12,12 @@ pub mod inference;
 pub mod lm;
 pub mod metrics;
 pub mod net;
+pub mod prediction;
 pub mod preprocess;
 pub mod tensorio;
 pub mod tokenizer;
 pub mod widths;
 
-pub use inference::{LoadedModel, Prediction};
+pub use inference::LoadedModel;
+pub use prediction::Prediction;
 pub use tokenizer::Tokenizer;

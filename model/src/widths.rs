@@ -21,7 +21,7 @@ use image::GrayImage;
 use textrec_contract::config::READING_WIDTH_RANGE;
 use textrec_contract::manifest::ReadingSettings;
 
-use crate::inference::Prediction;
+use crate::prediction::Prediction;
 use crate::preprocess::{self, PreparedImage, PreprocessConfig};
 
 /// Smallest and largest accepted stretch factor (the contract's [`READING_WIDTH_RANGE`]).

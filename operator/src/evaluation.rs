@@ -121,8 +121,11 @@ pub fn eval_job(md: &ModelDeployment, set: &PromotionEvaluation, req: &EvalReque
     let mut volumes = vec![tmp_volume];
     let mut mounts = vec![tmp_mount];
     if let Some(pvc) = &spec.credentials.pvc {
-        let (v, m) =
-            pod_parts::storage_pvc(pvc, || crate::job::file_url_path(&req.url), Some(true));
+        let (v, m) = pod_parts::storage_pvc(
+            pvc,
+            || crate::pod_parts::file_url_path(&req.url),
+            Some(true),
+        );
         volumes.push(v);
         mounts.push(m);
     }

@@ -54,11 +54,6 @@ pub fn trial_labels(run: &str, trial: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The storage URL of a trial: `<storage>/<run>/<trial>`.
-pub fn trial_output(storage_url: &str, run: &str, trial: &str) -> String {
-    format!("{}/{run}/{trial}", storage_url.trim_end_matches('/'))
-}
-
 fn toleration(key: &str, value: &str) -> Toleration {
     Toleration {
         key: Some(key.into()),
@@ -259,7 +254,8 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
         },
     ];
     if let Some(pvc) = &spec.storage.pvc {
-        let (v, m) = pod_parts::storage_pvc(pvc, || file_url_path(&spec.storage.url), None);
+        let (v, m) =
+            pod_parts::storage_pvc(pvc, || pod_parts::file_url_path(&spec.storage.url), None);
         volumes.push(v);
         mounts.push(m);
     }
@@ -368,17 +364,6 @@ pub fn build_job(run: &TrainingRun, trial: &PlannedTrial, suspend: bool) -> Job 
             ..Default::default()
         }),
         status: None,
-    }
-}
-
-/// Path of a `file://` URL (`file:///mnt/runs` → `/mnt/runs`).
-pub fn file_url_path(url: &str) -> String {
-    let p = url.trim_start_matches("file://");
-    let p = p.trim_end_matches('/');
-    if p.is_empty() {
-        "/".into()
-    } else {
-        p.into()
     }
 }
 

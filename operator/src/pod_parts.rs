@@ -26,6 +26,17 @@ pub fn scratch_tmp() -> (Volume, VolumeMount) {
     )
 }
 
+/// Path of a `file://` URL (`file:///mnt/runs` → `/mnt/runs`).
+pub fn file_url_path(url: &str) -> String {
+    let p = url.trim_start_matches("file://");
+    let p = p.trim_end_matches('/');
+    if p.is_empty() {
+        "/".into()
+    } else {
+        p.into()
+    }
+}
+
 /// The storage claim `pvc` (volume `storage`), mounted at its `mountPath` or else at
 /// `default_path` (the path of the `file://` URL it holds); `read_only` on both the claim
 /// source and the mount.

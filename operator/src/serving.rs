@@ -203,7 +203,7 @@ pub fn deployment(md: &ModelDeployment, model: &DeployedModel, revision: i64) ->
     if let Some(pvc) = &spec.credentials.pvc {
         let (v, m) = pod_parts::storage_pvc(
             pvc,
-            || crate::job::file_url_path(&model.url),
+            || crate::pod_parts::file_url_path(&model.url),
             Some(!pvc_holds_flags),
         );
         volumes.push(v);

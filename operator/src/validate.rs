@@ -159,7 +159,7 @@ pub fn check_volumes(spec: &TrainingRunSpec) -> Result<(), Invalid> {
         ours.push(
             pvc.mount_path
                 .clone()
-                .unwrap_or_else(|| crate::job::file_url_path(&spec.storage.url)),
+                .unwrap_or_else(|| crate::pod_parts::file_url_path(&spec.storage.url)),
         );
     }
     let mut paths = std::collections::BTreeSet::new();

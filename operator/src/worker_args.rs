@@ -2,8 +2,8 @@
 //! runs: the container of its Job ([`crate::job::build_job`]) and the local runner's child
 //! process. Only the termination log's path differs between the two.
 
-use crate::job::trial_output;
 use crate::validate::PlannedTrial;
+use textrec_contract::layout::trial_output;
 
 /// Where a pod's worker writes its final progress (the container's `terminationMessagePath`).
 pub const POD_TERMINATION_LOG: &str = "/dev/termination-log";

@@ -22,11 +22,11 @@ use textrec_contract::exit::{self, ConfigError};
 use textrec_contract::manifest::{decimal_f32, ModelManifest};
 use textrec_model::calibration::{ConfidenceCard, ConfidenceReport};
 use textrec_model::data::open_dataset;
-use textrec_model::inference::Prediction;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
 use textrec_model::widths::WidthReadings;
 use textrec_model::LoadedModel;
+use textrec_model::Prediction;
 
 /// Arguments of `eval`.
 #[derive(Args, Debug)]

@@ -18,12 +18,12 @@ use serde_json::json;
 use super::{backoff_action, Error, Shared};
 use crate::crd::{ModelDeployment, RunPhase, TrainingRun, TrainingRunSpec};
 use crate::early_stopping::EvalHistory;
-use crate::job::trial_output;
 use crate::naming::{label_value, FIELD_MANAGER, RUN_LABEL, TRIAL_LABEL};
 use crate::pod_problems::{job_problem, PodProblem, FAILED_CREATE};
 use crate::progress::ProgressSource;
 use crate::references::{references, RefKind, Reference};
 use crate::run_plan::{plan, Observed};
+use textrec_contract::layout::trial_output;
 
 /// Controller name (metrics label, event reporter).
 pub const NAME: &str = "trainingrun";

@@ -10,8 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use textrec_contract::TrialProgress;
 
 use crate::crd::{TrainingRun, TrialPhase, TrialStatus};
-use crate::local::job_controller::TrialKey;
 use crate::local::state::LocalState;
+use crate::local::trials::TrialKey;
 use crate::run_plan::{PlannedEvent, Severity};
 
 /// One trial as shown.

@@ -11,25 +11,17 @@ use std::time::{Duration, Instant};
 use textrec_contract::TrialProgress;
 
 use crate::early_stopping::EvalHistory;
-use crate::job::trial_output;
 use crate::local::display::Display;
 use crate::local::process;
 use crate::local::state::{LocalPaths, LocalState};
-use crate::local::trials::{self, Exit, Next};
+use crate::local::trials::{self, key_str, Exit, Next, TrialKey};
 use crate::progress::{ProgressSource, StorageProgress};
+use textrec_contract::layout::trial_output;
 
 /// The pause before restarting a trial after its `failures`-th failure: 10 s after the first,
 /// doubling up to 80 s, like the Job controller's backoff.
 fn backoff(failures: usize) -> Duration {
     Duration::from_secs(5u64 << failures.min(4))
-}
-
-/// A trial: (TrainingRun name, trial name).
-pub type TrialKey = (String, String);
-
-/// `run/trial`, for messages.
-pub fn key_str(k: &TrialKey) -> String {
-    format!("{}/{}", k.0, k.1)
 }
 
 struct Live {

@@ -31,6 +31,14 @@ use textrec_contract::exit::{describe, CONFIG_ERROR, INTERRUPTED};
 
 use crate::job::CONTAINER;
 
+/// A trial: (TrainingRun name, trial name).
+pub type TrialKey = (String, String);
+
+/// `run/trial`, for messages.
+pub fn key_str(k: &TrialKey) -> String {
+    format!("{}/{}", k.0, k.1)
+}
+
 /// Signal deaths in a row, each after an attempt without progress, that count as a failure.
 pub const MAX_PREEMPTIONS_WITHOUT_PROGRESS: usize = 3;
 

@@ -20,8 +20,8 @@ use super::downsample::min_max_by;
 use crate::controller::cache::{slim_model_deployment, slim_run};
 use crate::crd::{ModelDeployment, TrainingRun};
 use crate::defaults::Defaults;
-use crate::job::trial_output;
 use crate::naming::serving_name;
+use textrec_contract::layout::trial_output;
 
 /// The objects the dashboard shows.
 pub trait Objects: Send + Sync {

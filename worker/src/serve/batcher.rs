@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use textrec_model::batching::{plan_batches, BatchLimits};
-use textrec_model::inference::Prediction;
 use textrec_model::widths::PreparedLine;
+use textrec_model::Prediction;
 use tokio::sync::oneshot;
 
 use super::engine::Engine;

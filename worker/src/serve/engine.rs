@@ -104,8 +104,8 @@ pub(crate) mod fake {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
-    use textrec_model::inference::Prediction;
     use textrec_model::preprocess::PreparedImage;
+    use textrec_model::Prediction;
 
     /// Answers `text` for every image after sleeping `delay` per batch; records batch sizes.
     pub struct FakeEngine {

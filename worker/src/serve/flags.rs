@@ -12,7 +12,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -21,7 +20,6 @@ use textrec_contract::Store;
 use textrec_model::preprocess::decode_checked;
 
 use super::limits::{CheckedImage, ServeError};
-use super::state::ServeState;
 
 /// Longest accepted correction or prediction, in characters (a text line, not a document).
 pub const MAX_TEXT_CHARS: usize = 1024;
@@ -263,44 +261,6 @@ impl FlagStore {
     }
 }
 
-/// Flag a sample: the text fields are checked, the request is admitted like a recognition, the
-/// image is checked from its header and decoded within the decode budget exactly as for
-/// recognition, and what is stored is that decoded image re-encoded as PNG. So the folder only
-/// ever holds samples that recognition accepts and training can read (not a truncated PNG,
-/// trailing junk, or a 16000000x1 strip).
-pub async fn flag(
-    state: &ServeState,
-    input: FlagInput,
-    deadline: Instant,
-) -> Result<FlagRecord, ServeError> {
-    let start = Instant::now();
-    let Some(store) = state.flags.as_ref() else {
-        return Err(ServeError::NotFound("flagging is off".into()));
-    };
-    let text = FlagText::check(
-        &input.prediction,
-        input.corrected_text.as_deref(),
-        input.model_version.as_deref(),
-    )?;
-    let _admitted = state.admit()?;
-    let model = state.slot.current();
-    let model_limit = model
-        .as_ref()
-        .map_or(u64::MAX, |m| m.engine.preprocess().max_source_pixels);
-    let image = state.limits.check(input.image, model_limit)?;
-    let version = text
-        .model_version
-        .clone()
-        .or_else(|| model.map(|m| m.engine.version().to_string()))
-        .unwrap_or_default();
-    let sha = textrec_contract::manifest::sha256_hex(&image.bytes);
-    let permit = state.decode_permit(image.pixels(), deadline, start).await?;
-    let png = state
-        .run_decode(permit, deadline, start, move || to_png(&image))
-        .await??;
-    store.store(png, sha, text, version).await
-}
-
 /// A text line for a `.gt.txt`: control characters (newlines included) become spaces, runs of
 /// whitespace collapse, ends are trimmed.
 fn one_line(s: &str, what: &str) -> Result<String, ServeError> {
@@ -317,7 +277,7 @@ fn one_line(s: &str, what: &str) -> Result<String, ServeError> {
 }
 
 /// The image as recognition decodes it (8-bit gray, transparency on white), as PNG.
-fn to_png(image: &CheckedImage) -> Result<Bytes, ServeError> {
+pub fn to_png(image: &CheckedImage) -> Result<Bytes, ServeError> {
     let gray = decode_checked(&image.bytes, &image.source)
         .map_err(|e| ServeError::InvalidArgument(format!("cannot decode image: {e:#}")))?;
     let mut out = Vec::new();

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client_ip::client_ip;
 use super::demo;
-use super::flags::{self, FlagInput};
+use super::flags::FlagInput;
 use super::limits::{deadline, ServeError};
 use super::ratelimit::retry_after_secs;
 use super::redact::{redact_json, redact_text, redact_url};
@@ -394,7 +394,7 @@ async fn flag(
             corrected_text: f.corrected_text,
             model_version: f.model_version,
         };
-        flags::flag(&state, input, deadline).await
+        state.flag(input, deadline).await
     }
     .await;
     match result {

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{Batcher, Job};
 use super::engine::ServedModel;
-use super::flags::FlagStore;
+use super::flags::{self, FlagInput, FlagRecord, FlagStore, FlagText};
 use super::limits::{CheckedImage, Limits, ServeError};
 use super::metrics::Metrics;
 use super::ratelimit::KeyedRateLimiter;
@@ -330,6 +330,44 @@ impl ServeState {
             ))),
             Ok(Ok(v)) => Ok(v),
         }
+    }
+
+    /// Flag a sample: the text fields are checked, the request is admitted like a recognition, the
+    /// image is checked from its header and decoded within the decode budget exactly as for
+    /// recognition, and what is stored is that decoded image re-encoded as PNG. So the folder only
+    /// ever holds samples that recognition accepts and training can read (not a truncated PNG,
+    /// trailing junk, or a 16000000x1 strip).
+    pub async fn flag(
+        &self,
+        input: FlagInput,
+        deadline: Instant,
+    ) -> Result<FlagRecord, ServeError> {
+        let start = Instant::now();
+        let Some(store) = self.flags.as_ref() else {
+            return Err(ServeError::NotFound("flagging is off".into()));
+        };
+        let text = FlagText::check(
+            &input.prediction,
+            input.corrected_text.as_deref(),
+            input.model_version.as_deref(),
+        )?;
+        let _admitted = self.admit()?;
+        let model = self.slot.current();
+        let model_limit = model
+            .as_ref()
+            .map_or(u64::MAX, |m| m.engine.preprocess().max_source_pixels);
+        let image = self.limits.check(input.image, model_limit)?;
+        let version = text
+            .model_version
+            .clone()
+            .or_else(|| model.map(|m| m.engine.version().to_string()))
+            .unwrap_or_default();
+        let sha = textrec_contract::manifest::sha256_hex(&image.bytes);
+        let permit = self.decode_permit(image.pixels(), deadline, start).await?;
+        let png = self
+            .run_decode(permit, deadline, start, move || flags::to_png(&image))
+            .await??;
+        store.store(png, sha, text, version).await
     }
 
     /// Recognize one encoded image before `deadline`; `api` labels the metrics.
