@@ -1,11 +1,11 @@
-//! What a finished trial ships: the decoding and the reading width that read its objective
-//! validation set best, and the model folder with them in its manifest.
+//! What a finished trial ships: the decoding that reads its objective validation set best, the
+//! reading width that reads all its validation sets best, and the model folder with them in its manifest.
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use textrec_contract::layout;
 use textrec_contract::manifest::{ModelManifest, Provenance, ReadingSettings, MODEL_FORMAT};
-use textrec_contract::metrics::{EvalPoint, ModelRef, TrialProgress, WorkerPhase};
+use textrec_contract::metrics::{EvalPoint, ModelRef, TrialProgress, WorkerPhase, OBJECTIVE_SET};
 use textrec_model::lm::{FolderLm, LanguageModel};
 use textrec_model::net::DecodeMode;
 use textrec_model::tensorio;
@@ -125,11 +125,14 @@ impl Trial<'_> {
         })
     }
 
-    /// The width the model reads at: each of `reading_widths` tried on the objective's set
+    /// The width the model reads at: each of `reading_widths` tried on every validation set
     /// with the chosen decoding (the best weights are loaded: call after
-    /// [`Self::choose_decoding`]), the lowest CER winning and a tie going to the earlier
-    /// factor. When a stretch wins, the extra sets are read again at it, so the trial's scores
-    /// are what its model reads as served. A stop request keeps the lines as drawn.
+    /// [`Self::choose_decoding`]). Each set's CER at a width is taken relative to that set's
+    /// lowest, and the width with the lowest mean wins (a tie going to the earlier factor):
+    /// every set has an equal say however hard it is, so a width that reads the objective's
+    /// set a few characters better cannot cost fonts the model never trained on a tenth of
+    /// their accuracy. The trial's scores become what its model reads as served. A stop
+    /// request keeps the lines as drawn.
     fn choose_width(
         &self,
         vals: &[ValidationSet],
@@ -141,50 +144,79 @@ impl Trial<'_> {
             return Ok(());
         }
         let pre = &self.cfg.preprocess;
-        let mut scores = Vec::with_capacity(factors.len());
+        // by_set[s][f]: set `s` read at `factors[f]` (CER, WER).
+        let mut by_set = vec![Vec::with_capacity(factors.len()); vals.len()];
         for &factor in factors {
-            let (cer, wer) = if factor == 1.0 {
-                (choice.reading.cer, choice.reading.wer)
-            } else {
-                let stretched = vals[0].at_width(pre, factor as f32)?;
-                match self.score(&stretched, choice.mode, lm)? {
-                    Some(card) => {
-                        let s = card.score();
-                        (s.cer, s.wer)
-                    }
-                    None => return Ok(()),
-                }
-            };
-            scores.push((factor, cer, wer));
-        }
-        let (width, cer, wer) = first_lowest(&scores, |s| s.1);
-        let listed: Vec<String> = scores
-            .iter()
-            .map(|(f, c, _)| format!("x{f} {c:.4}"))
-            .collect();
-        tracing::info!(
-            "reading width: validation CER {} with `{}`; the model reads at x{width}",
-            listed.join(", "),
-            choice.mode.as_str()
-        );
-        let mut extra_cer = choice.reading.extra_cer.clone();
-        if width != 1.0 {
-            for val in &vals[1..] {
-                let stretched = val.at_width(pre, width as f32)?;
-                match self.score(&stretched, choice.mode, lm)? {
-                    Some(card) => extra_cer.insert(val.name.clone(), card.score().cer),
-                    None => return Ok(()),
+            for (s, val) in vals.iter().enumerate() {
+                let as_chosen = match s {
+                    0 => Some((choice.reading.cer, choice.reading.wer)),
+                    _ => choice
+                        .reading
+                        .extra_cer
+                        .get(&val.name)
+                        .map(|&c| (c, f64::NAN)),
                 };
+                let score = match as_chosen {
+                    Some(score) if factor == 1.0 => score,
+                    _ => {
+                        let stretched = val.at_width(pre, factor as f32)?;
+                        match self.score(&stretched, choice.mode, lm)? {
+                            Some(card) => {
+                                let s = card.score();
+                                (s.cer, s.wer)
+                            }
+                            None => return Ok(()),
+                        }
+                    }
+                };
+                by_set[s].push(score);
             }
         }
+        let cers: Vec<Vec<f64>> = by_set
+            .iter()
+            .map(|set| set.iter().map(|s| s.0).collect())
+            .collect();
+        let chosen = lowest_relative_mean(&cers);
+        let width = factors[chosen];
+        let listed = |s: usize| -> String {
+            factors
+                .iter()
+                .zip(&cers[s])
+                .map(|(f, c)| format!("x{f} {c:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (s, val) in vals.iter().enumerate() {
+            tracing::info!(
+                "reading width: {} CER {} with `{}`",
+                val.name,
+                listed(s),
+                choice.mode.as_str()
+            );
+        }
+        tracing::info!("the model reads at x{width}");
+        let (cer, wer) = by_set[0][chosen];
         choice.reading = EvalPoint {
             cer,
             wer,
-            extra_cer,
+            extra_cer: vals[1..]
+                .iter()
+                .zip(&cers[1..])
+                .map(|(val, c)| (val.name.clone(), c[chosen]))
+                .collect(),
             reading_width: Some(width),
             ..choice.reading.clone()
         };
-        choice.by_width = scores.iter().map(|&(f, c, _)| (f, c)).collect();
+        choice.by_width = vals
+            .iter()
+            .zip(&cers)
+            .map(|(val, c)| {
+                (
+                    val.name.clone(),
+                    factors.iter().copied().zip(c.iter().copied()).collect(),
+                )
+            })
+            .collect();
         Ok(())
     }
 
@@ -212,8 +244,9 @@ impl Trial<'_> {
                 preprocessing: self.cfg.preprocess.clone(),
                 // The objective's scores (as evaluated, joint decoding), each extra validation
                 // set's CER as `cer:NAME`, the objective's CER by decoding as `cer@MODE`, in
-                // that decoding by reading width as `cer@xFACTOR`, and each extra set's CER as
-                // the model reads (chosen decoding and width) as `cer:NAME@MODE`.
+                // that decoding by reading width as `cer@xFACTOR` (each extra set's as
+                // `cer:NAME@xFACTOR`), and each extra set's CER as the model reads (chosen
+                // decoding and width) as `cer:NAME@MODE`.
                 metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]
                     .into_iter()
                     .chain(best.extra_cer.iter().map(|(n, c)| (format!("cer:{n}"), *c)))
@@ -222,7 +255,12 @@ impl Trial<'_> {
                             .iter()
                             .map(|(m, c)| (format!("cer@{}", m.as_str()), *c)),
                     )
-                    .chain(by_width.iter().map(|(f, c)| (format!("cer@x{f}"), *c)))
+                    .chain(by_width.iter().flat_map(|(set, widths)| {
+                        widths.iter().map(move |(f, c)| match set.as_str() {
+                            OBJECTIVE_SET => (format!("cer@x{f}"), *c),
+                            _ => (format!("cer:{set}@x{f}"), *c),
+                        })
+                    }))
                     .chain(
                         reading
                             .extra_cer
@@ -268,6 +306,25 @@ impl Trial<'_> {
     }
 }
 
+/// The index of the choice with the lowest mean relative CER: `cers[set][choice]` divided by
+/// the set's lowest, averaged over the sets; ties go to the earlier choice. CERs are floored
+/// at 0.001 first, so a set read perfectly at one width does not divide by zero (a few hundred
+/// lines tell no finer difference apart anyway).
+fn lowest_relative_mean(cers: &[Vec<f64>]) -> usize {
+    const FLOOR: f64 = 0.001;
+    let choices = cers.first().map_or(0, Vec::len);
+    let mean = |i: usize| -> f64 {
+        cers.iter()
+            .map(|set| {
+                let best = set.iter().fold(f64::INFINITY, |a, &c| a.min(c)).max(FLOOR);
+                set[i].max(FLOOR) / best
+            })
+            .sum::<f64>()
+            / cers.len() as f64
+    };
+    (1..choices).fold(0, |best, i| if mean(i) < mean(best) { i } else { best })
+}
+
 /// The first of the items with the lowest `cer` (ties go to the earlier, cheaper choice).
 fn first_lowest<T: Copy>(items: &[T], cer: impl Fn(&T) -> f64) -> T {
     items.iter().copied().fold(
@@ -282,8 +339,9 @@ struct DecodingChoice {
     mode: DecodeMode,
     /// The objective's CER in each decoding measured, in the order tried.
     by_mode: Vec<(DecodeMode, f64)>,
-    /// The objective's CER with `mode` at each width measured (empty when none was compared).
-    by_width: Vec<(f64, f64)>,
+    /// Each validation set's CER with `mode` at each width measured, the objective's first
+    /// (empty when no widths were compared).
+    by_width: Vec<(String, Vec<(f64, f64)>)>,
     /// The best weights' scores read with `mode`, at `reading.reading_width` when widths
     /// were compared.
     reading: EvalPoint,
@@ -301,5 +359,23 @@ impl DecodingChoice {
                 ..best.clone()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lowest_relative_mean;
+
+    #[test]
+    fn every_set_has_an_equal_say_in_the_reading_width() {
+        // The objective's set prefers the third width by a hair; the hard set prefers the
+        // second by far more: the mean of relative CERs picks the second.
+        let cers = vec![vec![0.0096, 0.0066, 0.0063], vec![0.0666, 0.0639, 0.0726]];
+        assert_eq!(lowest_relative_mean(&cers), 1);
+        // One set alone: its lowest, the earlier of a tie.
+        assert_eq!(lowest_relative_mean(&[vec![0.03, 0.02, 0.02]]), 1);
+        // Sets read perfectly at some width neither divide by zero nor outweigh the rest.
+        let cers = vec![vec![0.0, 0.0005, 0.002], vec![0.20, 0.10, 0.10]];
+        assert_eq!(lowest_relative_mean(&cers), 1);
     }
 }
