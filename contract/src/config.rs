@@ -61,9 +61,9 @@ pub struct TrainConfig {
     /// the decoding it chose; the factor with the lowest mean CER relative to each set's best
     /// becomes the model's reading width (the manifest's `reading`), a tie going to the earlier
     /// factor (every set, the objective's and each of `data.extra_validation`, has an equal
-    /// say). A line drawn wider gives
-    /// the encoder more frames per character, and a network often reads best a little wider
-    /// than preprocessing draws it. `[1]` reads lines as they are and compares nothing.
+    /// say). A line drawn wider gives the encoder more frames per character, and a network
+    /// often reads best a little wider than preprocessing draws it. `[1]` reads lines as they
+    /// are and compares nothing.
     pub reading_widths: Vec<f64>,
 }
 

@@ -1,5 +1,6 @@
 //! What a finished trial ships: the decoding that reads its objective validation set best, the
-//! reading width that reads all its validation sets best, and the model folder with them in its manifest.
+//! reading width that reads all its validation sets best, and the model folder with both in its
+//! manifest.
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -144,19 +145,16 @@ impl Trial<'_> {
             return Ok(());
         }
         let pre = &self.cfg.preprocess;
-        // by_set[s][f]: set `s` read at `factors[f]` (CER, WER).
-        let mut by_set = vec![Vec::with_capacity(factors.len()); vals.len()];
+        // cers[s][f]: set `s` read at `factors[f]`; the objective's WER beside it.
+        let mut cers = vec![Vec::with_capacity(factors.len()); vals.len()];
+        let mut objective_wer = Vec::with_capacity(factors.len());
         for &factor in factors {
             for (s, val) in vals.iter().enumerate() {
                 let as_chosen = match s {
                     0 => Some((choice.reading.cer, choice.reading.wer)),
-                    _ => choice
-                        .reading
-                        .extra_cer
-                        .get(&val.name)
-                        .map(|&c| (c, f64::NAN)),
+                    _ => choice.reading.extra_cer.get(&val.name).map(|&c| (c, 0.0)),
                 };
-                let score = match as_chosen {
+                let (cer, wer) = match as_chosen {
                     Some(score) if factor == 1.0 => score,
                     _ => {
                         let stretched = val.at_width(pre, factor as f32)?;
@@ -169,13 +167,12 @@ impl Trial<'_> {
                         }
                     }
                 };
-                by_set[s].push(score);
+                cers[s].push(cer);
+                if s == 0 {
+                    objective_wer.push(wer);
+                }
             }
         }
-        let cers: Vec<Vec<f64>> = by_set
-            .iter()
-            .map(|set| set.iter().map(|s| s.0).collect())
-            .collect();
         let chosen = lowest_relative_mean(&cers);
         let width = factors[chosen];
         let listed = |s: usize| -> String {
@@ -195,10 +192,9 @@ impl Trial<'_> {
             );
         }
         tracing::info!("the model reads at x{width}");
-        let (cer, wer) = by_set[0][chosen];
         choice.reading = EvalPoint {
-            cer,
-            wer,
+            cer: cers[0][chosen],
+            wer: objective_wer[chosen],
             extra_cer: vals[1..]
                 .iter()
                 .zip(&cers[1..])
@@ -312,17 +308,18 @@ impl Trial<'_> {
 /// lines tell no finer difference apart anyway).
 fn lowest_relative_mean(cers: &[Vec<f64>]) -> usize {
     const FLOOR: f64 = 0.001;
-    let choices = cers.first().map_or(0, Vec::len);
-    let mean = |i: usize| -> f64 {
+    let lowest: Vec<f64> = cers
+        .iter()
+        .map(|set| set.iter().fold(f64::INFINITY, |a, &c| a.min(c)).max(FLOOR))
+        .collect();
+    let choices: Vec<usize> = (0..cers.first().map_or(0, Vec::len)).collect();
+    first_lowest(&choices, |&i| {
         cers.iter()
-            .map(|set| {
-                let best = set.iter().fold(f64::INFINITY, |a, &c| a.min(c)).max(FLOOR);
-                set[i].max(FLOOR) / best
-            })
+            .zip(&lowest)
+            .map(|(set, best)| set[i].max(FLOOR) / best)
             .sum::<f64>()
             / cers.len() as f64
-    };
-    (1..choices).fold(0, |best, i| if mean(i) < mean(best) { i } else { best })
+    })
 }
 
 /// The first of the items with the lowest `cer` (ties go to the earlier, cheaper choice).
