@@ -833,6 +833,47 @@ pub struct LanguageModelConfig {
     pub beta: f64,
     /// Readings the search keeps after each frame.
     pub beam: usize,
+    /// Further weights a finished trial tries when it reads with `ctc-lm`: every pair of
+    /// `alphas` × `betas` (an empty list stands for `alpha` or `beta` alone), read on every
+    /// validation set at the chosen reading width. The pair with the lowest mean CER relative
+    /// to each set's best goes into the model's manifest, a tie going to `alpha` and `beta`
+    /// themselves, then to the earlier pair. The best weights depend on the network (a model
+    /// unsure of a font leans more on the language model), so a recipe searches them rather
+    /// than fixing them. In `spec.hyperparameters` a list is searched, so a fixed list is
+    /// written `[[0.35, 0.5]]`.
+    pub alphas: Vec<f64>,
+    /// See `alphas`.
+    pub betas: Vec<f64>,
+}
+
+/// The most weight pairs `language_model.alphas` × `betas` may make: each is a read of every
+/// validation set.
+pub const MAX_LM_WEIGHT_PAIRS: usize = 64;
+
+impl LanguageModelConfig {
+    /// The weight pairs (alpha, beta) a finished trial tries: the configured pair first, then
+    /// `alphas` × `betas` (alpha varying slowest), each once.
+    pub fn weight_pairs(&self) -> Vec<(f64, f64)> {
+        let alphas = if self.alphas.is_empty() {
+            vec![self.alpha]
+        } else {
+            self.alphas.clone()
+        };
+        let betas = if self.betas.is_empty() {
+            vec![self.beta]
+        } else {
+            self.betas.clone()
+        };
+        let mut pairs = vec![(self.alpha, self.beta)];
+        for &a in &alphas {
+            for &b in &betas {
+                if !pairs.contains(&(a, b)) {
+                    pairs.push((a, b));
+                }
+            }
+        }
+        pairs
+    }
 }
 
 impl Default for LanguageModelConfig {
@@ -843,6 +884,8 @@ impl Default for LanguageModelConfig {
             alpha: 0.5,
             beta: 2.0,
             beam: 12,
+            alphas: Vec::new(),
+            betas: Vec::new(),
         }
     }
 }
@@ -929,6 +972,35 @@ impl TrainConfig {
         }
         if !(1..=1000).contains(&lm.beam) {
             return bad("language_model.beam", "must be in 1..=1000");
+        }
+        let weight_lists = [
+            (
+                "language_model.alphas",
+                &lm.alphas,
+                "finite and not negative",
+            ),
+            ("language_model.betas", &lm.betas, "finite"),
+        ];
+        for (field, list, want) in weight_lists {
+            for (i, &w) in list.iter().enumerate() {
+                let negative_alpha = field.ends_with("alphas") && w < 0.0;
+                if !w.is_finite() || negative_alpha {
+                    return bad(field, &format!("weight {w} must be {want}"));
+                }
+                if list[..i].contains(&w) {
+                    return bad(field, &format!("weight {w} is given twice"));
+                }
+            }
+        }
+        let pairs = lm.alphas.len().max(1) * lm.betas.len().max(1);
+        if pairs > MAX_LM_WEIGHT_PAIRS {
+            return bad(
+                "language_model",
+                &format!(
+                    "alphas × betas make {pairs} weight pairs, more than {MAX_LM_WEIGHT_PAIRS} \
+                     (each is a read of every validation set)"
+                ),
+            );
         }
         let (lo, hi) = READING_WIDTH_RANGE;
         if self.reading_widths.is_empty() {
@@ -1296,6 +1368,51 @@ mod tests {
             let field = yaml.split(':').next().unwrap();
             assert!(msg.contains(field) && msg.contains(why), "{yaml}: {msg}");
             assert!(err.downcast_ref::<ConfigError>().is_some(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn language_model_weights_to_try_are_checked_and_paired_configured_first() {
+        let lm = |yaml: &str| TrainConfig::parse(yaml, &[]).map(|c| c.language_model);
+        // Nothing to try: the configured pair alone.
+        assert_eq!(lm("").unwrap().weight_pairs(), vec![(0.5, 2.0)]);
+        // An empty list stands for the configured weight; the configured pair comes first and
+        // only once.
+        let pairs = lm("language_model: {alphas: [0.35, 0.5], betas: [1, 2]}")
+            .unwrap()
+            .weight_pairs();
+        assert_eq!(
+            pairs,
+            vec![(0.5, 2.0), (0.35, 1.0), (0.35, 2.0), (0.5, 1.0)]
+        );
+        let pairs = lm("language_model: {beta: 1, alphas: [0.65]}")
+            .unwrap()
+            .weight_pairs();
+        assert_eq!(pairs, vec![(0.5, 1.0), (0.65, 1.0)]);
+        for (yaml, field, why) in [
+            (
+                "language_model: {alphas: [-0.1]}",
+                "language_model.alphas",
+                "finite and not negative",
+            ),
+            (
+                "language_model: {alphas: [0.5, 0.5]}",
+                "language_model.alphas",
+                "0.5 is given twice",
+            ),
+            (
+                "language_model: {betas: [1, 2, 1]}",
+                "language_model.betas",
+                "1 is given twice",
+            ),
+            (
+                "language_model: {alphas: [0,1,2,3,4,5,6,7,8], betas: [0,1,2,3,4,5,6,7]}",
+                "language_model",
+                "make 72 weight pairs, more than 64",
+            ),
+        ] {
+            let msg = format!("{:#}", lm(yaml).unwrap_err());
+            assert!(msg.contains(field) && msg.contains(why), "{yaml}: {msg}");
         }
     }
 

@@ -208,29 +208,44 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
         .next()
         .unwrap();
     assert_eq!(manifest.metrics["cer"], best_eval);
-    // Every decoding was measured on the validation set, and the model reads with the best
-    // (joint's CER is the evaluation's own); ties go to the cheaper mode (ctc, joint, attention).
+    // Every decoding was measured on every validation set (joint's CERs are the evaluation's
+    // own), and the model reads with the first with the lowest mean of each set's CER
+    // relative to its lowest (ctc, joint, attention: the cheaper first).
     assert_eq!(manifest.metrics["cer@joint"], best_eval);
+    let unseen_eval = evals
+        .iter()
+        .find(|e| e.step == best.step)
+        .map(|e| e.sets["unseen-fonts"].cer)
+        .unwrap();
+    assert_eq!(manifest.metrics["cer:unseen-fonts"], unseen_eval);
+    assert_eq!(manifest.metrics["cer:unseen-fonts@joint"], unseen_eval);
+    let modes = [DecodeMode::Ctc, DecodeMode::Joint, DecodeMode::Attention];
+    let by_mode = modes.map(|m| {
+        ["cer@", "cer:unseen-fonts@"].map(|key| manifest.metrics[&format!("{key}{}", m.as_str())])
+    });
+    assert_eq!(
+        manifest.decoding,
+        modes[first_lowest_relative_mean(&by_mode)],
+        "{by_mode:?}"
+    );
     // The finished trial's best, and the model reference, are the model read as served.
     assert_eq!(best.decoding, Some(manifest.decoding));
-    let decoded = format!("cer@{}", manifest.decoding.as_str());
+    let decoded = manifest.decoding.as_str();
     // Then each reading width was measured in that decoding on every set (x1 is the
     // decoding's own measurement), and the model reads at the first with the lowest mean of
     // each set's CER relative to its lowest.
-    assert_eq!(manifest.metrics["cer@x1"], manifest.metrics[&decoded]);
+    assert_eq!(
+        manifest.metrics["cer@x1"],
+        manifest.metrics[&format!("cer@{decoded}")]
+    );
+    assert_eq!(
+        manifest.metrics["cer:unseen-fonts@x1"],
+        manifest.metrics[&format!("cer:unseen-fonts@{decoded}")]
+    );
     let widths = [1.0, 1.1, 1.25];
-    let sets = ["cer@x", "cer:unseen-fonts@x"]
-        .map(|key| widths.map(|f| manifest.metrics[&format!("{key}{f}")].max(0.001)));
-    let relative: Vec<f64> = (0..widths.len())
-        .map(|i| {
-            sets.iter()
-                .map(|set| set[i] / set.iter().copied().fold(f64::INFINITY, f64::min))
-                .sum::<f64>()
-        })
-        .collect();
-    let lowest = relative.iter().copied().fold(f64::INFINITY, f64::min);
-    let width = widths[relative.iter().position(|&r| r == lowest).unwrap()];
-    let by_width: Vec<(f64, f64)> = widths.iter().copied().zip(relative.clone()).collect();
+    let by_width = widths
+        .map(|f| ["cer@x", "cer:unseen-fonts@x"].map(|key| manifest.metrics[&format!("{key}{f}")]));
+    let width = widths[first_lowest_relative_mean(&by_width)];
     match &manifest.reading {
         None => assert_eq!(width, 1.0, "{by_width:?}"),
         Some(r) => {
@@ -239,31 +254,35 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
         }
     }
     assert_eq!(best.cer, manifest.metrics[&format!("cer@x{width}")]);
+    assert_eq!(best.cer, manifest.metrics["cer@served"]);
     assert_eq!(best.reading_width, Some(width));
     assert_eq!(model.cer, best.cer);
-    let by_mode = [
-        (DecodeMode::Ctc, manifest.metrics["cer@ctc"]),
-        (DecodeMode::Joint, manifest.metrics["cer@joint"]),
-        (DecodeMode::Attention, manifest.metrics["cer@attention"]),
-    ];
-    let lowest = by_mode.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
-    let first_lowest = by_mode.iter().find(|m| m.1 == lowest).unwrap().0;
-    assert_eq!(manifest.decoding, first_lowest, "{by_mode:?}");
-    // Each extra validation set's CER is recorded too: as evaluated, and as served.
-    let unseen_eval = evals
-        .iter()
-        .find(|e| e.step == best.step)
-        .map(|e| e.sets["unseen-fonts"].cer)
-        .unwrap();
-    assert_eq!(manifest.metrics["cer:unseen-fonts"], unseen_eval);
-    if manifest.decoding == DecodeMode::Joint && manifest.reading.is_none() {
-        assert_eq!(best.extra_cer["unseen-fonts"], unseen_eval);
-    } else {
-        let served = format!("cer:unseen-fonts@{}", manifest.decoding.as_str());
-        assert_eq!(best.extra_cer["unseen-fonts"], manifest.metrics[&served]);
-    }
+    // Each extra validation set's CER as served, in progress and in the manifest.
+    let served = best.extra_cer["unseen-fonts"];
+    assert_eq!(served, manifest.metrics["cer:unseen-fonts@served"]);
+    assert_eq!(
+        served,
+        manifest.metrics[&format!("cer:unseen-fonts@x{width}")]
+    );
     // Only the newest `keep` checkpoints survive.
     assert_eq!(complete_checkpoints(out), vec![30, 35, 40]);
+}
+
+/// The index of the first candidate with the lowest mean of each set's CER relative to that
+/// set's lowest (CERs floored at 0.001), `cers[candidate][set]`: how a finished trial chooses
+/// its decoding and reading width.
+fn first_lowest_relative_mean<const S: usize>(cers: &[[f64; S]]) -> usize {
+    let lowest: [f64; S] = std::array::from_fn(|s| {
+        cers.iter()
+            .map(|c| c[s].max(0.001))
+            .fold(f64::INFINITY, f64::min)
+    });
+    let relative: Vec<f64> = cers
+        .iter()
+        .map(|c| (0..S).map(|s| c[s].max(0.001) / lowest[s]).sum::<f64>())
+        .collect();
+    let min = relative.iter().copied().fold(f64::INFINITY, f64::min);
+    relative.iter().position(|&r| r == min).unwrap()
 }
 
 /// Reads the trial's TensorBoard event file with the real `tensorboard` package and returns
@@ -629,6 +648,84 @@ fn unwritable_output_fails_fast_before_training() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("s3://"),
         "alternatives named"
+    );
+}
+
+#[test]
+fn a_trial_reading_with_its_language_model_chooses_the_models_weights_on_every_set() {
+    // The pretrained model, hardly trained further, reads with `ctc-lm`; short validation sets
+    // and a 3-gram keep it to seconds.
+    let config = r#"
+seed: 1
+device: cpu
+threads: 1
+model: {init_from: "builtin:small"}
+batch_size: 4
+max_steps: 2
+eval_interval: 2
+optimizer: {lr: 0.00001, warmup_steps: 1}
+data:
+  loader_threads: 1
+  train: {synthetic: {max_chars: 16}}
+  validation: {samples: 24}
+  extra_validation: {unseen-fonts: {samples: 24}}
+language_model: {order: 3, alphas: [0.25, 0.5], betas: [1, 2]}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("trial.yaml");
+    std::fs::write(&config_file, config).unwrap();
+    let out = dir.path().join("trial");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_textrec-worker"));
+    c.arg("train")
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--output")
+        .arg(&out);
+    let trained = run(c);
+    assert_eq!(trained.status.code(), Some(0));
+    let manifest: ModelManifest =
+        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest.decoding,
+        DecodeMode::CtcLm,
+        "the pretrained model reads best with its language model: {:?}",
+        manifest.metrics
+    );
+    // Every pair (the configured weights first) read on both sets at the reading width, and
+    // the first with the lowest mean relative CER written to the manifest.
+    let pairs = [(0.5, 2.0), (0.25, 1.0), (0.25, 2.0), (0.5, 1.0)];
+    let by_pair = pairs.map(|(a, b)| {
+        ["cer@", "cer:unseen-fonts@"]
+            .map(|key| manifest.metrics[&format!("{key}lm(alpha={a},beta={b})")])
+    });
+    let (alpha, beta) = pairs[first_lowest_relative_mean(&by_pair)];
+    let lm = manifest.language_model.as_ref().unwrap();
+    assert_eq!(
+        (lm.alpha, lm.beta),
+        (alpha as f32, beta as f32),
+        "{by_pair:?}"
+    );
+    // The configured pair's readings are the reading width's, not read again.
+    let best = progress(&out).best.unwrap();
+    let width = best.reading_width.unwrap();
+    assert_eq!(by_pair[0][0], manifest.metrics[&format!("cer@x{width}")]);
+    assert_eq!(
+        by_pair[0][1],
+        manifest.metrics[&format!("cer:unseen-fonts@x{width}")]
+    );
+    // The model as served is the chosen pair's reading, in the manifest and in progress.
+    let chosen = by_pair[pairs.iter().position(|&p| p == (alpha, beta)).unwrap()];
+    assert_eq!(manifest.metrics["cer@served"], chosen[0]);
+    assert_eq!(manifest.metrics["cer:unseen-fonts@served"], chosen[1]);
+    let best = progress(&out).best.unwrap();
+    assert_eq!(
+        (best.cer, best.extra_cer["unseen-fonts"]),
+        (chosen[0], chosen[1])
+    );
+    let log = String::from_utf8_lossy(&trained.stderr);
+    assert!(
+        log.contains(&format!("the model reads with alpha {alpha}, beta {beta}")),
+        "{log}"
     );
 }
 

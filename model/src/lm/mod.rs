@@ -41,6 +41,17 @@ pub struct FolderLm {
     pub info: LanguageModelInfo,
 }
 
+impl FolderLm {
+    /// Read with other search settings (weights chosen on validation data): the loaded model
+    /// and the manifest's description both change, the file does not.
+    pub fn set_weights(&mut self, settings: SearchSettings) {
+        self.model.settings = settings;
+        self.info.alpha = settings.alpha;
+        self.info.beta = settings.beta;
+        self.info.beam = settings.beam as u32;
+    }
+}
+
 /// Count a language model over `corpus`'s training text (see [`count_training_text`]) and
 /// serialize it for a model folder; `source` says in the manifest what the text was.
 pub fn build_for_folder(

@@ -1,13 +1,15 @@
-//! What a finished trial ships: the decoding that reads its objective validation set best, the
-//! reading width that reads all its validation sets best, and the model folder with both in its
-//! manifest.
+//! What a finished trial ships: the decoding, the reading width and the language model's
+//! weights that read its validation sets best, each chosen with every set having an equal say,
+//! and the model folder with all three in its manifest.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use textrec_contract::layout;
 use textrec_contract::manifest::{ModelManifest, Provenance, ReadingSettings, MODEL_FORMAT};
-use textrec_contract::metrics::{EvalPoint, ModelRef, TrialProgress, WorkerPhase, OBJECTIVE_SET};
-use textrec_model::lm::{FolderLm, LanguageModel};
+use textrec_contract::metrics::{EvalPoint, ModelRef, TrialProgress, WorkerPhase};
+use textrec_model::lm::{FolderLm, LanguageModel, SearchSettings};
 use textrec_model::net::DecodeMode;
 use textrec_model::tensorio;
 
@@ -16,18 +18,23 @@ use super::super::validation::ValidationSet;
 use super::Trial;
 
 impl Trial<'_> {
-    /// The end of a trial that trained all its steps: its last checkpoint, the decoding and
-    /// reading width chosen, the model folder, and progress naming the model.
+    /// The end of a trial that trained all its steps: its last checkpoint, the decoding,
+    /// reading width and language-model weights chosen, the model folder, and progress naming
+    /// the model.
     pub(super) fn end_finished(&mut self, vals: &[ValidationSet]) -> Result<TrialProgress> {
         self.save_checkpoint()?;
         // `ctc-lm` searches the CTC head's frames: no head, no language model.
-        let lm = if self.state.architecture.ctc_weight > 0.0 {
+        let mut lm = if self.state.architecture.ctc_weight > 0.0 {
             language_model::build(self.cfg, self.tokenizer.charset())?
         } else {
             None
         };
         let mut choice = self.choose_decoding(vals, lm.as_ref().map(|l| &l.model))?;
         self.choose_width(vals, &mut choice, lm.as_ref().map(|l| &l.model))?;
+        if let Some(lm) = lm.as_mut() {
+            let settings = self.choose_lm_weights(vals, &mut choice, &lm.model)?;
+            lm.set_weights(settings);
+        }
         let decoding = choice.mode;
         let model = self.write_model(&choice, lm.as_ref())?;
         let mut p = self.progress(WorkerPhase::Succeeded, Some(model.clone()), None);
@@ -46,14 +53,14 @@ impl Trial<'_> {
         Ok(p)
     }
 
-    /// The decoding the model is served with: the mode with the lowest CER of the best
-    /// weights on the objective's validation set (evaluations use `joint`; `ctc`,
-    /// `attention` and, with a language model, `ctc-lm` are measured here, once). Ties go to
-    /// the cheaper mode: at short training budgets the decoder reads little and the CTC head
-    /// alone is as good and twice as fast. Loads the best weights into the network: call when
-    /// training is over. Returns the chosen mode, every mode's objective CER, and the best
-    /// weights' scores read with the chosen mode (a stop request leaves out the extra sets
-    /// not read yet).
+    /// The decoding the model is served with: `ctc`, `joint`, `attention` and, with a
+    /// language model, `ctc-lm` read every validation set with the best weights (`joint`'s
+    /// readings are the best evaluation's own), and the mode with the lowest mean of each
+    /// set's CER relative to that set's lowest wins, so the objective's set cannot pick a mode
+    /// that reads it a few characters better and fonts the model never trained on far worse.
+    /// Ties go to the cheaper mode: at short training budgets the decoder reads little and
+    /// the CTC head alone is as good and twice as fast. Loads the best weights into the
+    /// network: call when training is over. A stop request keeps the evaluation's `joint`.
     fn choose_decoding(
         &mut self,
         vals: &[ValidationSet],
@@ -67,72 +74,46 @@ impl Trial<'_> {
         }
         let weights = self.best_weights.clone().context("best weights missing")?;
         tensorio::load_varstore(&mut self.vs, &weights).context("reloading the best weights")?;
-        let mut scores = Vec::new();
-        let modes = [DecodeMode::Ctc, DecodeMode::Attention, DecodeMode::CtcLm];
-        for mode in modes
-            .into_iter()
-            .filter(|&m| m != DecodeMode::CtcLm || lm.is_some())
-        {
-            match self.score(&vals[0], mode, lm)? {
-                Some(card) => {
-                    let s = card.score();
-                    scores.push((mode, s.cer, s.wer));
-                }
-                // Stopping now keeps the measured default.
-                None => return Ok(DecodingChoice::as_evaluated(DecodeMode::Joint, &best)),
-            }
-        }
-        scores.insert(1, (DecodeMode::Joint, best.cer, best.wer));
-        // Order: ctc, joint, attention, ctc-lm (the CTC head alone first; the others cost
-        // about the same); the first of the lowest CERs wins.
-        let (chosen, cer, wer) = first_lowest(&scores, |s| s.1);
-        let by_mode: Vec<(DecodeMode, f64)> = scores.iter().map(|&(m, c, _)| (m, c)).collect();
-        let listed: Vec<String> = by_mode
-            .iter()
-            .map(|(m, c)| format!("{} {c:.4}", m.as_str()))
-            .collect();
-        tracing::info!(
-            "decoding: validation CER {}; the model reads with `{}`",
-            listed.join(", "),
-            chosen.as_str()
-        );
-        if chosen == DecodeMode::Joint {
-            return Ok(DecodingChoice {
-                by_mode,
-                ..DecodingChoice::as_evaluated(chosen, &best)
-            });
-        }
-        // The extra sets were read with `joint` at the best evaluation: read them again the way
-        // the model will be served, so a trial's scores compare with another trial's.
-        let mut reading = EvalPoint {
-            step: best.step,
-            cer,
-            wer,
-            extra_cer: Default::default(),
-            decoding: Some(chosen),
-            reading_width: None,
+        // Order: the CTC head alone first, then the ones that cost about the same.
+        let modes: Vec<DecodeMode> = [
+            DecodeMode::Ctc,
+            DecodeMode::Joint,
+            DecodeMode::Attention,
+            DecodeMode::CtcLm,
+        ]
+        .into_iter()
+        .filter(|&m| m != DecodeMode::CtcLm || lm.is_some())
+        .collect();
+        let compared = compare(
+            vals.len(),
+            &modes,
+            |&m, s| match m {
+                DecodeMode::Joint => set_reading(&best, s, &vals[s].name),
+                _ => None,
+            },
+            |&m, s| self.read(&vals[s], m, lm),
+        )?;
+        let Some((chosen, readings)) = compared else {
+            return Ok(DecodingChoice::as_evaluated(DecodeMode::Joint, &best));
         };
-        for val in &vals[1..] {
-            match self.score(val, chosen, lm)? {
-                Some(card) => reading.extra_cer.insert(val.name.clone(), card.score().cer),
-                None => break,
-            };
-        }
+        let mode = modes[chosen];
+        log_compared("decoding", vals, &readings, |m| {
+            modes[m].as_str().to_string()
+        });
+        tracing::info!("the model reads with `{}`", mode.as_str());
         Ok(DecodingChoice {
-            mode: chosen,
-            by_mode,
+            mode,
+            by_mode: by_set(vals, &readings, |m| modes[m]),
             by_width: Vec::new(),
-            reading,
+            by_lm_weights: Vec::new(),
+            reading: reading_of(&best, vals, &readings, chosen, Some(mode), None),
         })
     }
 
     /// The width the model reads at: each of `reading_widths` tried on every validation set
     /// with the chosen decoding (the best weights are loaded: call after
-    /// [`Self::choose_decoding`]). Each set's CER at a width is taken relative to that set's
-    /// lowest, and the width with the lowest mean wins (a tie going to the earlier factor):
-    /// every set has an equal say however hard it is, so a width that reads the objective's
-    /// set a few characters better cannot cost fonts the model never trained on a tenth of
-    /// their accuracy. The trial's scores become what its model reads as served. A stop
+    /// [`Self::choose_decoding`]), chosen by the same equal say of every set (a tie going to
+    /// the earlier factor). The trial's scores become what its model reads as served. A stop
     /// request keeps the lines as drawn.
     fn choose_width(
         &self,
@@ -144,87 +125,114 @@ impl Trial<'_> {
         if factors.as_slice() == [1.0] {
             return Ok(());
         }
-        let pre = &self.cfg.preprocess;
-        // cers[s][f]: set `s` read at `factors[f]`; the objective's WER beside it.
-        let mut cers = vec![Vec::with_capacity(factors.len()); vals.len()];
-        let mut objective_wer = Vec::with_capacity(factors.len());
-        for &factor in factors {
-            for (s, val) in vals.iter().enumerate() {
-                let as_chosen = match s {
-                    0 => Some((choice.reading.cer, choice.reading.wer)),
-                    _ => choice.reading.extra_cer.get(&val.name).map(|&c| (c, 0.0)),
-                };
-                let (cer, wer) = match as_chosen {
-                    Some(score) if factor == 1.0 => score,
-                    _ => {
-                        let stretched = val.at_width(pre, factor as f32)?;
-                        match self.score(&stretched, choice.mode, lm)? {
-                            Some(card) => {
-                                let s = card.score();
-                                (s.cer, s.wer)
-                            }
-                            None => return Ok(()),
-                        }
-                    }
-                };
-                cers[s].push(cer);
-                if s == 0 {
-                    objective_wer.push(wer);
-                }
-            }
-        }
-        let chosen = lowest_relative_mean(&cers);
+        let compared = compare(
+            vals.len(),
+            factors,
+            |&f, s| match f == 1.0 {
+                true => set_reading(&choice.reading, s, &vals[s].name),
+                false => None,
+            },
+            |&f, s| {
+                let stretched = vals[s].at_width(&self.cfg.preprocess, f as f32)?;
+                self.read(&stretched, choice.mode, lm)
+            },
+        )?;
+        let Some((chosen, readings)) = compared else {
+            return Ok(());
+        };
         let width = factors[chosen];
-        let listed = |s: usize| -> String {
-            factors
-                .iter()
-                .zip(&cers[s])
-                .map(|(f, c)| format!("x{f} {c:.4}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        for (s, val) in vals.iter().enumerate() {
-            tracing::info!(
-                "reading width: {} CER {} with `{}`",
-                val.name,
-                listed(s),
-                choice.mode.as_str()
-            );
-        }
+        let what = format!("reading width with `{}`", choice.mode.as_str());
+        log_compared(&what, vals, &readings, |f| format!("x{}", factors[f]));
         tracing::info!("the model reads at x{width}");
-        choice.reading = EvalPoint {
-            cer: cers[0][chosen],
-            wer: objective_wer[chosen],
-            extra_cer: vals[1..]
-                .iter()
-                .zip(&cers[1..])
-                .map(|(val, c)| (val.name.clone(), c[chosen]))
-                .collect(),
-            reading_width: Some(width),
-            ..choice.reading.clone()
-        };
-        choice.by_width = vals
-            .iter()
-            .zip(&cers)
-            .map(|(val, c)| {
-                (
-                    val.name.clone(),
-                    factors.iter().copied().zip(c.iter().copied()).collect(),
-                )
-            })
-            .collect();
+        let mode = Some(choice.mode);
+        choice.reading = reading_of(&choice.reading, vals, &readings, chosen, mode, Some(width));
+        choice.by_width = by_set(vals, &readings, |f| factors[f]);
         Ok(())
+    }
+
+    /// The language model's weights the model reads with: each pair of
+    /// `language_model.alphas` × `betas` tried on every validation set at the chosen reading
+    /// width (call after [`Self::choose_width`]), chosen by the equal say of every set, a tie
+    /// going to the configured weights and then to the earlier pair. Only when the model reads
+    /// with `ctc-lm` and there is more than one pair; returns the search settings to write.
+    /// A stop request keeps the configured weights.
+    fn choose_lm_weights(
+        &self,
+        vals: &[ValidationSet],
+        choice: &mut DecodingChoice,
+        lm: &LanguageModel,
+    ) -> Result<SearchSettings> {
+        let pairs = self.cfg.language_model.weight_pairs();
+        if choice.mode != DecodeMode::CtcLm || pairs.len() == 1 {
+            return Ok(lm.settings);
+        }
+        let width = choice.reading.reading_width.unwrap_or(1.0);
+        // Stretched once, read once per pair.
+        let stretched: Vec<ValidationSet> = match width == 1.0 {
+            true => Vec::new(),
+            false => vals
+                .iter()
+                .map(|v| v.at_width(&self.cfg.preprocess, width as f32))
+                .collect::<Result<_>>()?,
+        };
+        let sets = if stretched.is_empty() {
+            vals
+        } else {
+            &stretched
+        };
+        let weighted = |&(alpha, beta): &(f64, f64)| SearchSettings {
+            alpha: alpha as f32,
+            beta: beta as f32,
+            ..lm.settings
+        };
+        let mut reweighted = lm.clone();
+        let compared = compare(
+            vals.len(),
+            &pairs,
+            |pair, s| match pair == &pairs[0] {
+                // The configured weights: the reading so far.
+                true => set_reading(&choice.reading, s, &vals[s].name),
+                false => None,
+            },
+            |pair, s| {
+                reweighted.settings = weighted(pair);
+                self.read(&sets[s], DecodeMode::CtcLm, Some(&reweighted))
+            },
+        )?;
+        let Some((chosen, readings)) = compared else {
+            return Ok(lm.settings);
+        };
+        let (alpha, beta) = pairs[chosen];
+        log_compared(
+            "language model weights (alpha/beta)",
+            vals,
+            &readings,
+            |p| format!("{}/{}", pairs[p].0, pairs[p].1),
+        );
+        tracing::info!("the model reads with alpha {alpha}, beta {beta}");
+        let (mode, width) = (Some(choice.mode), choice.reading.reading_width);
+        choice.reading = reading_of(&choice.reading, vals, &readings, chosen, mode, width);
+        choice.by_lm_weights = by_set(vals, &readings, |p| pairs[p]);
+        Ok(weighted(&pairs[chosen]))
+    }
+
+    /// Read `val` as (CER, WER); `None` on a stop request.
+    fn read(
+        &self,
+        val: &ValidationSet,
+        mode: DecodeMode,
+        lm: Option<&LanguageModel>,
+    ) -> Result<Option<(f64, f64)>> {
+        Ok(self.score(val, mode, lm)?.map(|card| {
+            let score = card.score();
+            (score.cer, score.wer)
+        }))
     }
 
     /// Write the final model folder (best weights + manifest, manifest last).
     fn write_model(&self, choice: &DecodingChoice, lm: Option<&FolderLm>) -> Result<ModelRef> {
-        let DecodingChoice {
-            mode: decoding,
-            by_mode,
-            by_width,
-            reading,
-        } = choice;
-        let decoding = *decoding;
+        let decoding = choice.mode;
+        let reading = &choice.reading;
         let best = self
             .state
             .best
@@ -238,32 +246,7 @@ impl Trial<'_> {
                 architecture: self.state.architecture.clone(),
                 charset: self.tokenizer.charset().to_string(),
                 preprocessing: self.cfg.preprocess.clone(),
-                // The objective's scores (as evaluated, joint decoding), each extra validation
-                // set's CER as `cer:NAME`, the objective's CER by decoding as `cer@MODE`, in
-                // that decoding by reading width as `cer@xFACTOR` (each extra set's as
-                // `cer:NAME@xFACTOR`), and each extra set's CER as the model reads (chosen
-                // decoding and width) as `cer:NAME@MODE`.
-                metrics: [("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]
-                    .into_iter()
-                    .chain(best.extra_cer.iter().map(|(n, c)| (format!("cer:{n}"), *c)))
-                    .chain(
-                        by_mode
-                            .iter()
-                            .map(|(m, c)| (format!("cer@{}", m.as_str()), *c)),
-                    )
-                    .chain(by_width.iter().flat_map(|(set, widths)| {
-                        widths.iter().map(move |(f, c)| match set.as_str() {
-                            OBJECTIVE_SET => (format!("cer@x{f}"), *c),
-                            _ => (format!("cer:{set}@x{f}"), *c),
-                        })
-                    }))
-                    .chain(
-                        reading
-                            .extra_cer
-                            .iter()
-                            .map(|(n, c)| (format!("cer:{n}@{}", decoding.as_str()), *c)),
-                    )
-                    .collect(),
+                metrics: choice.manifest_metrics(&best),
                 decoding,
                 language_model: lm.map(|l| l.info.clone()),
                 reading: reading
@@ -330,17 +313,121 @@ fn first_lowest<T: Copy>(items: &[T], cer: impl Fn(&T) -> f64) -> T {
     )
 }
 
-/// The decoding and reading width a finished trial's model is served with, and how its best
-/// weights read.
+/// Each of `sets` validation sets read with each candidate, and the index of the candidate with the
+/// lowest mean relative CER ([`lowest_relative_mean`]); `readings[set][candidate]` is a (CER,
+/// WER). `known` gives a reading already made (it is not made again), `read` makes one and
+/// gives `None` on a stop request, which ends the comparison with `None`.
+fn compare<K>(
+    sets: usize,
+    candidates: &[K],
+    known: impl Fn(&K, usize) -> Option<(f64, f64)>,
+    mut read: impl FnMut(&K, usize) -> Result<Option<(f64, f64)>>,
+) -> Result<Option<(usize, Readings)>> {
+    let mut readings = vec![Vec::with_capacity(candidates.len()); sets];
+    for candidate in candidates {
+        for (s, set) in readings.iter_mut().enumerate() {
+            let reading = match known(candidate, s) {
+                Some(r) => r,
+                None => match read(candidate, s)? {
+                    Some(r) => r,
+                    None => return Ok(None),
+                },
+            };
+            set.push(reading);
+        }
+    }
+    let cers: Vec<Vec<f64>> = readings
+        .iter()
+        .map(|set| set.iter().map(|r| r.0).collect())
+        .collect();
+    Ok(Some((lowest_relative_mean(&cers), readings)))
+}
+
+/// One log line per set: its CER with each candidate (`name(candidate)`).
+fn log_compared(
+    what: &str,
+    vals: &[ValidationSet],
+    readings: &[Vec<(f64, f64)>],
+    name: impl Fn(usize) -> String,
+) {
+    for (val, r) in vals.iter().zip(readings) {
+        let listed: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, (cer, _))| format!("{} {cer:.4}", name(i)))
+            .collect();
+        tracing::info!("{what}: {} CER {}", val.name, listed.join(", "));
+    }
+}
+
+/// `readings[set][choice]` as each set's name with its CER by choice (`key(choice)`).
+fn by_set<K>(
+    vals: &[ValidationSet],
+    readings: &[Vec<(f64, f64)>],
+    key: impl Fn(usize) -> K,
+) -> Vec<(String, Vec<(K, f64)>)> {
+    vals.iter()
+        .zip(readings)
+        .map(|(val, r)| {
+            let cers = r.iter().enumerate().map(|(i, c)| (key(i), c.0)).collect();
+            (val.name.clone(), cers)
+        })
+        .collect()
+}
+
+/// Set `s`'s (CER, WER) in `point`, when it holds it (extra sets' WERs are not kept: 0).
+fn set_reading(point: &EvalPoint, s: usize, name: &str) -> Option<(f64, f64)> {
+    match s {
+        0 => Some((point.cer, point.wer)),
+        _ => point.extra_cer.get(name).map(|&c| (c, 0.0)),
+    }
+}
+
+/// `base` with every set's scores taken from `readings[set][chosen]`.
+fn reading_of(
+    base: &EvalPoint,
+    vals: &[ValidationSet],
+    readings: &[Vec<(f64, f64)>],
+    chosen: usize,
+    decoding: Option<DecodeMode>,
+    reading_width: Option<f64>,
+) -> EvalPoint {
+    let (cer, wer) = readings[0][chosen];
+    EvalPoint {
+        step: base.step,
+        cer,
+        wer,
+        extra_cer: vals[1..]
+            .iter()
+            .zip(&readings[1..])
+            .map(|(val, r)| (val.name.clone(), r[chosen].0))
+            .collect(),
+        decoding,
+        reading_width,
+    }
+}
+
+/// Each validation set's (CER, WER) by candidate, `readings[set][candidate]`, the objective's
+/// set first.
+type Readings = Vec<Vec<(f64, f64)>>;
+
+/// CER of each validation set (the objective's first) by the choice it was read with.
+type BySet<K> = Vec<(String, Vec<(K, f64)>)>;
+
+/// How a finished trial's model is served (decoding, reading width), what each choice read,
+/// and how its best weights read as served.
 struct DecodingChoice {
     mode: DecodeMode,
-    /// The objective's CER in each decoding measured, in the order tried.
-    by_mode: Vec<(DecodeMode, f64)>,
-    /// Each validation set's CER with `mode` at each width measured, the objective's first
-    /// (empty when no widths were compared).
-    by_width: Vec<(String, Vec<(f64, f64)>)>,
-    /// The best weights' scores read with `mode`, at `reading.reading_width` when widths
-    /// were compared.
+    /// Each set's CER in each decoding measured, in the order tried (empty when none were
+    /// compared).
+    by_mode: BySet<DecodeMode>,
+    /// Each set's CER with `mode` at each width measured (empty when no widths were
+    /// compared).
+    by_width: BySet<f64>,
+    /// Each set's CER with `ctc-lm` at the reading width, by language-model weights (alpha,
+    /// beta) (empty when none were compared).
+    by_lm_weights: BySet<(f64, f64)>,
+    /// The best weights' scores read as served.
     reading: EvalPoint,
 }
 
@@ -349,19 +436,166 @@ impl DecodingChoice {
     fn as_evaluated(mode: DecodeMode, best: &EvalPoint) -> Self {
         Self {
             mode,
-            by_mode: vec![(mode, best.cer)],
+            by_mode: Vec::new(),
             by_width: Vec::new(),
+            by_lm_weights: Vec::new(),
             reading: EvalPoint {
                 decoding: Some(mode),
                 ..best.clone()
             },
         }
     }
+
+    /// The manifest's metrics: the best evaluation's scores as evaluated (`joint`, as drawn:
+    /// `cer`, `wer`, `cer:SET`), every choice compared (`cer@MODE` as drawn with the
+    /// configured language-model weights, `cer@xFACTOR` in the chosen decoding,
+    /// `cer@lm(alpha=A,beta=B)` at the chosen width; each extra set's as `cer:SET@…`), and the
+    /// model as served (`cer@served`, `wer@served`, `cer:SET@served`).
+    fn manifest_metrics(&self, best: &EvalPoint) -> BTreeMap<String, f64> {
+        let mut metrics =
+            BTreeMap::from([("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]);
+        for (name, cer) in &best.extra_cer {
+            metrics.insert(format!("cer:{name}"), *cer);
+        }
+        add_compared(&mut metrics, &self.by_mode, |m| m.as_str().to_string());
+        add_compared(&mut metrics, &self.by_width, |f| format!("x{f}"));
+        add_compared(&mut metrics, &self.by_lm_weights, |(a, b)| {
+            format!("lm(alpha={a},beta={b})")
+        });
+        let served = &self.reading;
+        metrics.insert("cer@served".to_string(), served.cer);
+        metrics.insert("wer@served".to_string(), served.wer);
+        for (name, cer) in &served.extra_cer {
+            metrics.insert(format!("cer:{name}@served"), *cer);
+        }
+        metrics
+    }
+}
+
+/// Add every choice compared to the manifest's metrics, as `cer@WHAT` for the objective's set
+/// (the first) and `cer:SET@WHAT` for the others.
+fn add_compared<K>(
+    metrics: &mut BTreeMap<String, f64>,
+    by_set: &BySet<K>,
+    what: impl Fn(&K) -> String,
+) {
+    for (i, (set, cers)) in by_set.iter().enumerate() {
+        for (k, cer) in cers {
+            let key = match i {
+                0 => format!("cer@{}", what(k)),
+                _ => format!("cer:{set}@{}", what(k)),
+            };
+            metrics.insert(key, *cer);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::lowest_relative_mean;
+    use std::cell::RefCell;
+
+    use textrec_contract::metrics::EvalPoint;
+    use textrec_model::net::DecodeMode;
+
+    use super::{compare, lowest_relative_mean, DecodingChoice};
+
+    #[test]
+    fn a_comparison_reads_only_what_it_does_not_know_and_stops_when_asked() {
+        // Two sets, three candidates; candidate 1 was read already (an evaluation's `joint`).
+        let made = RefCell::new(Vec::new());
+        let cers = [[0.02, 0.01, 0.03], [0.30, 0.20, 0.10]];
+        let (chosen, readings) = compare(
+            2,
+            &[0usize, 1, 2],
+            |&c, s| (c == 1).then_some((cers[s][c], 0.5)),
+            |&c, s| {
+                made.borrow_mut().push((c, s));
+                Ok(Some((cers[s][c], 0.0)))
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(*made.borrow(), [(0, 0), (0, 1), (2, 0), (2, 1)]);
+        assert_eq!(readings[0], [(0.02, 0.0), (0.01, 0.5), (0.03, 0.0)]);
+        // Relative means: (2 + 3) / 2, (1 + 2) / 2, (3 + 1) / 2.
+        assert_eq!(chosen, 1);
+        // A stop request in the middle ends it without a choice.
+        let stopped = compare(
+            2,
+            &[0usize, 1],
+            |_, _| None,
+            |&c, _| Ok((c == 0).then_some((0.1, 0.1))),
+        );
+        assert!(stopped.unwrap().is_none());
+    }
+
+    #[test]
+    fn the_manifest_records_every_choice_compared_and_the_model_as_served() {
+        let point = |cer: f64, unseen: f64| EvalPoint {
+            step: 40,
+            cer,
+            wer: cer * 4.0,
+            extra_cer: [("unseen-fonts".to_string(), unseen)].into(),
+            decoding: None,
+            reading_width: None,
+        };
+        let sets = |objective: Vec<(f64, f64)>, unseen: Vec<(f64, f64)>| {
+            vec![
+                ("validation".to_string(), objective),
+                ("unseen-fonts".to_string(), unseen),
+            ]
+        };
+        let choice = DecodingChoice {
+            mode: DecodeMode::CtcLm,
+            by_mode: vec![
+                (
+                    "validation".to_string(),
+                    vec![(DecodeMode::Ctc, 0.03), (DecodeMode::CtcLm, 0.02)],
+                ),
+                (
+                    "unseen-fonts".to_string(),
+                    vec![(DecodeMode::Ctc, 0.3), (DecodeMode::CtcLm, 0.2)],
+                ),
+            ],
+            by_width: sets(
+                vec![(1.0, 0.02), (1.1, 0.015)],
+                vec![(1.0, 0.2), (1.1, 0.19)],
+            ),
+            by_lm_weights: vec![
+                (
+                    "validation".to_string(),
+                    vec![((0.5, 2.0), 0.015), ((0.65, 1.0), 0.014)],
+                ),
+                (
+                    "unseen-fonts".to_string(),
+                    vec![((0.5, 2.0), 0.19), ((0.65, 1.0), 0.17)],
+                ),
+            ],
+            reading: point(0.014, 0.17),
+        };
+        let m = choice.manifest_metrics(&point(0.04, 0.4));
+        let expected = [
+            ("cer", 0.04),
+            ("wer", 0.16),
+            ("cer:unseen-fonts", 0.4),
+            ("cer@ctc", 0.03),
+            ("cer@ctc-lm", 0.02),
+            ("cer:unseen-fonts@ctc", 0.3),
+            ("cer:unseen-fonts@ctc-lm", 0.2),
+            ("cer@x1", 0.02),
+            ("cer@x1.1", 0.015),
+            ("cer:unseen-fonts@x1.1", 0.19),
+            ("cer@lm(alpha=0.65,beta=1)", 0.014),
+            ("cer:unseen-fonts@lm(alpha=0.5,beta=2)", 0.19),
+            ("cer@served", 0.014),
+            ("wer@served", 0.056),
+            ("cer:unseen-fonts@served", 0.17),
+        ];
+        for (key, value) in expected {
+            assert_eq!(m.get(key), Some(&value), "{key}: {m:?}");
+        }
+        assert_eq!(m.len(), 3 + 4 + 4 + 4 + 3, "{m:?}");
+    }
 
     #[test]
     fn every_set_has_an_equal_say_in_the_reading_width() {
