@@ -973,18 +973,24 @@ impl TrainConfig {
         if !(1..=1000).contains(&lm.beam) {
             return bad("language_model.beam", "must be in 1..=1000");
         }
+        // Alphas weigh a log-probability, so they are not negative; betas may be.
         let weight_lists = [
             (
                 "language_model.alphas",
                 &lm.alphas,
+                0.0,
                 "finite and not negative",
             ),
-            ("language_model.betas", &lm.betas, "finite"),
+            (
+                "language_model.betas",
+                &lm.betas,
+                f64::NEG_INFINITY,
+                "finite",
+            ),
         ];
-        for (field, list, want) in weight_lists {
+        for (field, list, lowest, want) in weight_lists {
             for (i, &w) in list.iter().enumerate() {
-                let negative_alpha = field.ends_with("alphas") && w < 0.0;
-                if !w.is_finite() || negative_alpha {
+                if !w.is_finite() || w < lowest {
                     return bad(field, &format!("weight {w} must be {want}"));
                 }
                 if list[..i].contains(&w) {

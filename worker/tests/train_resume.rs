@@ -75,9 +75,13 @@ fn run(mut c: Command) -> Output {
     out
 }
 
+/// The manifest of the model folder a trial wrote under `out`.
+fn model_manifest(out: &Path) -> ModelManifest {
+    serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap()
+}
+
 fn model_sha(out: &Path) -> String {
-    let manifest: ModelManifest =
-        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let manifest = model_manifest(out);
     let weights = std::fs::read(out.join("model/model.safetensors")).unwrap();
     let sha = textrec_contract::manifest::sha256_hex(&weights);
     let listed = manifest
@@ -197,8 +201,7 @@ fn uninterrupted_run_writes_model_metrics_and_progress() {
     assert!(peaks[0] > 20.0, "{peaks:?}");
     assert!(peaks.windows(2).all(|w| w[0] <= w[1]), "{peaks:?}");
     // The model is the best evaluation's, with its metrics.
-    let manifest: ModelManifest =
-        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let manifest = model_manifest(out);
     let best = p.best.unwrap();
     assert_eq!(manifest.provenance.step, best.step);
     let best_eval = evals
@@ -683,8 +686,7 @@ language_model: {order: 3, alphas: [0.25, 0.5], betas: [1, 2]}
         .arg(&out);
     let trained = run(c);
     assert_eq!(trained.status.code(), Some(0));
-    let manifest: ModelManifest =
-        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let manifest = model_manifest(&out);
     assert_eq!(
         manifest.decoding,
         DecodeMode::CtcLm,
@@ -769,8 +771,7 @@ fn fine_tuning_starts_from_a_model_takes_its_preprocessing_and_refuses_another_n
     // Lineage: the fine-tune's manifest names the parent's version.
     let parent_version =
         ModelManifest::version_of(&std::fs::read(model.join("manifest.json")).unwrap());
-    let tuned_manifest: ModelManifest =
-        serde_json::from_slice(&std::fs::read(out.join("model/manifest.json")).unwrap()).unwrap();
+    let tuned_manifest = model_manifest(&out);
     let parent = tuned_manifest.provenance.parent.expect("a parent");
     assert_eq!(parent.sha256, parent_version);
     assert_eq!(tuned_manifest.reading, None);
@@ -816,9 +817,7 @@ fn fine_tuning_starts_from_a_model_takes_its_preprocessing_and_refuses_another_n
     };
     let (adopting, out_adopting) = from_wide("adopting", &[]);
     assert_eq!(out_adopting.status.code(), Some(0));
-    let adopted: ModelManifest =
-        serde_json::from_slice(&std::fs::read(adopting.join("model/manifest.json")).unwrap())
-            .unwrap();
+    let adopted = model_manifest(&adopting);
     assert_eq!(adopted.preprocessing.stretch, 1.5);
     let (_, refused) = from_wide("refused", &["--set", "preprocess.stretch=2"]);
     assert_eq!(refused.status.code(), Some(78));

@@ -414,8 +414,8 @@ type Readings = Vec<Vec<(f64, f64)>>;
 /// CER of each validation set (the objective's first) by the choice it was read with.
 type BySet<K> = Vec<(String, Vec<(K, f64)>)>;
 
-/// How a finished trial's model is served (decoding, reading width), what each choice read,
-/// and how its best weights read as served.
+/// How a finished trial's model is served (decoding, reading width, language-model weights),
+/// what each choice read, and how its best weights read as served.
 struct DecodingChoice {
     mode: DecodeMode,
     /// Each set's CER in each decoding measured, in the order tried (empty when none were
