@@ -844,6 +844,20 @@ pub struct LanguageModelConfig {
     pub alphas: Vec<f64>,
     /// See `alphas`.
     pub betas: Vec<f64>,
+    /// Confidence thresholds (0..1] a finished trial that reads with `ctc-lm` tries for
+    /// searching unsure lines again: a line whose reading's confidence is below the threshold
+    /// is searched again with the language model weighed by one of `unsure_alphas` (and the
+    /// chosen beta), and that reading replaces the first. Every pair of `unsure_below` ×
+    /// `unsure_alphas`, and reading every line once, are read on every validation set at the
+    /// chosen width and weights; the one with the lowest mean CER relative to each set's best
+    /// goes into the model's manifest (`language_model.unsure_lines`), a tie going to reading
+    /// every line once. A model leans on its language model where it is unsure of the
+    /// letterforms (a script face it never trained on) and trusts the glyphs where it knows
+    /// them. Both lists empty (the default): every line is searched once. In
+    /// `spec.hyperparameters` a fixed list is written `[[0.3, 0.4]]`.
+    pub unsure_below: Vec<f64>,
+    /// See `unsure_below`.
+    pub unsure_alphas: Vec<f64>,
 }
 
 /// The most weight pairs `language_model.alphas` × `betas` may make: each is a read of every
@@ -874,6 +888,15 @@ impl LanguageModelConfig {
         }
         pairs
     }
+
+    /// The (threshold, alpha) pairs a finished trial tries for searching unsure lines again
+    /// (see `unsure_below`), the threshold varying slowest; empty when none are configured.
+    pub fn unsure_candidates(&self) -> Vec<(f64, f64)> {
+        self.unsure_below
+            .iter()
+            .flat_map(|&below| self.unsure_alphas.iter().map(move |&a| (below, a)))
+            .collect()
+    }
 }
 
 impl Default for LanguageModelConfig {
@@ -886,6 +909,8 @@ impl Default for LanguageModelConfig {
             beam: 12,
             alphas: Vec::new(),
             betas: Vec::new(),
+            unsure_below: Vec::new(),
+            unsure_alphas: Vec::new(),
         }
     }
 }
@@ -974,27 +999,43 @@ impl TrainConfig {
             return bad("language_model.beam", "must be in 1..=1000");
         }
         // Alphas weigh a log-probability, so they are not negative; betas may be.
-        let weight_lists = [
+        let lists = [
             (
                 "language_model.alphas",
                 &lm.alphas,
+                "weight",
                 0.0,
                 "finite and not negative",
             ),
             (
                 "language_model.betas",
                 &lm.betas,
+                "weight",
                 f64::NEG_INFINITY,
                 "finite",
             ),
+            (
+                "language_model.unsure_alphas",
+                &lm.unsure_alphas,
+                "weight",
+                0.0,
+                "finite and not negative",
+            ),
+            (
+                "language_model.unsure_below",
+                &lm.unsure_below,
+                "confidence",
+                f64::MIN_POSITIVE,
+                "above 0",
+            ),
         ];
-        for (field, list, lowest, want) in weight_lists {
+        for (field, list, noun, lowest, want) in lists {
             for (i, &w) in list.iter().enumerate() {
                 if !w.is_finite() || w < lowest {
-                    return bad(field, &format!("weight {w} must be {want}"));
+                    return bad(field, &format!("{noun} {w} must be {want}"));
                 }
                 if list[..i].contains(&w) {
-                    return bad(field, &format!("weight {w} is given twice"));
+                    return bad(field, &format!("{noun} {w} is given twice"));
                 }
             }
         }
@@ -1005,6 +1046,29 @@ impl TrainConfig {
                 &format!(
                     "alphas × betas make {pairs} weight pairs, more than {MAX_LM_WEIGHT_PAIRS} \
                      (each is a read of every validation set)"
+                ),
+            );
+        }
+        if let Some(&c) = lm.unsure_below.iter().find(|&&c| c > 1.0) {
+            return bad(
+                "language_model.unsure_below",
+                &format!("confidence {c} is above 1"),
+            );
+        }
+        if lm.unsure_below.is_empty() != lm.unsure_alphas.is_empty() {
+            return bad(
+                "language_model",
+                "unsure_below and unsure_alphas go together: a threshold needs a weight to \
+                 search again with, and a weight a threshold",
+            );
+        }
+        let unsure = lm.unsure_candidates().len();
+        if unsure > MAX_LM_WEIGHT_PAIRS {
+            return bad(
+                "language_model",
+                &format!(
+                    "unsure_below × unsure_alphas make {unsure} pairs, more than \
+                     {MAX_LM_WEIGHT_PAIRS} (each is a read of every validation set)"
                 ),
             );
         }
@@ -1395,6 +1459,12 @@ mod tests {
             .unwrap()
             .weight_pairs();
         assert_eq!(pairs, vec![(0.5, 1.0), (0.65, 1.0)]);
+        // Unsure lines: nothing to try by default, else every threshold with every weight.
+        assert!(lm("").unwrap().unsure_candidates().is_empty());
+        let unsure = lm("language_model: {unsure_below: [0.3, 0.4], unsure_alphas: [0.8, 1.2]}")
+            .unwrap()
+            .unsure_candidates();
+        assert_eq!(unsure, vec![(0.3, 0.8), (0.3, 1.2), (0.4, 0.8), (0.4, 1.2)]);
         for (yaml, field, why) in [
             (
                 "language_model: {alphas: [-0.1]}",
@@ -1415,6 +1485,31 @@ mod tests {
                 "language_model: {alphas: [0,1,2,3,4,5,6,7,8], betas: [0,1,2,3,4,5,6,7]}",
                 "language_model",
                 "make 72 weight pairs, more than 64",
+            ),
+            (
+                "language_model: {unsure_below: [0, 0.4], unsure_alphas: [1]}",
+                "language_model.unsure_below",
+                "confidence 0 must be above 0",
+            ),
+            (
+                "language_model: {unsure_below: [1.5], unsure_alphas: [1]}",
+                "language_model.unsure_below",
+                "confidence 1.5 is above 1",
+            ),
+            (
+                "language_model: {unsure_below: [0.4], unsure_alphas: [1, -1]}",
+                "language_model.unsure_alphas",
+                "weight -1 must be finite and not negative",
+            ),
+            (
+                "language_model: {unsure_below: [0.4]}",
+                "language_model",
+                "unsure_below and unsure_alphas go together",
+            ),
+            (
+                "language_model: {unsure_alphas: [1.0]}",
+                "language_model",
+                "unsure_below and unsure_alphas go together",
             ),
         ] {
             let msg = format!("{:#}", lm(yaml).unwrap_err());

@@ -221,6 +221,27 @@ pub struct LanguageModelInfo {
     pub beta: f32,
     /// Readings the search keeps after each frame.
     pub beam: u32,
+    /// Lines read with less confidence than a threshold are searched again with a stronger
+    /// language model (absent: every line is read with `alpha` and `beta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsure_lines: Option<UnsureLines>,
+}
+
+/// How `ctc-lm` reads the lines it is unsure of: a line whose reading's confidence (the
+/// geometric mean of its characters' probabilities) is below `below` is searched again with
+/// these weights, and that reading replaces the first. Where the letterforms are unfamiliar
+/// (a script face the model never trained on), the glyphs alone mislead, and the likelier
+/// text is the better guess; where they are familiar, a strong language model would
+/// "correct" words it has not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnsureLines {
+    /// Confidence (0..1) under which a line is searched again.
+    pub below: f32,
+    /// Weight of the language model's log-probability in the second search.
+    pub alpha: f32,
+    /// Score added per character read in the second search.
+    pub beta: f32,
 }
 
 impl ModelManifest {

@@ -395,7 +395,7 @@ impl LoadedModel {
                 let probs = &decoded.probs[k];
                 Prediction {
                     text: self.tokenizer.decode(&decoded.tokens[k]),
-                    confidence: geometric_mean(probs.iter().chain(&decoded.eos_probs[k])),
+                    confidence: decoded.confidence(k),
                     char_confidences: probs.clone(),
                 }
             })
@@ -411,19 +411,6 @@ fn verify_file(manifest: &ModelManifest, path: &str, content: &[u8]) -> Result<(
         .find(|f| f.path == path)
         .ok_or_else(|| anyhow!("manifest lists no `{path}`"))?;
     digest.verify(content).map_err(|e| anyhow!(e))
-}
-
-fn geometric_mean<'a>(probs: impl Iterator<Item = &'a f32>) -> f32 {
-    let (mut log_sum, mut n) = (0f64, 0usize);
-    for &p in probs {
-        log_sum += f64::from(p.max(f32::MIN_POSITIVE)).ln();
-        n += 1;
-    }
-    if n == 0 {
-        0.0
-    } else {
-        (log_sum / n as f64).exp() as f32
-    }
 }
 
 /// The two files of a model folder, as the trainer writes them.
@@ -509,6 +496,7 @@ pub fn write_random_model_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::Decoded;
     use textrec_contract::Preset;
 
     const CHARSET: &str = "abcdefghij";
@@ -617,6 +605,7 @@ mod tests {
                 alpha: 0.5,
                 beta: 0.5,
                 beam: 4,
+                unsure_lines: None,
             },
         );
         manifest.decoding = DecodeMode::CtcLm;
@@ -921,8 +910,14 @@ mod tests {
     }
 
     #[test]
-    fn geometric_mean_of_probabilities() {
-        assert_eq!(geometric_mean([].iter()), 0.0);
-        assert!((geometric_mean([0.5f32, 0.125].iter()) - 0.25).abs() < 1e-6);
+    fn confidence_is_the_geometric_mean_of_the_tokens_and_the_eos() {
+        let decoded = Decoded {
+            tokens: vec![vec![], vec![7, 8], vec![7]],
+            probs: vec![vec![], vec![0.5, 0.125], vec![0.5]],
+            eos_probs: vec![None, None, Some(0.125)],
+        };
+        assert_eq!(decoded.confidence(0), 0.0);
+        assert!((decoded.confidence(1) - 0.25).abs() < 1e-6);
+        assert!((decoded.confidence(2) - 0.25).abs() < 1e-6);
     }
 }

@@ -19,9 +19,10 @@ use clap::Args;
 use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
 use textrec_contract::exit::{self, ConfigError};
-use textrec_contract::manifest::{decimal_f32, ModelManifest};
+use textrec_contract::manifest::{decimal_f32, ModelManifest, UnsureLines};
 use textrec_model::calibration::{ConfidenceCard, ConfidenceReport};
 use textrec_model::data::open_dataset;
+use textrec_model::lm::SearchSettings;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
 use textrec_model::widths::WidthReadings;
@@ -122,18 +123,42 @@ pub struct SearchArgs {
     /// Weight of the language model's log-probability (manifest: `language_model.alpha`).
     #[arg(long, value_name = "W")]
     pub lm_alpha: Option<f32>,
-    /// Score added per character read (manifest: `language_model.beta`; may be negative).
+    /// Score added per character read, in the first search and the unsure lines' second one
+    /// (manifest: `language_model.beta`; may be negative).
     #[arg(long, value_name = "B", allow_negative_numbers = true)]
     pub lm_beta: Option<f32>,
     /// Readings the beam search keeps (manifest: `language_model.beam`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub beam: Option<u32>,
+    /// Search a line again when its reading's confidence is below C (0..1), with the language
+    /// model weighed by `--lm-unsure-alpha`; 0 searches every line once (manifest:
+    /// `language_model.unsure_lines.below`).
+    #[arg(long, value_name = "C", value_parser = unit_interval)]
+    pub lm_unsure_below: Option<f32>,
+    /// Weight of the language model in that second search (manifest:
+    /// `language_model.unsure_lines.alpha`).
+    #[arg(long, value_name = "W")]
+    pub lm_unsure_alpha: Option<f32>,
+}
+
+/// A confidence on the command line: a number within 0..1.
+fn unit_interval(s: &str) -> std::result::Result<f32, String> {
+    let c: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&c) {
+        Ok(c)
+    } else {
+        Err(format!("{c} is not a confidence within 0..1"))
+    }
 }
 
 impl SearchArgs {
     /// Whether any weight was given.
     pub fn any(&self) -> bool {
-        self.lm_alpha.is_some() || self.lm_beta.is_some() || self.beam.is_some()
+        self.lm_alpha.is_some()
+            || self.lm_beta.is_some()
+            || self.beam.is_some()
+            || self.lm_unsure_below.is_some()
+            || self.lm_unsure_alpha.is_some()
     }
 
     /// Apply the overrides to `model`; an error when one is given and the model has no
@@ -144,7 +169,8 @@ impl SearchArgs {
         }
         let Some(lm) = model.language_model() else {
             bail!(ConfigError::new(
-                "--lm-alpha, --lm-beta and --beam weigh a language model, and this model has none"
+                "--lm-alpha, --lm-beta, --beam and --lm-unsure-* weigh a language model, and \
+                 this model has none"
             ));
         };
         let mut settings = lm.settings;
@@ -157,7 +183,34 @@ impl SearchArgs {
         if let Some(n) = self.beam {
             settings.beam = n as usize;
         }
+        settings.unsure = self.unsure_lines(settings)?;
         model.set_search(settings)
+    }
+
+    /// The unsure lines' second search with these overrides over `settings`' (the manifest's).
+    fn unsure_lines(&self, settings: SearchSettings) -> Result<Option<UnsureLines>> {
+        if self.lm_unsure_below == Some(0.0) {
+            return Ok(None);
+        }
+        let base = settings.unsure;
+        let below = self.lm_unsure_below.or(base.map(|u| u.below));
+        let alpha = self.lm_unsure_alpha.or(base.map(|u| u.alpha));
+        match (below, alpha) {
+            (Some(below), Some(alpha)) => Ok(Some(UnsureLines {
+                below,
+                alpha,
+                // A beta given on the command line weighs both searches.
+                beta: match (self.lm_beta, base) {
+                    (None, Some(u)) => u.beta,
+                    _ => settings.beta,
+                },
+            })),
+            (None, None) => Ok(None),
+            _ => bail!(ConfigError::new(
+                "this model searches no line again: give --lm-unsure-below and \
+                 --lm-unsure-alpha together"
+            )),
+        }
     }
 }
 
@@ -451,7 +504,66 @@ fn recognize_batch(
 
 #[cfg(test)]
 mod tests {
+    use textrec_contract::manifest::UnsureLines;
+    use textrec_model::lm::SearchSettings;
+
+    use super::SearchArgs;
     use crate::datasets::folder_digest;
+
+    #[test]
+    fn unsure_line_overrides_complete_the_manifests_or_turn_it_off() {
+        let args = |below: Option<f32>, alpha: Option<f32>| SearchArgs {
+            lm_unsure_below: below,
+            lm_unsure_alpha: alpha,
+            ..SearchArgs::default()
+        };
+        let plain = SearchSettings::default();
+        let manifest = SearchSettings {
+            unsure: Some(UnsureLines {
+                below: 0.4,
+                alpha: 0.8,
+                beta: 1.5,
+            }),
+            ..plain
+        };
+        // Nothing given: the manifest's (or none).
+        assert_eq!(args(None, None).unsure_lines(plain).unwrap(), None);
+        assert_eq!(
+            args(None, None).unsure_lines(manifest).unwrap(),
+            manifest.unsure
+        );
+        // One value over the manifest's: the rest stays.
+        let u = args(Some(0.3), None)
+            .unsure_lines(manifest)
+            .unwrap()
+            .unwrap();
+        assert_eq!((u.below, u.alpha, u.beta), (0.3, 0.8, 1.5));
+        // Both on a model without: the search's own beta.
+        let u = args(Some(0.3), Some(2.0))
+            .unsure_lines(plain)
+            .unwrap()
+            .unwrap();
+        assert_eq!((u.below, u.alpha, u.beta), (0.3, 2.0, plain.beta));
+        // A beta given weighs the second search too.
+        let beta = SearchArgs {
+            lm_beta: Some(-1.0),
+            ..args(None, None)
+        };
+        let shifted = SearchSettings {
+            beta: -1.0,
+            ..manifest
+        };
+        let u = beta.unsure_lines(shifted).unwrap().unwrap();
+        assert_eq!((u.below, u.alpha, u.beta), (0.4, 0.8, -1.0));
+        // Half a setting on a model without one is a config error that says what to add.
+        let err = args(None, Some(2.0)).unsure_lines(plain).unwrap_err();
+        assert!(err.to_string().contains("--lm-unsure-below"), "{err}");
+        // 0 turns it off.
+        assert_eq!(
+            args(Some(0.0), Some(2.0)).unsure_lines(manifest).unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn folder_digest_follows_content_not_location() {

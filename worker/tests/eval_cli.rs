@@ -491,6 +491,72 @@ fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
 }
 
 #[test]
+fn lines_read_with_little_confidence_are_searched_again_with_the_stronger_language_model() {
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/unseen-fonts");
+    let images: Vec<PathBuf> = (0..8)
+        .map(|i| check.join(format!("line-{i:04}.png")))
+        .collect();
+    // (text, confidence) of each line, read with `ctc-lm` and the manifest's weights.
+    let read = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["recognize", "--threads", "1", "--confidence"])
+            .args(["--decode", "ctc-lm"])
+            .args(extra)
+            .args(&images);
+        let out = run(c);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let (rest, conf) = l.rsplit_once('\t').unwrap();
+                (
+                    rest.split_once('\t').unwrap().1.to_string(),
+                    conf.parse::<f32>().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // Every line searched once (whatever the manifest says of unsure lines).
+    let once = read(&["--lm-unsure-below", "0"]);
+    let strong = read(&["--lm-unsure-below", "0", "--lm-alpha", "3"]);
+    assert!(
+        once.iter().zip(&strong).any(|(a, b)| a.0 != b.0),
+        "a language model weighed 3 reads no line otherwise: {once:?}"
+    );
+    // Searched again under the median confidence: those lines read as with the stronger
+    // weight throughout, the others as before.
+    let mut confidences: Vec<f32> = once.iter().map(|r| r.1).collect();
+    confidences.sort_by(f32::total_cmp);
+    let below = confidences[confidences.len() / 2];
+    let gated = read(&[
+        "--lm-unsure-below",
+        &below.to_string(),
+        "--lm-unsure-alpha",
+        "3",
+    ]);
+    for (i, ((first, conf), (again, strong))) in
+        once.iter().zip(gated.iter().zip(&strong)).enumerate()
+    {
+        let expected = if *conf < below { &strong.0 } else { first };
+        assert_eq!(
+            &again.0, expected,
+            "line {i} (confidence {conf}, threshold {below})"
+        );
+    }
+    assert!(once.iter().any(|r| r.1 < below) && once.iter().any(|r| r.1 >= below));
+    // A threshold is a confidence.
+    let mut c = bin();
+    c.args(["recognize", "--lm-unsure-below", "1.5"])
+        .arg(&images[0]);
+    assert_eq!(run(c).status.code(), Some(2), "a usage error");
+}
+
+#[test]
 fn recognize_at_several_widths_keeps_the_most_confident_reading() {
     let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/unseen-fonts");
     let images: Vec<PathBuf> = (0..8)

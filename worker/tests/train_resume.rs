@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use textrec_contract::manifest::UnsureLines;
 use textrec_contract::metrics::{MetricsRecord, RecordKind, TrialProgress, WorkerPhase};
 use textrec_contract::{DecodeMode, ModelManifest};
 use train_support::complete_checkpoints;
@@ -655,7 +656,7 @@ fn unwritable_output_fails_fast_before_training() {
 }
 
 #[test]
-fn a_trial_reading_with_its_language_model_chooses_the_models_weights_on_every_set() {
+fn a_trial_reading_with_its_language_model_chooses_its_weights_and_unsure_lines_on_every_set() {
     // The pretrained model, hardly trained further, reads with `ctc-lm`; short validation sets
     // and a 3-gram keep it to seconds.
     let config = r#"
@@ -672,7 +673,8 @@ data:
   train: {synthetic: {max_chars: 16}}
   validation: {samples: 24}
   extra_validation: {unseen-fonts: {samples: 24}}
-language_model: {order: 3, alphas: [0.25, 0.5], betas: [1, 2]}
+language_model:
+  {order: 3, alphas: [0.25, 0.5], betas: [1, 2], unsure_below: [0.5, 0.8], unsure_alphas: [1.5]}
 "#;
     let dir = tempfile::tempdir().unwrap();
     let config_file = dir.path().join("trial.yaml");
@@ -715,8 +717,23 @@ language_model: {order: 3, alphas: [0.25, 0.5], betas: [1, 2]}
         by_pair[0][1],
         manifest.metrics[&format!("cer:unseen-fonts@x{width}")]
     );
-    // The model as served is the chosen pair's reading, in the manifest and in progress.
-    let chosen = by_pair[pairs.iter().position(|&p| p == (alpha, beta)).unwrap()];
+    // Then reading every line once and searching unsure lines again at each threshold, with
+    // the chosen weights: every line once is the chosen pair's reading, not read again.
+    let chosen_pair = by_pair[pairs.iter().position(|&p| p == (alpha, beta)).unwrap()];
+    let unsure = ["off", "below=0.5,alpha=1.5", "below=0.8,alpha=1.5"];
+    let by_unsure = unsure.map(|u| {
+        ["cer@", "cer:unseen-fonts@"].map(|key| manifest.metrics[&format!("{key}unsure({u})")])
+    });
+    assert_eq!(by_unsure[0], chosen_pair);
+    let chosen = first_lowest_relative_mean(&by_unsure);
+    let expected = [None, Some(0.5), Some(0.8)][chosen].map(|below| UnsureLines {
+        below,
+        alpha: 1.5,
+        beta: beta as f32,
+    });
+    assert_eq!(lm.unsure_lines, expected, "{by_unsure:?}");
+    // The model as served is the chosen reading, in the manifest and in progress.
+    let chosen = by_unsure[chosen];
     assert_eq!(manifest.metrics["cer@served"], chosen[0]);
     assert_eq!(manifest.metrics["cer:unseen-fonts@served"], chosen[1]);
     let best = progress(&out).best.unwrap();

@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use textrec_contract::manifest::UnsureLines;
+
 use super::ngram::{CharNgram, LmState};
 
 /// How the search runs.
@@ -25,6 +27,31 @@ pub struct SearchSettings {
     pub labels_per_frame: usize,
     /// Characters less likely than this (natural log) in a frame are skipped.
     pub min_log_prob: f32,
+    /// The lines read with little confidence and searched again, and with which weights (the
+    /// caller's to apply: a line's confidence is known only once its reading is scored).
+    pub unsure: Option<UnsureLines>,
+}
+
+impl SearchSettings {
+    /// The search over the CTC head alone (no language model to weigh).
+    pub fn without_lm() -> Self {
+        Self {
+            alpha: 0.0,
+            beta: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// The settings of the second search over a line read with little confidence, if there
+    /// is one.
+    pub fn for_unsure_lines(&self) -> Option<SearchSettings> {
+        self.unsure.map(|u| SearchSettings {
+            alpha: u.alpha,
+            beta: u.beta,
+            unsure: None,
+            ..*self
+        })
+    }
 }
 
 impl Default for SearchSettings {
@@ -35,6 +62,7 @@ impl Default for SearchSettings {
             beta: 2.0,
             labels_per_frame: 6,
             min_log_prob: -12.0,
+            unsure: None,
         }
     }
 }

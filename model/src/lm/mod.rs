@@ -49,6 +49,7 @@ impl FolderLm {
         self.info.alpha = settings.alpha;
         self.info.beta = settings.beta;
         self.info.beam = settings.beam as u32;
+        self.info.unsure_lines = settings.unsure;
     }
 }
 
@@ -72,6 +73,7 @@ pub fn build_for_folder(
         alpha: settings.alpha,
         beta: settings.beta,
         beam: settings.beam as u32,
+        unsure_lines: settings.unsure,
     };
     // What decoding reads is what the file holds (log-probabilities rounded to f16), so the
     // validation that picks the decoding measures the model as it will be served.
@@ -124,12 +126,21 @@ impl LanguageModel {
             "language model {}: beam must be at least 1 and alpha, beta finite",
             info.file
         );
+        if let Some(u) = info.unsure_lines {
+            ensure!(
+                (0.0..=1.0).contains(&u.below) && u.alpha.is_finite() && u.beta.is_finite(),
+                "language model {}: unsure_lines.below must be within 0..1 and its alpha, beta \
+                 finite",
+                info.file
+            );
+        }
         Ok(Self {
             ngram,
             settings: SearchSettings {
                 beam: info.beam as usize,
                 alpha: info.alpha,
                 beta: info.beta,
+                unsure: info.unsure_lines,
                 ..SearchSettings::default()
             },
         })

@@ -10,7 +10,7 @@ use super::context::FrameContext;
 use super::decoder::Decoder;
 use super::posenc;
 use super::resnet::{Encoder, EncoderOutput, HeadRecompute};
-use crate::lm::{prefix_search, CtcFrames, LanguageModel, SearchSettings};
+use crate::lm::{prefix_search, CharNgram, CtcFrames, LanguageModel, SearchSettings};
 use crate::tokenizer::Tokenizer;
 
 /// What [`Recognizer::forward_t`] computes.
@@ -35,6 +35,25 @@ pub struct Decoded {
     /// limit instead. Part of the sequence's confidence: a line the model is unsure has ended
     /// is not a confident reading.
     pub eos_probs: Vec<Option<f32>>,
+}
+
+impl Decoded {
+    /// How sure the network is of item `k`'s reading: the geometric mean of the
+    /// probabilities of its tokens and of the EOS that ended it (0 when nothing at all was
+    /// emitted).
+    pub fn confidence(&self, k: usize) -> f32 {
+        let probs = self.probs[k].iter().chain(&self.eos_probs[k]);
+        let (mut log_sum, mut n) = (0f64, 0usize);
+        for &p in probs {
+            log_sum += f64::from(p.max(f32::MIN_POSITIVE)).ln();
+            n += 1;
+        }
+        if n == 0 {
+            0.0
+        } else {
+            (log_sum / n as f64).exp() as f32
+        }
+    }
 }
 
 /// Weight of the CTC log-likelihood in [`DecodeMode::Joint`] (the decoder's gets the rest).
@@ -67,6 +86,69 @@ struct Encoded {
     frames: Tensor,
     /// CTC log-probs `[W', B, V]` and frame counts `[B]`.
     ctc: Option<(Tensor, Tensor)>,
+}
+
+impl Encoded {
+    /// The items at `index` (`[k]` i64, on the memory's device), in that order.
+    fn select(&self, index: &Tensor) -> Encoded {
+        Encoded {
+            memory: self.memory.index_select(0, index),
+            key_mask: self.key_mask.index_select(0, index),
+            frames: self.frames.index_select(0, index),
+            ctc: self
+                .ctc
+                .as_ref()
+                .map(|(lp, lengths)| (lp.index_select(1, index), lengths.index_select(0, index))),
+        }
+    }
+}
+
+/// The CTC head's log-probabilities of a batch on the CPU, item by item, for the prefix
+/// search (see [`crate::lm::beam`]).
+struct CtcRows {
+    /// `[B, S, V]` row-major.
+    values: Vec<f32>,
+    /// Valid frames of each item.
+    lengths: Vec<i64>,
+    frames: usize,
+    vocab: usize,
+}
+
+impl CtcRows {
+    fn of(enc: &Encoded) -> Self {
+        let (lp, lengths) = enc.ctc.as_ref().expect("encoded with the CTC head");
+        let (s, _, v) = lp.size3().expect("[S, B, V]");
+        let by_item = lp
+            .transpose(0, 1)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        Self {
+            values: Vec::<f32>::try_from(by_item.view([-1])).expect("f32 log-probs"),
+            lengths: Vec::<i64>::try_from(lengths.to_device(Device::Cpu)).expect("i64"),
+            frames: s as usize,
+            vocab: v as usize,
+        }
+    }
+
+    /// Item `i`'s best reading by the prefix search, at most `cap` characters.
+    fn search(
+        &self,
+        i: usize,
+        ngram: Option<&CharNgram>,
+        settings: SearchSettings,
+        cap: i64,
+    ) -> Vec<i64> {
+        let start = i * self.frames * self.vocab;
+        let frames = (self.lengths[i].max(0) as usize).min(self.frames);
+        let frames = CtcFrames {
+            log_probs: &self.values[start..start + frames * self.vocab],
+            vocab: self.vocab,
+            blank: Tokenizer::PAD as usize,
+            first_char: Tokenizer::EOS as usize + 1,
+        };
+        prefix_search(frames, ngram, settings, cap.max(0) as usize)
+    }
 }
 
 /// The whole text-line recognizer.
@@ -372,10 +454,7 @@ impl Recognizer {
                 let hyps = self.ctc_greedy(&enc, &caps);
                 self.rescore(&enc, &hyps).0
             }
-            DecodeMode::CtcLm => {
-                let hyps = self.ctc_prefix_search(&enc, &caps, lm);
-                self.rescore(&enc, &hyps).0
-            }
+            DecodeMode::CtcLm => self.read_with_lm(&enc, &caps, lm),
             DecodeMode::Joint => {
                 let ctc = self.ctc_greedy(&enc, &caps);
                 // A decoder reading much longer than the CTC one cannot win the rescoring (the
@@ -430,45 +509,45 @@ impl Recognizer {
             .collect()
     }
 
-    /// Prefix beam search over each item's CTC frames (see [`crate::lm::beam`]), cut to its cap.
-    fn ctc_prefix_search(
-        &self,
-        enc: &Encoded,
-        caps: &[i64],
-        lm: Option<&LanguageModel>,
-    ) -> Vec<Vec<i64>> {
-        let (lp, lengths) = enc.ctc.as_ref().expect("encoded with the CTC head");
-        let (s, b, v) = lp.size3().expect("[S, B, V]");
-        let by_item = lp
-            .transpose(0, 1)
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous();
-        let values = Vec::<f32>::try_from(by_item.view([-1])).expect("f32 log-probs");
-        let lengths = Vec::<i64>::try_from(lengths.to_device(Device::Cpu)).expect("i64");
-        let settings = lm.map(|l| l.settings).unwrap_or(SearchSettings {
-            alpha: 0.0,
-            beta: 0.0,
-            ..SearchSettings::default()
-        });
-        (0..b as usize)
-            .map(|i| {
-                let start = i * (s * v) as usize;
-                let frames = lengths[i].clamp(0, s) as usize;
-                let frames = CtcFrames {
-                    log_probs: &values[start..start + frames * v as usize],
-                    vocab: v as usize,
-                    blank: Tokenizer::PAD as usize,
-                    first_char: Tokenizer::EOS as usize + 1,
-                };
-                prefix_search(
-                    frames,
-                    lm.map(|l| &l.ngram),
-                    settings,
-                    caps[i].max(0) as usize,
-                )
-            })
-            .collect()
+    /// `ctc-lm`: the prefix search over each item's CTC frames, cut to its cap, its reading
+    /// scored by the decoder. With `unsure_lines` in the search settings, the items read with
+    /// less confidence than its threshold are searched again with its weights (the language
+    /// model weighed more), and those readings replace the first ones; only they go through
+    /// the decoder again.
+    fn read_with_lm(&self, enc: &Encoded, caps: &[i64], lm: Option<&LanguageModel>) -> Decoded {
+        let frames = CtcRows::of(enc);
+        let (ngram, settings) = match lm {
+            Some(l) => (Some(&l.ngram), l.settings),
+            None => (None, SearchSettings::without_lm()),
+        };
+        let hyps: Vec<Vec<i64>> = (0..caps.len())
+            .map(|i| frames.search(i, ngram, settings, caps[i]))
+            .collect();
+        let mut out = self.rescore(enc, &hyps).0;
+        let (Some(ngram), Some(again), Some(unsure)) =
+            (ngram, settings.for_unsure_lines(), settings.unsure)
+        else {
+            return out;
+        };
+        let items: Vec<usize> = (0..hyps.len())
+            .filter(|&i| out.confidence(i) < unsure.below)
+            .collect();
+        if items.is_empty() {
+            return out;
+        }
+        let hyps: Vec<Vec<i64>> = items
+            .iter()
+            .map(|&i| frames.search(i, Some(ngram), again, caps[i]))
+            .collect();
+        let index = Tensor::from_slice(&items.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(enc.memory.device());
+        let (rescored, _) = self.rescore(&enc.select(&index), &hyps);
+        for (k, &i) in items.iter().enumerate() {
+            out.tokens[i] = rescored.tokens[k].clone();
+            out.probs[i] = rescored.probs[k].clone();
+            out.eos_probs[i] = rescored.eos_probs[k];
+        }
+        out
     }
 
     /// Score readings `hyps` (item `k` of the batch is `hyps[k % B]`'s image) with the

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use textrec_contract::layout;
-use textrec_contract::manifest::{ModelManifest, Provenance, ReadingSettings, MODEL_FORMAT};
+use textrec_contract::manifest::{
+    ModelManifest, Provenance, ReadingSettings, UnsureLines, MODEL_FORMAT,
+};
 use textrec_contract::metrics::{EvalPoint, ModelRef, TrialProgress, WorkerPhase};
 use textrec_model::lm::{FolderLm, LanguageModel, SearchSettings};
 use textrec_model::net::DecodeMode;
@@ -31,8 +33,11 @@ impl Trial<'_> {
         };
         let mut choice = self.choose_decoding(vals, lm.as_ref().map(|l| &l.model))?;
         self.choose_width(vals, &mut choice, lm.as_ref().map(|l| &l.model))?;
-        if let Some(lm) = lm.as_mut() {
-            let settings = self.choose_lm_weights(vals, &mut choice, &lm.model)?;
+        if let Some(lm) = lm.as_mut().filter(|_| choice.mode == DecodeMode::CtcLm) {
+            let stretched = self.at_reading_width(vals, &choice)?;
+            let sets = stretched.as_deref().unwrap_or(vals);
+            let settings = self.choose_lm_weights(sets, &mut choice, &lm.model)?;
+            let settings = self.choose_unsure_lines(sets, &mut choice, &lm.model, settings)?;
             lm.set_weights(settings);
         }
         let decoding = choice.mode;
@@ -106,6 +111,7 @@ impl Trial<'_> {
             by_mode: by_set(vals, &readings, |m| modes[m]),
             by_width: Vec::new(),
             by_lm_weights: Vec::new(),
+            by_unsure: Vec::new(),
             reading: reading_of(&best, vals, &readings, chosen, Some(mode), None),
         })
     }
@@ -150,36 +156,40 @@ impl Trial<'_> {
         Ok(())
     }
 
-    /// The language model's weights the model reads with: each pair of
-    /// `language_model.alphas` × `betas` tried on every validation set at the chosen reading
-    /// width (call after [`Self::choose_width`]), chosen by the equal say of every set, a tie
-    /// going to the configured weights and then to the earlier pair. Only when the model reads
-    /// with `ctc-lm` and there is more than one pair; returns the search settings to write.
-    /// A stop request keeps the configured weights.
-    fn choose_lm_weights(
+    /// The validation sets stretched to the chosen reading width (`None` at the width as
+    /// drawn): stretched once for the comparisons that read them several times at that width.
+    fn at_reading_width(
         &self,
         vals: &[ValidationSet],
+        choice: &DecodingChoice,
+    ) -> Result<Option<Vec<ValidationSet>>> {
+        let width = choice.reading.reading_width.unwrap_or(1.0);
+        if width == 1.0 {
+            return Ok(None);
+        }
+        let stretched = vals
+            .iter()
+            .map(|v| v.at_width(&self.cfg.preprocess, width as f32))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(stretched))
+    }
+
+    /// The language model's weights the model reads with: each pair of
+    /// `language_model.alphas` × `betas` tried on every validation set (`sets`, at the chosen
+    /// reading width: call after [`Self::choose_width`] with a model reading with `ctc-lm`),
+    /// chosen by the equal say of every set, a tie going to the configured weights and then
+    /// to the earlier pair. Only when there is more than one pair; returns the search
+    /// settings to write. A stop request keeps the configured weights.
+    fn choose_lm_weights(
+        &self,
+        sets: &[ValidationSet],
         choice: &mut DecodingChoice,
         lm: &LanguageModel,
     ) -> Result<SearchSettings> {
         let pairs = self.cfg.language_model.weight_pairs();
-        if choice.mode != DecodeMode::CtcLm || pairs.len() == 1 {
+        if pairs.len() == 1 {
             return Ok(lm.settings);
         }
-        let width = choice.reading.reading_width.unwrap_or(1.0);
-        // Stretched once, read once per pair.
-        let stretched: Vec<ValidationSet> = match width == 1.0 {
-            true => Vec::new(),
-            false => vals
-                .iter()
-                .map(|v| v.at_width(&self.cfg.preprocess, width as f32))
-                .collect::<Result<_>>()?,
-        };
-        let sets = if stretched.is_empty() {
-            vals
-        } else {
-            &stretched
-        };
         let weighted = |&(alpha, beta): &(f64, f64)| SearchSettings {
             alpha: alpha as f32,
             beta: beta as f32,
@@ -187,11 +197,11 @@ impl Trial<'_> {
         };
         let mut reweighted = lm.clone();
         let compared = compare(
-            vals.len(),
+            sets.len(),
             &pairs,
             |pair, s| match pair == &pairs[0] {
                 // The configured weights: the reading so far.
-                true => set_reading(&choice.reading, s, &vals[s].name),
+                true => set_reading(&choice.reading, s, &sets[s].name),
                 false => None,
             },
             |pair, s| {
@@ -205,15 +215,95 @@ impl Trial<'_> {
         let (alpha, beta) = pairs[chosen];
         log_compared(
             "language model weights (alpha/beta)",
-            vals,
+            sets,
             &readings,
             |p| format!("{}/{}", pairs[p].0, pairs[p].1),
         );
         tracing::info!("the model reads with alpha {alpha}, beta {beta}");
-        let (mode, width) = (Some(choice.mode), choice.reading.reading_width);
-        choice.reading = reading_of(&choice.reading, vals, &readings, chosen, mode, width);
-        choice.by_lm_weights = by_set(vals, &readings, |p| pairs[p]);
+        self.serve_choice(choice, sets, &readings, chosen);
+        choice.by_lm_weights = by_set(sets, &readings, |p| pairs[p]);
         Ok(weighted(&pairs[chosen]))
+    }
+
+    /// Which lines the model searches again with a stronger language model, and with which
+    /// weight: reading every line once, and each (threshold, alpha) of
+    /// `language_model.unsure_below` × `unsure_alphas` (with the chosen beta), tried on every
+    /// validation set at the chosen width and weights `settings` (call after
+    /// [`Self::choose_lm_weights`]), chosen by the equal say of every set, a tie going to
+    /// reading every line once. Returns `settings` with the choice; a stop request keeps
+    /// them as they are.
+    fn choose_unsure_lines(
+        &self,
+        sets: &[ValidationSet],
+        choice: &mut DecodingChoice,
+        lm: &LanguageModel,
+        settings: SearchSettings,
+    ) -> Result<SearchSettings> {
+        let tried = self.cfg.language_model.unsure_candidates();
+        if tried.is_empty() {
+            return Ok(settings);
+        }
+        let candidates: Vec<Option<UnsureLines>> = std::iter::once(None)
+            .chain(tried.iter().map(|&(below, alpha)| {
+                Some(UnsureLines {
+                    below: below as f32,
+                    alpha: alpha as f32,
+                    beta: settings.beta,
+                })
+            }))
+            .collect();
+        let mut searching = lm.clone();
+        let compared = compare(
+            sets.len(),
+            &candidates,
+            |unsure, s| match unsure {
+                // Every line searched once: the reading so far.
+                None => set_reading(&choice.reading, s, &sets[s].name),
+                Some(_) => None,
+            },
+            |unsure, s| {
+                searching.settings = SearchSettings {
+                    unsure: *unsure,
+                    ..settings
+                };
+                self.read(&sets[s], DecodeMode::CtcLm, Some(&searching))
+            },
+        )?;
+        let Some((chosen, readings)) = compared else {
+            return Ok(settings);
+        };
+        log_compared("unsure lines searched again", sets, &readings, |c| {
+            unsure_name(&candidates[c])
+        });
+        tracing::info!(
+            "the model searches again {}",
+            match candidates[chosen] {
+                None => "no line".to_string(),
+                Some(u) => format!(
+                    "lines read with confidence below {} (alpha {})",
+                    u.below, u.alpha
+                ),
+            }
+        );
+        self.serve_choice(choice, sets, &readings, chosen);
+        choice.by_unsure = by_set(sets, &readings, |c| candidates[c]);
+        Ok(SearchSettings {
+            unsure: candidates[chosen],
+            ..settings
+        })
+    }
+
+    /// Make the `chosen` candidate's readings what the model reads as served, at the
+    /// decoding and width chosen before.
+    fn serve_choice(
+        &self,
+        choice: &mut DecodingChoice,
+        sets: &[ValidationSet],
+        readings: &Readings,
+        chosen: usize,
+    ) {
+        let (mode, width) = (Some(choice.mode), choice.reading.reading_width);
+        choice.reading = reading_of(&choice.reading, sets, readings, chosen, mode, width);
     }
 
     /// Read `val` as (CER, WER); `None` on a stop request.
@@ -427,6 +517,9 @@ struct DecodingChoice {
     /// Each set's CER with `ctc-lm` at the reading width, by language-model weights (alpha,
     /// beta) (empty when none were compared).
     by_lm_weights: BySet<(f64, f64)>,
+    /// Each set's CER with `ctc-lm` at the reading width and weights, by which lines were
+    /// searched again (`None`: none) (empty when none were compared).
+    by_unsure: BySet<Option<UnsureLines>>,
     /// The best weights' scores read as served.
     reading: EvalPoint,
 }
@@ -439,6 +532,7 @@ impl DecodingChoice {
             by_mode: Vec::new(),
             by_width: Vec::new(),
             by_lm_weights: Vec::new(),
+            by_unsure: Vec::new(),
             reading: EvalPoint {
                 decoding: Some(mode),
                 ..best.clone()
@@ -449,8 +543,9 @@ impl DecodingChoice {
     /// The manifest's metrics: the best evaluation's scores as evaluated (`joint`, as drawn:
     /// `cer`, `wer`, `cer:SET`), every choice compared (`cer@MODE` as drawn with the
     /// configured language-model weights, `cer@xFACTOR` in the chosen decoding,
-    /// `cer@lm(alpha=A,beta=B)` at the chosen width; each extra set's as `cer:SET@…`), and the
-    /// model as served (`cer@served`, `wer@served`, `cer:SET@served`).
+    /// `cer@lm(alpha=A,beta=B)` at the chosen width, `cer@unsure(off)` and
+    /// `cer@unsure(below=C,alpha=A)` at the chosen weights; each extra set's as `cer:SET@…`),
+    /// and the model as served (`cer@served`, `wer@served`, `cer:SET@served`).
     fn manifest_metrics(&self, best: &EvalPoint) -> BTreeMap<String, f64> {
         let mut metrics =
             BTreeMap::from([("cer".to_string(), best.cer), ("wer".to_string(), best.wer)]);
@@ -462,6 +557,7 @@ impl DecodingChoice {
         add_compared(&mut metrics, &self.by_lm_weights, |(a, b)| {
             format!("lm(alpha={a},beta={b})")
         });
+        add_compared(&mut metrics, &self.by_unsure, unsure_name);
         let served = &self.reading;
         metrics.insert("cer@served".to_string(), served.cer);
         metrics.insert("wer@served".to_string(), served.wer);
@@ -469,6 +565,15 @@ impl DecodingChoice {
             metrics.insert(format!("cer:{name}@served"), *cer);
         }
         metrics
+    }
+}
+
+/// How a choice of unsure lines is named in logs and metrics: `unsure(off)` or
+/// `unsure(below=C,alpha=A)`.
+fn unsure_name(unsure: &Option<UnsureLines>) -> String {
+    match unsure {
+        None => "unsure(off)".to_string(),
+        Some(u) => format!("unsure(below={},alpha={})", u.below, u.alpha),
     }
 }
 
@@ -497,7 +602,9 @@ mod tests {
     use textrec_contract::metrics::EvalPoint;
     use textrec_model::net::DecodeMode;
 
-    use super::{compare, lowest_relative_mean, DecodingChoice};
+    use textrec_contract::manifest::UnsureLines;
+
+    use super::{compare, lowest_relative_mean, BySet, DecodingChoice};
 
     #[test]
     fn a_comparison_reads_only_what_it_does_not_know_and_stops_when_asked() {
@@ -539,11 +646,16 @@ mod tests {
             decoding: None,
             reading_width: None,
         };
-        let sets = |objective: Vec<(f64, f64)>, unseen: Vec<(f64, f64)>| {
+        fn sets<K>(objective: Vec<(K, f64)>, unseen: Vec<(K, f64)>) -> BySet<K> {
             vec![
                 ("validation".to_string(), objective),
                 ("unseen-fonts".to_string(), unseen),
             ]
+        }
+        let unsure = UnsureLines {
+            below: 0.4,
+            alpha: 0.8,
+            beta: 1.0,
         };
         let choice = DecodingChoice {
             mode: DecodeMode::CtcLm,
@@ -571,7 +683,11 @@ mod tests {
                     vec![((0.5, 2.0), 0.19), ((0.65, 1.0), 0.17)],
                 ),
             ],
-            reading: point(0.014, 0.17),
+            by_unsure: sets(
+                vec![(None, 0.014), (Some(unsure), 0.0145)],
+                vec![(None, 0.17), (Some(unsure), 0.15)],
+            ),
+            reading: point(0.0145, 0.15),
         };
         let m = choice.manifest_metrics(&point(0.04, 0.4));
         let expected = [
@@ -587,14 +703,16 @@ mod tests {
             ("cer:unseen-fonts@x1.1", 0.19),
             ("cer@lm(alpha=0.65,beta=1)", 0.014),
             ("cer:unseen-fonts@lm(alpha=0.5,beta=2)", 0.19),
-            ("cer@served", 0.014),
-            ("wer@served", 0.056),
-            ("cer:unseen-fonts@served", 0.17),
+            ("cer@unsure(off)", 0.014),
+            ("cer:unseen-fonts@unsure(below=0.4,alpha=0.8)", 0.15),
+            ("cer@served", 0.0145),
+            ("wer@served", 0.058),
+            ("cer:unseen-fonts@served", 0.15),
         ];
         for (key, value) in expected {
             assert_eq!(m.get(key), Some(&value), "{key}: {m:?}");
         }
-        assert_eq!(m.len(), 3 + 4 + 4 + 4 + 3, "{m:?}");
+        assert_eq!(m.len(), 3 + 4 + 4 + 4 + 4 + 3, "{m:?}");
     }
 
     #[test]
