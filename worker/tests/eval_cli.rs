@@ -23,6 +23,49 @@ fn run(mut c: Command) -> Output {
     out
 }
 
+/// The pretrained model's check set `set` (`training-fonts`, `unseen-fonts`).
+fn check_set(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/small/check/{set}"))
+}
+
+/// Images `lines` of the pretrained model's check set `set`.
+fn check_lines(set: &str, lines: std::ops::Range<usize>) -> Vec<PathBuf> {
+    let dir = check_set(set);
+    lines
+        .map(|i| dir.join(format!("line-{i:04}.png")))
+        .collect()
+}
+
+/// The built-in model's manifest.
+fn builtin_manifest() -> serde_json::Value {
+    let path = check_set("..").join("manifest.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `recognize --threads 1 --confidence EXTRA IMAGES` with the built-in model: each line's
+/// (text, confidence).
+fn read_with_confidence(images: &[PathBuf], extra: &[&str]) -> Vec<(String, f32)> {
+    let mut c = bin();
+    c.args(["recognize", "--threads", "1", "--confidence"])
+        .args(extra)
+        .args(images);
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (rest, conf) = l.rsplit_once('\t').unwrap();
+            let text = rest.split_once('\t').unwrap().1;
+            (text.to_string(), conf.parse::<f32>().unwrap())
+        })
+        .collect()
+}
+
 /// A tesstrain folder of `LINES` rendered lines plus one unreadable image, and a trained model.
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -410,10 +453,7 @@ fn recognize_prints_path_tab_text_per_image() {
 #[test]
 fn recognize_without_a_model_reads_with_the_built_in_one() {
     // The pretrained model's own check lines: it reads most of their characters right.
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/training-fonts");
-    let images: Vec<PathBuf> = (0..4)
-        .map(|i| check.join(format!("line-{i:04}.png")))
-        .collect();
+    let images = check_lines("training-fonts", 0..4);
     let mut c = bin();
     c.args(["recognize", "--threads", "1"]).args(&images);
     let out = run(c);
@@ -437,10 +477,7 @@ fn recognize_without_a_model_reads_with_the_built_in_one() {
 
 #[test]
 fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/training-fonts");
-    let images: Vec<PathBuf> = (0..4)
-        .map(|i| check.join(format!("line-{i:04}.png")))
-        .collect();
+    let images = check_lines("training-fonts", 0..4);
     let read = |extra: &[&str]| {
         let mut c = bin();
         c.args(["recognize", "--threads", "1"])
@@ -492,34 +529,12 @@ fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
 
 #[test]
 fn lines_read_with_little_confidence_are_searched_again_with_the_stronger_language_model() {
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/unseen-fonts");
-    let images: Vec<PathBuf> = (0..8)
-        .map(|i| check.join(format!("line-{i:04}.png")))
-        .collect();
+    // Lines 11 and 15 read otherwise when searched again as the built-in model's manifest says.
+    let images = check_lines("unseen-fonts", 8..16);
     // (text, confidence) of each line, read with `ctc-lm` and the manifest's weights.
     let read = |extra: &[&str]| {
-        let mut c = bin();
-        c.args(["recognize", "--threads", "1", "--confidence"])
-            .args(["--decode", "ctc-lm"])
-            .args(extra)
-            .args(&images);
-        let out = run(c);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let (rest, conf) = l.rsplit_once('\t').unwrap();
-                (
-                    rest.split_once('\t').unwrap().1.to_string(),
-                    conf.parse::<f32>().unwrap(),
-                )
-            })
-            .collect::<Vec<_>>()
+        let ctc_lm = ["--decode", "ctc-lm"];
+        read_with_confidence(&images, &[&ctc_lm[..], extra].concat())
     };
     // Every line searched once (whatever the manifest says of unsure lines).
     let once = read(&["--lm-unsure-below", "0"]);
@@ -549,6 +564,28 @@ fn lines_read_with_little_confidence_are_searched_again_with_the_stronger_langua
         );
     }
     assert!(once.iter().any(|r| r.1 < below) && once.iter().any(|r| r.1 >= below));
+    // The built-in model searches its unsure lines again as its manifest says, unasked.
+    let manifest = builtin_manifest();
+    let unsure = &manifest["language_model"]["unsure_lines"];
+    let (below, alpha) = (unsure["below"].as_f64(), unsure["alpha"].as_f64());
+    let (below, alpha) = (
+        below.expect("unsure_lines.below"),
+        alpha.expect("unsure_lines.alpha"),
+    );
+    let by_default = read(&[]);
+    assert_eq!(
+        by_default,
+        read(&[
+            "--lm-unsure-below",
+            &below.to_string(),
+            "--lm-unsure-alpha",
+            &alpha.to_string()
+        ])
+    );
+    assert_ne!(
+        by_default, once,
+        "the manifest's unsure lines were not searched again"
+    );
     // A threshold is a confidence.
     let mut c = bin();
     c.args(["recognize", "--lm-unsure-below", "1.5"])
@@ -558,26 +595,17 @@ fn lines_read_with_little_confidence_are_searched_again_with_the_stronger_langua
 
 #[test]
 fn recognize_at_several_widths_keeps_the_most_confident_reading() {
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/small/check/unseen-fonts");
-    let images: Vec<PathBuf> = (0..8)
-        .map(|i| check.join(format!("line-{i:04}.png")))
-        .collect();
+    let check = check_set("unseen-fonts");
+    let images = check_lines("unseen-fonts", 0..8);
     let read = |extra: &[&str]| {
-        let mut c = bin();
-        c.args(["recognize", "--threads", "1", "--confidence"])
-            .args(extra)
-            .args(&images);
-        let out = run(c);
-        assert_eq!(out.status.code(), Some(0));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.rsplit_once('\t').unwrap().1.parse::<f32>().unwrap())
+        read_with_confidence(&images, extra)
+            .into_iter()
+            .map(|(_, confidence)| confidence)
             .collect::<Vec<_>>()
     };
     let once = read(&["--widths", "1"]);
     // The built-in model reads at its manifest's width unless told otherwise.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(check.join("../../manifest.json")).unwrap()).unwrap();
+    let manifest = builtin_manifest();
     let own_width = manifest["reading"]["widths"][0]
         .as_f64()
         .expect("the pretrained model names its reading width");
