@@ -62,7 +62,7 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
         (None, Some(endpoint)) => {
             if args.search.any() || !args.widths.widths.is_empty() {
                 bail!(ConfigError::new(
-                    "--lm-alpha, --lm-beta, --beam and --widths set how this process reads; with --endpoint the server reads as it was started"
+                    "--lm-alpha, --lm-beta, --beam, --lm-unsure-* and --widths set how this process reads; with --endpoint the server reads as it was started"
                 ));
             }
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -510,6 +510,7 @@ fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
     for extra in [
         &["--decode", "ctc"][..],
         &["--beam", "4"][..],
+        &["--lm-unsure-below", "0.3"][..],
         &["--widths", "1,1.2"][..],
     ] {
         let mut c = bin();

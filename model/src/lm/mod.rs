@@ -42,8 +42,8 @@ pub struct FolderLm {
 }
 
 impl FolderLm {
-    /// Read with other search settings (weights chosen on validation data): the loaded model
-    /// and the manifest's description both change, the file does not.
+    /// Read with other search settings (weights and unsure lines chosen on validation data):
+    /// the loaded model and the manifest's description both change, the file does not.
     pub fn set_weights(&mut self, settings: SearchSettings) {
         self.model.settings = settings;
         self.info.alpha = settings.alpha;
