@@ -33,6 +33,8 @@ use textrec_model::tensorio;
 use textrec_model::Tokenizer;
 use tokio::runtime::Runtime;
 
+mod comparison;
+mod decoding_choice;
 mod fine_tune;
 mod model_choice;
 mod start;
