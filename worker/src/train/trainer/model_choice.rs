@@ -22,8 +22,8 @@ use super::Trial;
 
 impl Trial<'_> {
     /// The end of a trial that trained all its steps: its last checkpoint, the decoding,
-    /// reading width and language-model weights chosen, the model folder, and progress naming
-    /// the model.
+    /// reading width, language-model weights and unsure lines chosen, the model folder, and
+    /// progress naming the model.
     pub(super) fn end_finished(&mut self, vals: &[ValidationSet]) -> Result<TrialProgress> {
         self.save_checkpoint()?;
         // `ctc-lm` searches the CTC head's frames: no head, no language model.
@@ -34,7 +34,14 @@ impl Trial<'_> {
         };
         let mut choice = self.choose_decoding(vals, lm.as_ref().map(|l| &l.model))?;
         self.choose_width(vals, &mut choice, lm.as_ref().map(|l| &l.model))?;
-        if let Some(lm) = lm.as_mut().filter(|_| choice.mode == DecodeMode::CtcLm) {
+        // The language model's weights and unsure lines: compared only when the config lists
+        // some to try (each reads every set again).
+        let lmc = &self.cfg.language_model;
+        let to_try = lmc.weight_pairs().len() > 1 || !lmc.unsure_candidates().is_empty();
+        if let Some(lm) = lm
+            .as_mut()
+            .filter(|_| choice.mode == DecodeMode::CtcLm && to_try)
+        {
             let stretched = self.at_reading_width(vals, &choice)?;
             let sets = stretched.as_deref().unwrap_or(vals);
             let settings = self.choose_lm_weights(sets, &mut choice, &lm.model)?;
