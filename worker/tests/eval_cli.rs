@@ -479,20 +479,9 @@ fn recognize_without_a_model_reads_with_the_built_in_one() {
 fn recognize_reads_with_the_decoding_and_search_weights_asked_for() {
     let images = check_lines("training-fonts", 0..4);
     let read = |extra: &[&str]| {
-        let mut c = bin();
-        c.args(["recognize", "--threads", "1"])
-            .args(extra)
-            .args(&images);
-        let out = run(c);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.split_once('\t').unwrap().1.to_string())
+        read_with_confidence(&images, extra)
+            .into_iter()
+            .map(|(text, _)| text)
             .collect::<Vec<_>>()
     };
     let chars = |texts: &[String]| texts.iter().map(|t| t.chars().count()).sum::<usize>();
