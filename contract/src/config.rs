@@ -420,6 +420,10 @@ fn is_one(v: &f64) -> bool {
     *v == 1.0
 }
 
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
 impl PreprocessConfig {
     /// The preprocessing a fine-tune of a model trained with `parent` trains with: the
     /// parent's when this config leaves `preprocess` at its defaults (a model must read lines
@@ -774,6 +778,15 @@ pub struct OptimizerConfig {
     pub grad_clip: f64,
     /// Label smoothing of the decoder's cross-entropy.
     pub label_smoothing: f64,
+    /// Decay of an exponential moving average of the weights (0: off). When set, evaluations,
+    /// the best weights and the finished model use the average instead of the weights the
+    /// optimizer is updating, whose path it does not change: `0.999` averages over about the
+    /// last thousand steps (fewer in the first ones: the decay used at step `n` is at most
+    /// `(1 + n) / (10 + n)`). The average is checkpointed, so a resumed trial continues it
+    /// exactly. Left out of a written config when 0, so the configs (and manifests) of trials
+    /// without it read as before it existed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ema_decay: f64,
 }
 
 impl Default for OptimizerConfig {
@@ -788,6 +801,7 @@ impl Default for OptimizerConfig {
             min_lr_ratio: 0.05,
             grad_clip: 1.0,
             label_smoothing: 0.0,
+            ema_decay: 0.0,
         }
     }
 }
@@ -1098,6 +1112,12 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.optimizer.label_smoothing) {
             return bad("optimizer.label_smoothing", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.optimizer.ema_decay) {
+            return bad(
+                "optimizer.ema_decay",
+                "must be in [0, 1) (0 turns the average off)",
+            );
         }
         if self.preprocess.height < 8 || !self.preprocess.height.is_multiple_of(8) {
             return bad("preprocess.height", "must be a positive multiple of 8");
@@ -1655,6 +1675,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.data.train.normalized_weights(), vec![0.25, 0.75]);
+    }
+
+    #[test]
+    fn an_average_of_the_weights_needs_a_decay_below_one() {
+        for set in ["optimizer.ema_decay=1", "optimizer.ema_decay=-0.5"] {
+            let err = TrainConfig::parse("", &[set.to_string()]).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("optimizer.ema_decay"),
+                "{err:#}"
+            );
+        }
+        let c = TrainConfig::parse("optimizer: {ema_decay: 0.999}\n", &[]).unwrap();
+        assert_eq!(c.optimizer.ema_decay, 0.999);
+        assert_eq!(c.to_json()["optimizer"]["ema_decay"], 0.999);
+        let off = TrainConfig::default().to_json();
+        assert!(
+            off["optimizer"].get("ema_decay").is_none(),
+            "off is not written"
+        );
     }
 
     #[test]

@@ -440,6 +440,99 @@ fn recomputing_activations_trains_the_same_weights() {
     );
 }
 
+/// `optimizer.ema_decay`: evaluations and the model read an average of the weights, while the
+/// optimizer's own weights follow exactly the path they follow without it; the average is
+/// checkpointed, so a trial killed mid-run and restarted ends with the same model.
+#[test]
+fn an_average_of_the_weights_is_evaluated_leaves_training_alone_and_resumes_bit_identical() {
+    let (reference_dir, reference_sha) = reference();
+    let ema = [
+        "--set",
+        "optimizer.ema_decay=0.9",
+        "--set",
+        "checkpoint.keep=10",
+    ];
+    let whole = tempfile::tempdir().unwrap();
+    let done = run(train_cmd(whole.path(), &ema));
+    assert_eq!(done.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&done.stderr).contains("evaluating an average of the weights"));
+
+    let last = format!("checkpoints/step-{MAX_STEPS:010}");
+    let live = |dir: &Path| std::fs::read(dir.join(&last).join("weights.safetensors")).unwrap();
+    assert!(
+        live(whole.path()) == live(reference_dir.path()),
+        "the optimizer's weights changed when an average of them was kept"
+    );
+    assert!(whole.path().join(&last).join("ema.safetensors").is_file());
+    assert!(!reference_dir
+        .path()
+        .join(&last)
+        .join("ema.safetensors")
+        .exists());
+    let sha = model_sha(whole.path());
+    assert_ne!(
+        &sha, reference_sha,
+        "the model is the average, not the last weights"
+    );
+    let cers = |dir: &Path| -> Vec<f64> {
+        metrics(dir)
+            .iter()
+            .filter(|r| r.kind == RecordKind::Eval)
+            .map(|r| r.cer.unwrap())
+            .collect()
+    };
+    // The model is the average as it stood at the best evaluation (20: the tiny network reads
+    // no better at 40, and a tie keeps the earlier weights), not the weights trained then.
+    let best_step = progress(whole.path()).best.expect("evaluated").step;
+    let tensors = |file: PathBuf| {
+        textrec_model::tensorio::from_safetensors(&std::fs::read(file).unwrap(), tch::Device::Cpu)
+            .unwrap()
+    };
+    let at_best = whole
+        .path()
+        .join(format!("checkpoints/step-{best_step:010}"));
+    let model = tensors(whole.path().join("model/model.safetensors"));
+    let average = tensors(at_best.join("ema.safetensors"));
+    let trained = tensors(at_best.join("weights.safetensors"));
+    let same = |a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.equal(&y.1))
+    };
+    assert!(
+        same(&model, &average),
+        "the model is not the average at step {best_step}"
+    );
+    assert!(!same(&model, &trained));
+    let config = &model_manifest(whole.path()).provenance.config;
+    assert_eq!(config["optimizer"]["ema_decay"], 0.9);
+    let plain = model_manifest(reference_dir.path()).provenance.config;
+    assert!(
+        plain["optimizer"].get("ema_decay").is_none(),
+        "a trial without an average writes its config as before the setting existed"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let mut child = spawn_quiet(train_cmd(out, &ema));
+    wait_for_checkpoint(&mut child, out, 10);
+    std::thread::sleep(jitter(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = complete_checkpoints(out);
+    let resumed = run(train_cmd(out, &ema));
+    assert_eq!(resumed.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming from checkpoint"));
+    assert_eq!(
+        model_sha(out),
+        sha,
+        "resumed average differs (checkpoints at kill: {killed_at:?})"
+    );
+    assert_eq!(cers(out), cers(whole.path()));
+}
+
 /// A tesstrain folder of short rendered lines, written by `textrec-worker synth`.
 fn tesstrain_folder(dir: &Path) -> PathBuf {
     let lines = dir.join("flags");

@@ -5,6 +5,7 @@
 //! - `optimizer.safetensors`: AdamW's first and second moments (`m.<name>`, `v.<name>`);
 //! - `best.safetensors`: the weights with the best validation CER so far (absent before the
 //!   first evaluation), because the final model is the best one, not the last;
+//! - `ema.safetensors`: the average of the weights, when `optimizer.ema_decay` keeps one;
 //! - `state.json`: [`TrainState`] (step, data position, schedule position, best/latest
 //!   evaluation, elapsed time, RNG description, loss scale, the config);
 //! - `manifest.json` ([`CheckpointManifest`] with each file's sha256), written last.
@@ -26,6 +27,8 @@ pub const WEIGHTS: &str = "weights.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 /// Best-validation weights.
 pub const BEST: &str = "best.safetensors";
+/// The weights' moving average.
+pub const EMA: &str = "ema.safetensors";
 /// [`TrainState`] as JSON.
 pub const STATE: &str = "state.json";
 
@@ -78,6 +81,8 @@ pub struct Loaded {
     pub optimizer: Bytes,
     /// `best.safetensors`, when an evaluation happened.
     pub best: Option<Bytes>,
+    /// `ema.safetensors`, when the trial keeps an average of its weights.
+    pub ema: Option<Bytes>,
     /// Where it was read from.
     pub reference: CheckpointRef,
 }
@@ -92,6 +97,8 @@ pub struct ToWrite {
     pub optimizer: Vec<u8>,
     /// Best weights, if any (shared with the trainer, which keeps them: no copy per checkpoint).
     pub best: Option<Bytes>,
+    /// The weights' moving average, if the trial keeps one.
+    pub ema: Option<Vec<u8>>,
 }
 
 /// Write a checkpoint folder, manifest last. Returns its reference.
@@ -105,6 +112,9 @@ pub async fn save(store: &Store, ckpt: ToWrite) -> Result<CheckpointRef> {
     ];
     if let Some(best) = ckpt.best {
         files.push((BEST.to_string(), best));
+    }
+    if let Some(ema) = ckpt.ema {
+        files.push((EMA.to_string(), Bytes::from(ema)));
     }
     files.push((STATE.to_string(), Bytes::from(state_json)));
     store
@@ -174,6 +184,7 @@ async fn read_one(store: &Store, step: u64) -> Result<Option<Loaded>> {
         weights: take(WEIGHTS).ok_or_else(|| anyhow!("no {WEIGHTS}"))?,
         optimizer: take(OPTIMIZER).ok_or_else(|| anyhow!("no {OPTIMIZER}"))?,
         best: take(BEST),
+        ema: take(EMA),
         state,
         reference: CheckpointRef {
             step,
@@ -280,6 +291,7 @@ mod tests {
             weights: vec![1, 2, 3],
             optimizer: vec![4],
             best: None,
+            ema: None,
         }
     }
 

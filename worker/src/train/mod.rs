@@ -14,6 +14,7 @@
 
 pub mod background_writes;
 pub mod checkpoint;
+pub mod ema;
 pub mod language_model;
 pub mod metrics_log;
 pub mod optimizer;

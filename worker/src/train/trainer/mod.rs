@@ -44,6 +44,7 @@ use self::fine_tune::fetch_parent;
 use self::start::{open_validation_sets, resume_or_start, Start};
 use super::background_writes::BackgroundWrites;
 use super::checkpoint::TrainState;
+use super::ema::Ema;
 use super::metrics_log::MetricsLog;
 use super::optimizer::AdamW;
 use super::progress::{self, Display};
@@ -129,6 +130,8 @@ struct Trial<'a> {
     vs: VarStore,
     net: Recognizer,
     opt: AdamW,
+    /// The average of the weights that evaluations read (`optimizer.ema_decay`).
+    ema: Option<Ema>,
     tokenizer: Tokenizer,
     state: TrainState,
     /// Shared with the checkpoint snapshots, which would otherwise copy them each time.
@@ -279,6 +282,9 @@ impl Trial<'_> {
                 self.opt.step(lr);
             }
         }
+        if let Some(ema) = &mut self.ema {
+            ema.update(completed + 1);
+        }
         if let Some(s) = &mut self.scaler {
             s.update(finite);
         }
@@ -318,9 +324,22 @@ impl Trial<'_> {
         )
     }
 
-    /// Evaluate every validation set now (the objective's first); `false` when cut short by
-    /// a stop request.
+    /// Evaluate every validation set now (the objective's first), with the weights' average
+    /// when the trial keeps one; `false` when cut short by a stop request.
     fn evaluate(&mut self, vals: &[ValidationSet]) -> Result<bool> {
+        if let Some(ema) = &mut self.ema {
+            ema.swap();
+        }
+        let evaluated = self.evaluate_current(vals);
+        // Swapped back whatever happened: the optimizer goes on with its own weights.
+        if let Some(ema) = &mut self.ema {
+            ema.swap();
+        }
+        evaluated
+    }
+
+    /// [`Self::evaluate`] with the weights the network holds now.
+    fn evaluate_current(&mut self, vals: &[ValidationSet]) -> Result<bool> {
         let started = Instant::now();
         let mut scores = Vec::with_capacity(vals.len());
         for val in vals {
@@ -406,6 +425,33 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The weights' average a trial keeps (`optimizer.ema_decay` > 0): the resumed checkpoint's,
+/// or one starting at the weights training starts from.
+fn start_ema(
+    cfg: &TrainConfig,
+    vs: &VarStore,
+    state: &TrainState,
+    saved: Option<&[u8]>,
+    device: Device,
+) -> Result<Option<Ema>> {
+    let decay = cfg.optimizer.ema_decay;
+    if decay <= 0.0 {
+        return Ok(None);
+    }
+    let mut ema = Ema::new(vs, decay);
+    match saved {
+        Some(bytes) => ema.load(bytes, device).context("checkpoint ema")?,
+        None if state.step > 0 => tracing::warn!(
+            "the checkpoint at step {} keeps no average of the weights (it was written without \
+             optimizer.ema_decay): the average starts from its weights",
+            state.step
+        ),
+        None => {}
+    }
+    tracing::info!("evaluating an average of the weights (decay {decay})");
+    Ok(Some(ema))
+}
+
 /// Run one trial to completion or interruption. Errors after start-up are reported in
 /// `progress.json` by the caller.
 pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialProgress)> {
@@ -468,6 +514,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         state,
         best_weights,
         checkpoint: checkpoint_ref,
+        ema: saved_ema,
     } = resume_or_start(
         ctx,
         cfg,
@@ -477,6 +524,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         &mut vs,
         &mut opt,
     )?;
+    let ema = start_ema(cfg, &vs, &state, saved_ema.as_deref(), device)?;
     // Gradients exist (as zeros) from the start in fresh and resumed runs alike, so every
     // backward pass accumulates into a zeroed buffer: identical arithmetic either way.
     opt.init_grads();
@@ -520,6 +568,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         vs,
         net,
         opt,
+        ema,
         tokenizer,
         display: Display::new(state.step, cfg.max_steps),
         state,

@@ -68,6 +68,8 @@ pub(super) struct Start {
     pub(super) best_weights: Option<Bytes>,
     /// The checkpoint resumed from.
     pub(super) checkpoint: Option<CheckpointRef>,
+    /// The resumed checkpoint's average of the weights, if it kept one.
+    pub(super) ema: Option<Bytes>,
 }
 
 /// Load the newest complete checkpoint into `vs` and `opt` when there is one (it must match
@@ -86,6 +88,7 @@ pub(super) fn resume_or_start(
     let prior_progress = ctx.rt.block_on(progress::read(&ctx.store));
     let loaded = ctx.rt.block_on(checkpoint::load_newest(&ctx.store))?;
     let mut best_weights = None;
+    let mut ema = None;
     let mut checkpoint_ref = None;
     let state = match loaded {
         Some(l) => {
@@ -115,6 +118,7 @@ pub(super) fn resume_or_start(
             opt.load_state(moments, l.state.step)
                 .context("checkpoint optimizer")?;
             best_weights = l.best;
+            ema = l.ema;
             let mut state = l.state;
             state.resumes = state
                 .resumes
@@ -156,5 +160,6 @@ pub(super) fn resume_or_start(
         state,
         best_weights,
         checkpoint: checkpoint_ref,
+        ema,
     })
 }

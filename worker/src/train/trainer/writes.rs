@@ -10,6 +10,7 @@ use textrec_model::tensorio;
 
 use super::super::background_writes::{self, Ended};
 use super::super::checkpoint;
+use super::super::ema::Ema;
 use super::super::progress;
 use super::Trial;
 
@@ -34,6 +35,7 @@ impl Trial<'_> {
             weights: tensorio::save_varstore(&self.vs)?,
             optimizer: tensorio::to_safetensors(&self.opt.state_tensors(), None)?,
             best: self.best_weights.clone(),
+            ema: self.ema.as_ref().map(Ema::to_safetensors).transpose()?,
         })
     }
 
