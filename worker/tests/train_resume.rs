@@ -166,6 +166,29 @@ fn assert_train_records_unique(out: &Path) {
     assert_eq!(steps.last(), Some(&MAX_STEPS));
 }
 
+/// SIGKILL a run of `cmd` (no chance to checkpoint) at a random moment after its checkpoint at
+/// step 10, then run it again in the same folder, which must succeed by resuming. Returns the
+/// checkpoints that were complete at the kill.
+fn sigkill_then_rerun(cmd: impl Fn() -> Command, out: &Path) -> Vec<u64> {
+    let mut child = spawn_quiet(cmd());
+    wait_for_checkpoint(&mut child, out, 10);
+    std::thread::sleep(jitter(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = complete_checkpoints(out);
+    let done = run(cmd());
+    assert_eq!(done.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&done.stderr).contains("resuming from checkpoint"),
+        "did not resume"
+    );
+    killed_at
+}
+
 #[test]
 fn uninterrupted_run_writes_model_metrics_and_progress() {
     let (dir, _) = reference();
@@ -394,25 +417,8 @@ fn sigkill_at_a_random_moment_then_restart_is_bit_identical() {
     let (_, expected) = reference();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let mut child = spawn_quiet(train_cmd(out, &[]));
-    wait_for_checkpoint(&mut child, out, 10);
-    std::thread::sleep(jitter(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "run finished before it could be killed"
-    );
-    child.kill().unwrap(); // SIGKILL: no chance to checkpoint
-    child.wait().unwrap();
-    let killed_at = complete_checkpoints(out);
+    let killed_at = sigkill_then_rerun(|| train_cmd(out, &[]), out);
     assert!(!killed_at.is_empty());
-
-    let done = run(train_cmd(out, &[]));
-    assert_eq!(done.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        stderr.contains("resuming from checkpoint"),
-        "did not resume"
-    );
     assert!(progress(out).resumes >= 1);
     assert_eq!(
         &model_sha(out),
@@ -512,19 +518,7 @@ fn an_average_of_the_weights_is_evaluated_leaves_training_alone_and_resumes_bit_
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let mut child = spawn_quiet(train_cmd(out, &ema));
-    wait_for_checkpoint(&mut child, out, 10);
-    std::thread::sleep(jitter(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "run finished before it could be killed"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let killed_at = complete_checkpoints(out);
-    let resumed = run(train_cmd(out, &ema));
-    assert_eq!(resumed.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming from checkpoint"));
+    let killed_at = sigkill_then_rerun(|| train_cmd(out, &ema), out);
     assert_eq!(
         model_sha(out),
         sha,
@@ -591,19 +585,7 @@ fn mixed_sources_sigkill_then_restart_is_bit_identical() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let mut child = spawn_quiet(mixed_cmd(out, &lines));
-    wait_for_checkpoint(&mut child, out, 10);
-    std::thread::sleep(jitter(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "run finished before it could be killed"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let killed_at = complete_checkpoints(out);
-    let done = run(mixed_cmd(out, &lines));
-    assert_eq!(done.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&done.stderr).contains("resuming from checkpoint"));
+    let killed_at = sigkill_then_rerun(|| mixed_cmd(out, &lines), out);
     assert_eq!(
         model_sha(out),
         expected,
