@@ -150,36 +150,46 @@ pub fn save_varstore(vs: &nn::VarStore) -> Result<Vec<u8>> {
 /// lists every missing, unexpected, shape- or dtype-mismatched tensor, and on error no
 /// variable has been changed.
 pub fn load_varstore(vs: &mut nn::VarStore, bytes: &[u8]) -> Result<()> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    load_into(&vars, bytes, "weights do not fit the model")
+}
+
+/// Copy the tensors of safetensors bytes into `targets` (shallow clones of the tensors to
+/// write, e.g. a `VarStore`'s variables or an average of them), which must match by name,
+/// shape and dtype. The error, headed by `what`, lists every missing, unexpected, shape- or
+/// dtype-mismatched tensor, and on error no target has been changed.
+pub fn load_into(targets: &BTreeMap<String, Tensor>, bytes: &[u8], what: &str) -> Result<()> {
     let loaded: BTreeMap<String, Tensor> =
         from_safetensors(bytes, Device::Cpu)?.into_iter().collect();
-    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
 
     let mut problems = Vec::new();
-    for (name, var) in &vars {
+    for (name, target) in targets {
         match loaded.get(name) {
-            None => problems.push(format!("missing tensor `{name}` {:?}", var.size())),
-            Some(t) if t.size() != var.size() => problems.push(format!(
-                "tensor `{name}` has shape {:?}, the model expects {:?}",
+            None => problems.push(format!("missing tensor `{name}` {:?}", target.size())),
+            Some(t) if t.size() != target.size() => problems.push(format!(
+                "tensor `{name}` has shape {:?}, expected {:?}",
                 t.size(),
-                var.size()
+                target.size()
             )),
-            Some(t) if t.kind() != var.kind() => problems.push(format!(
-                "tensor `{name}` has dtype {:?}, the model expects {:?}",
+            Some(t) if t.kind() != target.kind() => problems.push(format!(
+                "tensor `{name}` has dtype {:?}, expected {:?}",
                 t.kind(),
-                var.kind()
+                target.kind()
             )),
             Some(_) => {}
         }
     }
-    for name in loaded.keys().filter(|n| !vars.contains_key(*n)) {
+    for name in loaded.keys().filter(|n| !targets.contains_key(*n)) {
         problems.push(format!("unexpected tensor `{name}`"));
     }
     if !problems.is_empty() {
-        bail!("weights do not fit the model: {}", problems.join("; "));
+        bail!("{what}: {}", problems.join("; "));
     }
     tch::no_grad(|| {
-        for (name, mut var) in vars {
-            var.f_copy_(&loaded[&name])
+        for (name, target) in targets {
+            target
+                .shallow_clone()
+                .f_copy_(&loaded[name])
                 .with_context(|| format!("copying tensor `{name}`"))?;
         }
         Ok(())
@@ -305,7 +315,7 @@ mod tests {
             load_varstore(&mut wider, &save_varstore(&src).unwrap()).unwrap_err()
         );
         assert!(
-            err.contains("`fc.weight` has shape [4, 3], the model expects [5, 3]"),
+            err.contains("`fc.weight` has shape [4, 3], expected [5, 3]"),
             "{err}"
         );
     }

@@ -6,9 +6,11 @@
 //! same with or without it, to the bit. Every variable is averaged, BatchNorm's running
 //! statistics included, so the averaged network is consistent with itself.
 
-use anyhow::{bail, Context as _, Result};
+use std::collections::BTreeMap;
+
+use anyhow::Result;
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::Tensor;
 use textrec_model::tensorio;
 
 /// The averaged copy of every variable of a `VarStore`, in name order.
@@ -73,31 +75,24 @@ impl Ema {
 
     /// Restore the average from a checkpoint's bytes; every variable must be there with its
     /// shape, or nothing changes.
-    pub fn load(&mut self, bytes: &[u8], device: Device) -> Result<()> {
-        let loaded = tensorio::from_safetensors(bytes, device).context("the weights' average")?;
-        let names: Vec<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
-        let expected: Vec<&str> = self.pairs.iter().map(|(n, _, _)| n.as_str()).collect();
-        if names != expected {
-            bail!("the weights' average holds other tensors than the network's variables");
-        }
-        for ((name, t), (_, _, avg)) in loaded.iter().zip(&self.pairs) {
-            if t.size() != avg.size() || t.kind() != avg.kind() {
-                bail!("the weights' average: tensor `{name}` has another shape or type");
-            }
-        }
-        tch::no_grad(|| {
-            for ((_, t), (_, _, avg)) in loaded.iter().zip(&mut self.pairs) {
-                avg.copy_(t);
-            }
-        });
-        Ok(())
+    pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
+        let averages: BTreeMap<String, Tensor> = self
+            .pairs
+            .iter()
+            .map(|(name, _, avg)| (name.clone(), avg.shallow_clone()))
+            .collect();
+        tensorio::load_into(
+            &averages,
+            bytes,
+            "the weights' average does not fit the network's variables",
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Kind, Tensor};
+    use tch::{Device, Kind, Tensor};
 
     fn store() -> (VarStore, Tensor) {
         let vs = VarStore::new(Device::Cpu);
@@ -144,16 +139,16 @@ mod tests {
 
         let (vs2, w2) = store();
         let mut restored = Ema::new(&vs2, 0.99);
-        restored.load(&bytes, Device::Cpu).unwrap();
+        restored.load(&bytes).unwrap();
         restored.swap();
         ema.swap();
         assert_eq!(values(&w2), values(&w));
 
         let other = VarStore::new(Device::Cpu);
         let _ = other.root().var("v", &[3], tch::nn::Init::Const(0.0));
-        let err = Ema::new(&other, 0.99)
-            .load(&bytes, Device::Cpu)
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("other tensors"), "{err:#}");
+        let err = Ema::new(&other, 0.99).load(&bytes).unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        assert!(err.contains("missing tensor `v`"), "{err}");
+        assert!(err.contains("unexpected tensor `w`"), "{err}");
     }
 }

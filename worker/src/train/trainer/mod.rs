@@ -432,7 +432,6 @@ fn start_ema(
     vs: &VarStore,
     state: &TrainState,
     saved: Option<&[u8]>,
-    device: Device,
 ) -> Result<Option<Ema>> {
     let decay = cfg.optimizer.ema_decay;
     if decay <= 0.0 {
@@ -440,7 +439,7 @@ fn start_ema(
     }
     let mut ema = Ema::new(vs, decay);
     match saved {
-        Some(bytes) => ema.load(bytes, device).context("checkpoint ema")?,
+        Some(bytes) => ema.load(bytes).context("checkpoint ema")?,
         None if state.step > 0 => tracing::warn!(
             "the checkpoint at step {} keeps no average of the weights (it was written without \
              optimizer.ema_decay): the average starts from its weights",
@@ -524,7 +523,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         &mut vs,
         &mut opt,
     )?;
-    let ema = start_ema(cfg, &vs, &state, saved_ema.as_deref(), device)?;
+    let ema = start_ema(cfg, &vs, &state, saved_ema.as_deref())?;
     // Gradients exist (as zeros) from the start in fresh and resumed runs alike, so every
     // backward pass accumulates into a zeroed buffer: identical arithmetic either way.
     opt.init_grads();
