@@ -66,6 +66,22 @@ impl Termination {
     }
 }
 
+/// Resolves on the first SIGTERM or SIGINT from the call on, and logs which arrived. Where the
+/// handlers cannot be installed it says so and waits for Ctrl-C alone.
+pub async fn stop_requested() {
+    match Termination::install() {
+        Ok(mut t) => {
+            // Awaited outside the log macro: a macro whose level is off evaluates nothing.
+            let signal = t.recv().await;
+            tracing::info!("{}", signal.describe());
+        }
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -267,21 +267,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn signal() {
-    match textrec_contract::signals::Termination::install() {
-        Ok(mut t) => {
-            // Awaited outside the log macro: a macro whose level is off evaluates nothing.
-            let signal = t.recv().await;
-            tracing::info!("{}", signal.describe());
-        }
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// `textrec-operator run`.
 pub async fn run(opts: RunOptions) -> Result<()> {
     init_logging(opts.log_format);
@@ -350,7 +335,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         )
     });
 
-    let sig = signal();
+    let sig = textrec_contract::signals::stop_requested();
     tokio::pin!(sig);
     if let Some(e) = &elector {
         tracing::info!(lease = %opts.lease_name, identity = %identity, "waiting for leadership");

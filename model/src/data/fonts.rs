@@ -476,29 +476,22 @@ fn show_dirs(dirs: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// Font files under `dir`, recursively, sorted.
+/// Font files (`.ttf`, `.otf`) under `dir`, recursively, sorted. Symbolic links are followed,
+/// as font folders often link in other packages' fonts; a link that loops is skipped.
 fn font_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .map(|e| matches!(e.to_string_lossy().to_lowercase().as_str(), "ttf" | "otf"))
-                .unwrap_or(false)
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(walkdir::DirEntry::into_path)
+        .filter(|p| {
+            p.extension().is_some_and(|e| {
+                matches!(e.to_string_lossy().to_lowercase().as_str(), "ttf" | "otf")
+            })
+        })
+        .collect()
 }
 
 /// The typographic family (name id 16) or family (name id 1) of a font file.
@@ -764,6 +757,31 @@ mod tests {
 
     /// Writes `a..z` over `A..Z` in every training font to /tmp/textrec-samples/alphabet-*.png
     /// (run with `--ignored` to look at them).
+    #[cfg(unix)]
+    #[test]
+    fn font_folders_are_listed_in_order_through_links_and_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.join("b/c")).unwrap();
+        for f in ["z.TTF", "a.otf", "notes.txt", "b/c/m.ttf", "b/a.ttf"] {
+            std::fs::write(d.join(f), b"").unwrap();
+        }
+        std::fs::write(other.path().join("linked.ttf"), b"").unwrap();
+        // Font packages link their folders into one another; a link back up must not hang.
+        std::os::unix::fs::symlink(other.path(), d.join("b/pkg")).unwrap();
+        std::os::unix::fs::symlink(d, d.join("b/c/up")).unwrap();
+        std::os::unix::fs::symlink(d.join("gone.ttf"), d.join("dangling.ttf")).unwrap();
+        let names: Vec<String> = font_files(d)
+            .iter()
+            .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["a.otf", "b/a.ttf", "b/c/m.ttf", "b/pkg/linked.ttf", "z.TTF"]
+        );
+    }
+
     #[test]
     fn unseen_validation_fonts_are_refused_for_training() {
         let cfg = SyntheticConfig {

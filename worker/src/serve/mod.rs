@@ -566,21 +566,6 @@ fn spawn_supervisor(s: Supervised) -> JoinHandle<Result<()>> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination_signal() {
-    match textrec_contract::signals::Termination::install() {
-        Ok(mut t) => {
-            // Awaited outside the log macro: a macro whose level is off evaluates nothing.
-            let signal = t.recv().await;
-            tracing::info!("{}", signal.describe());
-        }
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// Run `serve`; returns the process exit code.
 pub fn run(mut args: ServeArgs) -> Result<i32> {
     if args.model.is_none() && args.model_pointer.is_none() {
@@ -599,7 +584,7 @@ pub fn run(mut args: ServeArgs) -> Result<i32> {
         .build()?;
     rt.block_on(async move {
         // Install the handlers before loading, so a SIGTERM during a slow load is graceful too.
-        let signal = tokio::spawn(termination_signal());
+        let signal = tokio::spawn(textrec_contract::signals::stop_requested());
         let server = start_resolved(args, resolved, torch_loader(resolved.device, widths)).await?;
         tokio::select! {
             _ = signal => server.shutdown(),
