@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs what is missing, then formatting, lints, the whole
-# Rust test suite (unit, integration, exact-resume, serving, operator against a mocked API) and
-# the chart/Dockerfile/manifest checks, the Python client against the built worker, and the
+# The test command (README, .ci/run): installs what is missing, then formatting, lints, API docs,
+# the whole Rust test suite (unit, integration, exact-resume, serving, operator against a mocked
+# API) and the chart/Dockerfile/manifest checks, the Python client against the built worker, and the
 # scripts' own tests (tests/scripts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo doc -D warnings (the API docs' links resolve)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "==> cargo test"
 cargo test --workspace -- --test-threads=2
 echo "==> python client (clients/python) against the worker cargo test just built"

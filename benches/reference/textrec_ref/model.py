@@ -56,7 +56,7 @@ SCHEDULE = [(2, 2), (2, 2), (2, 1)]
 
 @dataclass(frozen=True)
 class Architecture:
-    """The manifest's ``architecture`` (contract/src/config.rs)."""
+    """The manifest's ``architecture`` (contract/src/config/model.rs)."""
 
     encoder_channels: list[int]
     encoder_blocks: list[int]

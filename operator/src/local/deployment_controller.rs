@@ -1,7 +1,8 @@
 //! The local ModelDeployment controller: each deployment's model and status come from the
-//! cluster's own decision ([`plan_status`], i.e. [`crate::promotion`]), fed with a synthetic
-//! Deployment that describes the local server ([`serving::synth_deployment`]); the server is
-//! then made to serve that model ([`Servers::ensure`]).
+//! cluster's own decision ([`plan_status`](crate::deployment_plan::plan_status), with
+//! [`crate::promotion`]), fed with a synthetic Deployment that describes the local server
+//! ([`serving::synth_deployment`]); the server is then made to serve that model
+//! ([`Servers::ensure`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
