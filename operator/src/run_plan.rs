@@ -121,127 +121,309 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
     };
     let name = run.metadata.name.as_deref().unwrap_or_default();
 
-    let trials = match plan_trials(name, &run.spec)
+    let mut trials = match plan_trials(name, &run.spec)
         .and_then(|t| check_volume_policy(&run.spec, observed.volume_policy).map(|()| t))
     {
         Ok(t) => t,
-        Err(e) => {
-            conditions::set(
-                &mut status.conditions,
-                "Valid",
-                false,
-                "InvalidSpec",
-                &e.to_string(),
-                generation,
-                now,
-            );
-            conditions::set(
-                &mut status.conditions,
-                "Running",
-                false,
-                "InvalidSpec",
-                "the spec cannot run",
-                generation,
-                now,
-            );
-            status.phase = Some(RunPhase::Invalid);
-            status.reason = Some("InvalidSpec".into());
-            status.message = Some(truncate(&e.to_string(), MAX_RUN_MESSAGE));
-            let mut events = Vec::new();
-            if prev.phase != Some(RunPhase::Invalid) || prev.observed_generation != generation {
-                events.push(event(Severity::Warning, "InvalidSpec", e.to_string()));
-            }
-            // Keep what was observed of earlier trials (a spec edit must not erase history).
-            status.trials = prev.trials;
-            status.best_trial = prev.best_trial;
-            status.best_model = prev.best_model;
-            status.init_from = prev.init_from;
-            return RunPlan {
-                status,
-                events,
-                ..Default::default()
-            };
-        }
+        Err(e) => return invalid_spec(status, prev, &e.to_string(), now),
     };
     let mut events = Vec::new();
-    // Fine-tuning: the parent recorded when the run started wins over a fresh resolution, so
-    // trials started later (and retries) read the same model.
-    let mut trials = trials;
     let waiting_parent =
-        match run
-            .spec
-            .init_from
-            .as_ref()
-            .map(|_| match (&prev.init_from, &observed.parent) {
-                (Some(p), _) => Parent::Resolved(p.clone()),
-                (None, Some(p)) => p.clone(),
-                (None, None) => Parent::Waiting {
-                    field: "spec.initFrom",
-                    message: "not resolved yet".into(),
-                },
-            }) {
-            Some(Parent::Resolved(p)) => {
-                for t in &mut trials {
-                    t.overrides.extend(parent_overrides(&p));
-                }
-                if prev.init_from.is_none() {
-                    events.push(event(
-                        Severity::Normal,
-                        "InitFromResolved",
-                        format!(
-                            "trials start from {} ({}{})",
-                            p.url,
-                            p.source,
-                            p.sha256
-                                .as_ref()
-                                .map(|s| format!(", sha256 {s}"))
-                                .unwrap_or_default()
-                        ),
-                    ));
-                }
-                status.init_from = Some(p);
-                None
+        resolve_parent(run, &prev, observed, &mut trials, &mut status, &mut events);
+    set_valid(
+        &mut status,
+        &prev,
+        observed,
+        trials.len(),
+        waiting_parent.as_deref(),
+        &mut events,
+        now,
+    );
+    let TrialsObserved {
+        mut entries,
+        best_model,
+        set_suspend_early,
+        delete,
+    } = observe_trials(run, observed, &prev, &trials, now, &mut events);
+
+    let count = |p: TrialPhase| entries.iter().filter(|e| e.phase == p).count() as i32;
+    let failed = count(TrialPhase::Failed);
+    let succeeded = count(TrialPhase::Succeeded);
+    let early_stopped = count(TrialPhase::EarlyStopped);
+    let too_many_failures = failed > run.spec.max_failed_trials;
+    let suspend = run.spec.suspend;
+
+    // A trial whose Job exists holds its slot even while its pod cannot start: more Jobs would
+    // only wait the same way.
+    let blocked = |e: &TrialStatus| {
+        e.phase == TrialPhase::Pending && observed.jobs.contains_key(e.name.as_str())
+    };
+    let occupied = entries
+        .iter()
+        .filter(|e| e.phase.is_active() || blocked(e))
+        .count() as i32;
+    let create = if !suspend
+        && !too_many_failures
+        && observed.missing.is_empty()
+        && waiting_parent.is_none()
+    {
+        let slots = (run.spec.search.parallelism - occupied).max(0);
+        start_trials(run, observed, &trials, &mut entries, slots, &mut events)
+    } else {
+        Vec::new()
+    };
+    let want_suspended = suspend || too_many_failures;
+    let set_suspend = suspensions(
+        observed,
+        &trials,
+        &entries,
+        want_suspended,
+        &set_suspend_early,
+    );
+
+    let total = trials.len() as i32;
+    let counts = TrialCounts {
+        total,
+        pending: count_in(&entries, TrialPhase::Pending),
+        running: entries.iter().filter(|e| e.phase.is_active()).count() as i32,
+        succeeded,
+        failed,
+        early_stopped,
+    };
+    let all_done = entries.iter().all(|e| e.phase.is_terminal());
+    let phase = if too_many_failures {
+        RunPhase::Failed
+    } else if all_done && succeeded > 0 {
+        RunPhase::Succeeded
+    } else if all_done {
+        RunPhase::Failed
+    } else if suspend {
+        RunPhase::Suspended
+    } else if counts.running > 0 {
+        RunPhase::Running
+    } else {
+        RunPhase::Pending
+    };
+
+    let g = generation;
+    conditions::set(
+        &mut status.conditions,
+        "Suspended",
+        suspend && !phase.is_terminal(),
+        if suspend {
+            "SuspendedBySpec"
+        } else {
+            "NotSuspended"
+        },
+        if suspend {
+            "spec.suspend is true: trials are stopped at their checkpoints"
+        } else {
+            ""
+        },
+        g,
+        now,
+    );
+    let blocked_entries: Vec<&TrialStatus> = entries.iter().filter(|e| blocked(e)).collect();
+    set_running(
+        &mut status,
+        &RunningCondition {
+            phase,
+            counts: &counts,
+            training: count_in(&entries, TrialPhase::Running),
+            blocked: &blocked_entries,
+            missing: observed.missing.first(),
+            waiting_parent: waiting_parent.is_some(),
+        },
+        g,
+        now,
+    );
+    let failed_msg = if too_many_failures {
+        format!(
+            "{failed} trials failed, more than spec.maxFailedTrials ({})",
+            run.spec.max_failed_trials
+        )
+    } else if phase == RunPhase::Failed {
+        "no trial succeeded".to_string()
+    } else {
+        format!("{failed} of {total} trials failed")
+    };
+    set_outcome(
+        &mut status,
+        prev.phase,
+        phase,
+        best_model.as_ref(),
+        &failed_msg,
+        &format!("{succeeded} of {total} trials succeeded"),
+        &mut events,
+        now,
+    );
+
+    status.phase = Some(phase);
+    status.trials_done = Some(format!("{}/{}", succeeded + failed + early_stopped, total));
+    status.counts = counts;
+    let stopped = |n: &String| {
+        entries
+            .iter()
+            .any(|e| &e.name == n && e.early_stopping.is_some())
+    };
+    status.best_trial = best_trial(&entries, run.spec.objective.direction)
+        .or(prev.best_trial)
+        .filter(|n| !stopped(n));
+    status.best_model = best_model;
+    status.start_time = prev
+        .start_time
+        .clone()
+        .or_else(|| (!create.is_empty() || counts.running > 0).then(|| now.clone()));
+    status.completion_time = if phase.is_terminal() {
+        prev.completion_time.clone().or_else(|| Some(now.clone()))
+    } else {
+        None
+    };
+    status.trials = entries;
+    // Look again soon while trials hold slots (progress, pods stuck terminating) or a referenced
+    // object is missing (nothing watches it: the run starts once a reconcile finds it).
+    let active = ((occupied > 0 || !create.is_empty()) && !want_suspended)
+        || !observed.missing.is_empty()
+        || waiting_parent.is_some();
+    status.message = status.message.map(|m| truncate(&m, MAX_RUN_MESSAGE));
+    RunPlan {
+        create,
+        set_suspend,
+        delete,
+        status,
+        events,
+        active,
+    }
+}
+
+/// The plan for a spec that cannot run: `Valid` and `Running` false with the reason, one event
+/// per new generation, and what was observed of earlier trials kept (a spec edit must not
+/// erase history).
+fn invalid_spec(
+    mut status: TrainingRunStatus,
+    prev: TrainingRunStatus,
+    error: &str,
+    now: &Time,
+) -> RunPlan {
+    let generation = status.observed_generation;
+    conditions::set(
+        &mut status.conditions,
+        "Valid",
+        false,
+        "InvalidSpec",
+        error,
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        "Running",
+        false,
+        "InvalidSpec",
+        "the spec cannot run",
+        generation,
+        now,
+    );
+    status.phase = Some(RunPhase::Invalid);
+    status.reason = Some("InvalidSpec".into());
+    status.message = Some(truncate(error, MAX_RUN_MESSAGE));
+    let mut events = Vec::new();
+    if prev.phase != Some(RunPhase::Invalid) || prev.observed_generation != generation {
+        events.push(event(Severity::Warning, "InvalidSpec", error.to_string()));
+    }
+    status.trials = prev.trials;
+    status.best_trial = prev.best_trial;
+    status.best_model = prev.best_model;
+    status.init_from = prev.init_from;
+    RunPlan {
+        status,
+        events,
+        ..Default::default()
+    }
+}
+
+/// Fine-tuning: give every trial the parent model's overrides once `spec.initFrom` resolves,
+/// recording it in `status.initFrom`. The parent recorded when the run started wins over a
+/// fresh resolution, so trials started later (and retries) read the same model. Returns why
+/// no trial may start yet, while the parent is not resolved.
+fn resolve_parent(
+    run: &TrainingRun,
+    prev: &TrainingRunStatus,
+    observed: &Observed<'_>,
+    trials: &mut [PlannedTrial],
+    status: &mut TrainingRunStatus,
+    events: &mut Vec<PlannedEvent>,
+) -> Option<String> {
+    run.spec.init_from.as_ref()?;
+    let parent = match (&prev.init_from, &observed.parent) {
+        (Some(p), _) => Parent::Resolved(p.clone()),
+        (None, Some(p)) => p.clone(),
+        (None, None) => Parent::Waiting {
+            field: "spec.initFrom",
+            message: "not resolved yet".into(),
+        },
+    };
+    match parent {
+        Parent::Resolved(p) => {
+            for t in trials.iter_mut() {
+                t.overrides.extend(parent_overrides(&p));
             }
-            Some(Parent::Waiting { field, message }) => Some(format!(
-                "{field}: {message}; no trial starts until it resolves"
-            )),
-            None => None,
-        };
-    match observed.missing.first() {
-        None => match &waiting_parent {
-            None => conditions::set(
+            if prev.init_from.is_none() {
+                events.push(event(
+                    Severity::Normal,
+                    "InitFromResolved",
+                    format!(
+                        "trials start from {} ({}{})",
+                        p.url,
+                        p.source,
+                        p.sha256
+                            .as_ref()
+                            .map(|s| format!(", sha256 {s}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            status.init_from = Some(p);
+            None
+        }
+        Parent::Waiting { field, message } => Some(format!(
+            "{field}: {message}; no trial starts until it resolves"
+        )),
+    }
+}
+
+/// The `Valid` condition of a spec that plans: true, or false while an object it names is
+/// missing or its parent model is not resolved (then also the run's reason and message, and an
+/// event when the message is new).
+fn set_valid(
+    status: &mut TrainingRunStatus,
+    prev: &TrainingRunStatus,
+    observed: &Observed<'_>,
+    planned: usize,
+    waiting_parent: Option<&str>,
+    events: &mut Vec<PlannedEvent>,
+    now: &Time,
+) {
+    let generation = status.observed_generation;
+    let (reason, event_reason, message) = match (observed.missing.first(), waiting_parent) {
+        (None, None) => {
+            conditions::set(
                 &mut status.conditions,
                 "Valid",
                 true,
                 "SpecValid",
-                &format!("{} trials planned", trials.len()),
+                &format!("{planned} trials planned"),
                 generation,
                 now,
-            ),
-            Some(message) => {
-                let before = prev.conditions.iter().find(|c| c.type_ == "Valid");
-                if before.is_none_or(|c| c.status != "False" || &c.message != message) {
-                    events.push(event(
-                        Severity::Warning,
-                        INIT_FROM_NOT_READY,
-                        message.clone(),
-                    ));
-                }
-                conditions::set(
-                    &mut status.conditions,
-                    "Valid",
-                    false,
-                    INIT_FROM_NOT_READY,
-                    message,
-                    generation,
-                    now,
-                );
-                status.reason = Some(INIT_FROM_NOT_READY.into());
-                status.message = Some(message.clone());
-            }
-        },
-        Some(first) => {
-            let reason = first.kind.not_found_reason();
+            );
+            return;
+        }
+        (None, Some(message)) => (
+            INIT_FROM_NOT_READY,
+            INIT_FROM_NOT_READY,
+            message.to_string(),
+        ),
+        (Some(first), _) => {
             let message = format!(
                 "{}; no trial starts until {}",
                 observed
@@ -256,28 +438,49 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                     "they exist"
                 }
             );
-            let before = prev.conditions.iter().find(|c| c.type_ == "Valid");
-            if before.is_none_or(|c| c.status != "False" || c.message != message) {
-                events.push(event(
-                    Severity::Warning,
-                    "ReferenceNotFound",
-                    message.clone(),
-                ));
-            }
-            conditions::set(
-                &mut status.conditions,
-                "Valid",
-                false,
-                reason,
-                &message,
-                generation,
-                now,
-            );
-            status.reason = Some(reason.into());
-            status.message = Some(message.clone());
+            (first.kind.not_found_reason(), "ReferenceNotFound", message)
         }
+    };
+    let before = prev.conditions.iter().find(|c| c.type_ == "Valid");
+    if before.is_none_or(|c| c.status != "False" || c.message != message) {
+        events.push(event(Severity::Warning, event_reason, message.clone()));
     }
+    conditions::set(
+        &mut status.conditions,
+        "Valid",
+        false,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    status.reason = Some(reason.into());
+    status.message = Some(message);
+}
 
+/// Every planned trial as observed in this reconcile, and what follows from it.
+struct TrialsObserved {
+    /// The trials' new status entries, in plan order.
+    entries: Vec<TrialStatus>,
+    /// The best model so far (the previous one unless a trial that succeeded beat it).
+    best_model: Option<BestModel>,
+    /// Trials stopped early whose Jobs are suspended now.
+    set_suspend_early: Vec<String>,
+    /// Trials stopped early whose Jobs are deleted now.
+    delete: Vec<String>,
+}
+
+/// Observe each planned trial (its Job, pods and progress against its previous entry): its
+/// phase, why its pod cannot start, whether it stops early, and whether its model is the new
+/// best; with the events each change calls for.
+fn observe_trials(
+    run: &TrainingRun,
+    observed: &Observed<'_>,
+    prev: &TrainingRunStatus,
+    trials: &[PlannedTrial],
+    now: &Time,
+    events: &mut Vec<PlannedEvent>,
+) -> TrialsObserved {
     let metric = run.spec.objective.metric;
     let direction = run.spec.objective.direction;
     let prev_by_name: BTreeMap<&str, &TrialStatus> =
@@ -300,7 +503,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         .collect();
     let mut set_suspend_early = Vec::new();
     let mut delete = Vec::new();
-    for t in &trials {
+    for t in trials {
         let obs = TrialObservation {
             job: observed.jobs.get(&t.name).copied(),
             pods: observed.pods.get(&t.name).unwrap_or(&empty).clone(),
@@ -360,7 +563,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
                 entry.preemptions = b.preemptions;
             }
         }
-        trial_events(before, &entry, &mut events);
+        trial_events(before, &entry, events);
         if entry.phase == TrialPhase::Succeeded {
             if let Some(m) = progress.as_ref().and_then(|p| p.model.as_ref()) {
                 let value = match metric {
@@ -408,152 +611,156 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             ));
         }
     }
+    TrialsObserved {
+        entries,
+        best_model,
+        set_suspend_early,
+        delete,
+    }
+}
 
-    let count = |p: TrialPhase| entries.iter().filter(|e| e.phase == p).count() as i32;
-    let failed = count(TrialPhase::Failed);
-    let succeeded = count(TrialPhase::Succeeded);
-    let early_stopped = count(TrialPhase::EarlyStopped);
-    let too_many_failures = failed > run.spec.max_failed_trials;
-    let suspend = run.spec.suspend;
-
-    // Start trials while slots are free. A trial whose Job exists holds its slot even while its
-    // pod cannot start: more Jobs would only wait the same way.
+/// Start pending trials that have no Job yet, in plan order, while `slots` are free.
+fn start_trials(
+    run: &TrainingRun,
+    observed: &Observed<'_>,
+    trials: &[PlannedTrial],
+    entries: &mut [TrialStatus],
+    mut slots: i32,
+    events: &mut Vec<PlannedEvent>,
+) -> Vec<NewTrial> {
     let mut create = Vec::new();
-    let blocked = |e: &TrialStatus| {
-        e.phase == TrialPhase::Pending && observed.jobs.contains_key(e.name.as_str())
-    };
-    let occupied = entries
-        .iter()
-        .filter(|e| e.phase.is_active() || blocked(e))
-        .count() as i32;
-    let mut slots = (run.spec.search.parallelism - occupied).max(0);
-    if !suspend && !too_many_failures && observed.missing.is_empty() && waiting_parent.is_none() {
-        for (t, e) in trials.iter().zip(entries.iter_mut()) {
-            if slots == 0 {
-                break;
-            }
-            if e.phase == TrialPhase::Pending && !observed.jobs.contains_key(&t.name) {
-                create.push(NewTrial {
-                    trial: t.clone(),
-                    job: build_job(run, t, false),
-                });
-                e.phase = TrialPhase::Starting;
-                events.push(event(
-                    Severity::Normal,
-                    "TrialStarted",
-                    format!("trial {} started ({})", t.name, t.params),
-                ));
-                slots -= 1;
-            }
+    for (t, e) in trials.iter().zip(entries.iter_mut()) {
+        if slots == 0 {
+            break;
+        }
+        if e.phase == TrialPhase::Pending && !observed.jobs.contains_key(&t.name) {
+            create.push(NewTrial {
+                trial: t.clone(),
+                job: build_job(run, t, false),
+            });
+            e.phase = TrialPhase::Starting;
+            events.push(event(
+                Severity::Normal,
+                "TrialStarted",
+                format!("trial {} started ({})", t.name, t.params),
+            ));
+            slots -= 1;
         }
     }
-    // Suspend (or resume) existing unfinished Jobs: suspending a Job stops its pod with SIGTERM,
-    // the worker checkpoints, and resuming starts a pod that continues from there.
-    let want_suspended = suspend || too_many_failures;
+    create
+}
+
+/// Existing Jobs whose `spec.suspend` must change: unfinished trials follow `want_suspended`
+/// (suspending a Job stops its pod with SIGTERM, the worker checkpoints, and resuming starts a
+/// pod that continues from there), trials stopped early are suspended until deleted, and a
+/// trial failed because its pod can never start has its waiting pod stopped.
+fn suspensions(
+    observed: &Observed<'_>,
+    trials: &[PlannedTrial],
+    entries: &[TrialStatus],
+    want_suspended: bool,
+    set_suspend_early: &[String],
+) -> Vec<(String, bool)> {
     let mut set_suspend = Vec::new();
     for (t, e) in trials.iter().zip(entries.iter()) {
         if let Some(job) = observed.jobs.get(&t.name) {
             let is = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
             if e.early_stopping.is_some() {
-                // Being stopped early: suspended (below) until deleted.
                 if set_suspend_early.contains(&t.name) && !is {
                     set_suspend.push((t.name.clone(), true));
                 }
             } else if !e.phase.is_terminal() && is != want_suspended {
                 set_suspend.push((t.name.clone(), want_suspended));
             } else if e.phase == TrialPhase::Failed && !job_finished(job) && !is {
-                // Failed here because its pod can never start: stop the Job's waiting pod.
                 set_suspend.push((t.name.clone(), true));
             }
         }
     }
+    set_suspend
+}
 
-    let total = trials.len() as i32;
-    let counts = TrialCounts {
-        total,
-        pending: count_in(&entries, TrialPhase::Pending),
-        running: entries.iter().filter(|e| e.phase.is_active()).count() as i32,
-        succeeded,
-        failed,
-        early_stopped,
-    };
-    let all_done = entries.iter().all(|e| e.phase.is_terminal());
-    let phase = if too_many_failures {
-        RunPhase::Failed
-    } else if all_done && succeeded > 0 {
-        RunPhase::Succeeded
-    } else if all_done {
-        RunPhase::Failed
-    } else if suspend {
-        RunPhase::Suspended
-    } else if counts.running > 0 {
-        RunPhase::Running
-    } else {
-        RunPhase::Pending
-    };
+/// What the `Running` condition is read from.
+struct RunningCondition<'a> {
+    phase: RunPhase,
+    counts: &'a TrialCounts,
+    /// Trials whose pod is training (the rest of `counts.running` is starting or restarting).
+    training: i32,
+    /// Trials whose Job exists and whose pod cannot start.
+    blocked: &'a [&'a TrialStatus],
+    missing: Option<&'a Reference>,
+    waiting_parent: bool,
+}
 
-    let g = generation;
-    conditions::set(
-        &mut status.conditions,
-        "Suspended",
-        suspend && !phase.is_terminal(),
-        if suspend {
-            "SuspendedBySpec"
-        } else {
-            "NotSuspended"
-        },
-        if suspend {
-            "spec.suspend is true: trials are stopped at their checkpoints"
-        } else {
-            ""
-        },
-        g,
-        now,
-    );
-    // What keeps trials from running: the most common cause among them.
+/// The `Running` condition: how many trials run, start and wait, and what keeps trials from
+/// running (the most common cause among them, which also becomes the run's reason while it
+/// has none).
+fn set_running(
+    status: &mut TrainingRunStatus,
+    r: &RunningCondition<'_>,
+    g: Option<i64>,
+    now: &Time,
+) {
     let mut causes: Vec<(&str, usize, &TrialStatus)> = Vec::new();
-    for e in entries.iter().filter(|e| blocked(e)) {
-        let r = e.reason.as_deref().unwrap_or("CannotStart");
-        match causes.iter_mut().find(|(c, _, _)| *c == r) {
+    for e in r.blocked {
+        let reason = e.reason.as_deref().unwrap_or("CannotStart");
+        match causes.iter_mut().find(|(c, _, _)| *c == reason) {
             Some((_, n, _)) => *n += 1,
-            None => causes.push((r, 1, e)),
+            None => causes.push((reason, 1, e)),
         }
     }
     causes.sort_by_key(|(_, n, _)| std::cmp::Reverse(*n));
-    let n_blocked = entries.iter().filter(|e| blocked(e)).count();
-    let training = count_in(&entries, TrialPhase::Running);
-    let mut running_msg = format!(
-        "{training} running, {} starting or restarting, {} pending",
-        counts.running - training,
-        counts.pending
+    let n_blocked = r.blocked.len();
+    let mut message = format!(
+        "{} running, {} starting or restarting, {} pending",
+        r.training,
+        r.counts.running - r.training,
+        r.counts.pending
     );
     if let Some((reason, _, example)) = causes.first() {
         // The trial's message starts with the reason: "Unschedulable: 0/3 nodes are …".
         let detail = example.message.as_deref().unwrap_or(reason);
-        running_msg.push_str(&format!("; {n_blocked} cannot start: {detail}"));
+        message.push_str(&format!("; {n_blocked} cannot start: {detail}"));
         if status.reason.is_none() {
             status.reason = Some(reason.to_string());
             status.message = Some(format!(
-                "{n_blocked} of {total} trials cannot start: {detail}"
+                "{n_blocked} of {} trials cannot start: {detail}",
+                r.counts.total
             ));
         }
     }
-    let running_reason = match (phase, causes.first(), observed.missing.first()) {
+    let phase = r.phase;
+    let reason = match (phase, causes.first(), r.missing) {
         (RunPhase::Running, _, _) => "Running".to_string(),
         (_, Some((reason, _, _)), _) if !phase.is_terminal() => reason.to_string(),
         (_, _, Some(m)) if !phase.is_terminal() => m.kind.not_found_reason().to_string(),
-        _ if waiting_parent.is_some() && !phase.is_terminal() => INIT_FROM_NOT_READY.to_string(),
+        _ if r.waiting_parent && !phase.is_terminal() => INIT_FROM_NOT_READY.to_string(),
         _ => format!("{phase:?}"),
     };
     conditions::set(
         &mut status.conditions,
         "Running",
         phase == RunPhase::Running,
-        &running_reason,
-        &running_msg,
+        &reason,
+        &message,
         g,
         now,
     );
+}
+
+/// The `Succeeded` and `Failed` conditions, and an event when the run enters a phase that
+/// ends or pauses it.
+#[allow(clippy::too_many_arguments)]
+fn set_outcome(
+    status: &mut TrainingRunStatus,
+    prev_phase: Option<RunPhase>,
+    phase: RunPhase,
+    best_model: Option<&BestModel>,
+    failed_msg: &str,
+    succeeded_msg: &str,
+    events: &mut Vec<PlannedEvent>,
+    now: &Time,
+) {
+    let g = status.observed_generation;
     conditions::set(
         &mut status.conditions,
         "Succeeded",
@@ -563,7 +770,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         } else {
             "NotFinished"
         },
-        &match &best_model {
+        &match best_model {
             Some(b) => format!(
                 "best model from {}: {} {:.4}",
                 b.trial, b.metric_name, b.metric
@@ -573,16 +780,6 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         g,
         now,
     );
-    let failed_msg = if too_many_failures {
-        format!(
-            "{failed} trials failed, more than spec.maxFailedTrials ({})",
-            run.spec.max_failed_trials
-        )
-    } else if phase == RunPhase::Failed {
-        "no trial succeeded".to_string()
-    } else {
-        format!("{failed} of {total} trials failed")
-    };
     conditions::set(
         &mut status.conditions,
         "Failed",
@@ -592,65 +789,30 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         } else {
             "NotFailed"
         },
-        &failed_msg,
+        failed_msg,
         g,
         now,
     );
-
-    if prev.phase != Some(phase) {
-        match phase {
-            RunPhase::Succeeded => events.push(event(
-                Severity::Normal,
-                "RunSucceeded",
-                format!("{succeeded} of {total} trials succeeded"),
-            )),
-            RunPhase::Failed => {
-                events.push(event(Severity::Warning, "RunFailed", failed_msg.clone()))
-            }
-            RunPhase::Suspended => events.push(event(
-                Severity::Normal,
-                "RunSuspended",
-                "spec.suspend is true".into(),
-            )),
-            _ => {}
-        }
+    if prev_phase == Some(phase) {
+        return;
     }
-
-    status.phase = Some(phase);
-    status.trials_done = Some(format!("{}/{}", succeeded + failed + early_stopped, total));
-    status.counts = counts;
-    let stopped = |n: &String| {
-        entries
-            .iter()
-            .any(|e| &e.name == n && e.early_stopping.is_some())
-    };
-    status.best_trial = best_trial(&entries, direction)
-        .or(prev.best_trial)
-        .filter(|n| !stopped(n));
-    status.best_model = best_model;
-    status.start_time = prev
-        .start_time
-        .clone()
-        .or_else(|| (!create.is_empty() || counts.running > 0).then(|| now.clone()));
-    status.completion_time = if phase.is_terminal() {
-        prev.completion_time.clone().or_else(|| Some(now.clone()))
-    } else {
-        None
-    };
-    status.trials = entries;
-    // Look again soon while trials hold slots (progress, pods stuck terminating) or a referenced
-    // object is missing (nothing watches it: the run starts once a reconcile finds it).
-    let active = ((occupied > 0 || !create.is_empty()) && !want_suspended)
-        || !observed.missing.is_empty()
-        || waiting_parent.is_some();
-    status.message = status.message.map(|m| truncate(&m, MAX_RUN_MESSAGE));
-    RunPlan {
-        create,
-        set_suspend,
-        delete,
-        status,
-        events,
-        active,
+    match phase {
+        RunPhase::Succeeded => events.push(event(
+            Severity::Normal,
+            "RunSucceeded",
+            succeeded_msg.to_string(),
+        )),
+        RunPhase::Failed => events.push(event(
+            Severity::Warning,
+            "RunFailed",
+            failed_msg.to_string(),
+        )),
+        RunPhase::Suspended => events.push(event(
+            Severity::Normal,
+            "RunSuspended",
+            "spec.suspend is true".into(),
+        )),
+        _ => {}
     }
 }
 
