@@ -40,6 +40,11 @@ impl ConfigError {
     pub fn new(msg: impl Into<String>) -> Self {
         Self(msg.into())
     }
+
+    /// The error for one config field: "`field`: `why`" (`optimizer.lr: must be positive`).
+    pub fn field(field: &str, why: impl std::fmt::Display) -> Self {
+        Self(format!("{field}: {why}"))
+    }
 }
 
 /// The exit code for an error chain: [`CONFIG_ERROR`] when any cause is a [`ConfigError`].

@@ -2,10 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use super::{invalid, MAX_LOADER_THREADS, MAX_PREFETCH_BATCHES};
 use crate::exit::ConfigError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// Largest `data.loader_threads`.
+pub const MAX_LOADER_THREADS: usize = 64;
+/// Largest `data.prefetch_batches`.
+pub const MAX_PREFETCH_BATCHES: usize = 256;
 
 /// Font families of the default `unseen-fonts` validation set: installed fonts outside the
 /// training set (a serif, a handwriting script, a sketched display face, a caps-only face),
@@ -49,27 +53,30 @@ impl DataConfig {
     /// (a weightless training source, a validation set that distorts or trains on its text).
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_LOADER_THREADS).contains(&self.loader_threads) {
-            return invalid(
+            return Err(ConfigError::field(
                 "data.loader_threads",
-                &format!("must be in 1..={MAX_LOADER_THREADS}"),
-            );
+                format!("must be in 1..={MAX_LOADER_THREADS}"),
+            ));
         }
         if !(1..=MAX_PREFETCH_BATCHES).contains(&self.prefetch_batches) {
-            return invalid(
+            return Err(ConfigError::field(
                 "data.prefetch_batches",
-                &format!("must be in 1..={MAX_PREFETCH_BATCHES}"),
-            );
+                format!("must be in 1..={MAX_PREFETCH_BATCHES}"),
+            ));
         }
         if self.train.sources().is_empty() {
-            return invalid("data.train", "a list of sources needs at least one");
+            return Err(ConfigError::field(
+                "data.train",
+                "a list of sources needs at least one",
+            ));
         }
         for (i, d) in self.train.sources().iter().enumerate() {
             if let Some(w) = d.weight {
                 if !w.is_finite() || w <= 0.0 {
-                    return invalid(
+                    return Err(ConfigError::field(
                         &format!("{}.weight", self.train.field(i)),
-                        &format!("must be positive and finite (got {w})"),
-                    );
+                        format!("must be positive and finite (got {w})"),
+                    ));
                 }
             }
         }
@@ -267,29 +274,29 @@ impl DatasetSpec {
     /// (`training`) or as a validation set.
     fn validate(&self, name: &str, training: bool) -> Result<(), ConfigError> {
         if !training && self.weight.is_some() {
-            return invalid(
+            return Err(ConfigError::field(
                 &format!("{name}.weight"),
                 "only training sources have weights",
-            );
+            ));
         }
         if !training && self.augment == Some(true) {
-            return invalid(
+            return Err(ConfigError::field(
                 &format!("{name}.augment"),
                 "validation lines are scored as stored, never distorted",
-            );
+            ));
         }
         if self.kind != DatasetKind::Synthetic && self.path.is_none() {
-            return invalid(
+            return Err(ConfigError::field(
                 &format!("{name}.path"),
                 "is required for tesstrain and iam data sets",
-            );
+            ));
         }
         let s = &self.synthetic;
         if s.min_chars == 0 || s.min_chars > s.max_chars {
-            return invalid(
+            return Err(ConfigError::field(
                 &format!("{name}.synthetic.min_chars"),
                 "must be in 1..=max_chars",
-            );
+            ));
         }
         for (field, value) in [
             ("augment", s.augment),
@@ -297,28 +304,31 @@ impl DatasetSpec {
             ("generated_fraction", s.generated_fraction),
         ] {
             if !(0.0..=1.0).contains(&value) {
-                return invalid(&format!("{name}.synthetic.{field}"), "must be in [0, 1]");
+                return Err(ConfigError::field(
+                    &format!("{name}.synthetic.{field}"),
+                    "must be in [0, 1]",
+                ));
             }
         }
         if self.kind == DatasetKind::Synthetic {
             if training && s.split != TextSplit::Train {
-                return invalid(
+                return Err(ConfigError::field(
                     &format!("{name}.synthetic.split"),
                     "must be `train`: held-out text is never trained on",
-                );
+                ));
             }
             if !training && s.split == TextSplit::Train {
-                return invalid(
+                return Err(ConfigError::field(
                     &format!("{name}.synthetic.split"),
                     "must be `validation` or `descriptions`: validating on training text \
                      measures memory, not reading",
-                );
+                ));
             }
             if !training && self.samples.is_none() {
-                return invalid(
+                return Err(ConfigError::field(
                     &format!("{name}.samples"),
                     "a synthetic validation set needs a size",
-                );
+                ));
             }
         }
         Ok(())

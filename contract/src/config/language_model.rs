@@ -1,6 +1,5 @@
 //! `language_model`: the character n-gram model a finished trial counts, and the weights it tries.
 
-use super::invalid;
 use crate::exit::ConfigError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -82,19 +81,28 @@ impl LanguageModelConfig {
     /// Refuse orders, counts, weights and lists no search can use.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.order != 0 && !(2..=9).contains(&self.order) {
-            return invalid("language_model.order", "must be 0 (none) or in 2..=9");
+            return Err(ConfigError::field(
+                "language_model.order",
+                "must be 0 (none) or in 2..=9",
+            ));
         }
         if self.min_count == 0 {
-            return invalid("language_model.min_count", "must be at least 1");
+            return Err(ConfigError::field(
+                "language_model.min_count",
+                "must be at least 1",
+            ));
         }
         if !self.alpha.is_finite() || self.alpha < 0.0 || !self.beta.is_finite() {
-            return invalid(
+            return Err(ConfigError::field(
                 "language_model",
                 "alpha must be finite and not negative, beta finite",
-            );
+            ));
         }
         if !(1..=1000).contains(&self.beam) {
-            return invalid("language_model.beam", "must be in 1..=1000");
+            return Err(ConfigError::field(
+                "language_model.beam",
+                "must be in 1..=1000",
+            ));
         }
         // Alphas weigh a log-probability, so they are not negative; betas may be.
         let lists = [
@@ -130,45 +138,51 @@ impl LanguageModelConfig {
         for (field, list, noun, lowest, want) in lists {
             for (i, &w) in list.iter().enumerate() {
                 if !w.is_finite() || w < lowest {
-                    return invalid(field, &format!("{noun} {w} must be {want}"));
+                    return Err(ConfigError::field(
+                        field,
+                        format!("{noun} {w} must be {want}"),
+                    ));
                 }
                 if list[..i].contains(&w) {
-                    return invalid(field, &format!("{noun} {w} is given twice"));
+                    return Err(ConfigError::field(
+                        field,
+                        format!("{noun} {w} is given twice"),
+                    ));
                 }
             }
         }
         let pairs = self.alphas.len().max(1) * self.betas.len().max(1);
         if pairs > MAX_LM_WEIGHT_PAIRS {
-            return invalid(
+            return Err(ConfigError::field(
                 "language_model",
-                &format!(
+                format!(
                     "alphas × betas make {pairs} weight pairs, more than {MAX_LM_WEIGHT_PAIRS} \
                      (each is a read of every validation set)"
                 ),
-            );
+            ));
         }
         if let Some(&c) = self.unsure_below.iter().find(|&&c| c > 1.0) {
-            return invalid(
+            return Err(ConfigError::field(
                 "language_model.unsure_below",
-                &format!("confidence {c} is above 1"),
-            );
+                format!("confidence {c} is above 1"),
+            ));
         }
         if self.unsure_below.is_empty() != self.unsure_alphas.is_empty() {
-            return invalid(
+            return Err(ConfigError::field(
                 "language_model",
                 "unsure_below and unsure_alphas go together: a threshold needs a weight to \
                  search again with, and a weight a threshold",
-            );
+            ));
         }
         let unsure = self.unsure_candidates().len();
         if unsure > MAX_LM_WEIGHT_PAIRS {
-            return invalid(
+            return Err(ConfigError::field(
                 "language_model",
-                &format!(
+                format!(
                     "unsure_below × unsure_alphas make {unsure} pairs, more than \
                      {MAX_LM_WEIGHT_PAIRS} (each is a read of every validation set)"
                 ),
-            );
+            ));
         }
         Ok(())
     }

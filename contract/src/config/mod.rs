@@ -23,22 +23,19 @@ mod tests;
 
 pub use data::{
     DataConfig, DatasetKind, DatasetSpec, SyntheticConfig, TextSplit, TrainData,
-    PRINTED_MEAN_CHARS, UNSEEN_FONTS_SET, UNSEEN_VALIDATION_FONTS,
+    MAX_LOADER_THREADS, MAX_PREFETCH_BATCHES, PRINTED_MEAN_CHARS, UNSEEN_FONTS_SET,
+    UNSEEN_VALIDATION_FONTS,
 };
 pub use language_model::{LanguageModelConfig, MAX_LM_WEIGHT_PAIRS};
 pub use model::{Architecture, ModelSpec, Preset, PresetOrDefault};
 pub use optimizer::OptimizerConfig;
 pub use overrides::{apply_override, flatten_overrides};
 use overrides::{merge_tree, reject_non_finite};
-pub use preprocess::PreprocessConfig;
+pub use preprocess::{PreprocessConfig, READING_WIDTH_RANGE};
 
 /// Largest `batch_size`: the TrainingRun schema's bound on `training.batchSize`. Beyond it a
 /// batch's allocation alone would take the machine down before the first step could log.
 pub const MAX_BATCH_SIZE: usize = 4096;
-/// Largest `data.loader_threads`.
-pub const MAX_LOADER_THREADS: usize = 64;
-/// Largest `data.prefetch_batches`.
-pub const MAX_PREFETCH_BATCHES: usize = 256;
 
 /// Everything one training trial needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -89,10 +86,6 @@ pub struct TrainConfig {
 /// Default [`TrainConfig::reading_widths`]: as drawn, and a tenth and a quarter wider (wider
 /// still read worse on every set measured, and cost more).
 pub const DEFAULT_READING_WIDTHS: [f64; 3] = [1.0, 1.1, 1.25];
-
-/// Smallest and largest horizontal stretch factor a line is read at: beyond them it is no
-/// longer legible.
-pub const READING_WIDTH_RANGE: (f64, f64) = (0.25, 4.0);
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -205,10 +198,10 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.resolve()?;
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            return invalid(
+            return Err(ConfigError::field(
                 "batch_size",
-                &format!("must be in 1..={MAX_BATCH_SIZE} (got {})", self.batch_size),
-            );
+                format!("must be in 1..={MAX_BATCH_SIZE} (got {})", self.batch_size),
+            ));
         }
         for (field, value) in [
             ("max_steps", self.max_steps),
@@ -217,7 +210,7 @@ impl TrainConfig {
             ("checkpoint.keep", self.checkpoint.keep as u64),
         ] {
             if value == 0 {
-                return invalid(field, "must be at least 1");
+                return Err(ConfigError::field(field, "must be at least 1"));
             }
         }
         self.language_model.validate()?;
@@ -233,28 +226,26 @@ impl TrainConfig {
     }
 }
 
-/// The error for `field`, saying `why` its value is refused.
-fn invalid(field: &str, why: &str) -> Result<(), ConfigError> {
-    Err(ConfigError::new(format!("{field}: {why}")))
-}
-
 fn validate_reading_widths(widths: &[f64]) -> Result<(), ConfigError> {
     let (lo, hi) = READING_WIDTH_RANGE;
     if widths.is_empty() {
-        return invalid(
+        return Err(ConfigError::field(
             "reading_widths",
             "needs at least one factor (`[1]`: as drawn)",
-        );
+        ));
     }
     for (i, f) in widths.iter().enumerate() {
         if !(lo..=hi).contains(f) {
-            return invalid(
+            return Err(ConfigError::field(
                 "reading_widths",
-                &format!("factor {f} is outside {lo}..={hi}"),
-            );
+                format!("factor {f} is outside {lo}..={hi}"),
+            ));
         }
         if widths[..i].contains(f) {
-            return invalid("reading_widths", &format!("factor {f} is given twice"));
+            return Err(ConfigError::field(
+                "reading_widths",
+                format!("factor {f} is given twice"),
+            ));
         }
     }
     Ok(())

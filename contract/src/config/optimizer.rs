@@ -1,6 +1,5 @@
 //! `optimizer`: AdamW and its learning-rate schedule.
 
-use super::invalid;
 use crate::exit::ConfigError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -59,19 +58,25 @@ impl OptimizerConfig {
     /// Refuse a learning rate, floor, smoothing or decay outside its range.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if !self.lr.is_finite() || self.lr <= 0.0 {
-            return invalid("optimizer.lr", "must be positive");
+            return Err(ConfigError::field("optimizer.lr", "must be positive"));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return invalid("optimizer.min_lr_ratio", "must be in [0, 1]");
+            return Err(ConfigError::field(
+                "optimizer.min_lr_ratio",
+                "must be in [0, 1]",
+            ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return invalid("optimizer.label_smoothing", "must be in [0, 1)");
+            return Err(ConfigError::field(
+                "optimizer.label_smoothing",
+                "must be in [0, 1)",
+            ));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
-            return invalid(
+            return Err(ConfigError::field(
                 "optimizer.ema_decay",
                 "must be in [0, 1) (0 turns the average off)",
-            );
+            ));
         }
         Ok(())
     }

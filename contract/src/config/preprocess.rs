@@ -1,9 +1,12 @@
 //! `preprocess`: how an image becomes the network's input.
 
-use super::{invalid, READING_WIDTH_RANGE};
 use crate::exit::ConfigError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// Smallest and largest horizontal stretch factor a line is read at: beyond them it is no
+/// longer legible.
+pub const READING_WIDTH_RANGE: (f64, f64) = (0.25, 4.0);
 
 /// How an image becomes the network's input. Stored in the manifest so that serving uses
 /// exactly what training used.
@@ -34,13 +37,22 @@ impl PreprocessConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let (lo, hi) = READING_WIDTH_RANGE;
         if self.height < 8 || !self.height.is_multiple_of(8) {
-            return invalid("preprocess.height", "must be a positive multiple of 8");
+            return Err(ConfigError::field(
+                "preprocess.height",
+                "must be a positive multiple of 8",
+            ));
         }
         if !(lo..=hi).contains(&self.stretch) {
-            return invalid("preprocess.stretch", &format!("must be in {lo}..={hi}"));
+            return Err(ConfigError::field(
+                "preprocess.stretch",
+                format!("must be in {lo}..={hi}"),
+            ));
         }
         if self.width_multiple == 0 || self.max_width < self.height {
-            return invalid("preprocess.max_width", "must be at least the height");
+            return Err(ConfigError::field(
+                "preprocess.max_width",
+                "must be at least the height",
+            ));
         }
         Ok(())
     }
