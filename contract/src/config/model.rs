@@ -223,7 +223,7 @@ impl ModelSpec {
 impl Architecture {
     /// Reject sizes the network cannot be built with, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field: &str, why: &str| Err(ConfigError::new(format!("model.{field}: {why}")));
+        let bad = |field: &str, why: &str| Err(ConfigError::field(&format!("model.{field}"), why));
         if self.encoder_channels.is_empty() || self.encoder_channels.iter().any(|&c| c <= 0) {
             return bad(
                 "encoder_channels",

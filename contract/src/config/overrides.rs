@@ -9,7 +9,7 @@ pub(super) fn reject_non_finite(text: &str, prefix: &str) -> Result<(), ConfigEr
     fn walk(v: &serde_yaml::Value, path: String) -> Result<(), ConfigError> {
         match v {
             serde_yaml::Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Err(
-                ConfigError::new(format!("{path}: must be a finite number (got {n})")),
+                ConfigError::field(&path, format!("must be a finite number (got {n})")),
             ),
             serde_yaml::Value::Sequence(items) => items
                 .iter()

@@ -755,8 +755,6 @@ mod tests {
         assert!(err.contains("install the Debian package fonts-"), "{err}");
     }
 
-    /// Writes `a..z` over `A..Z` in every training font to /tmp/textrec-samples/alphabet-*.png
-    /// (run with `--ignored` to look at them).
     #[cfg(unix)]
     #[test]
     fn font_folders_are_listed_in_order_through_links_and_loops() {
@@ -795,6 +793,8 @@ mod tests {
         training_set().check_use(TextSplit::Train).unwrap();
     }
 
+    /// Writes `a..z` over `A..Z` in every training font to /tmp/textrec-samples/alphabet-*.png
+    /// (run with `--ignored` to look at them).
     #[test]
     #[ignore]
     fn render_alphabet_sheets() {

@@ -148,10 +148,9 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         delete,
     } = observe_trials(run, observed, &prev, &trials, now, &mut events);
 
-    let count = |p: TrialPhase| entries.iter().filter(|e| e.phase == p).count() as i32;
-    let failed = count(TrialPhase::Failed);
-    let succeeded = count(TrialPhase::Succeeded);
-    let early_stopped = count(TrialPhase::EarlyStopped);
+    let failed = count_in(&entries, TrialPhase::Failed);
+    let succeeded = count_in(&entries, TrialPhase::Succeeded);
+    let early_stopped = count_in(&entries, TrialPhase::EarlyStopped);
     let too_many_failures = failed > run.spec.max_failed_trials;
     let suspend = run.spec.suspend;
 
@@ -207,7 +206,6 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         RunPhase::Pending
     };
 
-    let g = generation;
     conditions::set(
         &mut status.conditions,
         "Suspended",
@@ -222,7 +220,7 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
         } else {
             ""
         },
-        g,
+        generation,
         now,
     );
     let blocked_entries: Vec<&TrialStatus> = entries.iter().filter(|e| blocked(e)).collect();
@@ -236,7 +234,6 @@ pub fn plan(run: &TrainingRun, observed: &Observed<'_>, now: &Time) -> RunPlan {
             missing: observed.missing.first(),
             waiting_parent: waiting_parent.is_some(),
         },
-        g,
         now,
     );
     let failed_msg = if too_many_failures {

@@ -138,12 +138,8 @@ pub(super) struct RunningCondition<'a> {
 /// The `Running` condition: how many trials run, start and wait, and what keeps trials from
 /// running (the most common cause among them, which also becomes the run's reason while it
 /// has none).
-pub(super) fn set_running(
-    status: &mut TrainingRunStatus,
-    r: &RunningCondition<'_>,
-    g: Option<i64>,
-    now: &Time,
-) {
+pub(super) fn set_running(status: &mut TrainingRunStatus, r: &RunningCondition<'_>, now: &Time) {
+    let g = status.observed_generation;
     let mut causes: Vec<(&str, usize, &TrialStatus)> = Vec::new();
     for e in r.blocked {
         let reason = e.reason.as_deref().unwrap_or("CannotStart");
