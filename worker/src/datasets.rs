@@ -552,7 +552,7 @@ mod tests {
             "world\n"
         );
         // The folder opens as a tesstrain set: two pairs, the lonely image skipped.
-        let ds = textrec_model::data::tesstrain::TesstrainDataset::open(
+        let ds = textrec_model::data::tesstrain::open(
             first.dir.to_str().unwrap(),
             "abcdefghijklmnopqrstuvwxyz",
             None,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use textrec_contract::config::PreprocessConfig;
 
-use super::{Sample, Skipped};
+use super::{Dataset, Sample, Skipped};
 use crate::preprocess::decode_gray;
 
 /// A candidate line before checking.
@@ -25,16 +25,20 @@ pub(crate) struct Candidate {
     pub id: String,
 }
 
-/// Checked lines of a file-based set.
+/// The checked lines of a file-based set (a tesstrain folder, IAM), as a [`Dataset`].
 #[derive(Debug)]
-pub(crate) struct FileLines {
-    pub lines: Vec<(PathBuf, String, String)>,
-    pub skipped: Vec<Skipped>,
+pub struct FileLines {
+    /// What the set is, for [`Dataset::describe`] and the log: `tesstrain folder /data/gt`.
+    origin: String,
+    pub(crate) lines: Vec<(PathBuf, String, String)>,
+    pub(crate) skipped: Vec<Skipped>,
 }
 
 impl FileLines {
-    /// Check candidates (charset, decodability), keep at most `cap` good ones, in order.
-    pub fn check(
+    /// Check candidates (charset, decodability), keep at most `cap` good ones, in order, and
+    /// log what was left out. `origin` names the set (`IAM lines at /data/iam`).
+    pub(crate) fn check(
+        origin: String,
         candidates: Vec<Candidate>,
         mut skipped: Vec<Skipped>,
         charset: &str,
@@ -74,11 +78,17 @@ impl FileLines {
         if let Some(cap) = cap {
             lines.truncate(cap.min(usize::MAX as u64) as usize);
         }
-        Self { lines, skipped }
+        let checked = Self {
+            origin,
+            lines,
+            skipped,
+        };
+        checked.warn_skipped();
+        checked
     }
 
     /// Log the skipped inputs (first few in full).
-    pub fn warn_skipped(&self, what: &str) {
+    fn warn_skipped(&self) {
         if self.skipped.is_empty() {
             return;
         }
@@ -91,15 +101,21 @@ impl FileLines {
         tracing::warn!(
             skipped = self.skipped.len(),
             kept = self.lines.len(),
-            "{what}: left out {} inputs: {}{}",
+            "{}: left out {} inputs: {}{}",
+            self.origin,
             self.skipped.len(),
             list.join("; "),
             if self.skipped.len() > 20 { "; ..." } else { "" }
         );
     }
+}
 
-    /// Load line `index`.
-    pub fn get(&self, index: u64) -> Result<Sample> {
+impl Dataset for FileLines {
+    fn len(&self) -> Option<u64> {
+        Some(self.lines.len() as u64)
+    }
+
+    fn get(&self, index: u64) -> Result<Sample> {
         let (path, text, id) = self
             .lines
             .get(usize::try_from(index).unwrap_or(usize::MAX))
@@ -115,6 +131,19 @@ impl FileLines {
             text: text.clone(),
             id: id.clone(),
         })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}: {} lines ({} inputs left out)",
+            self.origin,
+            self.lines.len(),
+            self.skipped.len()
+        )
+    }
+
+    fn skipped(&self) -> &[Skipped] {
+        &self.skipped
     }
 }
 

@@ -16,14 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::files::{Candidate, FileLines};
-use super::{Dataset, Sample, Skipped};
-
-/// IAM lines.
-#[derive(Debug)]
-pub struct IamDataset {
-    root: PathBuf,
-    lines: FileLines,
-}
+use super::Skipped;
 
 /// One record of `ascii/lines.txt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,119 +74,100 @@ pub fn image_path(root: &Path, id: &str) -> Option<PathBuf> {
     )
 }
 
-impl IamDataset {
-    /// Open the IAM tree at `root`, keeping the lines of `split_file` (all when `None`) and,
-    /// unless `include_err` is false, the lines flagged `err`.
-    pub fn open(
-        root: &str,
-        split_file: Option<&str>,
-        include_err: bool,
-        charset: &str,
-        cap: Option<u64>,
-    ) -> Result<Self> {
-        let root = PathBuf::from(root);
-        let lines_txt = root.join("ascii/lines.txt");
-        let text = std::fs::read_to_string(&lines_txt).with_context(|| {
-            format!(
-                "cannot read {} (is {} an IAM root?)",
-                lines_txt.display(),
-                root.display()
-            )
-        })?;
-        let records = parse_lines_txt(&text)?;
-        let wanted: Option<HashSet<String>> = match split_file {
-            None => None,
-            Some(f) => {
-                let ids = std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read IAM split file {f}"))?;
-                Some(ids.split_whitespace().map(str::to_string).collect())
-            }
-        };
-        let mut candidates = Vec::new();
-        let mut skipped = Vec::new();
-        let mut matched = HashSet::new();
-        for r in records {
-            if let Some(w) = &wanted {
-                let form = r.id.rsplit_once('-').map(|(f, _)| f).unwrap_or("");
-                let key = if w.contains(&r.id) {
-                    r.id.clone()
-                } else if w.contains(form) {
-                    form.to_string()
-                } else {
-                    continue;
-                };
-                matched.insert(key);
-            }
-            if r.err && !include_err {
-                continue;
-            }
-            let Some(image) = image_path(&root, &r.id) else {
-                skipped.push(Skipped {
-                    path: lines_txt.clone(),
-                    reason: format!("malformed line id {:?}", r.id),
-                });
+/// Open the IAM tree at `root`, keeping the lines of `split_file` (all when `None`) and,
+/// unless `include_err` is false, the lines flagged `err`.
+pub fn open(
+    root: &str,
+    split_file: Option<&str>,
+    include_err: bool,
+    charset: &str,
+    cap: Option<u64>,
+) -> Result<FileLines> {
+    let root = PathBuf::from(root);
+    let lines_txt = root.join("ascii/lines.txt");
+    let text = std::fs::read_to_string(&lines_txt).with_context(|| {
+        format!(
+            "cannot read {} (is {} an IAM root?)",
+            lines_txt.display(),
+            root.display()
+        )
+    })?;
+    let records = parse_lines_txt(&text)?;
+    let wanted: Option<HashSet<String>> = match split_file {
+        None => None,
+        Some(f) => {
+            let ids = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read IAM split file {f}"))?;
+            Some(ids.split_whitespace().map(str::to_string).collect())
+        }
+    };
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    let mut matched = HashSet::new();
+    for r in records {
+        if let Some(w) = &wanted {
+            let form = r.id.rsplit_once('-').map(|(f, _)| f).unwrap_or("");
+            let key = if w.contains(&r.id) {
+                r.id.clone()
+            } else if w.contains(form) {
+                form.to_string()
+            } else {
                 continue;
             };
-            if !image.is_file() {
-                skipped.push(Skipped {
-                    path: image,
-                    reason: "image file missing".into(),
-                });
-                continue;
-            }
-            candidates.push(Candidate {
-                image,
-                text: r.text,
-                id: r.id,
+            matched.insert(key);
+        }
+        if r.err && !include_err {
+            continue;
+        }
+        let Some(image) = image_path(&root, &r.id) else {
+            skipped.push(Skipped {
+                path: lines_txt.clone(),
+                reason: format!("malformed line id {:?}", r.id),
             });
+            continue;
+        };
+        if !image.is_file() {
+            skipped.push(Skipped {
+                path: image,
+                reason: "image file missing".into(),
+            });
+            continue;
         }
-        if let Some(w) = &wanted {
-            let unknown: Vec<&String> = w.iter().filter(|id| !matched.contains(*id)).collect();
-            if !unknown.is_empty() {
-                tracing::warn!(count = unknown.len(), first = ?unknown.iter().take(5).collect::<Vec<_>>(), "IAM split file lists ids that ascii/lines.txt lacks");
-            }
+        candidates.push(Candidate {
+            image,
+            text: r.text,
+            id: r.id,
+        });
+    }
+    if let Some(w) = &wanted {
+        let unknown: Vec<&String> = w.iter().filter(|id| !matched.contains(*id)).collect();
+        if !unknown.is_empty() {
+            tracing::warn!(count = unknown.len(), first = ?unknown.iter().take(5).collect::<Vec<_>>(), "IAM split file lists ids that ascii/lines.txt lacks");
         }
-        let lines = FileLines::check(candidates, skipped, charset, cap);
-        lines.warn_skipped(&format!("IAM {}", root.display()));
-        if lines.lines.is_empty() {
-            bail!(
-                "IAM data set at {} has no usable line{}",
-                root.display(),
-                split_file
-                    .map(|f| format!(" in split {f}"))
-                    .unwrap_or_default()
-            );
-        }
-        Ok(Self { root, lines })
     }
-}
-
-impl Dataset for IamDataset {
-    fn len(&self) -> Option<u64> {
-        Some(self.lines.lines.len() as u64)
+    let lines = FileLines::check(
+        format!("IAM lines at {}", root.display()),
+        candidates,
+        skipped,
+        charset,
+        cap,
+    );
+    if lines.lines.is_empty() {
+        bail!(
+            "IAM data set at {} has no usable line{}",
+            root.display(),
+            split_file
+                .map(|f| format!(" in split {f}"))
+                .unwrap_or_default()
+        );
     }
-
-    fn get(&self, index: u64) -> Result<Sample> {
-        self.lines.get(index)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "IAM lines at {}: {} lines ({} left out)",
-            self.root.display(),
-            self.lines.lines.len(),
-            self.lines.skipped.len()
-        )
-    }
-
-    fn skipped(&self) -> &[Skipped] {
-        &self.lines.skipped
-    }
+    Ok(lines)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Dataset;
     use image::{GrayImage, Luma};
     use textrec_contract::charset::IAM_CHARSET;
 
@@ -257,7 +231,7 @@ b02-100-04 ok 170 12 343 1063 1656 86 I|said|,|\"|Yes|!|\"
     fn opens_a_tree_with_err_option_and_skips() {
         let dir = tree();
         let root = dir.path().to_str().unwrap();
-        let ds = IamDataset::open(root, None, true, IAM_CHARSET, None).unwrap();
+        let ds = open(root, None, true, IAM_CHARSET, None).unwrap();
         assert_eq!(ds.len(), Some(4));
         let s = ds.get(0).unwrap();
         assert_eq!(
@@ -272,7 +246,7 @@ b02-100-04 ok 170 12 343 1063 1656 86 I|said|,|\"|Yes|!|\"
                 && reasons.iter().any(|r| r.contains("U+00A3"))
         );
 
-        let no_err = IamDataset::open(root, None, false, IAM_CHARSET, None).unwrap();
+        let no_err = open(root, None, false, IAM_CHARSET, None).unwrap();
         assert_eq!(no_err.len(), Some(3));
     }
 
@@ -282,8 +256,7 @@ b02-100-04 ok 170 12 343 1063 1656 86 I|said|,|\"|Yes|!|\"
         let root = dir.path().to_str().unwrap();
         let split = dir.path().join("split.txt");
         std::fs::write(&split, "a01-000u\nb02-100-04\nz99-999-00\n").unwrap();
-        let ds =
-            IamDataset::open(root, Some(split.to_str().unwrap()), true, IAM_CHARSET, None).unwrap();
+        let ds = open(root, Some(split.to_str().unwrap()), true, IAM_CHARSET, None).unwrap();
         let ids: Vec<String> = (0..ds.len().unwrap())
             .map(|i| ds.get(i).unwrap().id)
             .collect();
@@ -293,10 +266,9 @@ b02-100-04 ok 170 12 343 1063 1656 86 I|said|,|\"|Yes|!|\"
         );
 
         std::fs::write(&split, "z99-999\n").unwrap();
-        let err = IamDataset::open(root, Some(split.to_str().unwrap()), true, IAM_CHARSET, None)
-            .unwrap_err();
+        let err = open(root, Some(split.to_str().unwrap()), true, IAM_CHARSET, None).unwrap_err();
         assert!(err.to_string().contains("no usable line"), "{err}");
-        let err = IamDataset::open("/no/iam", None, true, IAM_CHARSET, None).unwrap_err();
+        let err = open("/no/iam", None, true, IAM_CHARSET, None).unwrap_err();
         assert!(
             format!("{err:#}").contains("/no/iam/ascii/lines.txt"),
             "{err:#}"

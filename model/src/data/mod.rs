@@ -33,6 +33,7 @@ use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec, TextSplit};
 
 pub use batch::Batch;
+pub use files::FileLines;
 pub use loader::Loader;
 pub use mix::{open_training_data, MixedDataset};
 pub use sampler::{MixSampler, Sampler};
@@ -109,12 +110,8 @@ pub fn open_dataset(spec: &DatasetSpec, seed: u64, charset: &str) -> Result<Arc<
                 charset,
             )?)
         }
-        DatasetKind::Tesstrain => Arc::new(tesstrain::TesstrainDataset::open(
-            path()?,
-            charset,
-            spec.samples,
-        )?),
-        DatasetKind::Iam => Arc::new(iam::IamDataset::open(
+        DatasetKind::Tesstrain => Arc::new(tesstrain::open(path()?, charset, spec.samples)?),
+        DatasetKind::Iam => Arc::new(iam::open(
             path()?,
             spec.split_file.as_deref(),
             spec.include_err,

@@ -14,18 +14,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use super::files::{Candidate, FileLines};
-use super::{Dataset, Sample, Skipped};
+use super::Skipped;
 use crate::metrics::normalize;
 
 /// Image extensions recognised, in order of preference when one name has several.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "tif", "tiff", "jpg", "jpeg"];
-
-/// A tesstrain ground-truth folder.
-#[derive(Debug)]
-pub struct TesstrainDataset {
-    root: PathBuf,
-    lines: FileLines,
-}
 
 #[derive(Default)]
 struct Pair {
@@ -33,126 +26,107 @@ struct Pair {
     gt: Option<PathBuf>,
 }
 
-impl TesstrainDataset {
-    /// Scan `root`, pair images with transcriptions and check them (see the module docs).
-    pub fn open(root: &str, charset: &str, cap: Option<u64>) -> Result<Self> {
-        let root = PathBuf::from(root);
-        if !root.is_dir() {
-            bail!(
-                "tesstrain folder {} does not exist or is not a folder",
-                root.display()
-            );
-        }
-        let mut pairs: BTreeMap<PathBuf, Pair> = BTreeMap::new();
-        for path in walk(&root) {
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let lower = name.to_lowercase();
-            if let Some(stem) = lower.strip_suffix(".gt.txt").map(|s| &name[..s.len()]) {
-                pairs.entry(path.with_file_name(stem)).or_default().gt = Some(path.clone());
-            } else if let Some((stem, ext)) = name.rsplit_once('.') {
-                if IMAGE_EXTENSIONS.contains(&ext.to_lowercase().as_str()) {
-                    pairs
-                        .entry(path.with_file_name(stem))
-                        .or_default()
-                        .images
-                        .push(path.clone());
-                }
+/// Scan the tesstrain folder `root`, pair images with transcriptions and check them (see the
+/// module docs).
+pub fn open(root: &str, charset: &str, cap: Option<u64>) -> Result<FileLines> {
+    let root = PathBuf::from(root);
+    if !root.is_dir() {
+        bail!(
+            "tesstrain folder {} does not exist or is not a folder",
+            root.display()
+        );
+    }
+    let mut pairs: BTreeMap<PathBuf, Pair> = BTreeMap::new();
+    for path in walk(&root) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let lower = name.to_lowercase();
+        if let Some(stem) = lower.strip_suffix(".gt.txt").map(|s| &name[..s.len()]) {
+            pairs.entry(path.with_file_name(stem)).or_default().gt = Some(path.clone());
+        } else if let Some((stem, ext)) = name.rsplit_once('.') {
+            if IMAGE_EXTENSIONS.contains(&ext.to_lowercase().as_str()) {
+                pairs
+                    .entry(path.with_file_name(stem))
+                    .or_default()
+                    .images
+                    .push(path.clone());
             }
         }
-        let mut candidates = Vec::new();
-        let mut skipped = Vec::new();
-        for (stem, mut pair) in pairs {
-            pair.images.sort_by_key(|p| {
-                let ext = p
-                    .extension()
-                    .map(|e| e.to_string_lossy().to_lowercase())
-                    .unwrap_or_default();
-                IMAGE_EXTENSIONS.iter().position(|e| *e == ext)
-            });
-            let id = stem
-                .strip_prefix(&root)
-                .unwrap_or(&stem)
-                .display()
-                .to_string();
-            match (pair.images.first(), pair.gt) {
-                (None, Some(gt)) => skipped.push(Skipped {
-                    path: gt,
-                    reason: "no image next to this transcription".into(),
-                }),
-                (Some(_), None) => {
-                    for image in pair.images {
-                        skipped.push(Skipped {
-                            path: image,
-                            reason: "no .gt.txt transcription".into(),
-                        });
-                    }
+    }
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    for (stem, mut pair) in pairs {
+        pair.images.sort_by_key(|p| {
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            IMAGE_EXTENSIONS.iter().position(|e| *e == ext)
+        });
+        let id = stem
+            .strip_prefix(&root)
+            .unwrap_or(&stem)
+            .display()
+            .to_string();
+        match (pair.images.first(), pair.gt) {
+            (None, Some(gt)) => skipped.push(Skipped {
+                path: gt,
+                reason: "no image next to this transcription".into(),
+            }),
+            (Some(_), None) => {
+                for image in pair.images {
+                    skipped.push(Skipped {
+                        path: image,
+                        reason: "no .gt.txt transcription".into(),
+                    });
                 }
-                (Some(image), Some(gt)) => {
-                    for extra in &pair.images[1..] {
-                        skipped.push(Skipped {
-                            path: extra.clone(),
-                            reason: format!(
-                                "{} has the same name and is used instead",
-                                image.display()
-                            ),
-                        });
-                    }
-                    match std::fs::read(&gt).map(String::from_utf8) {
-                        Ok(Ok(text)) => candidates.push(Candidate {
-                            image: image.clone(),
-                            text: normalize(&text),
-                            id,
-                        }),
-                        Ok(Err(_)) => skipped.push(Skipped {
-                            path: gt,
-                            reason: "transcription is not UTF-8".into(),
-                        }),
-                        Err(e) => skipped.push(Skipped {
-                            path: gt,
-                            reason: format!("cannot read: {e}"),
-                        }),
-                    }
-                }
-                (None, None) => {}
             }
+            (Some(image), Some(gt)) => {
+                for extra in &pair.images[1..] {
+                    skipped.push(Skipped {
+                        path: extra.clone(),
+                        reason: format!(
+                            "{} has the same name and is used instead",
+                            image.display()
+                        ),
+                    });
+                }
+                match std::fs::read(&gt).map(String::from_utf8) {
+                    Ok(Ok(text)) => candidates.push(Candidate {
+                        image: image.clone(),
+                        text: normalize(&text),
+                        id,
+                    }),
+                    Ok(Err(_)) => skipped.push(Skipped {
+                        path: gt,
+                        reason: "transcription is not UTF-8".into(),
+                    }),
+                    Err(e) => skipped.push(Skipped {
+                        path: gt,
+                        reason: format!("cannot read: {e}"),
+                    }),
+                }
+            }
+            (None, None) => {}
         }
-        let lines = FileLines::check(candidates, skipped, charset, cap);
-        lines.warn_skipped(&format!("tesstrain folder {}", root.display()));
-        if lines.lines.is_empty() {
-            bail!(
-                "tesstrain folder {} has no usable line (NAME.png|tif|jpg + NAME.gt.txt); {} inputs left out{}",
-                root.display(),
-                lines.skipped.len(),
-                lines.skipped.first().map(|s| format!(", e.g. {} ({})", s.path.display(), s.reason)).unwrap_or_default()
-            );
-        }
-        Ok(Self { root, lines })
     }
-}
-
-impl Dataset for TesstrainDataset {
-    fn len(&self) -> Option<u64> {
-        Some(self.lines.lines.len() as u64)
+    let lines = FileLines::check(
+        format!("tesstrain folder {}", root.display()),
+        candidates,
+        skipped,
+        charset,
+        cap,
+    );
+    if lines.lines.is_empty() {
+        bail!(
+            "tesstrain folder {} has no usable line (NAME.png|tif|jpg + NAME.gt.txt); {} inputs left out{}",
+            root.display(),
+            lines.skipped.len(),
+            lines.skipped.first().map(|s| format!(", e.g. {} ({})", s.path.display(), s.reason)).unwrap_or_default()
+        );
     }
-
-    fn get(&self, index: u64) -> Result<Sample> {
-        self.lines.get(index)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "tesstrain folder {}: {} lines ({} inputs left out)",
-            self.root.display(),
-            self.lines.lines.len(),
-            self.lines.skipped.len()
-        )
-    }
-
-    fn skipped(&self) -> &[Skipped] {
-        &self.lines.skipped
-    }
+    Ok(lines)
 }
 
 /// Files under `dir`, recursively (symbolic links to folders are not followed), in name order.
@@ -168,6 +142,7 @@ fn walk(dir: &Path) -> impl Iterator<Item = PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Dataset;
     use image::{GrayImage, Luma};
     use textrec_contract::charset::IAM_CHARSET;
 
@@ -210,7 +185,7 @@ mod tests {
             .unwrap();
         std::fs::write(d.join("strip.gt.txt"), "x").unwrap();
 
-        let ds = TesstrainDataset::open(d.to_str().unwrap(), IAM_CHARSET, None).unwrap();
+        let ds = open(d.to_str().unwrap(), IAM_CHARSET, None).unwrap();
         assert_eq!(ds.len(), Some(3));
         let texts: Vec<String> = (0..3).map(|i| ds.get(i).unwrap().text).collect();
         assert_eq!(texts, vec!["Hello world", "tiff", "line two"]);
@@ -246,7 +221,7 @@ mod tests {
             ds.describe()
         );
 
-        let capped = TesstrainDataset::open(d.to_str().unwrap(), IAM_CHARSET, Some(2)).unwrap();
+        let capped = open(d.to_str().unwrap(), IAM_CHARSET, Some(2)).unwrap();
         assert_eq!(capped.len(), Some(2));
     }
 
@@ -254,14 +229,14 @@ mod tests {
     fn empty_or_missing_folder_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.gt.txt"), "orphan").unwrap();
-        let err = TesstrainDataset::open(dir.path().to_str().unwrap(), IAM_CHARSET, None)
+        let err = open(dir.path().to_str().unwrap(), IAM_CHARSET, None)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains(dir.path().to_str().unwrap()) && err.contains("no usable line"),
             "{err}"
         );
-        let err = TesstrainDataset::open("/no/such/dir", IAM_CHARSET, None)
+        let err = open("/no/such/dir", IAM_CHARSET, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("/no/such/dir"), "{err}");
