@@ -1,4 +1,4 @@
-"""textrec's preprocessing (model/src/preprocess.rs), from an image file to the network input.
+"""textrec's preprocessing (model/src/preprocess/), from an image file to the network input.
 
 1. decode to 8-bit gray the way the Rust `image` crate does (transparent pixels composited on
    white, colour to luma with the sRGB weights 0.2126/0.7152/0.0722 and integer division);
