@@ -4,7 +4,7 @@
 //! An image without a `.gt.txt`, a `.gt.txt` without an image, an image that does not decode
 //! or is not shaped like a text line (so that training would refuse it: a flagged 16000000x1
 //! strip, say), and a transcription that is empty, not UTF-8 or outside the charset are left
-//! out, logged (`tracing::warn`) and listed by [`Dataset::skipped`]. Transcriptions are taken
+//! out, logged (`tracing::warn`) and listed by [`Dataset::skipped`](super::Dataset::skipped). Transcriptions are taken
 //! with their whitespace collapsed (as CER is computed); nothing else is changed. Lines are
 //! ordered by path; `samples` keeps the first N.
 
