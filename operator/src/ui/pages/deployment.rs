@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use kube::ResourceExt;
 
-use super::{badge, page, phase_name, run_href, when};
+use super::{badge, card, page, phase_name, run_href, when};
 use crate::crd::{ModelDeployment, Revision};
 use crate::ui::data::namespace_of;
 use crate::ui::html::{esc, metric, short_sha, url_part};
@@ -38,9 +38,6 @@ pub fn deployment_page(
         esc(&name),
         badge(&phase_name(st.phase))
     );
-    let card = |k: &str, v: String| {
-        format!("<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{v}</div></div>")
-    };
     body.push_str("<div class=\"cards\">");
     body.push_str(&card("Namespace", esc(&ns)));
     body.push_str(&card(

@@ -82,6 +82,13 @@ fn badge(text: &str) -> String {
     )
 }
 
+/// One summary card: a label over its value (`value` is HTML, escaped by the caller).
+fn card(label: &str, value: String) -> String {
+    format!(
+        "<div class=\"card\"><div class=\"k\">{label}</div><div class=\"v\">{value}</div></div>"
+    )
+}
+
 fn seconds(t: &Time) -> i64 {
     t.0.as_second()
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::{badge, page, phase_name, when};
+use super::{badge, card, page, phase_name, when};
 use crate::crd::{Direction, TrainingRun, TrialPhase, TrialStatus};
 use crate::ui::data::{namespace_of, Sample, TrialCurves};
 use crate::ui::downsample::{min_max, Point};
@@ -212,9 +212,6 @@ fn summary_cards(
     let objective = run.spec.objective;
     let mname = objective.metric.as_str();
     let mut body = String::new();
-    let card = |k: &str, v: String| {
-        format!("<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{v}</div></div>")
-    };
     body.push_str("<div class=\"cards\">");
     body.push_str(&card("Namespace", esc(ns)));
     body.push_str(&card(
