@@ -7,7 +7,9 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::{badge, card, page, phase_name, when};
-use crate::crd::{Direction, TrainingRun, TrialPhase, TrialStatus};
+use crate::crd::{
+    Direction, ObjectiveSpec, TrainingRun, TrainingRunStatus, TrialPhase, TrialStatus,
+};
 use crate::ui::data::{namespace_of, Sample, TrialCurves};
 use crate::ui::downsample::{min_max, Point};
 use crate::ui::html::{esc, metric, url_part};
@@ -203,12 +205,7 @@ impl Shown<'_> {
 }
 
 /// The run's summary: trial counts, objective, best model, lineage, times and storage.
-fn summary_cards(
-    run: &TrainingRun,
-    st: &crate::crd::TrainingRunStatus,
-    ns: &str,
-    now: i64,
-) -> String {
+fn summary_cards(run: &TrainingRun, st: &TrainingRunStatus, ns: &str, now: i64) -> String {
     let objective = run.spec.objective;
     let mname = objective.metric.as_str();
     let mut body = String::new();
@@ -416,7 +413,7 @@ fn learning_curves(
 
 /// The trials table (searched values against the objective, sortable by any column) and the
 /// run's disruptions.
-fn trials_table(shown: &Shown, objective: crate::crd::ObjectiveSpec, view: &RunView) -> String {
+fn trials_table(shown: &Shown, objective: ObjectiveSpec, view: &RunView) -> String {
     let trials = shown.trials;
     let mname = objective.metric.as_str();
     let mut body = String::new();
