@@ -307,7 +307,7 @@ fn chart_rules() -> (Value, Value) {
     )
 }
 
-/// The chart grants what operator/rbac.yaml grants, no more (controllers.rs checks rbac.yaml
+/// The chart grants what operator/rbac.yaml grants, no more (tests/controllers/rbac.rs checks rbac.yaml
 /// against the calls the code makes).
 #[test]
 fn chart_rbac_equals_operator_rbac_yaml() {
