@@ -5,7 +5,6 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use crate::fake_api::FakeState;
-
 use crate::harness::*;
 
 /// The eval Jobs the last reconcile applied: (name, body).

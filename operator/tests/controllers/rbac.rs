@@ -9,9 +9,8 @@ use textrec_operator::controller::{self, MemoryEvents, Shared};
 use textrec_operator::crd::TrainingRun;
 use textrec_operator::metrics::Metrics;
 
-use crate::fake_api::fake_client;
-
 use crate::early_stopping::{early_stopping_harness, progress_at, set_progress};
+use crate::fake_api::fake_client;
 use crate::harness::*;
 use crate::promotion_jobs::{eval_jobs, finish_eval_job};
 
