@@ -1,23 +1,9 @@
 //! Early stopping of trials worse than the median.
 
-use std::sync::Arc;
-
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use serde_json::{json, Value};
-use textrec_operator::controller::{self};
-use textrec_operator::crd::TrainingRun;
 
 use crate::harness::*;
-
-pub(crate) fn running_pod(name: &str, trial: &str) -> Pod {
-    pod_obj(
-        name,
-        trial,
-        "Running",
-        json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
-    )
-}
 
 /// `progress.json` of a running trial whose evaluations so far are `cers` (every 100 steps).
 pub(crate) fn progress_at(
@@ -68,15 +54,10 @@ pub(crate) fn early_stopping_harness() -> (Harness, Value) {
     (h, run)
 }
 
-pub(crate) async fn reconcile_stored(h: &Harness) {
-    let stored = h.state.lock().unwrap().objects
-        ["/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/ocr"]
-        .clone();
-    let tr: TrainingRun = serde_json::from_value(stored).unwrap();
+/// Reconciles the stored run with the request log cleared, so `writes` shows only this pass.
+async fn reconcile_stored(h: &Harness) {
     h.state.lock().unwrap().log.clear();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(h).await;
 }
 
 #[tokio::test]

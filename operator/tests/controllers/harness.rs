@@ -181,6 +181,24 @@ pub(crate) fn condition(status: &Value, type_: &str) -> Value {
         .clone()
 }
 
+/// A pod whose worker container is running.
+pub(crate) fn running_pod(name: &str, trial: &str) -> Pod {
+    pod_obj(
+        name,
+        trial,
+        "Running",
+        json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+    )
+}
+
+/// Reconciles run `ocr` as the fake stores it: what the controller's next pass sees.
+pub(crate) async fn reconcile_again(h: &Harness) {
+    let run = stored_run(&h.state, "ocr");
+    controller::training_run::reconcile(Arc::new(run), h.ctx.clone())
+        .await
+        .unwrap();
+}
+
 /// The run as stored by the fake (what the next reconcile sees).
 pub(crate) fn stored_run(state: &Mutex<FakeState>, name: &str) -> TrainingRun {
     let path = format!("/apis/textrec.dev/v1alpha1/namespaces/ml/trainingruns/{name}");

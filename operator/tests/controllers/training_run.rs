@@ -153,15 +153,7 @@ async fn finished_preempted_and_failed_trials_reach_status_and_events() {
             json!({"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]}),
         ),
     );
-    apply(
-        &mut h.pods,
-        pod_obj(
-            "ocr-t1-b",
-            "ocr-t1",
-            "Running",
-            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
-        ),
-    );
+    apply(&mut h.pods, running_pod("ocr-t1-b", "ocr-t1"));
     h.progress.0.lock().unwrap().insert(
         "s3://bucket/runs/ocr/ocr-t1".into(),
         serde_json::from_str(r#"{"phase":"Running","step":300,"max_steps":1000,"latest":{"step":300,"cer":0.2,"wer":0.5},"best":{"step":200,"cer":0.18,"wer":0.5},"checkpoint":{"step":250,"url":"s3://bucket/runs/ocr/ocr-t1/checkpoints/step-0000000250/"},"updated":"2027-01-15T08:00:00Z"}"#).unwrap(),

@@ -99,18 +99,8 @@ async fn a_job_refused_its_pod_by_a_quota_is_pending_with_the_refusal() {
 
     // The quota is raised and the pod exists: the trial is no longer held by the old events.
     apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 1));
-    apply(
-        &mut h.pods,
-        pod_obj(
-            "ocr-t0-a",
-            "ocr-t0",
-            "Running",
-            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
-        ),
-    );
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    apply(&mut h.pods, running_pod("ocr-t0-a", "ocr-t0"));
+    reconcile_again(&h).await;
     let st = stored_run(&h.state, "ocr").status.unwrap();
     assert_eq!(st.trials[0].reason, None, "{:?}", st.trials[0]);
 }
@@ -182,9 +172,7 @@ async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason()
 
     // Nothing changed: no new event, no write.
     h.state.lock().unwrap().log.clear();
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(&h).await;
     assert!(writes(&h.state).is_empty(), "{:?}", writes(&h.state));
     assert_eq!(cannot_start_events(&h.events).len(), 1);
 
@@ -198,9 +186,7 @@ async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason()
             "Back-off pulling image \"ghcr.io/textrec/worker:1\"",
         ),
     );
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(&h).await;
     let st = stored_run(&h.state, "ocr").status.unwrap();
     assert_eq!(st.trials[1].reason.as_deref(), Some("ImagePullBackOff"));
     let ev = cannot_start_events(&h.events);
@@ -218,26 +204,14 @@ async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason()
             "failed to resolve reference",
         ),
     );
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(&h).await;
     let st = stored_run(&h.state, "ocr").status.unwrap();
     assert_eq!(st.trials[1].reason.as_deref(), Some("ErrImagePull"));
     assert_eq!(cannot_start_events(&h.events).len(), 2);
 
     // t0's PVC appears and its pod runs: the run is Running again, t0 without a reason.
-    apply(
-        &mut h.pods,
-        pod_obj(
-            "ocr-t0-a",
-            "ocr-t0",
-            "Running",
-            json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
-        ),
-    );
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    apply(&mut h.pods, running_pod("ocr-t0-a", "ocr-t0"));
+    reconcile_again(&h).await;
     let st = stored_run(&h.state, "ocr").status.unwrap();
     assert_eq!(st.phase, Some(textrec_operator::crd::RunPhase::Running));
     assert_eq!(
@@ -309,9 +283,7 @@ async fn an_image_that_can_never_be_pulled_fails_the_trial_and_stops_its_job() {
             "InvalidImageName",
             "",
         )));
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(&h).await;
     let st = stored_run(&h.state, "ocr").status.unwrap();
     assert_eq!(
         st.trials[0].phase,
@@ -369,9 +341,7 @@ async fn a_missing_storage_claim_or_secret_is_reported_before_any_job() {
     assert_eq!(reasons(&h.events), vec!["ReferenceNotFound"]);
 
     // Again: no second event.
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(&h).await;
     assert_eq!(reasons(&h.events), vec!["ReferenceNotFound"]);
 
     // Both appear: the trials start.
@@ -389,9 +359,7 @@ async fn a_missing_storage_claim_or_secret_is_reported_before_any_job() {
         );
     }
     h.state.lock().unwrap().log.clear();
-    controller::training_run::reconcile(Arc::new(stored_run(&h.state, "ocr")), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_again(&h).await;
     let w = writes(&h.state);
     assert_eq!(
         w.iter().filter(|(_, p, _)| p.contains("/jobs/")).count(),
