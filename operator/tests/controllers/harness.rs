@@ -191,6 +191,14 @@ pub(crate) fn running_pod(name: &str, trial: &str) -> Pod {
     )
 }
 
+/// Reconciles `run` (its JSON) once; returns when the controller wants to look again.
+pub(crate) async fn reconcile_run(h: &Harness, run: &Value) -> kube::runtime::controller::Action {
+    let tr: TrainingRun = serde_json::from_value(run.clone()).unwrap();
+    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
+        .await
+        .unwrap()
+}
+
 /// Reconciles run `ocr` as the fake stores it: what the controller's next pass sees.
 pub(crate) async fn reconcile_again(h: &Harness) {
     let run = stored_run(&h.state, "ocr");

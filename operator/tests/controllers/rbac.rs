@@ -88,19 +88,13 @@ async fn every_call() -> Vec<crate::fake_api::Recorded> {
 
     let run = run_json("ocr", json!({}));
     let h = harness(&run);
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     log.append(&mut h.state.lock().unwrap().log);
 
     let run = run_json("ocr", json!({"suspend": true}));
     let mut h = harness(&run);
     apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 1));
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     log.append(&mut h.state.lock().unwrap().log);
 
     // A trial stopped early whose checkpoint is safe: its Job is deleted at once.
@@ -108,10 +102,7 @@ async fn every_call() -> Vec<crate::fake_api::Recorded> {
     set_progress(&h, "ocr-t0", progress_at(&[0.9, 0.85], Some(200)));
     set_progress(&h, "ocr-t1", progress_at(&[0.5, 0.3], None));
     set_progress(&h, "ocr-t2", progress_at(&[0.4, 0.2], None));
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     assert!(h
         .state
         .lock()
@@ -125,10 +116,7 @@ async fn every_call() -> Vec<crate::fake_api::Recorded> {
     let run = run_json("ocr", json!({}));
     let mut h = harness(&run);
     apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 0));
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     log.append(&mut h.state.lock().unwrap().log);
 
     // A run naming every kind of object it needs (the lookups before any Job).
@@ -138,10 +126,7 @@ async fn every_call() -> Vec<crate::fake_api::Recorded> {
             "secretRef": "s3-creds", "serviceAccountName": "trainer"}}),
     );
     let h = harness(&run);
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     log.append(&mut h.state.lock().unwrap().log);
 
     let md = md_json(
@@ -162,10 +147,7 @@ async fn every_call() -> Vec<crate::fake_api::Recorded> {
     ] {
         let run = run_json("tuned", json!({"initFrom": init}));
         let h = harness(&run);
-        let tr: TrainingRun = serde_json::from_value(run).unwrap();
-        controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-            .await
-            .unwrap();
+        reconcile_run(&h, &run).await;
         log.append(&mut h.state.lock().unwrap().log);
     }
 

@@ -15,10 +15,7 @@ use crate::harness::*;
 async fn new_run_creates_parallelism_jobs_with_failure_policy_and_status() {
     let run = run_json("ocr", json!({}));
     let h = harness(&run);
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    let action = controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    let action = reconcile_run(&h, &run).await;
     assert_eq!(
         action,
         kube::runtime::controller::Action::requeue(Duration::from_secs(30))
@@ -158,10 +155,7 @@ async fn finished_preempted_and_failed_trials_reach_status_and_events() {
         "s3://bucket/runs/ocr/ocr-t1".into(),
         serde_json::from_str(r#"{"phase":"Running","step":300,"max_steps":1000,"latest":{"step":300,"cer":0.2,"wer":0.5},"best":{"step":200,"cer":0.18,"wer":0.5},"checkpoint":{"step":250,"url":"s3://bucket/runs/ocr/ocr-t1/checkpoints/step-0000000250/"},"updated":"2027-01-15T08:00:00Z"}"#).unwrap(),
     );
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
 
     let w = writes(&h.state);
     assert_eq!(
@@ -220,10 +214,7 @@ async fn config_error_fails_the_trial_and_too_many_failures_fail_the_run() {
             json!({"containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 78, "message": "config field `optimizer.lr`: must be positive"}}}]}),
         ),
     );
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     assert!(
         !w.iter().any(|(_, p, _)| p.contains("/jobs/")),
@@ -248,10 +239,7 @@ async fn config_error_fails_the_trial_and_too_many_failures_fail_the_run() {
 async fn invalid_spec_writes_only_a_status_naming_the_field() {
     let run = run_json("ocr", json!({"hyperparameters": {"optimizer": {"lr": []}}}));
     let h = harness(&run);
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     assert_eq!(w.len(), 1, "{w:?}");
     let status = &w[0].2["status"];
@@ -285,10 +273,7 @@ async fn the_operator_defaults_fill_a_run_without_image_or_storage() {
         "/api/v1/namespaces/ml/serviceaccounts/textrec-worker".into(),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "textrec-worker", "namespace": "ml"}}),
     );
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     let job = &w[0].2;
     assert!(w[0].1.ends_with("/jobs/ocr-t0"), "{w:?}");
@@ -378,10 +363,7 @@ async fn a_run_without_image_and_no_default_is_invalid_naming_the_default() {
     let mut run = run_json("ocr", json!({}));
     run["spec"].as_object_mut().unwrap().remove("image");
     let h = harness(&run);
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     assert_eq!(w.len(), 1, "only the status: {w:?}");
     let status = &w[0].2["status"];
@@ -400,10 +382,7 @@ async fn suspend_suspends_unfinished_jobs_and_a_second_reconcile_is_a_no_op() {
     let run = run_json("ocr", json!({"suspend": true}));
     let mut h = harness(&run);
     apply(&mut h.jobs, job_obj("ocr-t0", json!([]), 1));
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     assert_eq!(w[0].0, "PATCH");
     assert_eq!(w[0].1, "/apis/batch/v1/namespaces/ml/jobs/ocr-t0");

@@ -1,13 +1,11 @@
 //! Trials whose pods cannot start (quota, scheduler, image pulls, missing claims or Secrets).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use serde_json::json;
-use textrec_operator::controller::{self, MemoryEvents};
-use textrec_operator::crd::TrainingRun;
+use textrec_operator::controller::MemoryEvents;
 
 use crate::harness::*;
 
@@ -76,10 +74,7 @@ async fn a_job_refused_its_pod_by_a_quota_is_pending_with_the_refusal() {
             ),
         );
     }
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     let status = &w.last().unwrap().2["status"];
     let t0 = &status["trials"][0];
@@ -115,10 +110,7 @@ async fn trials_whose_pods_cannot_start_are_pending_with_the_schedulers_reason()
         apply(&mut h.jobs, job_obj(t, json!([]), 1));
         apply(&mut h.pods, unschedulable_pod(&format!("{t}-a"), t));
     }
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     assert!(
         !w.iter().any(|(_, p, _)| p.contains("/jobs/")),
@@ -249,10 +241,7 @@ async fn an_image_that_can_never_be_pulled_fails_the_trial_and_stops_its_job() {
             "Failed to apply default image tag \"Bad:Image\": invalid reference format",
         ),
     );
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    reconcile_run(&h, &run).await;
     let w = writes(&h.state);
     let suspend = w
         .iter()
@@ -299,10 +288,7 @@ async fn a_missing_storage_claim_or_secret_is_reported_before_any_job() {
         json!({"storage": {"url": "file:///runs", "pvc": {"claimName": "textrec-runs"}, "secretRef": "nope"}}),
     );
     let h = harness(&run);
-    let tr: TrainingRun = serde_json::from_value(run).unwrap();
-    let action = controller::training_run::reconcile(Arc::new(tr), h.ctx.clone())
-        .await
-        .unwrap();
+    let action = reconcile_run(&h, &run).await;
     // Nothing watches claims: look again soon.
     assert_eq!(
         action,
