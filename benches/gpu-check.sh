@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks on a machine with CUDA: what each training precision costs, the pretrained model's
-# recipe trained on the GPU (samples/s, CER against wall-clock), and serving on the GPU beside
+# GPU checks on a machine with CUDA: the pretrained model's recipe trained on the GPU (samples/s,
+# CER against wall-clock), what each training precision costs, and serving on the GPU beside
 # serving on the same machine's CPUs. Every figure lands in $OUT (default ./gpu-check) and is
 # summarized on stdout; BENCHMARKS.md ("GPU") holds the last run's.
 #
@@ -13,7 +13,11 @@
 #                         --no-run` prints its path); the serving part is skipped without it
 #   RECIPE_SECONDS        wall-clock cap of the recipe run (default 240; the run checkpoints and
 #                         stops at the cap like a preempted trial)
-#   PROBE_STEPS           steps of each precision probe (default 300)
+#   PROBE_SECONDS         how long each precision probe trains before it is stopped (default 60;
+#                         no evaluation: only its samples/s and the GPU's load are read)
+#   PROBE_PRESET          network of the precision probes (default small; base is the GPU preset)
+#   PROBE_BATCH           batch size of the precision probes (default 16)
+#   PROBE_PRECISIONS      precisions probed, in order (default "fp32 fp16 bf16")
 #   LOADER_THREADS        data loader threads (default: CPUs - 2; rendering feeds the GPU)
 #   DEVICE                cuda (default), or cpu to try the script out without a GPU
 #   SKIP                  space-separated parts to skip: probe recipe serve
@@ -24,7 +28,10 @@ W="${TEXTREC_WORKER:-textrec-worker}"
 OUT="${OUT:-./gpu-check}"
 RECIPE_SECONDS="${RECIPE_SECONDS:-240}"
 DEVICE="${DEVICE:-cuda}"
-PROBE_STEPS="${PROBE_STEPS:-300}"
+PROBE_SECONDS="${PROBE_SECONDS:-60}"
+PROBE_PRESET="${PROBE_PRESET:-small}"
+PROBE_BATCH="${PROBE_BATCH:-16}"
+PROBE_PRECISIONS="${PROBE_PRECISIONS:-fp32 fp16 bf16}"
 CPUS="$(nproc)"
 LOADER_THREADS="${LOADER_THREADS:-$((CPUS > 3 ? CPUS - 2 : 1))}"
 SKIP=" ${SKIP:-} "
@@ -32,7 +39,7 @@ SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --set) SETS+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu-check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -64,27 +71,26 @@ for r in recs:
 EOF
 }
 
-if ! skipped probe; then
-  for p in fp32 fp16 bf16; do
-    step "precision $p: $PROBE_STEPS steps of the recipe at batch 16"
-    "$W" train --config examples/recipe-small.yaml --output "file://$OUT/probe-$p" \
-      "${SETS[@]}" --set device="$DEVICE" --set precision="$p" --set max_steps="$PROBE_STEPS" \
-      --set eval_interval="$PROBE_STEPS" --set log_interval=25 \
-      --set data.loader_threads="$LOADER_THREADS" --set data.validation.samples=64 \
-      --set data.extra_validation.unseen-fonts=null --set checkpoint.every_steps=100000 \
-      >"$OUT/probe-$p.log" 2>&1
-    echo "  exit $?; $(grep -m1 -o 'autocast [a-z0-9]*' "$OUT/probe-$p.log")"
-    summarize "$OUT/probe-$p/metrics.jsonl"
-  done
-fi
+# Samples the GPU's load every half second until stopped; `gpu_load_stop` prints the mean, so a
+# run starved by its data loader (a low load) is told apart from one bound by the GPU.
+gpu_load_start() {
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$1" 2>/dev/null &
+  GPU_LOAD_PID=$!
+}
+gpu_load_stop() {
+  kill "$GPU_LOAD_PID" 2>/dev/null; wait "$GPU_LOAD_PID" 2>/dev/null
+  awk '$1 ~ /^[0-9]+$/ { s += $1; n++ } END { if (n) printf "  GPU load: mean %.0f%% over %d samples\n", s / n, n }' "$1"
+}
 
 if ! skipped recipe; then
   step "the recipe (examples/recipe-small.yaml) on CUDA, capped at ${RECIPE_SECONDS}s"
   start=$(date +%s)
+  gpu_load_start "$OUT/recipe.load"
   timeout -s TERM "$RECIPE_SECONDS" "$W" train --config examples/recipe-small.yaml \
     --output "file://$OUT/recipe" --set device="$DEVICE" \
     --set data.loader_threads="$LOADER_THREADS" "${SETS[@]}" >"$OUT/recipe.log" 2>&1
   echo "  exit $? after $(( $(date +%s) - start )) s (124/143: stopped at the cap)"
+  gpu_load_stop "$OUT/recipe.load"
   summarize "$OUT/recipe/metrics.jsonl"
   if [ -f "$OUT/recipe/model/manifest.json" ]; then
     for set in training-fonts unseen-fonts; do
@@ -93,6 +99,24 @@ if ! skipped recipe; then
         tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); print("CER %.4f (%d lines)" % (j["cer"], j.get("lines", 0)))'
     done
   fi
+fi
+
+if ! skipped probe; then
+  for p in $PROBE_PRECISIONS; do
+    step "precision $p: $PROBE_PRESET network at batch $PROBE_BATCH, ${PROBE_SECONDS}s"
+    gpu_load_start "$OUT/probe-$p.load"
+    # Stopped by the cap like a preempted trial: no evaluation, no end-of-trial searches.
+    timeout -s TERM "$PROBE_SECONDS" "$W" train --config examples/recipe-small.yaml \
+      --output "file://$OUT/probe-$p" "${SETS[@]}" --set device="$DEVICE" --set precision="$p" \
+      --set model.preset="$PROBE_PRESET" --set batch_size="$PROBE_BATCH" --set max_steps=1000000 \
+      --set log_interval=10 --set data.loader_threads="$LOADER_THREADS" \
+      --set data.validation.samples=16 --set data.extra_validation.unseen-fonts=null \
+      --set checkpoint.every_steps=1000000 --set checkpoint.every_seconds=100000 \
+      >"$OUT/probe-$p.log" 2>&1
+    echo "  exit $? (124/143: stopped at the cap); $(grep -m1 -o 'autocast [a-z0-9]*' "$OUT/probe-$p.log")"
+    gpu_load_stop "$OUT/probe-$p.load"
+    summarize "$OUT/probe-$p/metrics.jsonl"
+  done
 fi
 
 if ! skipped serve && [ -n "${TEXTREC_SERVE_BENCH:-}" ]; then

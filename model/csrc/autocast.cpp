@@ -1,19 +1,50 @@
-// The one libtorch setting textrec needs that tch does not expose: which reduced-precision
-// type CUDA autocast computes in. libtorch keeps it per thread, next to the autocast flag that
-// tch::autocast toggles, so it is set on the thread that runs the forward pass.
+// CUDA autocast regions through libtorch's device-typed API. tch's `autocast` calls the untyped
+// functions (`at::autocast::is_enabled`, `set_enabled`), which libtorch deprecated and which
+// print three warnings on every call, so a bf16 trial logged them at every step; and tch has no
+// way to choose the reduced type, which libtorch keeps per thread next to the flag. Both are
+// reached here.
 #include <ATen/autocast_mode.h>
 
 extern "C" {
 
-// Makes CUDA autocast on this thread compute in bf16 (bf16 != 0) or fp16 (bf16 == 0).
-// Returns the previous choice (1: bf16, 0: fp16, 2: another type), or -1 if libtorch threw.
-int textrec_set_cuda_autocast_bf16(int bf16) {
+// Enters a CUDA autocast region on this thread computing in bf16 (bf16 != 0) or fp16
+// (bf16 == 0). The flag and type it replaced are written to *prev_enabled and *prev_dtype
+// (a c10::ScalarType code) for textrec_cuda_autocast_exit. Returns 0, or -1 if libtorch threw.
+int textrec_cuda_autocast_enter(int bf16, int* prev_enabled, int* prev_dtype) {
   try {
-    const auto previous = at::autocast::get_autocast_dtype(at::kCUDA);
+    *prev_enabled = at::autocast::is_autocast_enabled(at::kCUDA) ? 1 : 0;
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(at::kCUDA));
     at::autocast::set_autocast_dtype(at::kCUDA, bf16 != 0 ? at::kBFloat16 : at::kHalf);
-    if (previous == at::kBFloat16) return 1;
-    if (previous == at::kHalf) return 0;
-    return 2;
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::increment_nesting();
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Leaves the region entered by textrec_cuda_autocast_enter: the outermost region frees the
+// weights autocast cast for it, and the flag and type it replaced are put back.
+int textrec_cuda_autocast_exit(int prev_enabled, int prev_dtype) {
+  try {
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(at::kCUDA, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(at::kCUDA, static_cast<c10::ScalarType>(prev_dtype));
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// This thread's CUDA autocast flag and type (a c10::ScalarType code). Returns 0, or -1 if
+// libtorch threw.
+int textrec_cuda_autocast_state(int* enabled, int* dtype) {
+  try {
+    *enabled = at::autocast::is_autocast_enabled(at::kCUDA) ? 1 : 0;
+    *dtype = static_cast<int>(at::autocast::get_autocast_dtype(at::kCUDA));
+    return 0;
   } catch (...) {
     return -1;
   }

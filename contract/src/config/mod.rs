@@ -126,8 +126,9 @@ pub enum Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// fp32 everywhere for now: on an H200 the `small` network trained 5x faster in fp32
-    /// than under autocast (see BENCHMARKS.md, "GPU").
+    /// fp32 everywhere for now: on an H200 the `small` network at batch 16 trained 3-5x
+    /// faster in fp32 than under autocast, and the `base` network at batch 64 3.4-5x (see
+    /// BENCHMARKS.md, "GPU").
     Auto,
     /// Full fp32.
     Fp32,
