@@ -262,12 +262,6 @@ impl FontSet {
             for wanted in &cfg.fonts {
                 for path in resolve_font(wanted, &dirs)? {
                     let package = training_package(&path);
-                    if package.is_none() {
-                        tracing::warn!(
-                            font = %path.display(),
-                            "font is not in the training font set: use it for evaluation only"
-                        );
-                    }
                     files.push((path, package, wanted.clone()));
                 }
             }
@@ -306,8 +300,16 @@ impl FontSet {
         &self.fonts
     }
 
+    /// Fonts that are not files of the training font set's packages (a user's own fonts, or
+    /// the unseen-font validation families).
+    pub fn outside_training_set(&self) -> impl Iterator<Item = &LoadedFont> {
+        self.fonts.iter().filter(|f| f.package.is_none())
+    }
+
     /// Refuse fonts that a set of this split must not use: fonts reserved for independent
-    /// evaluation in any set, and the unseen-fonts validation families in training.
+    /// evaluation in any set, and the unseen-fonts validation families in training. Training
+    /// on any other font outside the training set is allowed, with a warning: validation sets
+    /// use such fonts on purpose and are not warned about.
     pub fn check_use(&self, split: TextSplit) -> Result<()> {
         for f in &self.fonts {
             if is_reserved_for_evaluation(f) {
@@ -327,6 +329,14 @@ impl FontSet {
                      would make that set measure memory instead of generalization",
                     f.path.display(),
                     f.family
+                );
+            }
+        }
+        if split == TextSplit::Train {
+            for f in self.outside_training_set() {
+                tracing::warn!(
+                    font = %f.path.display(),
+                    "training on a font outside the training font set"
                 );
             }
         }
@@ -791,6 +801,19 @@ mod tests {
         assert!(err.contains("unseen-fonts"), "{err}");
         set.check_use(TextSplit::Descriptions).unwrap();
         training_set().check_use(TextSplit::Train).unwrap();
+    }
+
+    #[test]
+    fn fonts_outside_the_training_set_are_told_apart() {
+        assert_eq!(training_set().outside_training_set().count(), 0);
+        let cfg = SyntheticConfig {
+            fonts: vec!["FreeSerif".into()],
+            ..SyntheticConfig::default()
+        };
+        let set = FontSet::load(&cfg, IAM_CHARSET).expect("apt-get install fonts-freefont-ttf");
+        let outside: Vec<_> = set.outside_training_set().map(|f| &f.family).collect();
+        assert!(!outside.is_empty());
+        assert_eq!(outside.len(), set.fonts().len(), "{outside:?}");
     }
 
     /// Writes `a..z` over `A..Z` in every training font to /tmp/textrec-samples/alphabet-*.png
