@@ -63,7 +63,11 @@ def training(args: argparse.Namespace) -> None:
         for _ in range(args.repeats):
             for i, cmd in enumerate(commands):
                 timeout = args.compile_timeout if "--compile" in cmd else None
-                runs[i].append(json_line(cmd, env if i == 0 else None, timeout))
+                record = json_line(cmd, env if i == 0 else None, timeout)
+                runs[i].append(record)
+                print(f"    {record.get('impl')}: " + (record["error"] if "error" in record else
+                      f"{record['samples_per_s']:.2f} samples/s, warm-up {record.get('warmup_s', 0):.1f} s"),
+                      file=sys.stderr, flush=True)
     rows = []
     for results in runs:
         ok = sorted((r for r in results if "error" not in r), key=lambda r: r["samples_per_s"])
@@ -77,15 +81,16 @@ def training(args: argparse.Namespace) -> None:
     print(f"\n## Training: preset {args.preset}, batch {args.batch}, {args.threads} threads, "
           f"{args.warmup} warm-up + {args.steps} timed steps, median of {args.repeats} interleaved runs, CPU")
     print(f"| {'implementation':<30} | {'samples/s':>9} | {'min-max':>11} | {'s/step':>7} | {'vs eager':>8} | "
-          f"{'peak RSS MiB':>12} | {'first / last loss':>17} |")
-    print(f"|{'-' * 32}|{'-' * 10}:|{'-' * 12}:|{'-' * 8}:|{'-' * 9}:|{'-' * 13}:|{'-' * 18}:|")
+          f"{'warm-up s':>9} | {'peak RSS MiB':>12} | {'first / last loss':>17} |")
+    print(f"|{'-' * 32}|{'-' * 10}:|{'-' * 12}:|{'-' * 8}:|{'-' * 9}:|{'-' * 10}:|{'-' * 13}:|{'-' * 18}:|")
     for r in rows:
         if "error" in r:
             print(f"| {r['impl']:<30} | failed: {r['error']} |")
             continue
         lo, hi = r["range"]
         print(f"| {r['impl']:<30} | {r['samples_per_s']:>9.2f} | {lo:>5.2f}-{hi:<5.2f} | {r['s_per_step']:>7.3f} | "
-              f"{r['samples_per_s'] / eager:>7.2f}x | {r['peak_rss_mib']:>12.0f} | "
+              f"{r['samples_per_s'] / eager:>7.2f}x | {r.get('warmup_s', float('nan')):>9.1f} | "
+              f"{r['peak_rss_mib']:>12.0f} | "
               f"{r['first_loss']:.4f} / {r['last_loss']:.4f} |")
 
 

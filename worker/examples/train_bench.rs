@@ -180,9 +180,12 @@ fn run(dir: &Path) -> Result<()> {
     // separate ops and the fused node.
     let mut split = [(0.0f64, 0i64); 2];
     let mut split_fused = [(0.0f64, 0i64); 2];
+    let run_started = Instant::now();
+    let mut warmup_secs = 0.0;
     for step in 0..warmup + steps {
         if step == warmup {
             samples = 0;
+            warmup_secs = run_started.elapsed().as_secs_f64();
         }
         let [images, widths, tgt_in, tgt_out, lengths] = &batches[step as usize % batches.len()];
         let recompute = mode_at("TEXTREC_BENCH_RECOMPUTE", &recompute_mode, step)?;
@@ -232,6 +235,7 @@ fn run(dir: &Path) -> Result<()> {
         "batch": batches[0][0].size()[0],
         "samples_per_s": samples as f64 / secs,
         "s_per_step": secs / steps as f64,
+        "warmup_s": warmup_secs,
         "first_loss": losses.first(),
         "last_loss": losses.last(),
         "peak_rss_mib": peak_rss_mib(),
