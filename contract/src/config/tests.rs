@@ -74,7 +74,7 @@ fn ill_typed_override_is_a_config_error() {
     for bad in [
         "batch_size=0",
         "batch_size=1000000000000",
-        "data.loader_threads=0",
+        "data.loader_threads=65",
         "data.prefetch_batches=100000",
     ] {
         let err = format!("{:#}", TrainConfig::parse("", &[bad.into()]).unwrap_err());
@@ -418,4 +418,23 @@ fn every_preset_is_valid() {
     for p in [Preset::Tiny, Preset::Small, Preset::Base] {
         p.architecture().validate().unwrap();
     }
+}
+
+#[test]
+fn loader_threads_left_at_zero_follow_the_device() {
+    let data = TrainConfig::default().data;
+    assert_eq!(data.loader_threads, 0);
+    assert_eq!(data.loader_threads_for(false, 16), 1, "the CPU: one");
+    assert_eq!(
+        data.loader_threads_for(true, 16),
+        15,
+        "CUDA: all CPUs but one"
+    );
+    assert_eq!(data.loader_threads_for(true, 1), 1);
+    assert_eq!(data.loader_threads_for(true, 1000), MAX_LOADER_THREADS);
+    let set = TrainConfig::parse("", &["data.loader_threads=3".into()])
+        .unwrap()
+        .data;
+    assert_eq!(set.loader_threads_for(true, 16), 3, "a set number is kept");
+    assert_eq!(set.loader_threads_for(false, 16), 3);
 }

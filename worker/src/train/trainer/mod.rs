@@ -496,7 +496,12 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         _ => cfg,
     };
     let vals = open_validation_sets(cfg, &data)?;
-    tracing::info!("data: train {}", train_ds.describe());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let loader_threads = cfg.data.loader_threads_for(device.is_cuda(), cpus);
+    tracing::info!(
+        "data: train {}; {loader_threads} loader thread(s)",
+        train_ds.describe()
+    );
 
     let arch = match &parent {
         Some(p) => p.architecture.clone(),
@@ -547,7 +552,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         cfg.batch_size,
         cfg.data.bucket_batches,
         state.data_position,
-        cfg.data.loader_threads.max(1),
+        loader_threads,
         cfg.data.prefetch_batches.max(1),
     );
 
