@@ -11,8 +11,8 @@
 #   TEXTREC_WORKER        the worker binary (default: textrec-worker on PATH)
 #   TEXTREC_SERVE_BENCH   the serving bench binary (`cargo bench -p textrec-worker --bench serve
 #                         --no-run` prints its path); the serving part is skipped without it
-#   RECIPE_SECONDS        wall-clock cap of the recipe run (default 240; the run checkpoints and
-#                         stops at the cap like a preempted trial)
+#   RECIPE_SECONDS        wall-clock cap of the recipe run (default 450: on an H200 it ran to its
+#                         end in 378 s; at the cap it checkpoints and stops like a preempted trial)
 #   PROBE_SECONDS         how long each precision probe trains before it is stopped (default 60;
 #                         no evaluation: only its samples/s and the GPU's load are read)
 #   PROBE_PRESET          network of the precision probes (default small; base is the GPU preset)
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 W="${TEXTREC_WORKER:-textrec-worker}"
 OUT="${OUT:-./gpu-check}"
-RECIPE_SECONDS="${RECIPE_SECONDS:-240}"
+RECIPE_SECONDS="${RECIPE_SECONDS:-450}"
 DEVICE="${DEVICE:-cuda}"
 PROBE_SECONDS="${PROBE_SECONDS:-60}"
 PROBE_PRESET="${PROBE_PRESET:-small}"
