@@ -17,7 +17,7 @@ pub(super) const BUILTIN_DESCRIPTIONS: &str =
 /// Where a config's `descriptions` split takes its text from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum DescriptionsSource {
-    /// Another split: no descriptions are loaded.
+    /// Another split of a config that names a status file: no descriptions are loaded.
     None,
     /// [`BUILTIN_DESCRIPTIONS`].
     Shipped,
@@ -26,9 +26,12 @@ pub(super) enum DescriptionsSource {
 }
 
 impl DescriptionsSource {
+    /// The shipped descriptions are loaded for every split unless a file is named: they cost
+    /// little, and then a trial's training set and its validation sets (which read the
+    /// `descriptions` split) share one cached corpus instead of loading it twice.
     pub(super) fn of(cfg: &SyntheticConfig) -> Self {
         match cfg.split {
-            TextSplit::Descriptions if cfg.descriptions_file.is_empty() => Self::Shipped,
+            _ if cfg.descriptions_file.is_empty() => Self::Shipped,
             TextSplit::Descriptions => Self::File(cfg.descriptions_file.clone()),
             TextSplit::Train | TextSplit::Validation => Self::None,
         }

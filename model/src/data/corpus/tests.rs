@@ -159,6 +159,19 @@ fn system_corpus_loads_with_a_held_out_split() {
 }
 
 #[test]
+fn training_and_validation_sets_share_one_loaded_corpus() {
+    let train = SyntheticConfig::default();
+    let descriptions = SyntheticConfig {
+        split: TextSplit::Descriptions,
+        ..SyntheticConfig::default()
+    };
+    let a = Corpus::load(&train, IAM_CHARSET).expect("apt-get install fortunes wamerican");
+    let b = Corpus::load(&descriptions, IAM_CHARSET).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "loaded twice");
+    assert!(a.stats(TextSplit::Descriptions).passages > 700);
+}
+
+#[test]
 fn the_descriptions_split_reads_the_shipped_text_unless_a_file_is_named() {
     let shipped = package_descriptions(BUILTIN_DESCRIPTIONS);
     assert_eq!(shipped.len(), 757);
