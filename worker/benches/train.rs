@@ -87,7 +87,8 @@ fn main() -> Result<()> {
         cfg.batch_size,
         cfg.data.bucket_batches,
         0,
-        cfg.data.loader_threads.max(1),
+        // The trainer's rule on the CPU, where this bench runs (the CPU count only matters on CUDA).
+        cfg.data.loader_threads_for(false, 1),
         cfg.data.prefetch_batches.max(1),
     );
     let warmup = 3;
