@@ -1,6 +1,7 @@
 """Quality benchmark: CER/WER of a textrec model vs Tesseract on lines shaped like users' lines.
 
     python benches/reference/quality.py [--model DIR] [--data DIR ...] [--count 300] [--json]
+    python benches/reference/quality.py --seed default --seed 11 --seed 22 --by-family
 
 Unless --data names tesstrain folders, two sets are rendered by `textrec-worker synth`: prose
 the training corpus does not contain (Debian package descriptions), at printed-line lengths
@@ -12,7 +13,9 @@ English model, LSTM engine), one process for the whole set so that its start-up 
 as textrec's is. Both run on one thread (OMP_THREAD_LIMIT=1, --threads 1). CER is computed here
 with the definition of model/src/metrics.rs (case-sensitive; whitespace runs collapsed and
 trimmed; errors and reference characters summed over lines), overall and by reference length,
-and textrec's is checked against the number `eval` reports itself. `eval` also reports how well
+and textrec's is checked against the number `eval` reports itself. One draw of 300 lines is
+one sample: --seed (repeatable) renders the pair of sets once per seed and sums each reader's
+CER up over the draws (mean, min, max), and --by-family adds a set per unseen family. `eval` also reports how well
 textrec's line confidence picks out the lines it read wrong (AUROC, and at a few thresholds the
 share flagged and the CER of the rest); that is printed under each set.
 """
@@ -183,12 +186,49 @@ def run_tesseract(data: Path, refs: dict[str, str]) -> dict:
 UNSEEN_FONTS = ["FreeSerif", "Havana", "Cabin Sketch", "Bebas Neue"]
 
 
-def render(worker: Path, out: Path, count: int, fonts: list[str]) -> None:
+def render(worker: Path, out: Path, count: int, fonts: list[str], seed: int | None) -> None:
     cmd = [str(worker), "synth", "--out", str(out), "--count", str(count), "--split", "descriptions",
            "--augment", "0.3", "--min-chars", "8", "--max-chars", "100", "--mean-chars", "45"]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     for f in fonts:
         cmd += ["--font", f]
     subprocess.run(cmd, check=True, capture_output=True)
+
+
+def seed_arg(value: str) -> int | None:
+    """A --seed value: a number, or `default` for synth's own seed."""
+    return None if value == "default" else int(value)
+
+
+def rendered_sets(root: Path, seeds: list[int | None], by_family: bool) -> dict[str, tuple[Path, list[str], int | None]]:
+    """The sets to render: name -> (folder, fonts, seed). One pair of sets per seed (the
+    training fonts and the unseen fonts together), plus one set per unseen family with
+    --by-family."""
+    kinds = {"training-fonts": [], "unseen-fonts": UNSEEN_FONTS}
+    if by_family:
+        kinds.update({f.lower().replace(" ", "-"): [f] for f in UNSEEN_FONTS})
+    sets = {}
+    for seed in seeds:
+        for kind, fonts in kinds.items():
+            name = kind if seed is None else f"{kind}@{seed}"
+            sets[name] = (root / name, fonts, seed)
+    return sets
+
+
+def summary(results: dict) -> dict:
+    """Per kind of set rendered at several seeds: each reader's CER over the seeds (mean, min,
+    max) and the sets' count, so one lucky or unlucky draw of lines is not read as the model's
+    figure."""
+    kinds: dict[str, dict[str, list[float]]] = {}
+    for name, r in results.items():
+        kind = name.split("@")[0]
+        for reader in ("textrec", "tesseract"):
+            if reader in r:
+                kinds.setdefault(kind, {}).setdefault(reader, []).append(r[reader]["cer"])
+    return {kind: {reader: {"sets": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
+                   for reader, v in readers.items()}
+            for kind, readers in kinds.items() if max(len(v) for v in readers.values()) > 1}
 
 
 def length_stats(refs: dict[str, str]) -> dict:
@@ -208,6 +248,11 @@ def main() -> None:
     parser.add_argument("--decode", choices=["joint", "attention", "ctc", "ctc-lm"],
                         help="textrec's decoding (default: the model's own, from its manifest)")
     parser.add_argument("--no-tesseract", action="store_true", help="score textrec only")
+    parser.add_argument("--seed", type=seed_arg, action="append", dest="seeds",
+                        help="render the sets with this `synth` seed, or `default` for synth's own (repeatable: "
+                             "a pair of sets per seed, summarized over the seeds; default: synth's own seed)")
+    parser.add_argument("--by-family", action="store_true",
+                        help="also render one set per unseen font family")
     parser.add_argument("--keep", type=Path, help="render the sets into this folder and keep them")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args()
@@ -217,10 +262,12 @@ def main() -> None:
         if args.data:
             sets = {d.name: d for d in args.data}
         else:
-            sets = {"training-fonts": root / "training-fonts", "unseen-fonts": root / "unseen-fonts"}
-            for name, folder in sets.items():
+            planned = rendered_sets(root, args.seeds or [None], args.by_family)
+            sets = {}
+            for name, (folder, fonts, seed) in planned.items():
                 if not any(folder.glob("*.gt.txt")):
-                    render(args.worker, folder, args.count, UNSEEN_FONTS if name == "unseen-fonts" else [])
+                    render(args.worker, folder, args.count, fonts, seed)
+                sets[name] = folder
         results = {}
         for name, data in sets.items():
             refs = references(data)
@@ -231,8 +278,9 @@ def main() -> None:
             if not args.no_tesseract:
                 r["tesseract"] = run_tesseract(data, refs)
             results[name] = r
+    over_seeds = summary(results)
     if args.json:
-        print(json.dumps({"model": args.model, "decode": args.decode, "sets": results}))
+        print(json.dumps({"model": args.model, "decode": args.decode, "sets": results, "over_seeds": over_seeds}))
         return
     print(f"model {args.model} (decode {args.decode or 'as the manifest says'}), one thread each")
     for name, r in results.items():
@@ -255,6 +303,12 @@ def main() -> None:
                 kept = "-" if t["cer_kept"] is None else f"{t['cer_kept']:.4f}"
                 print(f"  below {t['below']:.1f}: {pct(t['flagged'])} flagged, {pct(t['wrong_among_flagged'])} of them wrong, "
                       f"{pct(t['wrong_caught'])} of wrong lines caught; the rest at CER {kept}")
+    if over_seeds:
+        print("\nover the seeds: CER mean (min-max)")
+        for kind, readers in over_seeds.items():
+            cells = ", ".join(f"{reader} {x['mean']:.4f} ({x['min']:.4f}-{x['max']:.4f}, {x['sets']} sets)"
+                              for reader, x in readers.items())
+            print(f"  {kind}: {cells}")
 
 
 if __name__ == "__main__":

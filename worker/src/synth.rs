@@ -38,6 +38,10 @@ pub struct SynthArgs {
     /// training sees with `synthetic.glyph_morph`.
     #[arg(long, default_value_t = 0.0)]
     pub glyph_morph: f64,
+    /// Share of lines, from 0 (off) to 1, drawn in hatched, hollow or worn ink: the lines
+    /// training sees with `synthetic.ink_texture`.
+    #[arg(long, default_value_t = 0.0)]
+    pub ink_texture: f64,
     /// Shortest line in characters.
     #[arg(long, default_value_t = 8)]
     pub min_chars: usize,
@@ -74,6 +78,7 @@ pub fn run(args: SynthArgs) -> Result<i32> {
         fonts: args.fonts.clone(),
         augment: args.augment,
         glyph_morph: args.glyph_morph,
+        ink_texture: args.ink_texture,
         min_chars: args.min_chars,
         max_chars: args.max_chars,
         mean_chars: (args.mean_chars > 0).then_some(args.mean_chars),

@@ -317,6 +317,7 @@ impl DatasetSpec {
         for (field, value) in [
             ("augment", s.augment),
             ("glyph_morph", s.glyph_morph),
+            ("ink_texture", s.ink_texture),
             ("generated_fraction", s.generated_fraction),
         ] {
             if !(0.0..=1.0).contains(&value) {
@@ -421,6 +422,11 @@ pub struct SyntheticConfig {
     /// morphing"). It pays from scratch, not in a fine-tune of a model trained without it
     /// (there a script face read better and the training fonts worse).
     pub glyph_morph: f64,
+    /// Share of lines, from 0 (off, the default) to 1, whose glyphs are not filled with solid
+    /// ink: hatched inside a kept outline, hollow (the outline alone) or worn in patches, a
+    /// third of them each. Every training font fills its strokes, while display faces,
+    /// stamps and worn prints often do not (BENCHMARKS.md, "Textured ink").
+    pub ink_texture: f64,
     /// Which text split to draw from.
     pub split: TextSplit,
 }
@@ -439,6 +445,7 @@ impl Default for SyntheticConfig {
             mean_chars: Some(PRINTED_MEAN_CHARS),
             augment: 0.5,
             glyph_morph: 0.0,
+            ink_texture: 0.0,
             split: TextSplit::Train,
         }
     }

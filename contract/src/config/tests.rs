@@ -406,6 +406,14 @@ fn mix_errors_name_the_source() {
     );
     let ok = TrainConfig::parse("data: {train: {synthetic: {glyph_morph: 0.6}}}\n", &[]);
     assert!(ok.is_ok(), "{ok:?}");
+    let err =
+        TrainConfig::parse("data: {train: {synthetic: {ink_texture: -0.1}}}\n", &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("data.train.synthetic.ink_texture"),
+        "{err:#}"
+    );
+    let ok = TrainConfig::parse("data: {train: {synthetic: {ink_texture: 0.3}}}\n", &[]);
+    assert!(ok.is_ok(), "{ok:?}");
     let err = TrainConfig::parse("data: {validation: {augment: true}}\n", &[]).unwrap_err();
     assert!(
         format!("{err:#}").contains("data.validation.augment"),

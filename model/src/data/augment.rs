@@ -234,14 +234,14 @@ fn paint<R: Rng>(ink: &Canvas, s: f32, rng: &mut R) -> Canvas {
 
 /// Smooth random field: random values on a coarse grid, bilinearly interpolated, centred on
 /// zero with the given amplitude.
-struct ValueNoise {
+pub(super) struct ValueNoise {
     grid: Vec<f32>,
     gw: usize,
     cell: f32,
 }
 
 impl ValueNoise {
-    fn new<R: Rng>(w: usize, h: usize, cell: f32, amp: f32, rng: &mut R) -> Self {
+    pub(super) fn new<R: Rng>(w: usize, h: usize, cell: f32, amp: f32, rng: &mut R) -> Self {
         let gw = (w as f32 / cell) as usize + 2;
         let gh = (h as f32 / cell) as usize + 2;
         let grid = (0..gw * gh)
@@ -251,7 +251,7 @@ impl ValueNoise {
     }
 
     #[inline]
-    fn at(&self, x: usize, y: usize) -> f32 {
+    pub(super) fn at(&self, x: usize, y: usize) -> f32 {
         let (fx, fy) = (x as f32 / self.cell, y as f32 / self.cell);
         let (x0, y0) = (fx as usize, fy as usize);
         let (tx, ty) = (fx - x0 as f32, fy - y0 as f32);

@@ -1,7 +1,7 @@
 //! Data sets for training and evaluation, and the machinery that turns them into batches.
 //!
 //! - [`synthetic`]: lines rendered on the fly from the corpus ([`corpus`]) with the training
-//!   fonts ([`fonts`]), then augmented ([`render`], [`augment`]);
+//!   fonts ([`fonts`]), then augmented ([`render`], [`ink_texture`], [`augment`]);
 //! - [`tesstrain`]: folders of `NAME.png` + `NAME.gt.txt` pairs;
 //! - [`iam`]: the IAM handwriting database in its original layout;
 //! - [`mix`]: a trial's training data, one set or a weighted mix of sources;
@@ -18,6 +18,7 @@ pub mod corpus;
 mod files;
 pub mod fonts;
 pub mod iam;
+pub mod ink_texture;
 pub mod loader;
 pub mod mix;
 pub mod render;

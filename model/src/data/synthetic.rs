@@ -13,6 +13,7 @@ use textrec_contract::config::{SyntheticConfig, TextSplit};
 
 use super::corpus::Corpus;
 use super::fonts::FontSet;
+use super::ink_texture::InkTexture;
 use super::render::{render_line, LayoutParams};
 use super::{augment, mix_seed, Dataset, Sample};
 
@@ -46,11 +47,13 @@ impl SyntheticDataset {
         if samples == Some(0) {
             bail!("a synthetic data set with `samples: 0` is empty");
         }
-        if !(0.0..=1.0).contains(&cfg.glyph_morph) {
-            bail!(
-                "synthetic.glyph_morph must be in [0, 1] (got {})",
-                cfg.glyph_morph
-            );
+        for (field, value) in [
+            ("glyph_morph", cfg.glyph_morph),
+            ("ink_texture", cfg.ink_texture),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                bail!("synthetic.{field} must be in [0, 1] (got {value})");
+            }
         }
         let corpus = Corpus::load(cfg, charset)?;
         let fonts = FontSet::load(cfg, charset)?;
@@ -106,9 +109,12 @@ impl Dataset for SyntheticDataset {
                 morph: c.glyph_morph as f32,
                 ..LayoutParams::sample(&mut rng, strength)
             };
-            let Some(ink) = render_line(&font.font, &label, &layout, &mut rng) else {
+            let Some(mut ink) = render_line(&font.font, &label, &layout, &mut rng) else {
                 continue;
             };
+            if let Some(texture) = InkTexture::sample(&mut rng, c.ink_texture as f32, layout.px) {
+                ink = texture.apply(&ink, &mut rng);
+            }
             let image = augment::augment(ink, layout.px, strength, &mut rng);
             let split = match c.split {
                 TextSplit::Train => "train",
@@ -127,7 +133,7 @@ impl Dataset for SyntheticDataset {
     fn describe(&self) -> String {
         let s = self.corpus.stats(self.cfg.split);
         format!(
-            "synthetic {:?} lines ({}), {} fonts, {} passages + {} words, {}..{} chars{}, augment {}{}, seed {:#x}",
+            "synthetic {:?} lines ({}), {} fonts, {} passages + {} words, {}..{} chars{}, augment {}{}{}, seed {:#x}",
             self.cfg.split,
             self.len.map_or("endless".to_string(), |n| format!("{n} samples")),
             self.fonts.fonts().len(),
@@ -141,6 +147,11 @@ impl Dataset for SyntheticDataset {
             self.cfg.augment,
             if self.cfg.glyph_morph > 0.0 {
                 format!(", glyph morph {}", self.cfg.glyph_morph)
+            } else {
+                String::new()
+            },
+            if self.cfg.ink_texture > 0.0 {
+                format!(", ink texture {}", self.cfg.ink_texture)
             } else {
                 String::new()
             },
@@ -226,5 +237,25 @@ mod tests {
                 s.image.height()
             );
         }
+    }
+
+    #[test]
+    fn textured_ink_changes_the_images_not_the_lines() {
+        let mut spec = train_spec();
+        let plain = open_dataset(&spec, 5, IAM_CHARSET).unwrap();
+        spec.synthetic.ink_texture = 1.0;
+        let textured = open_dataset(&spec, 5, IAM_CHARSET).unwrap();
+        let mut changed = 0;
+        for i in 0..8 {
+            let (p, t) = (plain.get(i).unwrap(), textured.get(i).unwrap());
+            assert_eq!(
+                p.text, t.text,
+                "the text and font are drawn before the texture"
+            );
+            changed += usize::from(p.image.as_raw() != t.image.as_raw());
+        }
+        assert_eq!(changed, 8, "every line textured at 1");
+        spec.synthetic.ink_texture = 1.5;
+        assert!(open_dataset(&spec, 5, IAM_CHARSET).is_err());
     }
 }

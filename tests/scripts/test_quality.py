@@ -1,0 +1,51 @@
+"""benches/reference/quality.py plans the sets it renders and sums up several seeds' readings.
+(Its full run renders lines and runs textrec and Tesseract: a benchmark, not a test.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benches" / "reference"))
+
+import quality  # noqa: E402
+
+
+def test_one_pair_of_sets_at_synths_own_seed_by_default() -> None:
+    sets = quality.rendered_sets(Path("/r"), [None], by_family=False)
+    assert sets == {
+        "training-fonts": (Path("/r/training-fonts"), [], None),
+        "unseen-fonts": (Path("/r/unseen-fonts"), quality.UNSEEN_FONTS, None),
+    }
+
+
+def test_a_pair_per_seed_and_a_set_per_family() -> None:
+    sets = quality.rendered_sets(Path("/r"), [11, 22], by_family=True)
+    assert len(sets) == 2 * (2 + len(quality.UNSEEN_FONTS))
+    assert sets["unseen-fonts@22"] == (Path("/r/unseen-fonts@22"), quality.UNSEEN_FONTS, 22)
+    assert sets["cabin-sketch@11"] == (Path("/r/cabin-sketch@11"), ["Cabin Sketch"], 11)
+    assert len({folder for folder, _, _ in sets.values()}) == len(sets), "every set has a folder of its own"
+
+
+def test_summary_spans_the_seeds_of_each_kind() -> None:
+    results = {
+        "unseen-fonts@1": {"textrec": {"cer": 0.06}, "tesseract": {"cer": 0.04}},
+        "unseen-fonts@2": {"textrec": {"cer": 0.08}, "tesseract": {"cer": 0.05}},
+        "training-fonts@1": {"textrec": {"cer": 0.01}},
+        "training-fonts@2": {"textrec": {"cer": 0.03}},
+    }
+    s = quality.summary(results)
+    assert s["unseen-fonts"]["textrec"] == {"sets": 2, "mean": 0.07, "min": 0.06, "max": 0.08}
+    assert s["unseen-fonts"]["tesseract"]["max"] == 0.05
+    assert s["training-fonts"]["textrec"]["mean"] == 0.02
+    assert "tesseract" not in s["training-fonts"]
+
+
+def test_no_summary_for_a_single_seed() -> None:
+    assert quality.summary({"unseen-fonts": {"textrec": {"cer": 0.06}}}) == {}
+
+
+def test_default_names_synths_own_seed() -> None:
+    assert quality.seed_arg("default") is None
+    assert quality.seed_arg("22") == 22
