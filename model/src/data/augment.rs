@@ -87,6 +87,16 @@ fn with_margins<R: Rng>(ink: Canvas, px: f32, rng: &mut R) -> Canvas {
 /// Grey-level dilation (`thicken`) or erosion over a 3x3 cross, blended by `amount` so the
 /// stroke width changes by a fraction of a pixel as often as by a whole one.
 fn morph(c: &Canvas, thicken: bool, amount: f32) -> Canvas {
+    let mut out = cross_filter(c, thicken);
+    for (target, v) in out.data.iter_mut().zip(&c.data) {
+        *target = v + amount * (*target - v);
+    }
+    out
+}
+
+/// Every pixel's maximum (`thicken`) or minimum over itself and its four neighbours: a
+/// one-pixel grey-level dilation or erosion.
+pub(super) fn cross_filter(c: &Canvas, thicken: bool) -> Canvas {
     let mut out = c.clone();
     for y in 0..c.height as isize {
         for x in 0..c.width as isize {
@@ -97,13 +107,11 @@ fn morph(c: &Canvas, thicken: bool, amount: f32) -> Canvas {
                 c.at(x, y - 1),
                 c.at(x, y + 1),
             ];
-            let target = if thicken {
+            out.data[y as usize * c.width + x as usize] = if thicken {
                 n.iter().copied().fold(0.0, f32::max)
             } else {
                 n.iter().copied().fold(1.0, f32::min)
             };
-            let v = &mut out.data[y as usize * c.width + x as usize];
-            *v += amount * (target - *v);
         }
     }
     out

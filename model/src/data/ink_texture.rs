@@ -8,7 +8,7 @@
 
 use rand::Rng;
 
-use super::augment::ValueNoise;
+use super::augment::{cross_filter, ValueNoise};
 use super::render::Canvas;
 
 /// How the ink of one line is textured.
@@ -106,20 +106,7 @@ fn map_pixels(ink: &Canvas, f: impl Fn(usize, usize, f32) -> f32) -> Canvas {
 /// The part of the coverage within `rim` pixels of the uninked paper: the coverage less its
 /// grey-level erosion (`rim` passes of a 3×3 cross's minimum).
 fn outline(ink: &Canvas, rim: usize) -> Canvas {
-    let mut inner = ink.clone();
-    for _ in 0..rim {
-        inner = map_pixels(&inner, |x, y, v| {
-            let (x, y) = (x as isize, y as isize);
-            [
-                inner.at(x - 1, y),
-                inner.at(x + 1, y),
-                inner.at(x, y - 1),
-                inner.at(x, y + 1),
-            ]
-            .into_iter()
-            .fold(v, f32::min)
-        });
-    }
+    let inner = (0..rim).fold(ink.clone(), |c, _| cross_filter(&c, false));
     map_pixels(ink, |x, y, v| v - inner.data[y * ink.width + x])
 }
 
