@@ -534,10 +534,18 @@ fn lines_read_with_little_confidence_are_searched_again_with_the_stronger_langua
         "a language model weighed 3 reads no line otherwise: {once:?}"
     );
     // Searched again under the median confidence: those lines read as with the stronger
-    // weight throughout, the others as before.
+    // weight throughout, the others as before. `--confidence` prints three decimals, so the
+    // threshold goes in the middle of a gap of more than 0.001 between two lines' printed
+    // confidences (the one nearest the median): no line's true confidence can then fall on
+    // the other side of it than its printed one.
     let mut confidences: Vec<f32> = once.iter().map(|r| r.1).collect();
     confidences.sort_by(f32::total_cmp);
-    let below = confidences[confidences.len() / 2];
+    let mid = confidences.len() / 2;
+    let gap = (1..confidences.len())
+        .filter(|&k| confidences[k] - confidences[k - 1] > 0.001)
+        .min_by_key(|&k| k.abs_diff(mid))
+        .expect("two lines read with confidences more than 0.001 apart");
+    let below = (confidences[gap - 1] + confidences[gap]) / 2.0;
     let gated = read(&[
         "--lm-unsure-below",
         &below.to_string(),
