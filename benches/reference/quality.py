@@ -18,6 +18,11 @@ one sample: --seed (repeatable) renders the pair of sets once per seed and sums 
 CER up over the draws (mean, min, max), and --by-family adds a set per unseen family. `eval` also reports how well
 textrec's line confidence picks out the lines it read wrong (AUROC, and at a few thresholds the
 share flagged and the CER of the rest); that is printed under each set.
+
+--independent renders the independent evaluation sets instead: text from the plain-text
+documentation under /usr/share/doc, in the training fonts and in the three font packages
+reserved for evaluation, which no training or validation set ever uses. They are the one
+measurement nothing in the recipe was chosen on; use them to report, not to choose.
 """
 
 from __future__ import annotations
@@ -186,14 +191,20 @@ def run_tesseract(data: Path, refs: dict[str, str]) -> dict:
 UNSEEN_FONTS = ["FreeSerif", "Havana", "Cabin Sketch", "Bebas Neue"]
 
 
-def render(worker: Path, out: Path, count: int, fonts: list[str], seed: int | None) -> None:
-    cmd = [str(worker), "synth", "--out", str(out), "--count", str(count), "--split", "descriptions",
-           "--augment", "0.3", "--min-chars", "8", "--max-chars", "100", "--mean-chars", "45"]
+# The fonts reserved for independent evaluation, one folder per Debian package (as `synth
+# --independent-evaluation` finds them under /usr/share/fonts).
+RESERVED_FONTS = {"bwht": "opentype/bwht", "femkeklaver": "truetype/femkeklaver",
+                  "kaushanscript": "opentype/kaushanscript"}
+
+
+def render(worker: Path, out: Path, count: int, synth_args: list[str], seed: int | None) -> None:
+    cmd = [str(worker), "synth", "--out", str(out), "--count", str(count),
+           "--augment", "0.3", "--min-chars", "8", "--max-chars", "100", "--mean-chars", "45", *synth_args]
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    for f in fonts:
-        cmd += ["--font", f]
-    subprocess.run(cmd, check=True, capture_output=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
 
 
 def seed_arg(value: str) -> int | None:
@@ -201,18 +212,31 @@ def seed_arg(value: str) -> int | None:
     return None if value == "default" else int(value)
 
 
-def rendered_sets(root: Path, seeds: list[int | None], by_family: bool) -> dict[str, tuple[Path, list[str], int | None]]:
-    """The sets to render: name -> (folder, fonts, seed). One pair of sets per seed (the
-    training fonts and the unseen fonts together), plus one set per unseen family with
-    --by-family."""
-    kinds = {"training-fonts": [], "unseen-fonts": UNSEEN_FONTS}
-    if by_family:
-        kinds.update({f.lower().replace(" ", "-"): [f] for f in UNSEEN_FONTS})
+def fonts_args(fonts: list[str]) -> list[str]:
+    return [a for f in fonts for a in ("--font", f)]
+
+
+def rendered_sets(root: Path, seeds: list[int | None], by_family: bool,
+                  independent: bool) -> dict[str, tuple[Path, list[str], int | None]]:
+    """The sets to render: name -> (folder, synth arguments, seed). One pair of sets per seed
+    (the training fonts and the unseen fonts together), plus one set per unseen family with
+    --by-family. With --independent, the pair is documentation text in the training fonts and
+    in the fonts reserved for evaluation, and the families are those fonts' packages."""
+    if independent:
+        base = ["--independent-evaluation"]
+        kinds = {"doc-training-fonts": base + ["--training-fonts"], "doc-reserved-fonts": base}
+        if by_family:
+            kinds.update({f"doc-{name}": base + ["--font", folder] for name, folder in RESERVED_FONTS.items()})
+    else:
+        base = ["--split", "descriptions"]
+        kinds = {"training-fonts": base, "unseen-fonts": base + fonts_args(UNSEEN_FONTS)}
+        if by_family:
+            kinds.update({f.lower().replace(" ", "-"): base + fonts_args([f]) for f in UNSEEN_FONTS})
     sets = {}
     for seed in seeds:
-        for kind, fonts in kinds.items():
+        for kind, synth_args in kinds.items():
             name = kind if seed is None else f"{kind}@{seed}"
-            sets[name] = (root / name, fonts, seed)
+            sets[name] = (root / name, synth_args, seed)
     return sets
 
 
@@ -253,6 +277,12 @@ def main() -> None:
                              "a pair of sets per seed, summarized over the seeds; default: synth's own seed)")
     parser.add_argument("--by-family", action="store_true",
                         help="also render one set per unseen font family")
+    parser.add_argument("--independent", action="store_true",
+                        help="render the independent evaluation sets instead (`synth --independent-evaluation`): "
+                             "text from /usr/share/doc, in the training fonts and in the fonts reserved for "
+                             "evaluation (apt-get install fonts-bwht fonts-femkeklaver fonts-kaushanscript); "
+                             "with --by-family also one set per reserved package. Report what they say; never "
+                             "tune on them")
     parser.add_argument("--keep", type=Path, help="render the sets into this folder and keep them")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args()
@@ -262,11 +292,11 @@ def main() -> None:
         if args.data:
             sets = {d.name: d for d in args.data}
         else:
-            planned = rendered_sets(root, args.seeds or [None], args.by_family)
+            planned = rendered_sets(root, args.seeds or [None], args.by_family, args.independent)
             sets = {}
-            for name, (folder, fonts, seed) in planned.items():
+            for name, (folder, synth_args, seed) in planned.items():
                 if not any(folder.glob("*.gt.txt")):
-                    render(args.worker, folder, args.count, fonts, seed)
+                    render(args.worker, folder, args.count, synth_args, seed)
                 sets[name] = folder
         results = {}
         for name, data in sets.items():

@@ -12,20 +12,34 @@ sys.path.insert(0, str(ROOT / "benches" / "reference"))
 import quality  # noqa: E402
 
 
+DESCRIPTIONS = ["--split", "descriptions"]
+UNSEEN = [a for f in quality.UNSEEN_FONTS for a in ("--font", f)]
+
+
 def test_one_pair_of_sets_at_synths_own_seed_by_default() -> None:
-    sets = quality.rendered_sets(Path("/r"), [None], by_family=False)
+    sets = quality.rendered_sets(Path("/r"), [None], by_family=False, independent=False)
     assert sets == {
-        "training-fonts": (Path("/r/training-fonts"), [], None),
-        "unseen-fonts": (Path("/r/unseen-fonts"), quality.UNSEEN_FONTS, None),
+        "training-fonts": (Path("/r/training-fonts"), DESCRIPTIONS, None),
+        "unseen-fonts": (Path("/r/unseen-fonts"), DESCRIPTIONS + UNSEEN, None),
     }
 
 
 def test_a_pair_per_seed_and_a_set_per_family() -> None:
-    sets = quality.rendered_sets(Path("/r"), [11, 22], by_family=True)
+    sets = quality.rendered_sets(Path("/r"), [11, 22], by_family=True, independent=False)
     assert len(sets) == 2 * (2 + len(quality.UNSEEN_FONTS))
-    assert sets["unseen-fonts@22"] == (Path("/r/unseen-fonts@22"), quality.UNSEEN_FONTS, 22)
-    assert sets["cabin-sketch@11"] == (Path("/r/cabin-sketch@11"), ["Cabin Sketch"], 11)
+    assert sets["unseen-fonts@22"] == (Path("/r/unseen-fonts@22"), DESCRIPTIONS + UNSEEN, 22)
+    assert sets["cabin-sketch@11"] == (Path("/r/cabin-sketch@11"), DESCRIPTIONS + ["--font", "Cabin Sketch"], 11)
     assert len({folder for folder, _, _ in sets.values()}) == len(sets), "every set has a folder of its own"
+
+
+def test_independent_sets_use_documentation_text_and_the_reserved_fonts() -> None:
+    sets = quality.rendered_sets(Path("/r"), [None, 7], by_family=True, independent=True)
+    assert len(sets) == 2 * (2 + len(quality.RESERVED_FONTS))
+    for _, synth_args, _ in sets.values():
+        assert synth_args[0] == "--independent-evaluation" and "--split" not in synth_args
+    assert sets["doc-training-fonts"][1] == ["--independent-evaluation", "--training-fonts"]
+    assert sets["doc-reserved-fonts@7"] == (Path("/r/doc-reserved-fonts@7"), ["--independent-evaluation"], 7)
+    assert sets["doc-kaushanscript"][1] == ["--independent-evaluation", "--font", "opentype/kaushanscript"]
 
 
 def test_summary_spans_the_seeds_of_each_kind() -> None:

@@ -21,7 +21,7 @@ use textrec_contract::config::{DatasetKind, DatasetSpec};
 use textrec_contract::exit::{self, ConfigError};
 use textrec_contract::manifest::{decimal_f32, ModelManifest, UnsureLines};
 use textrec_model::calibration::{ConfidenceCard, ConfidenceReport};
-use textrec_model::data::open_dataset;
+use textrec_model::data::open_evaluation_dataset;
 use textrec_model::lm::SearchSettings;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
@@ -313,7 +313,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     };
     tracing::info!("evaluating data set {dataset_digest} ({})", args.data);
     let charset = model.tokenizer().charset().to_string();
-    let data = open_dataset(&spec, 0, &charset)
+    let data = open_evaluation_dataset(&spec, &charset)
         .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data)))?;
     let n = data.len().context("a tesstrain folder has a known size")?;
     let n = args.samples.map_or(n, |cap| n.min(cap));

@@ -1,5 +1,7 @@
 //! `textrec-worker synth`: write rendered lines as a tesstrain folder (`NAME.png` +
-//! `NAME.gt.txt`), for quick evaluation sets and for the quickstart's samples.
+//! `NAME.gt.txt`), for quick evaluation sets and for the quickstart's samples, and with
+//! `--independent-evaluation` the one kind of set that may use the fonts and text reserved for
+//! independent evaluation.
 
 use std::path::PathBuf;
 
@@ -8,7 +10,10 @@ use clap::{Args, ValueEnum};
 use textrec_contract::charset::IAM_CHARSET;
 use textrec_contract::config::{SyntheticConfig, TextSplit};
 use textrec_contract::exit;
+use textrec_model::data::corpus::{documentation_paragraphs, DOCUMENTATION_DIR};
+use textrec_model::data::fonts::evaluation_font_folders;
 use textrec_model::data::synthetic::SyntheticDataset;
+use textrec_model::data::tesstrain::EVALUATION_ONLY_MARKER;
 use textrec_model::data::Dataset;
 
 /// Seed of `synth` sets unless `--seed` is given. It differs from the validation seed, so a
@@ -55,10 +60,27 @@ pub struct SynthArgs {
     /// Share of lines that are generated numbers, dates, amounts and names.
     #[arg(long, default_value_t = 0.1)]
     pub generated_fraction: f64,
-    /// A font file or family name to render with (repeatable). Default: the training fonts.
-    /// Fonts outside the training set make an independent evaluation set.
+    /// A font file, family name or font folder to render with (repeatable; a folder is one
+    /// entry, drawn as often as a family). Default: the training fonts, or with
+    /// --independent-evaluation the fonts reserved for it.
     #[arg(long = "font")]
     pub fonts: Vec<String>,
+    /// Render an independent evaluation set: text from the plain-text documentation under
+    /// --doc-dir, and unless --font says otherwise the fonts reserved for evaluation (Debian
+    /// packages fonts-bwht, fonts-femkeklaver and fonts-kaushanscript, one entry each). No
+    /// training or validation set ever uses that text or those fonts, so nothing chosen while
+    /// training (the fonts, the augmentation, the best step) was chosen on them. The folder is
+    /// marked with an `EVALUATION-ONLY` file: training refuses it, `eval` reads it.
+    #[arg(long, conflicts_with = "split")]
+    pub independent_evaluation: bool,
+    /// With --independent-evaluation: render in the training fonts instead of the reserved
+    /// ones, to tell what the new text costs apart from what new letterforms do.
+    #[arg(long, requires = "independent_evaluation", conflicts_with = "fonts")]
+    pub training_fonts: bool,
+    /// Folder whose README, NEWS, .txt and .md files an independent evaluation set's text is
+    /// drawn from.
+    #[arg(long, default_value = DOCUMENTATION_DIR, requires = "independent_evaluation")]
+    pub doc_dir: PathBuf,
 }
 
 /// The corpus split, as a command-line value.
@@ -90,10 +112,43 @@ pub fn run(args: SynthArgs) -> Result<i32> {
         },
         ..SyntheticConfig::default()
     };
-    let set = SyntheticDataset::open(&cfg, Some(args.count), args.seed, IAM_CHARSET)
-        .map_err(|e| exit::ConfigError::new(format!("{e:#}")))?;
+    let set = if args.independent_evaluation {
+        independent_evaluation_set(cfg, &args)
+    } else {
+        SyntheticDataset::open(&cfg, Some(args.count), args.seed, IAM_CHARSET)
+    }
+    .map_err(|e| exit::ConfigError::new(format!("{e:#}")))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let marker = args.out.join(EVALUATION_ONLY_MARKER);
+    if args.independent_evaluation {
+        std::fs::write(
+            &marker,
+            format!(
+                "Independent evaluation set, written by `textrec-worker synth \
+                 --independent-evaluation`: text from {}, fonts: {}. Never train or validate \
+                 on it; training refuses this folder.\n",
+                args.doc_dir.display(),
+                if args.training_fonts {
+                    "the training fonts".to_string()
+                } else if args.fonts.is_empty() {
+                    "the fonts reserved for evaluation".to_string()
+                } else {
+                    args.fonts.join(", ")
+                }
+            ),
+        )
+        .with_context(|| format!("cannot write {}", marker.display()))?;
+    } else if marker.exists() {
+        // Ordinary lines written into a marked folder would be refused by training for no
+        // reason of theirs; mixing the two kinds of set is a mistake either way.
+        return Err(exit::ConfigError::new(format!(
+            "{} is an independent evaluation set ({} exists): write other lines elsewhere",
+            args.out.display(),
+            marker.display()
+        ))
+        .into());
+    }
     let digits = args.count.max(1).to_string().len().max(4);
     for i in 0..args.count {
         let sample = set.get(i)?;
@@ -114,4 +169,28 @@ pub fn run(args: SynthArgs) -> Result<i32> {
         set.describe()
     );
     Ok(exit::SUCCESS)
+}
+
+/// The independent evaluation set `args` asks for: documentation text, and the reserved fonts
+/// unless `--font` names others.
+fn independent_evaluation_set(
+    mut cfg: SyntheticConfig,
+    args: &SynthArgs,
+) -> Result<SyntheticDataset> {
+    if cfg.fonts.is_empty() && !args.training_fonts {
+        let dirs: Vec<PathBuf> = cfg.font_dirs.iter().map(PathBuf::from).collect();
+        cfg.fonts = evaluation_font_folders(&dirs)?
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+    }
+    let paragraphs = documentation_paragraphs(&args.doc_dir)?;
+    SyntheticDataset::open_independent_evaluation(
+        &cfg,
+        args.count,
+        args.seed,
+        IAM_CHARSET,
+        paragraphs,
+    )
+    .with_context(|| format!("text from {}", args.doc_dir.display()))
 }

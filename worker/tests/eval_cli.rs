@@ -674,3 +674,83 @@ fn recognize_at_several_widths_keeps_the_most_confident_reading() {
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
 }
+
+/// `synth --independent-evaluation` draws its text from a documentation folder, marks the set,
+/// and that set is scored by `eval` but refused as training data (and not written over by an
+/// ordinary `synth`).
+#[test]
+fn an_independent_evaluation_set_is_read_by_eval_and_refused_by_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc/pkg");
+    std::fs::create_dir_all(&doc).unwrap();
+    std::fs::write(
+        doc.join("README"),
+        "This package reads the files you give it and writes a summary of each one.\n\n\
+         Run it with no arguments to see the options it understands and their defaults.\n",
+    )
+    .unwrap();
+    let set = dir.path().join("set");
+    let synth = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["synth", "--count", "3", "--font", "DejaVu Sans", "--out"])
+            .arg(&set)
+            .args(extra);
+        run(c)
+    };
+    let doc_dir = dir.path().join("doc");
+    let out = synth(&[
+        "--independent-evaluation",
+        "--doc-dir",
+        doc_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(set.join("EVALUATION-ONLY").is_file());
+    let texts: Vec<String> = (0..3)
+        .map(|i| std::fs::read_to_string(set.join(format!("line-000{i}.gt.txt"))).unwrap())
+        .collect();
+    let words = "This package reads the files you give it and writes a summary of each one. \
+                 Run it with no arguments to see the options it understands and their defaults.";
+    for t in &texts {
+        let prose = t.trim().split(' ').filter(|w| words.contains(*w)).count();
+        assert!(prose > 0 || t.chars().any(|c| c.is_ascii_digit()), "{t:?}");
+    }
+
+    // eval scores it (with the built-in model).
+    let mut c = bin();
+    c.args(["eval", "--threads", "1", "--json", "--data"])
+        .arg(&set);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["lines"], 3, "{j}");
+
+    // Training refuses it, before any step.
+    let mut c = bin();
+    c.arg("train")
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/trial-tiny.yaml"))
+        .arg("--output")
+        .arg(dir.path().join("trial"))
+        .arg("--set")
+        .arg(format!(
+            "data.train={{kind: tesstrain, path: {}}}",
+            set.display()
+        ));
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(textrec_contract::exit::CONFIG_ERROR)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("independent evaluation set"), "{stderr}");
+    assert!(!dir.path().join("trial/model").exists());
+
+    // An ordinary set is not written into it.
+    let out = synth(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(textrec_contract::exit::CONFIG_ERROR)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("independent evaluation set"));
+}

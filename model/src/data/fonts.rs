@@ -368,7 +368,41 @@ impl FontSet {
 /// appear in font paths and family names.
 const RESERVED_FOR_EVALUATION: [&str; 3] = ["bwht", "femkeklaver", "kaushan"];
 
-fn is_reserved_for_evaluation(font: &LoadedFont) -> bool {
+/// The fonts reserved for independent evaluation: each Debian package with the folder (under a
+/// font folder, as `dpkg -L` lists it) that holds its files. `synth --independent-evaluation`
+/// renders with these unless told otherwise; nothing else may.
+pub const EVALUATION_FONT_FOLDERS: [(&str, &str); 3] = [
+    ("fonts-bwht", "opentype/bwht"),
+    ("fonts-femkeklaver", "truetype/femkeklaver"),
+    ("fonts-kaushanscript", "opentype/kaushanscript"),
+];
+
+/// The folders of [`EVALUATION_FONT_FOLDERS`] under the first of `dirs` that holds each; an
+/// error names every package that is not installed.
+pub fn evaluation_font_folders(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for (package, folder) in EVALUATION_FONT_FOLDERS {
+        match dirs.iter().map(|d| d.join(folder)).find(|p| p.is_dir()) {
+            Some(p) => found.push(p),
+            None => missing.push(package),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the fonts reserved for independent evaluation are not installed under {}: install \
+             the Debian packages {} (apt-get install {}); they are kept off training machines, \
+             so scripts/setup.sh does not install them",
+            show_dirs(dirs),
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    Ok(found)
+}
+
+/// Whether a font may only be used for independent evaluation.
+pub fn is_reserved_for_evaluation(font: &LoadedFont) -> bool {
     let path = font.path.to_string_lossy().to_lowercase();
     let family = squash(&font.family);
     RESERVED_FOR_EVALUATION
@@ -418,6 +452,23 @@ fn resolve_font(wanted: &str, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let lower = wanted.to_lowercase();
     let is_file =
         [".ttf", ".otf", ".ttc"].iter().any(|e| lower.ends_with(e)) || wanted.contains('/');
+    // A folder is one group of every font file in it: a package whose styles carry family
+    // names of their own (fonts-bwht has six) is then drawn as often as any other entry.
+    let folders = if Path::new(wanted).is_absolute() {
+        vec![PathBuf::from(wanted)]
+    } else {
+        dirs.iter().map(|d| d.join(wanted)).collect()
+    };
+    if let Some(folder) = folders.iter().find(|f| wanted.contains('/') && f.is_dir()) {
+        let files = font_files(folder);
+        if files.is_empty() {
+            bail!(
+                "font folder {} holds no .ttf or .otf files",
+                folder.display()
+            );
+        }
+        return Ok(files);
+    }
     if is_file {
         let direct = PathBuf::from(wanted);
         if direct.is_absolute() {
@@ -464,6 +515,7 @@ fn resolve_font(wanted: &str, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .iter()
         .map(|t| (squash(t.file), t.package))
         .chain(UNSEEN_PACKAGES.iter().map(|(f, p)| (f.to_string(), *p)))
+        .chain(EVALUATION_FONT_FOLDERS.iter().map(|(p, f)| (squash(f), *p)))
         .find(|(file, _)| file.contains(&squash(wanted)))
         .map(|(_, package)| {
             format!(": install the Debian package {package} (apt-get install {package})")
@@ -666,6 +718,49 @@ mod tests {
             "training fonts (apt-get install fonts-dkg-handwriting fonts-breip fonts-dancingscript \
              fonts-humor-sans fonts-comic-neue fonts-ecolier-court fonts-dejavu-core fonts-liberation2)",
         )
+    }
+
+    #[test]
+    fn a_font_folder_is_one_entry_of_all_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("opentype/pkg");
+        std::fs::create_dir_all(&pkg).unwrap();
+        let set = training_set();
+        let dejavu: Vec<&LoadedFont> = set
+            .fonts()
+            .iter()
+            .filter(|f| f.name.starts_with("DejaVuSans"))
+            .take(2)
+            .collect();
+        for f in &dejavu {
+            std::fs::copy(&f.path, pkg.join(f.path.file_name().unwrap())).unwrap();
+        }
+        let fonts_in = |wanted: &str| SyntheticConfig {
+            fonts: vec![wanted.to_string()],
+            font_dirs: vec![dir.path().display().to_string()],
+            ..SyntheticConfig::default()
+        };
+        for wanted in ["opentype/pkg".to_string(), pkg.display().to_string()] {
+            let loaded = FontSet::load_uncached(&fonts_in(&wanted), IAM_CHARSET).unwrap();
+            assert_eq!(loaded.fonts().len(), 2, "{wanted}");
+            assert_eq!(loaded.groups.len(), 1, "{wanted}");
+        }
+        std::fs::create_dir_all(dir.path().join("empty/")).unwrap();
+        let err = FontSet::load_uncached(&fonts_in("empty/"), IAM_CHARSET).unwrap_err();
+        assert!(err.to_string().contains("holds no .ttf"), "{err}");
+    }
+
+    #[test]
+    fn missing_evaluation_fonts_name_their_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("truetype/femkeklaver")).unwrap();
+        let err = evaluation_font_folders(&[dir.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apt-get install fonts-bwht fonts-kaushanscript"),
+            "{err}"
+        );
     }
 
     /// Evidence: `render_alphabet_sheets` (below) writes `a..z` over `A..Z` for every training

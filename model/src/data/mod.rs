@@ -87,6 +87,23 @@ pub trait Dataset: Send + Sync {
 /// Open the data set `spec` describes. `seed` is the trial's seed; a synthetic validation set
 /// ignores it and uses [`VALIDATION_SEED`], so every trial is scored on identical lines.
 pub fn open_dataset(spec: &DatasetSpec, seed: u64, charset: &str) -> Result<Arc<dyn Dataset>> {
+    open_for(spec, seed, charset, Use::TrainOrValidate)
+}
+
+/// [`open_dataset`] for scoring a model (`eval`): also reads an independent evaluation set,
+/// which training and validation refuse (see [`tesstrain::EVALUATION_ONLY_MARKER`]).
+pub fn open_evaluation_dataset(spec: &DatasetSpec, charset: &str) -> Result<Arc<dyn Dataset>> {
+    open_for(spec, 0, charset, Use::Evaluate)
+}
+
+/// What a data set is opened for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    TrainOrValidate,
+    Evaluate,
+}
+
+fn open_for(spec: &DatasetSpec, seed: u64, charset: &str, usage: Use) -> Result<Arc<dyn Dataset>> {
     let path = || -> Result<&str> {
         match spec.path.as_deref() {
             Some(p) => Ok(p),
@@ -111,7 +128,10 @@ pub fn open_dataset(spec: &DatasetSpec, seed: u64, charset: &str) -> Result<Arc<
                 charset,
             )?)
         }
-        DatasetKind::Tesstrain => Arc::new(tesstrain::open(path()?, charset, spec.samples)?),
+        DatasetKind::Tesstrain => Arc::new(match usage {
+            Use::TrainOrValidate => tesstrain::open(path()?, charset, spec.samples)?,
+            Use::Evaluate => tesstrain::open_evaluation(path()?, charset, spec.samples)?,
+        }),
         DatasetKind::Iam => Arc::new(iam::open(
             path()?,
             spec.split_file.as_deref(),

@@ -37,24 +37,7 @@ impl SyntheticDataset {
         seed: u64,
         charset: &str,
     ) -> Result<Self> {
-        if cfg.min_chars == 0 || cfg.min_chars > cfg.max_chars {
-            bail!(
-                "synthetic.min_chars must be in 1..=max_chars (got {}..{})",
-                cfg.min_chars,
-                cfg.max_chars
-            );
-        }
-        if samples == Some(0) {
-            bail!("a synthetic data set with `samples: 0` is empty");
-        }
-        for (field, value) in [
-            ("glyph_morph", cfg.glyph_morph),
-            ("ink_texture", cfg.ink_texture),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                bail!("synthetic.{field} must be in [0, 1] (got {value})");
-            }
-        }
+        check_settings(cfg, samples)?;
         let corpus = Corpus::load(cfg, charset)?;
         let fonts = FontSet::load(cfg, charset)?;
         fonts.check_use(cfg.split)?;
@@ -67,6 +50,34 @@ impl SyntheticDataset {
         })
     }
 
+    /// A set of `samples` lines for independent evaluation: text drawn from `passages` (prose
+    /// that training and validation never read) and any fonts `cfg` names, the fonts reserved
+    /// for evaluation among them. Such a set is never a training or validation set: written
+    /// out by `synth --independent-evaluation`, its folder is marked so that training refuses
+    /// it.
+    pub fn open_independent_evaluation(
+        cfg: &SyntheticConfig,
+        samples: u64,
+        seed: u64,
+        charset: &str,
+        passages: impl IntoIterator<Item = String>,
+    ) -> Result<Self> {
+        let cfg = SyntheticConfig {
+            split: TextSplit::Descriptions,
+            ..cfg.clone()
+        };
+        check_settings(&cfg, Some(samples))?;
+        let corpus = Arc::new(Corpus::load_with_descriptions(&cfg, charset, passages)?);
+        let fonts = FontSet::load(&cfg, charset)?;
+        Ok(Self {
+            corpus,
+            fonts,
+            cfg,
+            seed,
+            len: Some(samples),
+        })
+    }
+
     /// The fonts lines are drawn with.
     pub fn fonts(&self) -> &FontSet {
         &self.fonts
@@ -76,6 +87,29 @@ impl SyntheticDataset {
     pub fn corpus(&self) -> &Corpus {
         &self.corpus
     }
+}
+
+/// Refuse settings no set can be drawn with.
+fn check_settings(cfg: &SyntheticConfig, samples: Option<u64>) -> Result<()> {
+    if cfg.min_chars == 0 || cfg.min_chars > cfg.max_chars {
+        bail!(
+            "synthetic.min_chars must be in 1..=max_chars (got {}..{})",
+            cfg.min_chars,
+            cfg.max_chars
+        );
+    }
+    if samples == Some(0) {
+        bail!("a synthetic data set with `samples: 0` is empty");
+    }
+    for (field, value) in [
+        ("glyph_morph", cfg.glyph_morph),
+        ("ink_texture", cfg.ink_texture),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            bail!("synthetic.{field} must be in [0, 1] (got {value})");
+        }
+    }
+    Ok(())
 }
 
 impl Dataset for SyntheticDataset {

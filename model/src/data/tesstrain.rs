@@ -7,6 +7,10 @@
 //! out, logged (`tracing::warn`) and listed by [`Dataset::skipped`](super::Dataset::skipped). Transcriptions are taken
 //! with their whitespace collapsed (as CER is computed); nothing else is changed. Lines are
 //! ordered by path; `samples` keeps the first N.
+//!
+//! A folder holding [`EVALUATION_ONLY_MARKER`] is an independent evaluation set (written by
+//! `synth --independent-evaluation` with fonts and text reserved for it): [`open`] refuses it,
+//! so it can never become a training or validation set; [`open_evaluation`] reads it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,9 +30,26 @@ struct Pair {
     gt: Option<PathBuf>,
 }
 
+/// The file that marks a tesstrain folder as an independent evaluation set.
+pub const EVALUATION_ONLY_MARKER: &str = "EVALUATION-ONLY";
+
 /// Scan the tesstrain folder `root`, pair images with transcriptions and check them (see the
-/// module docs).
+/// module docs). A folder marked as an independent evaluation set is refused.
 pub fn open(root: &str, charset: &str, cap: Option<u64>) -> Result<FileLines> {
+    let marker = Path::new(root).join(EVALUATION_ONLY_MARKER);
+    if marker.is_file() {
+        bail!(
+            "{root} is an independent evaluation set ({} says so): its fonts and text are \
+             reserved for evaluation and are never trained or validated on; read it with \
+             `textrec-worker eval --data {root}`",
+            marker.display()
+        );
+    }
+    open_evaluation(root, charset, cap)
+}
+
+/// [`open`] for evaluation: an independent evaluation set is read like any other folder.
+pub fn open_evaluation(root: &str, charset: &str, cap: Option<u64>) -> Result<FileLines> {
     let root = PathBuf::from(root);
     if !root.is_dir() {
         bail!(
@@ -240,5 +261,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn a_marked_evaluation_set_is_refused_for_training_and_read_for_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_png(&d.join("a.png"), 0);
+        std::fs::write(d.join("a.gt.txt"), "held out").unwrap();
+        let root = d.to_str().unwrap();
+        assert!(open(root, IAM_CHARSET, None).is_ok());
+
+        std::fs::write(d.join(EVALUATION_ONLY_MARKER), "never train on this\n").unwrap();
+        let err = open(root, IAM_CHARSET, None).unwrap_err().to_string();
+        assert!(
+            err.contains("independent evaluation set") && err.contains("textrec-worker eval"),
+            "{err}"
+        );
+        let set = open_evaluation(root, IAM_CHARSET, None).unwrap();
+        assert_eq!(set.len(), Some(1));
+        // The marker is not a line, nor reported as a left-out input.
+        assert!(set.skipped().is_empty(), "{:?}", set.skipped());
     }
 }

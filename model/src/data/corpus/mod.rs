@@ -24,7 +24,7 @@ use textrec_contract::config::{SyntheticConfig, TextSplit};
 
 use super::stable_hash;
 use generated::generated_line;
-pub use sources::map_into_charset;
+pub use sources::{documentation_paragraphs, map_into_charset, DOCUMENTATION_DIR};
 use sources::{
     looks_like_prose, package_descriptions, read_fortune_files, split_fortunes, DescriptionsSource,
     BUILTIN_DESCRIPTIONS,
@@ -101,19 +101,7 @@ impl Corpus {
         if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
             return Ok(c.clone());
         }
-        let fortunes = read_fortune_files(Path::new(&cfg.fortunes_dir))?;
-        let words = std::fs::read(&cfg.words_file).with_context(|| {
-            format!(
-                "cannot read the word list {}: install the Debian package wamerican (apt-get install wamerican)",
-                cfg.words_file
-            )
-        })?;
-        let texts: Vec<String> = fortunes
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut corpus = Corpus::from_texts(&refs, &String::from_utf8_lossy(&words), charset);
+        let mut corpus = Self::read_sources(cfg, charset)?;
         match descriptions {
             DescriptionsSource::None => {}
             DescriptionsSource::Shipped => corpus.add_descriptions(BUILTIN_DESCRIPTIONS),
@@ -142,6 +130,61 @@ impl Corpus {
         }
         cache.push((key, corpus.clone()));
         Ok(corpus)
+    }
+
+    /// The corpus of `cfg` whose `descriptions` split is `passages` (raw text, mapped into the
+    /// charset here) instead of package descriptions, its word lines and names drawn from the
+    /// same text: for an independent evaluation set, whose text comes from a source that
+    /// training and validation never read. Not cached.
+    pub fn load_with_descriptions(
+        cfg: &SyntheticConfig,
+        charset: &str,
+        passages: impl IntoIterator<Item = String>,
+    ) -> Result<Corpus> {
+        let mut corpus = Self::read_sources(cfg, charset)?;
+        corpus.set_descriptions(passages);
+        let pool = corpus.descriptions.as_mut().expect("set above");
+        if pool.passages.is_empty() {
+            bail!("the evaluation text holds no prose (paragraphs of two or more words)");
+        }
+        // Word lines and generated names come from the same text, not from the word list that
+        // validation draws on.
+        let mut seen = HashSet::new();
+        pool.words = pool
+            .passages
+            .iter()
+            .flat_map(|p| p.split(' '))
+            .filter(|w| w.chars().all(char::is_alphabetic) && seen.insert(*w))
+            .map(String::from)
+            .collect();
+        pool.names = pool
+            .words
+            .iter()
+            .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
+            .cloned()
+            .collect();
+        Ok(corpus)
+    }
+
+    /// The fortune files and the word list `cfg` names.
+    fn read_sources(cfg: &SyntheticConfig, charset: &str) -> Result<Corpus> {
+        let fortunes = read_fortune_files(Path::new(&cfg.fortunes_dir))?;
+        let words = std::fs::read(&cfg.words_file).with_context(|| {
+            format!(
+                "cannot read the word list {}: install the Debian package wamerican (apt-get install wamerican)",
+                cfg.words_file
+            )
+        })?;
+        let texts: Vec<String> = fortunes
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        Ok(Corpus::from_texts(
+            &refs,
+            &String::from_utf8_lossy(&words),
+            charset,
+        ))
     }
 
     /// Build a corpus from the contents of fortune files and a word list.
@@ -199,13 +242,20 @@ impl Corpus {
     /// generated names and word lines come from the validation split's words, so no training
     /// text reaches it.
     pub fn add_descriptions(&mut self, status: &str) {
+        self.set_descriptions(package_descriptions(status));
+    }
+
+    /// Make `passages` (raw text, mapped into the charset here; passages that are not prose
+    /// and repeats are dropped) the `descriptions` split, with the validation split's words
+    /// and names for its generated lines.
+    pub fn set_descriptions(&mut self, passages: impl IntoIterator<Item = String>) {
         let mut pool = TextPool {
             words: self.validation.words.clone(),
             names: self.validation.names.clone(),
             ..TextPool::default()
         };
         let mut seen = HashSet::new();
-        for entry in package_descriptions(status) {
+        for entry in passages {
             let text = map_into_charset(&entry, &self.charset);
             if !looks_like_prose(&text) || !seen.insert(text.clone()) {
                 continue;

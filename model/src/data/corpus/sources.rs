@@ -63,6 +63,86 @@ pub(super) fn package_descriptions(status: &str) -> Vec<String> {
     out
 }
 
+/// Where Debian keeps packages' documentation: prose reserved for independent evaluation
+/// (never trained or validated on).
+pub const DOCUMENTATION_DIR: &str = "/usr/share/doc";
+
+/// Largest documentation file read: larger ones are generated references, not prose.
+const MAX_DOCUMENTATION_FILE: u64 = 512 * 1024;
+
+/// Words read from one package's folder at most. A few packages (a language runtime's API
+/// reference, a version-control system's manual) hold most of a machine's documentation; the
+/// cap keeps the text a mix of many packages' prose instead of theirs.
+const MAX_DOCUMENTATION_WORDS_PER_PACKAGE: usize = 5000;
+
+/// The paragraphs (runs of non-blank lines, joined by spaces) of the plain-text documentation
+/// under `dir`: files named `README*` or `NEWS*`, or ending in `.txt` or `.md`, in path order,
+/// up to 5000 words from each top-level folder (a package's). Compressed files
+/// are not read, nor links (Debian links one package's folder to another's, so following them
+/// would read the same text twice).
+pub fn documentation_paragraphs(dir: &Path) -> Result<Vec<String>> {
+    if !dir.is_dir() {
+        bail!("documentation folder {} does not exist", dir.display());
+    }
+    let mut out = Vec::new();
+    let mut package_words: std::collections::HashMap<PathBuf, usize> = Default::default();
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+    {
+        let name = entry.file_name().to_string_lossy().to_lowercase();
+        let wanted = name.starts_with("readme")
+            || name.starts_with("news")
+            || name.ends_with(".txt")
+            || name.ends_with(".md");
+        if !wanted || name.ends_with(".gz") || name.ends_with(".bz2") || name.ends_with(".xz") {
+            continue;
+        }
+        if entry
+            .metadata()
+            .map_or(true, |m| m.len() > MAX_DOCUMENTATION_FILE)
+        {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        if bytes.contains(&0) {
+            continue;
+        }
+        let package = entry
+            .path()
+            .strip_prefix(dir)
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| PathBuf::from(c.as_os_str()))
+            .unwrap_or_default();
+        let words = package_words.entry(package).or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let mut paragraph = String::new();
+        for line in text.lines().chain(std::iter::once("")) {
+            if *words >= MAX_DOCUMENTATION_WORDS_PER_PACKAGE {
+                break;
+            }
+            if line.trim().is_empty() {
+                if !paragraph.is_empty() {
+                    *words += paragraph.split(' ').count();
+                    out.push(std::mem::take(&mut paragraph));
+                }
+            } else {
+                if !paragraph.is_empty() {
+                    paragraph.push(' ');
+                }
+                paragraph.push_str(line.trim());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The fortune files of a folder: every regular file except the `strfile` indexes (`.dat`)
 /// and the `.u8` links; subfolders (Debian keeps the offensive ones in `off/`) are not read.
 pub(super) fn read_fortune_files(dir: &Path) -> Result<Vec<Vec<u8>>> {

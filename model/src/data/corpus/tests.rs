@@ -1,7 +1,7 @@
 use super::generated::{generated_item, grouped, MONTHS};
 use super::sources::{
-    looks_like_prose, package_descriptions, split_fortunes, DescriptionsSource,
-    BUILTIN_DESCRIPTIONS,
+    documentation_paragraphs, looks_like_prose, package_descriptions, split_fortunes,
+    DescriptionsSource, BUILTIN_DESCRIPTIONS,
 };
 use super::*;
 use rand::SeedableRng;
@@ -257,4 +257,53 @@ fn printed_lengths_centre_on_the_mean_with_a_short_tail() {
         .map(|_| draw_length(&mut rng, 1, 4, None))
         .collect();
     assert!((1..=4).all(|k| u.contains(&k)));
+}
+
+#[test]
+fn documentation_paragraphs_come_from_plain_text_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("pkg-a")).unwrap();
+    std::fs::write(
+        d.join("pkg-a/README.Debian"),
+        "Notes for this package\nspan two lines.\n\n\n  Second paragraph here.  \n",
+    )
+    .unwrap();
+    std::fs::write(d.join("pkg-a/NEWS"), "Version 2 changed the defaults.").unwrap();
+    std::fs::write(
+        d.join("pkg-a/guide.md"),
+        "## 1.2.3\n\nRead the guide first.\n",
+    )
+    .unwrap();
+    // Not read: compressed, not named like documentation, binary, or behind a link.
+    std::fs::write(d.join("pkg-a/changelog.gz"), "gzip bytes here").unwrap();
+    std::fs::write(d.join("pkg-a/copyright"), "License terms apply.").unwrap();
+    std::fs::write(d.join("pkg-a/data.txt"), b"binary\0stuff").unwrap();
+    std::os::unix::fs::symlink(d.join("pkg-a"), d.join("pkg-b")).unwrap();
+
+    let got = documentation_paragraphs(d).unwrap();
+    assert_eq!(
+        got,
+        [
+            "Version 2 changed the defaults.",
+            "Notes for this package span two lines.",
+            "Second paragraph here.",
+            "## 1.2.3",
+            "Read the guide first.",
+        ]
+    );
+    // As a corpus split: the version heading is not prose, the rest is.
+    let mut c = Corpus::from_texts(&[], "Alpha\nbeta\n", IAM_CHARSET);
+    c.set_descriptions(got);
+    assert_eq!(c.stats(TextSplit::Descriptions).passages, 4);
+
+    // A package's folder gives at most so many words.
+    let long = "word ".repeat(1000);
+    std::fs::create_dir_all(d.join("pkg-c")).unwrap();
+    std::fs::write(d.join("pkg-c/README"), format!("{long}\n\n").repeat(20)).unwrap();
+    let got = documentation_paragraphs(d).unwrap();
+    assert_eq!(got.len(), 5 + 5, "{:?}", got.len());
+
+    let err = documentation_paragraphs(&d.join("missing")).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
 }
