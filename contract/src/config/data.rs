@@ -388,8 +388,9 @@ pub enum TextSplit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, rename_all = "snake_case")]
 pub struct SyntheticConfig {
-    /// Font files or family names to render with; empty means the training font set
-    /// (the font files of the Debian packages that `scripts/setup.sh` installs as training fonts).
+    /// Font files, family names or font folders (each folder one entry, drawn as often as a
+    /// family) to render with; empty means the training font set (the font files of the Debian
+    /// packages that `scripts/setup.sh` installs as training fonts).
     pub fonts: Vec<String>,
     /// Folders searched for fonts.
     pub font_dirs: Vec<String>,
