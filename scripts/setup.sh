@@ -18,7 +18,7 @@ done
 step() { printf '\n==> %s\n' "$*"; }
 
 APT_PACKAGES=(
-  # training fonts (exactly these: model/src/data/fonts.rs lists their files)
+  # training fonts (exactly these: model/src/data/fonts/training_set.rs lists their files)
   fonts-dkg-handwriting fonts-breip fonts-dancingscript fonts-humor-sans fonts-comic-neue
   fonts-ecolier-court fonts-dejavu-core fonts-liberation2
   # validation fonts the model never trains on (the `unseen-fonts` set)
