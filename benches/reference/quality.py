@@ -13,6 +13,7 @@ English model, LSTM engine), one process for the whole set so that its start-up 
 as textrec's is. Both run on one thread (OMP_THREAD_LIMIT=1, --threads 1). CER is computed here
 with the definition of model/src/metrics.rs (case-sensitive; whitespace runs collapsed and
 trimmed; errors and reference characters summed over lines), overall and by reference length,
+and once more with letter case ignored (the "no-case" column: how much of the CER is case alone),
 and textrec's is checked against the number `eval` reports itself. One draw of 300 lines is
 one sample: --seed (repeatable) renders the pair of sets once per seed and sums each reader's
 CER up over the draws (mean, min, max), and --by-family adds a set per unseen family. `eval` also reports how well
@@ -62,6 +63,9 @@ def edit_distance(a: list, b: list) -> int:
 @dataclass
 class Counts:
     char_errors: int = 0
+    # Character errors with letter case ignored: how much of the CER is case alone (a font
+    # whose lowercase r is drawn like a small capital R, a reader that capitalizes it).
+    caseless_char_errors: int = 0
     chars: int = 0
     word_errors: int = 0
     words: int = 0
@@ -70,6 +74,7 @@ class Counts:
     def add(self, reference: str, hypothesis: str) -> None:
         r, h = normalize(reference), normalize(hypothesis)
         self.char_errors += edit_distance(list(r), list(h))
+        self.caseless_char_errors += edit_distance(list(r.lower()), list(h.lower()))
         self.chars += len(r)
         rw, hw = r.split(), h.split()
         self.word_errors += edit_distance(rw, hw)
@@ -78,6 +83,7 @@ class Counts:
 
     def merge(self, other: "Counts") -> None:
         self.char_errors += other.char_errors
+        self.caseless_char_errors += other.caseless_char_errors
         self.chars += other.chars
         self.word_errors += other.word_errors
         self.words += other.words
@@ -86,6 +92,10 @@ class Counts:
     @property
     def cer(self) -> float:
         return self.char_errors / self.chars if self.chars else float(self.char_errors > 0)
+
+    @property
+    def cer_caseless(self) -> float:
+        return self.caseless_char_errors / self.chars if self.chars else float(self.caseless_char_errors > 0)
 
     @property
     def wer(self) -> float:
@@ -138,7 +148,7 @@ class Scores:
     def as_dict(self, seconds: float) -> dict:
         order = {b: i for i, b in enumerate([f"{lo}-{hi}" for lo, hi in zip([0] + [b + 1 for b in BUCKETS], BUCKETS)] + [f">{BUCKETS[-1]}"])}
         return {
-            "cer": self.total.cer, "wer": self.total.wer, "lines": self.total.lines, "seconds": seconds,
+            "cer": self.total.cer, "cer_caseless": self.total.cer_caseless, "wer": self.total.wer, "lines": self.total.lines, "seconds": seconds,
             "ms_per_line": 1000 * seconds / max(self.total.lines, 1),
             "by_length": {k: {"cer": c.cer, "lines": c.lines}
                           for k, c in sorted(self.by_length.items(), key=lambda kv: order[kv[0]])},
@@ -244,14 +254,18 @@ def summary(results: dict) -> dict:
     """Per kind of set rendered at several seeds: each reader's CER over the seeds (mean, min,
     max) and the sets' count, so one lucky or unlucky draw of lines is not read as the model's
     figure."""
-    kinds: dict[str, dict[str, list[float]]] = {}
+    kinds: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for name, r in results.items():
         kind = name.split("@")[0]
         for reader in ("textrec", "tesseract"):
             if reader in r:
-                kinds.setdefault(kind, {}).setdefault(reader, []).append(r[reader]["cer"])
-    return {kind: {reader: {"sets": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
-                   for reader, v in readers.items()}
+                cer = r[reader]["cer"]
+                kinds.setdefault(kind, {}).setdefault(reader, []).append((cer, r[reader].get("cer_caseless", cer)))
+    def over(v: list[tuple[float, float]]) -> dict:
+        cers = [c for c, _ in v]
+        return {"sets": len(v), "mean": sum(cers) / len(v), "min": min(cers), "max": max(cers),
+                "caseless_mean": sum(c for _, c in v) / len(v)}
+    return {kind: {reader: over(v) for reader, v in readers.items()}
             for kind, readers in kinds.items() if max(len(v) for v in readers.values()) > 1}
 
 
@@ -319,11 +333,11 @@ def main() -> None:
               f"{st['median']} median, {st['max']} max")
         systems = [k for k in ("textrec", "tesseract") if k in r]
         buckets = list(r["textrec"]["by_length"])
-        print(f"{'system':<12} {'CER':>7} {'WER':>7} {'ms/line':>8}  " + " ".join(f"{b:>9}" for b in buckets))
+        print(f"{'system':<12} {'CER':>7} {'no-case':>7} {'WER':>7} {'ms/line':>8}  " + " ".join(f"{b:>9}" for b in buckets))
         for k in systems:
             x = r[k]
             cells = " ".join(f"{x['by_length'].get(b, {}).get('cer', float('nan')):>9.4f}" for b in buckets)
-            print(f"{k:<12} {x['cer']:>7.4f} {x['wer']:>7.4f} {x['ms_per_line']:>8.1f}  {cells}")
+            print(f"{k:<12} {x['cer']:>7.4f} {x['cer_caseless']:>7.4f} {x['wer']:>7.4f} {x['ms_per_line']:>8.1f}  {cells}")
         conf = r["textrec"].get("confidence")
         if conf:
             auroc = "n/a" if conf["auroc"] is None else f"{conf['auroc']:.3f}"
@@ -334,9 +348,10 @@ def main() -> None:
                 print(f"  below {t['below']:.1f}: {pct(t['flagged'])} flagged, {pct(t['wrong_among_flagged'])} of them wrong, "
                       f"{pct(t['wrong_caught'])} of wrong lines caught; the rest at CER {kept}")
     if over_seeds:
-        print("\nover the seeds: CER mean (min-max)")
+        print("\nover the seeds: CER mean (min-max), and with letter case ignored")
         for kind, readers in over_seeds.items():
-            cells = ", ".join(f"{reader} {x['mean']:.4f} ({x['min']:.4f}-{x['max']:.4f}, {x['sets']} sets)"
+            cells = ", ".join(f"{reader} {x['mean']:.4f} ({x['min']:.4f}-{x['max']:.4f}, {x['sets']} sets; "
+                              f"no case {x['caseless_mean']:.4f})"
                               for reader, x in readers.items())
             print(f"  {kind}: {cells}")
 

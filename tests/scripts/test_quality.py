@@ -42,15 +42,24 @@ def test_independent_sets_use_documentation_text_and_the_reserved_fonts() -> Non
     assert sets["doc-kaushanscript"][1] == ["--independent-evaluation", "--font", "opentype/kaushanscript"]
 
 
+def test_case_alone_counts_as_an_error_only_in_the_cer() -> None:
+    c = quality.Counts()
+    c.add("Print the REPORT", "print the Report  ")
+    assert (c.char_errors, c.caseless_char_errors, c.chars) == (6, 0, 16)
+    c.add("abc", "abd")
+    assert (c.cer, c.cer_caseless) == (7 / 19, 1 / 19)
+
+
 def test_summary_spans_the_seeds_of_each_kind() -> None:
     results = {
-        "unseen-fonts@1": {"textrec": {"cer": 0.06}, "tesseract": {"cer": 0.04}},
+        "unseen-fonts@1": {"textrec": {"cer": 0.06, "cer_caseless": 0.05}, "tesseract": {"cer": 0.04}},
         "unseen-fonts@2": {"textrec": {"cer": 0.08}, "tesseract": {"cer": 0.05}},
         "training-fonts@1": {"textrec": {"cer": 0.01}},
         "training-fonts@2": {"textrec": {"cer": 0.03}},
     }
     s = quality.summary(results)
-    assert s["unseen-fonts"]["textrec"] == {"sets": 2, "mean": 0.07, "min": 0.06, "max": 0.08}
+    assert s["unseen-fonts"]["textrec"] == {"sets": 2, "mean": 0.07, "min": 0.06, "max": 0.08,
+                                            "caseless_mean": 0.065}
     assert s["unseen-fonts"]["tesseract"]["max"] == 0.05
     assert s["training-fonts"]["textrec"]["mean"] == 0.02
     assert "tesseract" not in s["training-fonts"]
