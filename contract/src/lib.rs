@@ -6,6 +6,7 @@
 
 pub mod charset;
 pub mod config;
+pub mod evaluation;
 pub mod exit;
 pub mod layout;
 pub mod manifest;

@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
+use textrec_contract::evaluation::SELECTION_ENV;
 
 use crate::crd::{Evaluation, ModelDeployment, PromotionEvaluation};
 use crate::naming::{bounded_name, label_value, MANAGED_BY, MANAGER, OWNER_ANNOTATION};
@@ -101,6 +102,12 @@ pub fn evaluation_from_output(
     e
 }
 
+/// The environment of every promotion evaluation, in a Job or a local process: its score
+/// chooses between models, so `eval` refuses a set reserved for independent evaluation.
+pub fn eval_env() -> [(&'static str, &'static str); 1] {
+    [(SELECTION_ENV, "1")]
+}
+
 /// Name of the Job that scores model `sha256` for ModelDeployment `deployment`.
 pub fn job_name(deployment: &str, sha256: &str) -> String {
     bounded_name(
@@ -140,7 +147,15 @@ pub fn eval_job(md: &ModelDeployment, set: &PromotionEvaluation, req: &EvalReque
         command: Some(vec!["textrec-worker".into()]),
         args: Some(args),
         env_from: pod_parts::secret_env(spec.credentials.secret_ref.as_ref()),
-        env: Some(vec![pod_security::tmpdir_env()]),
+        env: Some(
+            std::iter::once(pod_security::tmpdir_env())
+                .chain(eval_env().map(|(name, value)| EnvVar {
+                    name: name.into(),
+                    value: Some(value.into()),
+                    ..Default::default()
+                }))
+                .collect(),
+        ),
         // On failure the worker's last log lines (its error) become the message.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(mounts),

@@ -18,10 +18,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
+use textrec_contract::evaluation::SELECTION_ENV;
 use textrec_contract::exit::{self, ConfigError};
 use textrec_contract::manifest::{decimal_f32, ModelManifest, UnsureLines};
 use textrec_model::calibration::{ConfidenceCard, ConfidenceReport};
-use textrec_model::data::open_evaluation_dataset;
+use textrec_model::data::{open_dataset, open_evaluation_dataset};
 use textrec_model::lm::SearchSettings;
 use textrec_model::metrics::ScoreCard;
 use textrec_model::net::DecodeMode;
@@ -53,6 +54,11 @@ pub struct EvalArgs {
     /// Score only the first N lines of the folder (in name order).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub samples: Option<u64>,
+    /// The score chooses between models (a promotion): refuse a set reserved for independent
+    /// evaluation (written by `synth --independent-evaluation`), which must never choose
+    /// anything. The operator sets it for its promotion evaluations.
+    #[arg(long, env = SELECTION_ENV, value_parser = clap::builder::FalseyValueParser::new())]
+    pub selection: bool,
     #[command(flatten)]
     pub run: LocalInference,
     /// How lines are read: `joint` (both heads' readings, the likelier wins), `attention`
@@ -313,8 +319,12 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     };
     tracing::info!("evaluating data set {dataset_digest} ({})", args.data);
     let charset = model.tokenizer().charset().to_string();
-    let data = open_evaluation_dataset(&spec, &charset)
-        .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data)))?;
+    let data = if args.selection {
+        open_dataset(&spec, 0, &charset)
+    } else {
+        open_evaluation_dataset(&spec, &charset)
+    }
+    .map_err(|e| ConfigError::new(format!("--data {}: {e:#}", args.data)))?;
     let n = data.len().context("a tesstrain folder has a known size")?;
     let n = args.samples.map_or(n, |cap| n.min(cap));
     if let Some(dir) = &args.predictions {

@@ -746,6 +746,25 @@ fn an_independent_evaluation_set_is_read_by_eval_and_refused_by_training() {
     assert!(stderr.contains("independent evaluation set"), "{stderr}");
     assert!(!dir.path().join("trial/model").exists());
 
+    // An evaluation whose score chooses a model (a promotion) refuses it, by flag or by the
+    // environment the operator sets.
+    for by_env in [false, true] {
+        let mut c = bin();
+        c.args(["eval", "--threads", "1", "--json", "--data"])
+            .arg(&set);
+        if by_env {
+            c.env("TEXTREC_EVAL_SELECTION", "1");
+        } else {
+            c.arg("--selection");
+        }
+        let out = run(c);
+        assert_eq!(
+            out.status.code(),
+            Some(textrec_contract::exit::CONFIG_ERROR)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("independent evaluation set"));
+    }
+
     // An ordinary set is not written into it.
     let out = synth(&[]);
     assert_eq!(

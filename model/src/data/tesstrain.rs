@@ -40,8 +40,9 @@ pub fn open(root: &str, charset: &str, cap: Option<u64>) -> Result<FileLines> {
     if marker.is_file() {
         bail!(
             "{root} is an independent evaluation set ({} says so): its fonts and text are \
-             reserved for evaluation and are never trained or validated on; read it with \
-             `textrec-worker eval --data {root}`",
+             reserved for reporting how a model reads, and never train, validate or choose \
+             one (a promotion chooses); score a model on it with `textrec-worker eval --data \
+             {root}`",
             marker.display()
         );
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::crd::{DeploymentPhase, TrainingRun};
 use crate::deployment_plan::{plan, summarize_runs};
-use crate::evaluation::{eval_args, evaluation_from_output};
+use crate::evaluation::{eval_args, eval_env, evaluation_from_output};
 use crate::local::display::Display;
 use crate::local::now;
 use crate::local::process;
@@ -129,7 +129,8 @@ impl DeploymentController {
             // A fresh log per evaluation: its content is the result (or the error).
             let _ = std::fs::remove_file(&log);
             let args = eval_args(req, set, None);
-            match process::spawn(&self.settings.worker, &args, &[], &log) {
+            let env = eval_env().map(|(k, v)| (k.to_string(), v.to_string()));
+            match process::spawn(&self.settings.worker, &args, &env, &log) {
                 Ok(child) => {
                     display.println(&format!(
                         "ModelDeployment {name}: evaluating {} on {}",

@@ -82,6 +82,15 @@ async fn promotion_evaluates_both_models_in_restricted_jobs_and_declines_with_bo
         ])
     );
     assert_eq!(c["image"], "ghcr.io/textrec/worker:1");
+    // The score chooses a model: eval refuses a set reserved for independent evaluation.
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "TEXTREC_EVAL_SELECTION", "value": "1"})),
+        "{}",
+        c["env"]
+    );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));

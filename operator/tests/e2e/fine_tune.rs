@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use kube::api::PostParams;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use textrec_operator::crd::ModelDeployment;
@@ -107,16 +108,39 @@ async fn a_fine_tune_of_the_served_model_and_its_evaluation_before_promotion() {
         (s["phase"] == "Succeeded").then_some(())
     })
     .await;
+    // The evaluation Jobs are deleted once their results are read, so their environment is
+    // recorded while they exist.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let seen_env = std::sync::Mutex::new(Vec::new());
     let s = eventually(
         "the evaluation to fail on the missing set",
         Duration::from_secs(300),
         || async {
+            let lp = ListParams::default().labels("textrec.dev/evaluation-of=reader");
+            if let Ok(list) = jobs.list(&lp).await {
+                for job in list {
+                    let pod = job.spec.and_then(|s| s.template.spec);
+                    let env = pod.map(|p| p.containers[0].env.clone().unwrap_or_default());
+                    seen_env.lock().unwrap().extend(env);
+                }
+            }
             let s = mds.get("reader").await.ok()?.status?;
             let s = serde_json::to_value(s).unwrap();
             (condition(&s, "Valid")["reason"] == "EvaluationFailed").then_some(s)
         },
     )
     .await;
+    // A promotion chooses a model: its evaluations refuse sets reserved for independent
+    // evaluation.
+    let seen_env = seen_env.into_inner().unwrap();
+    assert!(!seen_env.is_empty(), "no evaluation Job was seen");
+    for env in &seen_env {
+        assert!(
+            env.iter()
+                .any(|e| e.name == "TEXTREC_EVAL_SELECTION" && e.value.as_deref() == Some("1")),
+            "{env:?}"
+        );
+    }
     assert!(
         condition(&s, "Valid")["message"]
             .as_str()
