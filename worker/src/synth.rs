@@ -70,7 +70,8 @@ pub struct SynthArgs {
     /// packages fonts-bwht, fonts-femkeklaver and fonts-kaushanscript, one entry each). No
     /// training or validation set ever uses that text or those fonts, so nothing chosen while
     /// training (the fonts, the augmentation, the best step) was chosen on them. The folder is
-    /// marked with an `EVALUATION-ONLY` file: training refuses it, `eval` reads it.
+    /// marked with an `EVALUATION-ONLY` file: training and promotion evaluations refuse it,
+    /// `eval` reads it.
     #[arg(long, conflicts_with = "split")]
     pub independent_evaluation: bool,
     /// With --independent-evaluation: render in the training fonts instead of the reserved
@@ -126,8 +127,9 @@ pub fn run(args: SynthArgs) -> Result<i32> {
             &marker,
             format!(
                 "Independent evaluation set, written by `textrec-worker synth \
-                 --independent-evaluation`: text from {}, fonts: {}. Never train or validate \
-                 on it; training refuses this folder.\n",
+                 --independent-evaluation`: text from {}, fonts: {}. Never train, validate \
+                 or choose a model on it: training and promotion evaluations refuse this \
+                 folder, `textrec-worker eval` reads it.\n",
                 args.doc_dir.display(),
                 if args.training_fonts {
                     "the training fonts".to_string()
@@ -192,5 +194,10 @@ fn independent_evaluation_set(
         IAM_CHARSET,
         paragraphs,
     )
-    .with_context(|| format!("text from {}", args.doc_dir.display()))
+    .with_context(|| {
+        format!(
+            "independent evaluation set (text from {})",
+            args.doc_dir.display()
+        )
+    })
 }
