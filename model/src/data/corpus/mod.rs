@@ -142,8 +142,7 @@ impl Corpus {
         passages: impl IntoIterator<Item = String>,
     ) -> Result<Corpus> {
         let mut corpus = Self::read_sources(cfg, charset)?;
-        corpus.set_descriptions(passages);
-        let pool = corpus.descriptions.as_mut().expect("set above");
+        let mut pool = corpus.prose_pool(passages);
         if pool.passages.is_empty() {
             bail!("the evaluation text holds no prose (paragraphs of two or more words)");
         }
@@ -163,6 +162,7 @@ impl Corpus {
             .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
             .cloned()
             .collect();
+        corpus.descriptions = Some(pool);
         Ok(corpus)
     }
 
@@ -249,11 +249,18 @@ impl Corpus {
     /// and repeats are dropped) the `descriptions` split, with the validation split's words
     /// and names for its generated lines.
     pub fn set_descriptions(&mut self, passages: impl IntoIterator<Item = String>) {
-        let mut pool = TextPool {
+        let pool = TextPool {
             words: self.validation.words.clone(),
             names: self.validation.names.clone(),
-            ..TextPool::default()
+            ..self.prose_pool(passages)
         };
+        self.descriptions = Some(pool);
+    }
+
+    /// The prose of `passages` (mapped into the charset; passages that are not prose and
+    /// repeats dropped) as a pool without words or names.
+    fn prose_pool(&self, passages: impl IntoIterator<Item = String>) -> TextPool {
+        let mut pool = TextPool::default();
         let mut seen = HashSet::new();
         for entry in passages {
             let text = map_into_charset(&entry, &self.charset);
@@ -266,7 +273,7 @@ impl Corpus {
                 .push(pool.cum_words.last().copied().unwrap_or(0) + n);
             pool.passages.push(text);
         }
-        self.descriptions = Some(pool);
+        pool
     }
 
     /// The text of one split (the `descriptions` split is empty unless loaded).

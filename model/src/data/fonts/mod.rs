@@ -38,7 +38,8 @@ pub use letter_case::{
     ascender_ratio, draws_lowercase_as_capitals, own_capital_matches, CAPS_ONLY_MAX_ASCENDER_RATIO,
     CAPS_ONLY_MIN_LETTERS,
 };
-pub use reserved::{evaluation_font_folders, is_reserved_for_evaluation, EVALUATION_FONT_FOLDERS};
+use reserved::is_reserved_for_evaluation;
+pub use reserved::{evaluation_font_folders, EVALUATION_FONT_FOLDERS};
 use resolve::resolve_font;
 use training_set::{find_training_font, training_package};
 pub use training_set::{TrainingFont, TRAINING_FONTS};

@@ -45,7 +45,7 @@ pub fn evaluation_font_folders(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Whether a font may only be used for independent evaluation.
-pub fn is_reserved_for_evaluation(font: &LoadedFont) -> bool {
+pub(super) fn is_reserved_for_evaluation(font: &LoadedFont) -> bool {
     let path = font.path.to_string_lossy().to_lowercase();
     let family = squash(&font.family);
     RESERVED_FOR_EVALUATION

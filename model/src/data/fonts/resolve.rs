@@ -8,21 +8,24 @@ use super::reserved::EVALUATION_FONT_FOLDERS;
 use super::training_set::TRAINING_FONTS;
 use super::{family_name, font_files, show_dirs, squash};
 
-/// A `fonts:` entry: a file (absolute, or relative to a font folder, or a bare file name) or
-/// a family name (`DejaVu Sans`, matched against the fonts' name tables, every style).
+/// A `fonts:` entry: a folder holding font files (absolute, or relative to a font folder), a
+/// file (absolute, or relative to a font folder, or a bare file name) or a family name
+/// (`DejaVu Sans`, matched against the fonts' name tables, every style).
 pub(super) fn resolve_font(wanted: &str, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let lower = wanted.to_lowercase();
     let is_file =
         [".ttf", ".otf", ".ttc"].iter().any(|e| lower.ends_with(e)) || wanted.contains('/');
     // A folder is one group of every font file in it: a package whose styles carry family
     // names of their own (fonts-bwht has six) is then drawn as often as any other entry.
-    let folders = if Path::new(wanted).is_absolute() {
-        vec![PathBuf::from(wanted)]
+    let folder = if !wanted.contains('/') {
+        None
+    } else if Path::new(wanted).is_absolute() {
+        Some(PathBuf::from(wanted)).filter(|f| f.is_dir())
     } else {
-        dirs.iter().map(|d| d.join(wanted)).collect()
+        dirs.iter().map(|d| d.join(wanted)).find(|f| f.is_dir())
     };
-    if let Some(folder) = folders.iter().find(|f| wanted.contains('/') && f.is_dir()) {
-        let files = font_files(folder);
+    if let Some(folder) = folder {
+        let files = font_files(&folder);
         if files.is_empty() {
             bail!(
                 "font folder {} holds no .ttf or .otf files",
