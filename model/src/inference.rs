@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::GrayImage;
-use tch::{nn, Device};
+use tch::{nn, Device, Kind};
 use textrec_contract::layout;
 use textrec_contract::manifest::{FileDigest, ModelManifest, Provenance, MODEL_FORMAT};
 use textrec_contract::{Architecture, PreprocessConfig};
@@ -19,6 +19,7 @@ use textrec_contract::{Architecture, PreprocessConfig};
 use crate::batching::{plan_batches, BatchLimits};
 use crate::lm::LanguageModel;
 use crate::net::{DecodeMode, Recognizer, HEIGHT_STRIDE, WIDTH_STRIDE};
+use crate::precision::ReadingPrecision;
 use crate::prediction::Prediction;
 use crate::preprocess::{self, PreparedImage};
 use crate::tensorio;
@@ -46,8 +47,9 @@ pub struct LoadedModel {
     pub version: String,
     tokenizer: Tokenizer,
     net: SharedNet,
-    // Owns the parameters the network's layers point at; kept for the model's lifetime.
-    _vs: nn::VarStore,
+    // Owns the parameters the network's layers point at; kept for the model's lifetime (and
+    // read by `set_precision`, which converts the encoder's).
+    vs: nn::VarStore,
     device: Device,
     batch_limits: BatchLimits,
     decode_mode: DecodeMode,
@@ -155,7 +157,7 @@ impl LoadedModel {
             version,
             tokenizer,
             net: SharedNet(net),
-            _vs: vs,
+            vs,
             device,
             batch_limits: BatchLimits::for_device(device),
             widths,
@@ -254,6 +256,32 @@ impl LoadedModel {
     /// Read every line at these widths from now on, keeping the most confident reading.
     pub fn set_widths(&mut self, widths: WidthReadings) {
         self.widths = widths;
+    }
+
+    /// The type the encoder reads in: `"fp32"` unless [`LoadedModel::set_precision`] chose
+    /// bf16.
+    pub fn precision(&self) -> &'static str {
+        crate::precision::kind_name(self.net.0.encoder_kind())
+    }
+
+    /// Read with the encoder in `precision` from now on (see [`crate::precision`]). Converting
+    /// the weights to bf16 rounds them, so a model read in bf16 cannot go back to fp32: that
+    /// is an error (load it again); asking for the type it already has is not.
+    pub fn set_precision(&mut self, precision: ReadingPrecision) -> Result<()> {
+        let kind = precision.kind_on(self.device);
+        let current = self.net.0.encoder_kind();
+        if kind == current {
+            return Ok(());
+        }
+        if current != Kind::Float {
+            bail!(
+                "this model's encoder already reads in {}; load it again to read in {}",
+                crate::precision::kind_name(current),
+                crate::precision::kind_name(kind)
+            );
+        }
+        self.net.0.set_encoder_kind(&self.vs, kind);
+        Ok(())
     }
 
     /// Preprocess, batch and recognize lines; one prediction per image, in order.
@@ -557,6 +585,68 @@ mod tests {
         write_tiny(again.path());
         let w = |d: &Path| std::fs::read(d.join(layout::MODEL_WEIGHTS)).unwrap();
         assert_eq!(w(dir.path()), w(again.path()));
+    }
+
+    #[test]
+    fn an_encoder_read_in_bf16_gives_nearly_the_fp32_outputs_and_cannot_go_back() {
+        use crate::precision::ReadingPrecision;
+        use tch::{Kind, Tensor};
+
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path());
+        let exact = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        let mut half = LoadedModel::load_dir(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(half.precision(), "fp32");
+        half.set_precision(ReadingPrecision::Fp32).unwrap();
+        half.set_precision(ReadingPrecision::Bf16).unwrap();
+        assert_eq!(half.precision(), "bf16");
+        // Only the encoder's weights changed type.
+        for (name, var) in half.vs.variables() {
+            let expected = if name.starts_with("encoder.") {
+                Kind::BFloat16
+            } else {
+                Kind::Float
+            };
+            assert_eq!(var.kind(), expected, "{name}");
+        }
+
+        let images = Tensor::rand([2, 1, 32, 64], (Kind::Float, Device::Cpu));
+        let widths = Tensor::from_slice(&[64i64, 40]);
+        let bos = Tokenizer::BOS;
+        let tgt_in = Tensor::from_slice(&[bos, 4, 5, bos, 6, 7]).view([2, 3]);
+        let run =
+            |m: &LoadedModel| tch::no_grad(|| m.net().forward_t(&images, &widths, &tgt_in, false));
+        let (a, b) = (run(&exact), run(&half));
+        assert_eq!(b.logits.kind(), Kind::Float);
+        for (x, y) in [
+            (&a.logits, &b.logits),
+            (
+                a.ctc_log_probs.as_ref().unwrap(),
+                b.ctc_log_probs.as_ref().unwrap(),
+            ),
+        ] {
+            let scale = x.abs().max().double_value(&[]);
+            let diff = (x - y).abs().max().double_value(&[]);
+            assert!(
+                diff > 0.0,
+                "bf16 changed nothing: was the encoder converted?"
+            );
+            assert!(
+                diff < 0.05 * scale,
+                "bf16 moved outputs by {diff} (scale {scale})"
+            );
+        }
+        // The whole reading path runs with it (preprocessing, batching, decoding).
+        let read = half.recognize(&[line(90), line(40)]).unwrap();
+        assert_eq!(read.len(), 2);
+        assert!(read
+            .iter()
+            .all(|p| p.confidence > 0.0 && p.confidence <= 1.0));
+
+        // Rounded weights cannot give the fp32 readings back.
+        half.set_precision(ReadingPrecision::Bf16).unwrap();
+        let err = half.set_precision(ReadingPrecision::Fp32).unwrap_err();
+        assert!(err.to_string().contains("load it again"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod inference;
 pub mod lm;
 pub mod metrics;
 pub mod net;
+pub mod precision;
 pub mod prediction;
 pub mod preprocess;
 pub mod tensorio;

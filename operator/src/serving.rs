@@ -97,7 +97,8 @@ pub fn flags_url(spec: &ModelDeploymentSpec) -> Option<&str> {
 }
 
 /// The `serve` arguments a ModelDeployment's spec asks for, the same in the cluster and in the
-/// local runner: the device, flagging (to `flags`, when on) and reading at several widths.
+/// local runner: the device, flagging (to `flags`, when on), reading at several widths and
+/// the encoder's precision.
 pub fn spec_serve_args(spec: &ModelDeploymentSpec, flags: Option<&str>) -> Vec<String> {
     let mut args = Vec::new();
     if spec.resources.gpus > 0 {
@@ -109,6 +110,9 @@ pub fn spec_serve_args(spec: &ModelDeploymentSpec, flags: Option<&str>) -> Vec<S
     }
     if let Some(reading) = &spec.reading {
         args.extend(reading.serve_args());
+    }
+    if let Some(precision) = spec.precision {
+        args.extend(precision.serve_args());
     }
     args
 }
@@ -581,6 +585,27 @@ mod tests {
         assert!(!plain
             .iter()
             .any(|a| a == "--widths" || a == "--reread-below"));
+    }
+
+    #[test]
+    fn the_encoders_precision_reaches_the_server_only_when_asked() {
+        let args = |spec: serde_json::Value| pod(&md(spec)).containers[0].args.clone().unwrap();
+        for value in ["fp32", "bf16", "auto"] {
+            let with = args(serde_json::json!({
+                "model": {"fromTrainingRun": "r"}, "image": "w:1", "precision": value
+            }));
+            let at = with
+                .iter()
+                .position(|a| a == "--precision")
+                .expect("--precision");
+            assert_eq!(with[at + 1], value);
+        }
+        let plain = args(serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1"}));
+        assert!(!plain.iter().any(|a| a == "--precision"), "{plain:?}");
+        let bad: Result<crate::crd::ModelDeploymentSpec, _> = serde_json::from_value(
+            serde_json::json!({"model": {"fromTrainingRun": "r"}, "image": "w:1", "precision": "fp16"}),
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

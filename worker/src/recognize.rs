@@ -60,9 +60,13 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
             &args,
         )?,
         (None, Some(endpoint)) => {
-            if args.search.any() || !args.widths.widths.is_empty() {
+            let precision = args.run.precision.precision;
+            if args.search.any()
+                || !args.widths.widths.is_empty()
+                || precision != crate::eval::PrecisionArg::Fp32
+            {
                 bail!(ConfigError::new(
-                    "--lm-alpha, --lm-beta, --beam, --lm-unsure-* and --widths set how this process reads; with --endpoint the server reads as it was started"
+                    "--lm-alpha, --lm-beta, --beam, --lm-unsure-*, --widths and --precision (or TEXTREC_PRECISION) set how this process reads; with --endpoint the server reads as it was started"
                 ));
             }
             let rt = tokio::runtime::Builder::new_current_thread()

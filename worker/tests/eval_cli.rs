@@ -773,3 +773,73 @@ fn an_independent_evaluation_set_is_read_by_eval_and_refused_by_training() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("independent evaluation set"));
 }
+
+#[test]
+fn eval_reads_with_the_encoder_in_the_precision_asked_for() {
+    let check = check_set("unseen-fonts");
+    let eval = |extra: &[&str], env: Option<&str>| {
+        let mut c = bin();
+        c.args([
+            "eval",
+            "--threads",
+            "1",
+            "--samples",
+            "16",
+            "--json",
+            "--data",
+        ])
+        .arg(&check)
+        .args(extra)
+        .env_remove("TEXTREC_PRECISION");
+        if let Some(value) = env {
+            c.env("TEXTREC_PRECISION", value);
+        }
+        let out = run(c);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_json(&out)
+    };
+    let exact = eval(&[], None);
+    assert_eq!(exact["precision"], "fp32");
+    let half = eval(&["--precision", "bf16"], None);
+    assert_eq!(half["precision"], "bf16");
+    // The same model, nearly the same readings: bf16 rounds the encoder's weights and maps.
+    let (a, b) = (
+        exact["cer"].as_f64().unwrap(),
+        half["cer"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 0.02, "fp32 CER {a}, bf16 CER {b}");
+    // `auto` is bf16 only where the CPU computes it; the variable stands in for the flag.
+    let auto = eval(&[], Some("auto"));
+    let native = textrec_model::precision::cpu_has_native_bf16();
+    assert_eq!(auto["precision"], if native { "bf16" } else { "fp32" });
+
+    let mut c = bin();
+    c.args(["eval", "--precision", "fp16", "--data"])
+        .arg(&check);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fp32") && stderr.contains("auto"),
+        "{stderr}"
+    );
+
+    // A server reads as it was started: a precision for this process is a usage error.
+    let mut c = bin();
+    c.args([
+        "recognize",
+        "--endpoint",
+        "grpc://127.0.0.1:1",
+        "--precision",
+        "bf16",
+    ])
+    .arg(check_lines("unseen-fonts", 0..1).remove(0));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--precision"));
+}

@@ -501,8 +501,13 @@ async fn model_info_hides_credentials_in_urls() {
     let loader: textrec_worker::serve::reload::Loader = std::sync::Arc::new(move |_url: String| {
         let local = local.clone();
         Box::pin(async move {
-            textrec_worker::serve::engine::load_model(&local, tch::Device::Cpu, Default::default())
-                .await
+            textrec_worker::serve::engine::load_model(
+                &local,
+                tch::Device::Cpu,
+                Default::default(),
+                Default::default(),
+            )
+            .await
         })
     });
     let mut a = s::args(&dir);
@@ -796,4 +801,62 @@ async fn a_server_reads_at_its_models_width_unless_started_with_others() {
     let (as_drawn, reading) = serve(vec![1.0]).await;
     assert!(close(&as_drawn, &drawn), "{as_drawn:?} vs {drawn:?}");
     assert_eq!(reading, json!({"widths": [1.0]}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_in_bf16_reads_as_the_model_does_in_bf16_and_says_so() {
+    use textrec_model::precision::ReadingPrecision;
+    use textrec_worker::eval::PrecisionArg;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = s::tiny_model(tmp.path(), "m", 11);
+    let images = stripes();
+    let http = reqwest::Client::new();
+    let serve = |precision: PrecisionArg| {
+        let (dir, http, images) = (dir.clone(), http.clone(), images.clone());
+        async move {
+            let mut a = s::args(&dir);
+            a.precision.precision = precision;
+            let server = s::start(a).await;
+            let base = s::http_base(&server);
+            let info: Value = http
+                .get(format!("{base}/v1/model"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let mut served = Vec::new();
+            for image in &images {
+                let r = s::post_png(&http, &base, s::png(image)).await;
+                served.push(r["confidence"].as_f64().unwrap() as f32);
+            }
+            s::stop(server).await;
+            (served, info["precision"].clone())
+        }
+    };
+    let confidences = |precision: ReadingPrecision| -> Vec<f32> {
+        let mut m = textrec_model::LoadedModel::load_dir(&dir, tch::Device::Cpu).unwrap();
+        m.set_precision(precision).unwrap();
+        m.recognize(&images)
+            .unwrap()
+            .iter()
+            .map(|p| p.confidence)
+            .collect()
+    };
+    let (exact, half) = (
+        confidences(ReadingPrecision::Fp32),
+        confidences(ReadingPrecision::Bf16),
+    );
+    assert_ne!(
+        exact, half,
+        "bf16 must read differently for the test to tell"
+    );
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4);
+    let (served, precision) = serve(PrecisionArg::Bf16).await;
+    assert!(close(&served, &half), "{served:?} vs {half:?}");
+    assert_eq!(precision, json!("bf16"));
+    let (served, precision) = serve(PrecisionArg::Fp32).await;
+    assert!(close(&served, &exact), "{served:?} vs {exact:?}");
+    assert_eq!(precision, json!("fp32"));
 }

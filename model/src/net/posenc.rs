@@ -10,11 +10,14 @@ use tch::{Device, Tensor};
 /// Channel `k` uses frequency `10000^(-2⌊k/2⌋/dim)`; even channels take the sine, odd ones the
 /// cosine (the layout of "Attention is all you need").
 pub fn sinusoid(start: i64, n: i64, dim: i64, device: Device) -> Tensor {
+    // One power per channel, not per cell: reading a line builds these tables at every call.
+    let wavelengths: Vec<f64> = (0..dim)
+        .map(|k| 10000f64.powf((2 * (k / 2)) as f64 / dim as f64))
+        .collect();
     let mut table = Vec::with_capacity((n.max(0) * dim.max(0)) as usize);
     for pos in start..start + n {
-        for k in 0..dim {
-            let exponent = (2 * (k / 2)) as f64 / dim as f64;
-            let angle = pos as f64 / 10000f64.powf(exponent);
+        for (k, wavelength) in wavelengths.iter().enumerate() {
+            let angle = pos as f64 / wavelength;
             table.push(if k % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
         }
     }

@@ -165,6 +165,9 @@ pub struct Recognizer {
     ctc_head: Option<nn::Linear>,
     decoder: Decoder,
     inference_only: bool,
+    /// The type the encoder's weights are held and computed in (fp32 unless an inference-only
+    /// network was converted by [`Self::set_encoder_kind`]).
+    encoder_kind: Kind,
 }
 
 impl Recognizer {
@@ -218,6 +221,7 @@ impl Recognizer {
             ctc_head,
             decoder,
             inference_only: false,
+            encoder_kind: Kind::Float,
         }
     }
 
@@ -236,6 +240,31 @@ impl Recognizer {
     /// [`crate::inference::LoadedModel`]).
     pub(crate) fn set_inference_only(&mut self) {
         self.inference_only = true;
+    }
+
+    /// The type the encoder computes in (fp32 unless
+    /// [`LoadedModel::set_precision`](crate::LoadedModel::set_precision) changed it).
+    pub fn encoder_kind(&self) -> Kind {
+        self.encoder_kind
+    }
+
+    /// Hold the encoder's weights (the variables of `vs`, the store this network was built
+    /// in, under `encoder.`) in `kind` and run it in that type; its features are converted
+    /// back to the images' type (see [`crate::precision`]). For an inference-only network:
+    /// training keeps fp32 weights.
+    pub(crate) fn set_encoder_kind(&mut self, vs: &nn::VarStore, kind: Kind) {
+        assert!(
+            self.inference_only,
+            "only an inference network changes its encoder's type"
+        );
+        tch::no_grad(|| {
+            for (name, mut var) in vs.variables() {
+                if name.starts_with("encoder.") {
+                    var.set_data(&var.to_kind(kind));
+                }
+            }
+        });
+        self.encoder_kind = kind;
     }
 
     fn check_trainable(&self, train: bool) {
@@ -260,7 +289,17 @@ impl Recognizer {
     fn encode(&self, images: &Tensor, widths: &Tensor, train: bool, want_ctc: bool) -> Encoded {
         self.check_trainable(train);
         Self::check_images(images, widths);
-        let out = self.encoder.forward_t(images, widths, train);
+        let out = if self.encoder_kind == images.kind() {
+            self.encoder.forward_t(images, widths, train)
+        } else {
+            let out = self
+                .encoder
+                .forward_t(&images.to_kind(self.encoder_kind), widths, train);
+            EncoderOutput {
+                features: out.features.to_kind(images.kind()),
+                widths: out.widths,
+            }
+        };
         self.encode_features(out, images.device(), train, want_ctc)
     }
 

@@ -222,6 +222,27 @@ mod tests {
     }
 
     #[test]
+    fn the_serving_precision_is_one_of_three_names() {
+        let md = |precision: &str| {
+            json!({
+                "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "m"},
+                "spec": {"model": {"fromTrainingRun": "r"}, "precision": precision}
+            })
+        };
+        for ok in ["fp32", "bf16", "auto"] {
+            admit("ModelDeployment", &md(ok)).unwrap();
+        }
+        for bad in ["fp16", "BF16", ""] {
+            let v = admit("ModelDeployment", &md(bad)).unwrap_err();
+            assert!(
+                v.iter().any(|v| v.field == "spec.precision"),
+                "{bad}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
     fn image_and_storage_may_be_left_to_the_operator_defaults() {
         let run = json!({
             "apiVersion": "textrec.dev/v1alpha1", "kind": "TrainingRun",

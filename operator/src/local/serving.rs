@@ -506,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn the_local_server_reads_at_the_widths_the_spec_asks_for() {
+    fn the_local_server_reads_at_the_widths_and_precision_the_spec_asks_for() {
         let md = |spec: Value| -> ModelDeployment {
             serde_json::from_value(json!({
                 "apiVersion": "textrec.dev/v1alpha1", "kind": "ModelDeployment",
@@ -524,12 +524,21 @@ mod tests {
             )
         };
         let read = md(json!({"model": {"url": "file:///m"},
-                             "reading": {"widths": [1, 1.3], "rereadBelow": 0.75}}));
+                             "reading": {"widths": [1, 1.3], "rereadBelow": 0.75},
+                             "precision": "bf16"}));
         let a = args(&read);
         let at = a.iter().position(|x| x == "--widths").expect("--widths");
         assert_eq!(a[at + 1..at + 4], ["1,1.3", "--reread-below", "0.75"]);
+        let at = a
+            .iter()
+            .position(|x| x == "--precision")
+            .expect("--precision");
+        assert_eq!(a[at + 1], "bf16");
         assert_eq!(a[..3], ["serve", "--model-pointer", "/p"]);
         let plain = args(&md(json!({"model": {"url": "file:///m"}})));
-        assert!(!plain.iter().any(|x| x == "--widths"), "{plain:?}");
+        assert!(
+            !plain.iter().any(|x| x == "--widths" || x == "--precision"),
+            "{plain:?}"
+        );
     }
 }

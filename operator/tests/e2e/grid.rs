@@ -225,7 +225,8 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
                  "promotion": {"policy": "Automatic", "selector": {"matchLabels": {"team": "e2e"}}},
                  "credentials": {"pvc": {"claimName": "textrec-e2e", "mountPath": "/e2e"}},
                  "flagging": {"storage": "file:///e2e/flags/reader/", "maxSamples": 100},
-                 "reading": {"widths": [1, 1.25], "rereadBelow": 0.8}}
+                 "reading": {"widths": [1, 1.25], "rereadBelow": 0.8},
+                 "precision": "auto"}
     }))
     .unwrap();
     let _ = mds.delete("reader", &Default::default()).await;
@@ -242,6 +243,22 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
             .expect_err("spec.reading is validated by the API server");
         assert!(err.to_string().contains(says), "{err}");
     }
+    // The encoder's precision is one of three names. The typed client cannot even build
+    // another, so it goes to the API server untyped.
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &kube::api::ApiResource::erase::<ModelDeployment>(&()),
+    );
+    let mut bad = serde_json::to_value(&md).unwrap();
+    bad["metadata"]["name"] = json!("bad-precision");
+    bad["spec"]["precision"] = json!("fp16");
+    let bad: kube::api::DynamicObject = serde_json::from_value(bad).unwrap();
+    let refused = raw
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("spec.precision is validated by the API server");
+    assert!(refused.to_string().contains("precision"), "{refused}");
     mds.create(&PostParams::default(), &md).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let dep = eventually(
@@ -265,6 +282,11 @@ async fn training_run_grid_disruption_failure_completion_then_deploy_promote_rol
     assert!(args.contains(&best_url), "{args:?}");
     let at = args.iter().position(|a| a == "--widths").expect("--widths");
     assert_eq!(args[at + 1..at + 4], ["1,1.25", "--reread-below", "0.8"]);
+    let at = args
+        .iter()
+        .position(|a| a == "--precision")
+        .expect("--precision");
+    assert_eq!(args[at + 1], "auto");
     // Flags go to the PVC, which is then mounted writable.
     let at = args.iter().position(|a| a == "--flags").expect("--flags");
     assert_eq!(args[at + 1], "file:///e2e/flags/reader/");

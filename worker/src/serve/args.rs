@@ -79,6 +79,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub widths: crate::eval::WidthArgs,
 
+    /// The encoder's type, for every model served (as `eval --precision`).
+    #[command(flatten)]
+    pub precision: crate::eval::PrecisionArgs,
+
     /// Largest accepted encoded image, in bytes. A text line of the largest accepted size is
     /// well under this as PNG or JPEG.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
@@ -218,6 +222,7 @@ impl ServeArgs {
             torch_threads: 0,
             device: "cpu".into(),
             widths: Default::default(),
+            precision: Default::default(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_call_pixels: DEFAULT_MAX_CALL_PIXELS,

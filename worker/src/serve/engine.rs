@@ -29,6 +29,10 @@ pub trait Engine: Send + Sync + 'static {
     fn reading(&self) -> ReadingSettings {
         WidthReadings::default().settings()
     }
+    /// The type the encoder reads in (`serve --precision`): what `GET /v1/model` reports.
+    fn precision(&self) -> &'static str {
+        "fp32"
+    }
     /// How this model prefers its input split into forward passes.
     fn batch_limits(&self) -> BatchLimits {
         BatchLimits {
@@ -56,6 +60,9 @@ impl Engine for LoadedModel {
     fn prepare(&self, encoded: &[u8], source: &CheckedSource) -> anyhow::Result<PreparedLine> {
         self.prepare_line(&decode_checked(encoded, source)?)
     }
+    fn precision(&self) -> &'static str {
+        LoadedModel::precision(self)
+    }
     fn reading(&self) -> ReadingSettings {
         self.widths().settings()
     }
@@ -81,17 +88,22 @@ pub struct ServedModel {
 
 /// Fetch a model (a folder in storage or `builtin:NAME`), verify it (manifest format, the
 /// weights' sha256) and load it onto `device`, to read lines at `widths` (`None`: as its
-/// manifest says). The heavy part runs on a blocking thread.
+/// manifest says) with the encoder in `precision`. The heavy part runs on a blocking thread.
 pub async fn load_model(
     url: &str,
     device: tch::Device,
     widths: Option<WidthReadings>,
+    precision: crate::eval::PrecisionArgs,
 ) -> anyhow::Result<Arc<dyn Engine>> {
     use anyhow::Context;
     let files = crate::model_source::fetch(url).await?;
-    let mut model = tokio::task::spawn_blocking(move || files.load(device))
-        .await
-        .context("model loading thread failed")??;
+    let mut model = tokio::task::spawn_blocking(move || {
+        let mut model = files.load(device)?;
+        precision.apply(&mut model)?;
+        anyhow::Ok(model)
+    })
+    .await
+    .context("model loading thread failed")??;
     if let Some(widths) = widths {
         model.set_widths(widths);
     }

@@ -431,6 +431,8 @@ async fn model(State(state): State<Arc<ServeState>>) -> Response {
         "manifest": manifest,
         // As the server reads, which `serve --widths` may have set over the manifest's.
         "reading": current.as_ref().map(|m| m.engine.reading()),
+        // The encoder's type, which `serve --precision` sets.
+        "precision": current.as_ref().map(|m| m.engine.precision()),
         "last_reload": last_reload,
         "batching": {"max_batch": state.max_batch, "max_wait_ms": state.max_wait.as_millis() as u64},
         "limits": {

@@ -140,11 +140,15 @@ fn parse_device(s: &str) -> Result<tch::Device> {
 }
 
 /// The loader of real models: storage, verification, libtorch on `device`, each model read
-/// at `widths`.
-fn torch_loader(device: tch::Device, widths: Option<WidthReadings>) -> Loader {
+/// at `widths` and `precision`.
+fn torch_loader(
+    device: tch::Device,
+    widths: Option<WidthReadings>,
+    precision: crate::eval::PrecisionArgs,
+) -> Loader {
     Arc::new(move |url: String| {
         let widths = widths.clone();
-        Box::pin(async move { engine::load_model(&url, device, widths).await })
+        Box::pin(async move { engine::load_model(&url, device, widths, precision).await })
     })
 }
 
@@ -153,7 +157,8 @@ fn torch_loader(device: tch::Device, widths: Option<WidthReadings>) -> Loader {
 pub async fn start(args: ServeArgs) -> Result<RunningServer> {
     let resolved = Resolved::from_args(&args)?;
     let widths = args.widths.readings()?;
-    start_resolved(args, resolved, torch_loader(resolved.device, widths)).await
+    let loader = torch_loader(resolved.device, widths, args.precision);
+    start_resolved(args, resolved, loader).await
 }
 
 /// [`start`] with a custom model loader.
@@ -585,7 +590,8 @@ pub fn run(mut args: ServeArgs) -> Result<i32> {
     rt.block_on(async move {
         // Install the handlers before loading, so a SIGTERM during a slow load is graceful too.
         let signal = tokio::spawn(textrec_contract::signals::stop_requested());
-        let server = start_resolved(args, resolved, torch_loader(resolved.device, widths)).await?;
+        let loader = torch_loader(resolved.device, widths, args.precision);
+        let server = start_resolved(args, resolved, loader).await?;
         tokio::select! {
             _ = signal => server.shutdown(),
             _ = server.shutdown_requested() => {}
