@@ -1,20 +1,26 @@
-//! Mixed precision on CUDA: which reduced type autocast computes in, and running a closure
-//! under it.
+//! Mixed precision: which reduced type autocast computes in, on which device, and running a
+//! closure under it.
 //!
 //! bf16 has fp32's exponent range, so it trains without loss scaling and without the
-//! overflow-skipped steps fp16 has; Ampere and newer GPUs run it as fast as fp16. The region
-//! is entered through a few lines of C++ (`csrc/autocast.cpp`) rather than `tch::autocast`:
-//! tch cannot choose the type (libtorch's default is fp16), and it calls libtorch's deprecated
-//! untyped autocast functions, which print three warnings on every call, so a bf16 trial
-//! logged them at every step.
+//! overflow-skipped steps fp16 has; Ampere and newer GPUs run it as fast as fp16, and so do
+//! CPUs with AVX512-BF16 (oneDNN's bf16 convolutions and matrix products). The region is
+//! entered through a few lines of C++ (`csrc/autocast.cpp`) rather than `tch::autocast`: tch
+//! cannot choose the type (libtorch's default is fp16) nor the CPU, and it calls libtorch's
+//! deprecated untyped autocast functions, which print three warnings on every call, so a bf16
+//! trial logged them at every step.
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 use textrec_contract::config::Precision;
 
 extern "C" {
-    fn textrec_cuda_autocast_enter(bf16: i32, prev_enabled: *mut i32, prev_dtype: *mut i32) -> i32;
-    fn textrec_cuda_autocast_exit(prev_enabled: i32, prev_dtype: i32) -> i32;
+    fn textrec_autocast_enter(
+        cuda: i32,
+        bf16: i32,
+        prev_enabled: *mut i32,
+        prev_dtype: *mut i32,
+    ) -> i32;
+    fn textrec_autocast_exit(cuda: i32, prev_enabled: i32, prev_dtype: i32) -> i32;
 }
 
 /// What a forward pass computes in.
@@ -26,6 +32,8 @@ pub enum Autocast {
     Fp16,
     /// CUDA autocast in bf16.
     Bf16,
+    /// CPU autocast in bf16 (`precision: bf16` on the CPU).
+    CpuBf16,
 }
 
 impl Autocast {
@@ -40,7 +48,7 @@ impl Autocast {
         match self {
             Autocast::Off => None,
             Autocast::Fp16 => Some(Kind::Half),
-            Autocast::Bf16 => Some(Kind::BFloat16),
+            Autocast::Bf16 | Autocast::CpuBf16 => Some(Kind::BFloat16),
         }
     }
 
@@ -50,11 +58,13 @@ impl Autocast {
             Autocast::Off => "off",
             Autocast::Fp16 => "fp16",
             Autocast::Bf16 => "bf16",
+            Autocast::CpuBf16 => "bf16 (CPU)",
         }
     }
 
-    /// What `precision` means on `device`: the CPU always computes in fp32, and so does
-    /// `auto` on CUDA. Measured on an H200, bf16 autocast trained the `small` network at
+    /// What `precision` means on `device`: `auto` computes in fp32 everywhere, and on the
+    /// CPU only `bf16` changes that (fp16 trains in fp32 there: CPUs have no fast fp16
+    /// arithmetic). On CUDA: Measured on an H200, bf16 autocast trained the `small` network at
     /// batch 16 at 55-98 samples/s against fp32's 291-293, and the `base` network at batch 64
     /// at 103-158 against 532-541, the GPU busy under 10% of the time: both networks are bound
     /// by the host's work per kernel, and autocast adds a cast in front of nearly every kernel
@@ -62,7 +72,10 @@ impl Autocast {
     /// took bf16 from the lower figures to the higher ones and left fp32 where it was).
     pub fn for_precision(precision: Precision, device: Device) -> Self {
         if !device.is_cuda() {
-            return Autocast::Off;
+            return match precision {
+                Precision::Bf16 => Autocast::CpuBf16,
+                _ => Autocast::Off,
+            };
         }
         match precision {
             Precision::Auto | Precision::Fp32 => Autocast::Off,
@@ -77,7 +90,7 @@ impl Autocast {
         let Some(kind) = self.kind() else {
             return f();
         };
-        let _region = Region::enter(kind);
+        let _region = Region::enter(kind, self != Autocast::CpuBf16);
         f()
     }
 
@@ -100,26 +113,30 @@ impl Autocast {
     }
 }
 
-/// A CUDA autocast region on this thread: entered in a reduced type, left when dropped.
+/// An autocast region on this thread, for CUDA or the CPU: entered in a reduced type, left
+/// when dropped.
 struct Region {
+    cuda: bool,
     prev_enabled: i32,
     prev_dtype: i32,
 }
 
 impl Region {
-    fn enter(kind: Kind) -> Self {
+    fn enter(kind: Kind, cuda: bool) -> Self {
         let (mut prev_enabled, mut prev_dtype) = (0, 0);
         // SAFETY: the function writes the two integers it is given and catches every C++
         // exception; it only touches libtorch's thread-local autocast settings.
         let rc = unsafe {
-            textrec_cuda_autocast_enter(
+            textrec_autocast_enter(
+                i32::from(cuda),
                 i32::from(kind == Kind::BFloat16),
                 &mut prev_enabled,
                 &mut prev_dtype,
             )
         };
-        assert_eq!(rc, 0, "libtorch refused to enter a CUDA autocast region");
+        assert_eq!(rc, 0, "libtorch refused to enter an autocast region");
         Region {
+            cuda,
             prev_enabled,
             prev_dtype,
         }
@@ -129,9 +146,11 @@ impl Region {
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: as in `enter`; the values are the ones libtorch reported there.
-        let rc = unsafe { textrec_cuda_autocast_exit(self.prev_enabled, self.prev_dtype) };
+        let rc = unsafe {
+            textrec_autocast_exit(i32::from(self.cuda), self.prev_enabled, self.prev_dtype)
+        };
         if rc != 0 {
-            tracing::error!("libtorch refused to leave a CUDA autocast region");
+            tracing::error!("libtorch refused to leave an autocast region");
         }
     }
 }
@@ -141,15 +160,24 @@ mod tests {
     use super::*;
 
     extern "C" {
-        fn textrec_cuda_autocast_state(enabled: *mut i32, dtype: *mut i32) -> i32;
+        fn textrec_autocast_state(cuda: i32, enabled: *mut i32, dtype: *mut i32) -> i32;
     }
 
     /// This thread's CUDA autocast flag and type.
     fn state() -> (bool, Kind) {
+        device_state(true)
+    }
+
+    /// This thread's CPU autocast flag and type.
+    fn cpu_state() -> (bool, Kind) {
+        device_state(false)
+    }
+
+    fn device_state(cuda: bool) -> (bool, Kind) {
         let (mut enabled, mut dtype) = (0, 0);
         // SAFETY: writes the two integers; catches C++ exceptions.
         assert_eq!(
-            unsafe { textrec_cuda_autocast_state(&mut enabled, &mut dtype) },
+            unsafe { textrec_autocast_state(i32::from(cuda), &mut enabled, &mut dtype) },
             0
         );
         // c10::ScalarType's codes, fixed since libtorch 1.x.
@@ -212,6 +240,7 @@ mod tests {
         for _ in 0..3 {
             assert!(Autocast::Bf16.run(|| state().0));
             assert!(Autocast::Fp16.run(|| state().0));
+            assert!(Autocast::CpuBf16.run(|| cpu_state().0));
         }
     }
 
@@ -243,6 +272,31 @@ mod tests {
             Autocast::Off
         );
         assert!(Autocast::Fp16.needs_loss_scaling());
+    }
+
+    #[test]
+    fn cpu_bf16_computes_products_in_bf16_on_the_cpu_and_leaves_cuda_alone() {
+        // libtorch's CPU default: off, bf16.
+        assert_eq!(cpu_state(), (false, Kind::BFloat16));
+        let inside = Autocast::CpuBf16.run(|| (cpu_state(), state()));
+        assert_eq!(inside, ((true, Kind::BFloat16), (false, Kind::Half)));
+        assert_eq!(
+            cpu_state(),
+            (false, Kind::BFloat16),
+            "put back after the closure"
+        );
+        let a = Tensor::ones([3, 3], (Kind::Float, Device::Cpu));
+        assert_eq!(
+            Autocast::CpuBf16.run(|| a.matmul(&a)).kind(),
+            Kind::BFloat16
+        );
+        Autocast::CpuBf16.verify(Device::Cpu).unwrap();
+        assert!(!Autocast::CpuBf16.needs_loss_scaling());
+        let on_cpu = |p| Autocast::for_precision(p, Device::Cpu);
+        assert_eq!(on_cpu(Precision::Bf16), Autocast::CpuBf16);
+        for p in [Precision::Auto, Precision::Fp32, Precision::Fp16] {
+            assert_eq!(on_cpu(p), Autocast::Off, "{p:?}");
+        }
     }
 
     /// Runs where a GPU is present (the device check); elsewhere there is nothing to verify.

@@ -44,6 +44,28 @@ fn recomputing_activations_trains_the_same_weights() {
     );
 }
 
+/// `precision: bf16` on the CPU trains under bf16 autocast: other weights than fp32's, and a
+/// trial killed mid-run and restarted still ends with exactly the uninterrupted run's.
+#[test]
+fn bf16_on_the_cpu_trains_its_own_weights_and_resumes_bit_identical() {
+    let (_, fp32) = reference();
+    let bf16 = ["--set", "precision=bf16"];
+    let whole = tempfile::tempdir().unwrap();
+    let out = run(train_cmd(whole.path(), &bf16));
+    assert_eq!(out.status.code(), Some(0));
+    let expected = model_sha(whole.path());
+    assert_ne!(&expected, fp32, "precision=bf16 changed nothing on the CPU");
+
+    let dir = tempfile::tempdir().unwrap();
+    let killed_at = sigkill_then_rerun(|| train_cmd(dir.path(), &bf16), dir.path());
+    assert!(!killed_at.is_empty());
+    assert_eq!(
+        model_sha(dir.path()),
+        expected,
+        "resumed bf16 weights differ (checkpoints at kill: {killed_at:?})"
+    );
+}
+
 /// `optimizer.ema_decay`: evaluations and the model read an average of the weights, while the
 /// optimizer's own weights follow exactly the path they follow without it; the average is
 /// checkpointed, so a trial killed mid-run and restarted ends with the same model.

@@ -461,6 +461,12 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
     autocast
         .verify(device)
         .map_err(|e| ConfigError::new(format!("precision: {e:#}")))?;
+    if autocast == Autocast::CpuBf16 && !textrec_model::precision::cpu_has_native_bf16() {
+        tracing::warn!(
+            "precision: bf16 on a CPU without AVX512-BF16: libtorch emulates bf16 here, which \
+             trains slower than fp32 (precision: fp32 would be faster)"
+        );
+    }
 
     // Data first: a missing font or corpus is a config error and should cost no model build.
     // Data sets at storage URLs are fetched into the local cache first; `cfg` keeps the URLs,
