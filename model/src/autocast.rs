@@ -26,7 +26,7 @@ extern "C" {
 /// What a forward pass computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Autocast {
-    /// fp32 throughout (the CPU, or `precision: fp32`).
+    /// fp32 throughout (`precision: auto` or `fp32`, and `fp16` on the CPU).
     Off,
     /// CUDA autocast in fp16: needs loss scaling when training.
     Fp16,
@@ -64,12 +64,14 @@ impl Autocast {
 
     /// What `precision` means on `device`: `auto` computes in fp32 everywhere, and on the
     /// CPU only `bf16` changes that (fp16 trains in fp32 there: CPUs have no fast fp16
-    /// arithmetic). On CUDA: Measured on an H200, bf16 autocast trained the `small` network at
-    /// batch 16 at 55-98 samples/s against fp32's 291-293, and the `base` network at batch 64
-    /// at 103-158 against 532-541, the GPU busy under 10% of the time: both networks are bound
-    /// by the host's work per kernel, and autocast adds a cast in front of nearly every kernel
-    /// and new cuDNN/cuBLAS plans for each new line width (padding widths to a multiple of 256
-    /// took bf16 from the lower figures to the higher ones and left fp32 where it was).
+    /// arithmetic). On CUDA, `auto` is fp32 because on an H200 bf16 autocast trained the
+    /// `small` network at batch 16 at 55-98 samples/s against fp32's 291-293, and the `base`
+    /// network at batch 64 at 103-158 against 532-541, the GPU busy under 10% of the time:
+    /// both networks are bound by the host's work per kernel, and autocast adds a cast in
+    /// front of nearly every kernel and new cuDNN/cuBLAS plans for each new line width
+    /// (padding widths to a multiple of 256 took bf16 from the lower figures to the higher
+    /// ones and left fp32 where it was). On the CPU, `auto` is fp32 so that runs stay as
+    /// recorded (and reproducible bit for bit against the recorded figures).
     pub fn for_precision(precision: Precision, device: Device) -> Self {
         if !device.is_cuda() {
             return match precision {
