@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser;
 use clap::Args;
 use image::GrayImage;
 use textrec_contract::config::{DatasetKind, DatasetSpec};
@@ -266,8 +267,14 @@ pub struct PrecisionArgs {
     /// CER within 0.0004; slower than fp32 on other CPUs, which emulate it); or `auto` (bf16
     /// where the CPU computes it natively, fp32 elsewhere and on CUDA). The rest of the
     /// network stays fp32.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32, env = PRECISION_ENV)]
-    pub precision: PrecisionArg,
+    #[arg(
+        long,
+        default_value = "fp32",
+        env = PRECISION_ENV,
+        value_parser = clap::builder::PossibleValuesParser::new(ReadingPrecision::NAMES)
+            .map(|name| name.parse::<ReadingPrecision>().expect("one of the names listed"))
+    )]
+    pub precision: ReadingPrecision,
 }
 
 /// The environment variable `--precision` falls back to.
@@ -276,7 +283,7 @@ pub const PRECISION_ENV: &str = "TEXTREC_PRECISION";
 impl PrecisionArgs {
     /// Convert `model`'s encoder as asked, and say so when it reads in bf16.
     pub fn apply(&self, model: &mut LoadedModel) -> Result<()> {
-        let asked = ReadingPrecision::from(self.precision);
+        let asked = self.precision;
         model.set_precision(asked)?;
         if asked == ReadingPrecision::Bf16 && !textrec_model::precision::cpu_has_native_bf16() {
             tracing::warn!(
@@ -286,28 +293,6 @@ impl PrecisionArgs {
         }
         tracing::debug!(precision = model.precision(), "encoder precision");
         Ok(())
-    }
-}
-
-/// A `--precision` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum PrecisionArg {
-    /// fp32 throughout (the model's recorded figures).
-    #[default]
-    Fp32,
-    /// The encoder in bf16.
-    Bf16,
-    /// bf16 on a CPU with AVX512-BF16, fp32 elsewhere.
-    Auto,
-}
-
-impl From<PrecisionArg> for ReadingPrecision {
-    fn from(p: PrecisionArg) -> Self {
-        match p {
-            PrecisionArg::Fp32 => ReadingPrecision::Fp32,
-            PrecisionArg::Bf16 => ReadingPrecision::Bf16,
-            PrecisionArg::Auto => ReadingPrecision::Auto,
-        }
     }
 }
 

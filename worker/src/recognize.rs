@@ -63,7 +63,7 @@ pub fn run(args: RecognizeArgs) -> Result<i32> {
             let precision = args.run.precision.precision;
             if args.search.any()
                 || !args.widths.widths.is_empty()
-                || precision != crate::eval::PrecisionArg::Fp32
+                || precision != textrec_model::precision::ReadingPrecision::Fp32
             {
                 bail!(ConfigError::new(
                     "--lm-alpha, --lm-beta, --beam, --lm-unsure-*, --widths and --precision (or TEXTREC_PRECISION) set how this process reads; with --endpoint the server reads as it was started"

@@ -247,6 +247,15 @@ fn eval_cer(args: &[&str], model: &Path, data: &Path) -> Output {
     run(c)
 }
 
+/// `eval --threads 1 --samples N --json --data SET` with the built-in model.
+fn eval_first_lines(set: &Path, samples: u32) -> Command {
+    let mut c = bin();
+    c.args(["eval", "--threads", "1", "--samples", &samples.to_string()])
+        .args(["--json", "--data"])
+        .arg(set);
+    c
+}
+
 fn last_json(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
@@ -624,18 +633,8 @@ fn recognize_at_several_widths_keeps_the_most_confident_reading() {
     );
     // `eval` says how many lines were read again; without --widths it says nothing of it.
     let eval = |extra: &[&str]| {
-        let mut c = bin();
-        c.args([
-            "eval",
-            "--threads",
-            "1",
-            "--samples",
-            "8",
-            "--json",
-            "--data",
-        ])
-        .arg(&check)
-        .args(extra);
+        let mut c = eval_first_lines(&check, 8);
+        c.args(extra);
         last_json(&run(c))
     };
     let j = eval(&["--widths", "1,1.25", "--reread-below", "0.9"]);
@@ -778,19 +777,8 @@ fn an_independent_evaluation_set_is_read_by_eval_and_refused_by_training() {
 fn eval_reads_with_the_encoder_in_the_precision_asked_for() {
     let check = check_set("unseen-fonts");
     let eval = |extra: &[&str], env: Option<&str>| {
-        let mut c = bin();
-        c.args([
-            "eval",
-            "--threads",
-            "1",
-            "--samples",
-            "16",
-            "--json",
-            "--data",
-        ])
-        .arg(&check)
-        .args(extra)
-        .env_remove("TEXTREC_PRECISION");
+        let mut c = eval_first_lines(&check, 16);
+        c.args(extra).env_remove("TEXTREC_PRECISION");
         if let Some(value) = env {
             c.env("TEXTREC_PRECISION", value);
         }

@@ -696,6 +696,32 @@ fn stripes() -> Vec<image::GrayImage> {
         .collect()
 }
 
+/// Start a server with `args`, read `GET /v1/model`, post each image once and stop it: each
+/// line's confidence as served, and the model's description.
+async fn confidences_served(
+    args: textrec_worker::serve::ServeArgs,
+    http: &reqwest::Client,
+    images: &[image::GrayImage],
+) -> (Vec<f32>, Value) {
+    let server = s::start(args).await;
+    let base = s::http_base(&server);
+    let info: Value = http
+        .get(format!("{base}/v1/model"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut served = Vec::new();
+    for image in images {
+        let r = s::post_png(http, &base, s::png(image)).await;
+        served.push(r["confidence"].as_f64().unwrap() as f32);
+    }
+    s::stop(server).await;
+    (served, info)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_reads_each_line_at_the_widths_it_was_started_with() {
     use textrec_model::widths::WidthReadings;
@@ -755,26 +781,11 @@ async fn a_server_reads_at_its_models_width_unless_started_with_others() {
     let images = stripes();
     let http = reqwest::Client::new();
     let serve = |widths: Vec<f32>| {
-        let (dir, http, images) = (dir.clone(), http.clone(), images.clone());
+        let mut a = s::args(&dir);
+        a.widths.widths = widths;
+        let (http, images) = (http.clone(), images.clone());
         async move {
-            let mut a = s::args(&dir);
-            a.widths.widths = widths;
-            let server = s::start(a).await;
-            let base = s::http_base(&server);
-            let info: Value = http
-                .get(format!("{base}/v1/model"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let mut served = Vec::new();
-            for image in &images {
-                let r = s::post_png(&http, &base, s::png(image)).await;
-                served.push(r["confidence"].as_f64().unwrap() as f32);
-            }
-            s::stop(server).await;
+            let (served, info) = confidences_served(a, &http, &images).await;
             (served, info["reading"].clone())
         }
     };
@@ -806,32 +817,16 @@ async fn a_server_reads_at_its_models_width_unless_started_with_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_in_bf16_reads_as_the_model_does_in_bf16_and_says_so() {
     use textrec_model::precision::ReadingPrecision;
-    use textrec_worker::eval::PrecisionArg;
     let tmp = tempfile::tempdir().unwrap();
     let (dir, _) = s::tiny_model(tmp.path(), "m", 11);
     let images = stripes();
     let http = reqwest::Client::new();
-    let serve = |precision: PrecisionArg| {
-        let (dir, http, images) = (dir.clone(), http.clone(), images.clone());
+    let serve = |precision: ReadingPrecision| {
+        let mut a = s::args(&dir);
+        a.precision.precision = precision;
+        let (http, images) = (http.clone(), images.clone());
         async move {
-            let mut a = s::args(&dir);
-            a.precision.precision = precision;
-            let server = s::start(a).await;
-            let base = s::http_base(&server);
-            let info: Value = http
-                .get(format!("{base}/v1/model"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let mut served = Vec::new();
-            for image in &images {
-                let r = s::post_png(&http, &base, s::png(image)).await;
-                served.push(r["confidence"].as_f64().unwrap() as f32);
-            }
-            s::stop(server).await;
+            let (served, info) = confidences_served(a, &http, &images).await;
             (served, info["precision"].clone())
         }
     };
@@ -853,10 +848,10 @@ async fn a_server_started_in_bf16_reads_as_the_model_does_in_bf16_and_says_so() 
         "bf16 must read differently for the test to tell"
     );
     let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4);
-    let (served, precision) = serve(PrecisionArg::Bf16).await;
+    let (served, precision) = serve(ReadingPrecision::Bf16).await;
     assert!(close(&served, &half), "{served:?} vs {half:?}");
     assert_eq!(precision, json!("bf16"));
-    let (served, precision) = serve(PrecisionArg::Fp32).await;
+    let (served, precision) = serve(ReadingPrecision::Fp32).await;
     assert!(close(&served, &exact), "{served:?} vs {exact:?}");
     assert_eq!(precision, json!("fp32"));
 }
