@@ -22,7 +22,9 @@
 //! timed apart, so that one run compares the two on the same batches and the same noise.
 //! `TEXTREC_BENCH_FUSED` likewise: `on` (default: the encoder's BatchNorm-ReLU-conv runs as one
 //! autograd node that recomputes the activation), `off` (separate ops, as before that node) or
-//! `alternate`. At most one of the two alternates.
+//! `alternate`. At most one of the two alternates. `TEXTREC_BENCH_PRECISION` is `fp32`
+//! (default) or `bf16`: the forward pass and the loss under CPU bf16 autocast, as
+//! `precision: bf16` trains on the CPU.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ use textrec_contract::charset::IAM_CHARSET;
 use textrec_contract::config::{OptimizerConfig, SyntheticConfig};
 use textrec_contract::manifest::ModelManifest;
 use textrec_contract::{layout, PreprocessConfig, Preset};
+use textrec_model::autocast::Autocast;
 use textrec_model::data::synthetic::SyntheticDataset;
 use textrec_model::data::{Batch, Dataset};
 use textrec_model::inference::write_random_model_dir;
@@ -169,6 +172,12 @@ fn run(dir: &Path) -> Result<()> {
     if recompute_mode == "alternate" && fused_mode == "alternate" {
         bail!("TEXTREC_BENCH_RECOMPUTE and TEXTREC_BENCH_FUSED cannot both alternate");
     }
+    let precision = std::env::var("TEXTREC_BENCH_PRECISION").unwrap_or_else(|_| "fp32".into());
+    let autocast = match precision.as_str() {
+        "fp32" => Autocast::Off,
+        "bf16" => Autocast::CpuBf16,
+        other => bail!("TEXTREC_BENCH_PRECISION={other}: expected fp32 or bf16"),
+    };
     let mode_at = |name: &str, mode: &str, step: u64| match mode {
         "on" => Ok(true),
         "off" => Ok(false),
@@ -192,17 +201,21 @@ fn run(dir: &Path) -> Result<()> {
         let fused = mode_at("TEXTREC_BENCH_FUSED", &fused_mode, step)?;
         let started = Instant::now();
         tch::manual_seed(step as i64);
-        let forward = || net.forward_train(images, widths, tgt_in, recompute);
-        let (out, head) = if fused {
+        let forward = || {
+            autocast.run(|| {
+                let (out, head) = net.forward_train(images, widths, tgt_in, recompute);
+                (net.loss(&out, tgt_out, lengths, cfg.label_smoothing), head)
+            })
+        };
+        let (loss, head) = if fused {
             forward()
         } else {
             with_composed_ops(forward)
         };
-        let loss = net.loss(&out, tgt_out, lengths, cfg.label_smoothing);
         opt.zero_grad();
         loss.backward();
         if let Some(head) = head {
-            net.backward_head(head);
+            autocast.run(|| net.backward_head(head));
         }
         opt.clip_grad_norm(cfg.grad_clip);
         opt.step(lr_at(step, SCHEDULE_STEPS, &cfg));
@@ -225,6 +238,7 @@ fn run(dir: &Path) -> Result<()> {
         "recompute": recompute_mode,
         "samples_per_s_plain": rate(split[0]),
         "samples_per_s_recompute": rate(split[1]),
+        "precision": precision,
         "fused": fused_mode,
         "fused_recompute_path": textrec_model::net::recompute_path(),
         "samples_per_s_composed": rate(split_fused[0]),

@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor};
 use textrec_contract::{Architecture, Preset};
 
 use super::*;
+use crate::autocast::Autocast;
 use crate::tokenizer::Tokenizer;
 
 const VOCAB: i64 = 12;
@@ -317,11 +318,14 @@ impl StepInput {
 }
 
 /// One training step of a fresh `arch` network (seed 9, scrambled weights, dropout's draws
-/// seeded) on `input`: the loss and every variable, by name, with its gradient.
+/// seeded) on `input`, under `autocast` as the trainer runs it (the forward pass, the loss and
+/// the head's recomputation inside, the loss's backward pass outside): the loss and every
+/// variable, by name, with its gradient.
 fn one_training_step(
     arch: &Architecture,
     input: &StepInput,
     recompute: bool,
+    autocast: Autocast,
 ) -> (f64, Vec<(String, Tensor)>) {
     let StepInput {
         images,
@@ -331,11 +335,13 @@ fn one_training_step(
     let (vs, net) = build(arch, 9);
     scramble(&vs);
     tch::manual_seed(21); // dropout's draws
-    let (out, head) = net.forward_train(images, widths, tin, recompute);
-    let loss = net.loss(&out, tout, lens, 0.1);
+    let (loss, head) = autocast.run(|| {
+        let (out, head) = net.forward_train(images, widths, tin, recompute);
+        (net.loss(&out, tout, lens, 0.1), head)
+    });
     loss.backward();
     if let Some(head) = head {
-        net.backward_head(head);
+        autocast.run(|| net.backward_head(head));
     }
     let mut vars: Vec<_> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -391,8 +397,8 @@ fn recomputing_the_encoder_head_gives_identical_gradients_and_statistics() {
     };
     let input = StepInput::new();
     let head_grads = assert_identical_steps(
-        &one_training_step(&arch, &input, false),
-        &one_training_step(&arch, &input, true),
+        &one_training_step(&arch, &input, false, Autocast::Off),
+        &one_training_step(&arch, &input, true, Autocast::Off),
         "recomputed head",
         |name| name.starts_with("encoder.stem") || name.starts_with("encoder.stages.0."),
     );
@@ -413,21 +419,57 @@ fn the_fused_norm_act_conv_node_gives_identical_gradients_and_statistics() {
     };
     let input = StepInput::new();
     for recompute in [false, true] {
-        let composed =
-            crate::net::with_composed_ops(|| one_training_step(&arch, &input, recompute));
-        let fused = one_training_step(&arch, &input, recompute);
-        let encoder_grads = assert_identical_steps(
-            &composed,
-            &fused,
-            &format!("recompute {recompute}"),
-            |name| name.starts_with("encoder.") && name.contains(".bn."),
+        let context = format!("recompute {recompute}");
+        let before = norm_act_conv::nodes_run();
+        let composed = crate::net::with_composed_ops(|| {
+            one_training_step(&arch, &input, recompute, Autocast::Off)
+        });
+        assert_eq!(
+            norm_act_conv::nodes_run(),
+            before,
+            "{context}: composed ran the node"
         );
+        let fused = one_training_step(&arch, &input, recompute, Autocast::Off);
+        // Five layers feed convolutions through the node in this network (the others are a
+        // block's last, added to its shortcut first); without this the comparison would pass
+        // with the node never running.
+        let ran = norm_act_conv::nodes_run() - before;
+        assert!(ran >= 5, "{context}: the fused node ran {ran} times");
+        let encoder_grads = assert_identical_steps(&composed, &fused, &context, |name| {
+            name.starts_with("encoder.") && name.contains(".bn.")
+        });
         // stem 2, stage 0: 3 layers, stage 1: 1 + 2 + 2 layers, stage 2: 3 (×2 weights each)
         assert!(
             encoder_grads >= 20,
             "only {encoder_grads} BatchNorm gradients compared"
         );
     }
+}
+
+/// Under CPU bf16 autocast the encoder's maps are bf16 and the separate ops run (see
+/// `norm_act_conv::applies`), computing in bf16: the step's gradients are not fp32's.
+#[test]
+fn under_cpu_bf16_autocast_the_encoder_runs_as_separate_ops_in_bf16() {
+    let _rng = global_rng_lock();
+    let arch = tiny();
+    let input = StepInput::new();
+    let (loss_fp32, fp32) = one_training_step(&arch, &input, false, Autocast::Off);
+    let before = norm_act_conv::nodes_run();
+    let (loss_bf16, bf16) = one_training_step(&arch, &input, false, Autocast::CpuBf16);
+    assert_eq!(
+        norm_act_conv::nodes_run(),
+        before,
+        "the fused node ran under autocast"
+    );
+    assert_ne!(loss_fp32.to_bits(), loss_bf16.to_bits());
+    let differing = fp32
+        .iter()
+        .zip(&bf16)
+        .filter(|((name, a), (_, b))| {
+            name.starts_with("encoder.") && a.grad().defined() && !a.grad().equal(&b.grad())
+        })
+        .count();
+    assert!(differing >= 10, "only {differing} encoder gradients differ");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! that end a trial (the last checkpoint, progress, the model) are made synchronously, after
 //! the background ones, and their failure is the trial's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
@@ -411,10 +412,14 @@ impl Trial<'_> {
     }
 }
 
-/// The process's peak resident memory so far, in MiB (`VmHWM`); `None` off Linux.
+/// The process's peak resident memory so far, in MiB (`VmHWM`); `None` off Linux. The kernel
+/// keeps resident-page counts per CPU and sums them approximately, so a later read of `VmHWM`
+/// can come out a few pages lower than an earlier one; the highest value read is returned, so
+/// the reported peak never goes down.
 fn peak_rss_mib() -> Option<f64> {
+    static HIGHEST_KIB: AtomicU64 = AtomicU64::new(0);
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
+    let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))?
         .trim()
@@ -422,7 +427,8 @@ fn peak_rss_mib() -> Option<f64> {
         .trim()
         .parse()
         .ok()?;
-    Some(kib / 1024.0)
+    let highest = HIGHEST_KIB.fetch_max(kib, Ordering::Relaxed).max(kib);
+    Some(highest as f64 / 1024.0)
 }
 
 /// The weights' average a trial keeps (`optimizer.ema_decay` > 0): the resumed checkpoint's,
@@ -545,6 +551,14 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         vs.trainable_variables().iter().map(|t| t.numel()).sum::<usize>() as f64 / 1e6,
         autocast.label()
     );
+    if !device.is_cuda() {
+        tracing::info!(
+            "oneDNN primitive cache: {} (ONEDNN_PRIMITIVE_CACHE_CAPACITY)",
+            std::env::var("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+                .as_deref()
+                .unwrap_or("1024, oneDNN's default")
+        );
+    }
 
     let mut metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
     metrics.set_images(vals[0].preview_images(ScoreCard::SAMPLES));
