@@ -82,14 +82,7 @@ async fn recognize_predict_model_probes_metrics_and_demo() {
         assert_eq!(r, json!({ "pred": text }));
     }
 
-    let m: Value = http
-        .get(format!("{base}/v1/model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m = s::model_info(&http, &base).await;
     assert_eq!(m["version"], version.as_str());
     assert_eq!(m["ready"], true);
     assert_eq!(m["manifest"]["format"], "textrec.model/v1");
@@ -705,14 +698,7 @@ async fn confidences_served(
 ) -> (Vec<f32>, Value) {
     let server = s::start(args).await;
     let base = s::http_base(&server);
-    let info: Value = http
-        .get(format!("{base}/v1/model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = s::model_info(http, &base).await;
     let mut served = Vec::new();
     for image in images {
         let r = s::post_png(http, &base, s::png(image)).await;

@@ -13,16 +13,6 @@ use serve_support as s;
 use textrec_worker::serve::proto::textrec as pb;
 use tonic::Code;
 
-async fn model_info(http: &reqwest::Client, base: &str) -> Value {
-    http.get(format!("{base}/v1/model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
@@ -53,7 +43,7 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
     let server = s::start(a).await;
     let base = s::http_base(&server);
     let http = reqwest::Client::new();
-    assert_eq!(model_info(&http, &base).await["version"], va.as_str());
+    assert_eq!(s::model_info(&http, &base).await["version"], va.as_str());
 
     // Load: gRPC and HTTP clients in closed loops until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -123,7 +113,7 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
     // Swap to b through the pointer.
     std::fs::write(&pointer, format!("{}\n", dir_b.display())).unwrap();
     wait_for("model b", Duration::from_secs(30), async || {
-        model_info(&http, &base).await["version"] == vb.as_str()
+        s::model_info(&http, &base).await["version"] == vb.as_str()
     })
     .await;
     wait_for(
@@ -137,7 +127,7 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
     // Point at the corrupt c: refused, b keeps serving, the failure is visible.
     std::fs::write(&pointer, format!("{}\n", dir_c.display())).unwrap();
     wait_for("refusal of c", Duration::from_secs(30), async || {
-        model_info(&http, &base).await["last_reload"]["ok"] == false
+        s::model_info(&http, &base).await["last_reload"]["ok"] == false
     })
     .await;
     let after_refusal = ok.load(Ordering::SeqCst);
@@ -169,7 +159,7 @@ async fn hot_reload_under_load_drops_nothing_and_refuses_a_corrupt_model() {
         ok.load(Ordering::SeqCst) > before_c,
         "requests kept succeeding after the refusal"
     );
-    let m = model_info(&http, &base).await;
+    let m = s::model_info(&http, &base).await;
     assert_eq!(m["version"], vb.as_str());
     let err = m["last_reload"]["error"].as_str().unwrap();
     assert!(
@@ -311,7 +301,7 @@ async fn binary_reloads_on_sighup_and_shuts_down_gracefully_on_sigterm() {
     });
     let base = format!("http://{http_addr}");
     let http = reqwest::Client::new();
-    assert_eq!(model_info(&http, &base).await["version"], va.as_str());
+    assert_eq!(s::model_info(&http, &base).await["version"], va.as_str());
 
     // Replace the folder's content (weights first, manifest last, as writers do), then SIGHUP.
     for f in ["model.safetensors", "manifest.json"] {
@@ -323,7 +313,7 @@ async fn binary_reloads_on_sighup_and_shuts_down_gracefully_on_sigterm() {
         .unwrap();
     assert!(st.success());
     wait_for("SIGHUP reload", Duration::from_secs(30), async || {
-        model_info(&http, &base).await["version"] == vb.as_str()
+        s::model_info(&http, &base).await["version"] == vb.as_str()
     })
     .await;
 

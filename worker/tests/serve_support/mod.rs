@@ -114,6 +114,17 @@ pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
     r.text().await.expect("/metrics body")
 }
 
+/// `GET {base}/v1/model`: the served model's description.
+pub async fn model_info(http: &reqwest::Client, base: &str) -> serde_json::Value {
+    http.get(format!("{base}/v1/model"))
+        .send()
+        .await
+        .expect("/v1/model answers")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// `POST {base}/v1/recognize` with one PNG; the JSON answer.
 pub async fn post_png(http: &reqwest::Client, base: &str, png: Vec<u8>) -> serde_json::Value {
     http.post(format!("{base}/v1/recognize"))
