@@ -24,7 +24,8 @@
 //! autograd node that recomputes the activation), `off` (separate ops, as before that node) or
 //! `alternate`. At most one of the two alternates. `TEXTREC_BENCH_PRECISION` is `fp32`
 //! (default) or `bf16`: the forward pass and the loss under CPU bf16 autocast, as
-//! `precision: bf16` trains on the CPU.
+//! `precision: bf16` trains on the CPU. libtorch's kernel caches are bounded as `train` bounds
+//! them (`textrec_worker::train::kernel_caches`; the environment's capacities win).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() -> Result<()> {
+    // The kernel caches as `textrec-worker train` bounds them, so that the peak RSS printed is
+    // the trainer's.
+    textrec_worker::train::kernel_caches::bound_for_training();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [cmd, dir] if cmd == "dump" => dump(Path::new(dir)),

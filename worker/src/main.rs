@@ -85,30 +85,10 @@ fn keep_freed_pages() {
     }
 }
 
-/// How many compiled primitives (convolutions, matrix products, reorders, each for one shape)
-/// oneDNN keeps for the trainer; `ONEDNN_PRIMITIVE_CACHE_CAPACITY` in the environment still
-/// overrides it. oneDNN's default, 1024, holds several steps' worth, but consecutive batches
-/// rarely repeat a shape (line widths and text lengths change every step), so the cache
-/// rarely hits across steps and only holds memory: under bf16 autocast, where the matrix
-/// products run through oneDNN too, 190 MiB of the recipe's peak RSS at the same speed
-/// (BENCHMARKS.md, "The fused node under autocast (tried, not kept), and oneDNN's primitive
-/// cache").
-const TRAINER_PRIMITIVE_CACHE: &str = "32";
-
-/// Sets oneDNN's primitive cache for the trainer unless the environment does. oneDNN reads the
-/// variable once, when it first compiles a primitive; this runs before any tensor operation
-/// and before any other thread exists, so nothing reads the environment concurrently.
-fn bound_onednn_primitive_cache() {
-    const VAR: &str = "ONEDNN_PRIMITIVE_CACHE_CAPACITY";
-    if std::env::var_os(VAR).is_none() {
-        std::env::set_var(VAR, TRAINER_PRIMITIVE_CACHE);
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Train(_)) {
-        bound_onednn_primitive_cache();
+        textrec_worker::train::kernel_caches::bound_for_training();
     }
     textrec_worker::logging::init(cli.log_json);
     let result = match cli.command {

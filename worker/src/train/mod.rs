@@ -15,6 +15,7 @@
 pub mod background_writes;
 pub mod checkpoint;
 pub mod ema;
+pub mod kernel_caches;
 pub mod language_model;
 pub mod metrics_log;
 pub mod optimizer;

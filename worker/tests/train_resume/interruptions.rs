@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use textrec_contract::metrics::{RecordKind, TrialProgress, WorkerPhase};
+use textrec_worker::train::kernel_caches::TRAINER_BOUNDS;
 
 use crate::harness::*;
 use crate::train_support::complete_checkpoints;
@@ -45,36 +46,47 @@ fn recomputing_activations_trains_the_same_weights() {
 }
 
 /// `precision: bf16` on the CPU trains under bf16 autocast: other weights than fp32's, the same
-/// ones whatever oneDNN's primitive cache holds, and a trial killed mid-run and restarted still
-/// ends with exactly the uninterrupted run's.
+/// ones whatever oneDNN's and ideep's kernel caches hold, and a trial killed mid-run and
+/// restarted still ends with exactly the uninterrupted run's.
 #[test]
 fn bf16_on_the_cpu_trains_its_own_weights_and_resumes_bit_identical() {
     let (_, fp32) = reference();
     let bf16 = ["--set", "precision=bf16"];
     let whole = tempfile::tempdir().unwrap();
     let mut cmd = train_cmd(whole.path(), &bf16);
-    cmd.env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY");
+    for bound in TRAINER_BOUNDS {
+        cmd.env_remove(bound.var);
+    }
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("oneDNN primitive cache: 32 "),
+        log.contains("oneDNN primitive cache: 32 "),
         "the trainer did not bound oneDNN's primitive cache"
+    );
+    assert!(
+        log.contains("ideep matmul cache: 1 "),
+        "the trainer did not bound ideep's matmul cache"
     );
     let expected = model_sha(whole.path());
     assert_ne!(&expected, fp32, "precision=bf16 changed nothing on the CPU");
 
-    // The cache decides when a kernel is compiled, not what it computes; the environment's
-    // capacity wins over the trainer's.
+    // A cache decides when a kernel is built, not what it computes; the environment's
+    // capacities win over the trainer's.
     let default_cache = tempfile::tempdir().unwrap();
     let mut cmd = train_cmd(default_cache.path(), &bf16);
-    cmd.env("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024");
+    for bound in TRAINER_BOUNDS {
+        cmd.env(bound.var, "1024");
+    }
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("oneDNN primitive cache: 1024 "));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("oneDNN primitive cache: 1024 "), "{log}");
+    assert!(log.contains("ideep matmul cache: 1024 "), "{log}");
     assert_eq!(
         model_sha(default_cache.path()),
         expected,
-        "oneDNN's cache capacity changed the weights"
+        "the kernel caches' capacities changed the weights"
     );
 
     let dir = tempfile::tempdir().unwrap();

@@ -552,12 +552,7 @@ pub fn train(cfg: &TrainConfig, ctx: &TrialContext) -> Result<(Outcome, TrialPro
         autocast.label()
     );
     if !device.is_cuda() {
-        tracing::info!(
-            "oneDNN primitive cache: {} (ONEDNN_PRIMITIVE_CACHE_CAPACITY)",
-            std::env::var("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
-                .as_deref()
-                .unwrap_or("1024, oneDNN's default")
-        );
+        tracing::info!("{}", crate::train::kernel_caches::describe());
     }
 
     let mut metrics = ctx.rt.block_on(MetricsLog::load(&ctx.store, state.step))?;
